@@ -1,0 +1,77 @@
+"""``pgveil`` command line: serve, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__, logs
+from .config import ConfigError, build_settings, load_config_file
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="run the proxy", description="Run the proxy in front of a PostgreSQL server.")
+    p.add_argument("--config", help="YAML file with the same keys as the flags (flags win)")
+    p.add_argument("--listen", help="HOST:PORT to accept clients on (default 127.0.0.1:6432)")
+    p.add_argument("--upstream", help="postgresql://HOST:PORT of the database")
+    p.add_argument("--rules", help="rule file (YAML)")
+    p.add_argument("--tls-cert", help="certificate (PEM) offered to clients")
+    p.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
+    p.add_argument("--upstream-sslmode", choices=["disable", "prefer", "require", "verify-ca", "verify-full"])
+    p.add_argument("--upstream-ca", help="CA file to verify the database's certificate")
+    p.add_argument("--workers", type=int, help="processes sharing the port with SO_REUSEPORT")
+    p.add_argument("--metrics", help="HOST:PORT for /metrics, /healthz and /readyz")
+    p.add_argument("--auth-dsn", help="account that reads SCRAM verifiers when the upstream leg uses TLS")
+    p.add_argument("--auth-query", help="query returning the SCRAM verifier of role $1")
+    p.add_argument("--log-format", choices=["auto", "json", "console"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from .server import serve
+
+    flags = {k: getattr(args, k) for k in ("listen", "upstream", "rules", "tls_cert", "tls_key", "upstream_sslmode",
+                                            "upstream_ca", "workers", "metrics", "auth_dsn", "auth_query",
+                                            "log_format", "log_level")}
+    try:
+        file_values = load_config_file(args.config) if args.config else {}
+        settings = build_settings(file_values, flags)
+    except ConfigError as exc:
+        print(f"pgveil: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_format, settings.log_level)
+    try:
+        return serve(settings)
+    except OSError as exc:
+        print(f"pgveil: cannot listen on {settings.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def _demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="embedded PostgreSQL + sample CRM + proxy",
+                       description="Start an embedded PostgreSQL with a sample CRM and the proxy in front of it.")
+    p.add_argument("--listen", default="127.0.0.1:6432")
+    p.add_argument("--data-dir", help="where the demo database lives (default: under the user's cache)")
+    p.add_argument("--customers", type=int, default=2000)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pgveil", description="A transparent access proxy for PostgreSQL.")
+    parser.add_argument("--version", action="version", version=f"pgveil {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _demo_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,439 @@
+"""The only asyncio and socket code: accept clients, open upstream connections, carry out
+the commands a :class:`~proxy.session.Session` returns.
+
+Each client connection is a :class:`ClientLink` (an asyncio Protocol) paired with an
+:class:`UpstreamLink`.  Events reach the session one at a time, from the event loop's
+callbacks; the commands come back and are executed here.  Flow control couples the two
+links: when one side's write buffer is full, the other side stops reading, so a large result
+streams at the client's pace with bounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import time
+from itertools import count
+
+from . import codec, logs
+from .config import Settings
+from .scram import tls_server_end_point
+from .session import (Close, ConnectUpstream, ForwardCancel, LookupVerifier, SendToClient,
+                      SendToServer, Session, SessionConfig, StartClientTLS)
+
+log = logs.get("pgveil.server")
+WRITE_HIGH_WATER = 256 * 1024
+_session_ids = count(1)
+
+
+class UpstreamLink(asyncio.Protocol):
+    """The connection to the database for one client."""
+
+    def __init__(self, client: "ClientLink") -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        self.client.dispatch(self.client.session.server_data, data)
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        self.client.dispatch(self.client.session.server_closed)
+
+    def pause_writing(self) -> None:
+        self.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.client.resume_reading()
+
+
+class ClientLink(asyncio.Protocol):
+    """One client connection: feeds its session and carries out the commands."""
+
+    def __init__(self, proxy: "Proxy") -> None:
+        self.proxy = proxy
+        self.session = Session(proxy.session_config)
+        self.transport: asyncio.Transport | None = None
+        self.upstream: UpstreamLink | None = None
+        self.peer = ("", 0)
+        self.started = time.monotonic()
+        self.id = next(_session_ids)
+        self.closed = False
+        self._tasks: set[asyncio.Task] = set()
+        self._reading_paused = False
+
+    # -- asyncio callbacks ------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) else (str(peer), 0)
+        self.proxy.links.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.dispatch(self.session.client_data, data)
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.dispatch(self.session.client_closed)
+        self._finish()
+
+    def pause_writing(self) -> None:
+        if self.upstream and self.upstream.transport:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream and self.upstream.transport:
+            self.upstream.transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        if self.transport and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # -- commands -----------------------------------------------------------------
+    def dispatch(self, event, *args) -> None:
+        """Feed one event to the session and carry out what it asks."""
+        try:
+            commands = event(*args)
+        except Exception:  # a bug in the session must cost this connection only
+            log.exception("session_error", session=self.id)
+            commands = self.session.fail("XX000", "pgveil internal error")
+        for command in commands:
+            self.execute(command)
+
+    def execute(self, command) -> None:
+        kind = type(command)
+        if kind is SendToServer:
+            if self.upstream and self.upstream.transport:
+                self.upstream.transport.write(command.data)
+        elif kind is SendToClient:
+            if self.transport and not self.transport.is_closing():
+                self.transport.write(command.data)
+        elif kind is Close:
+            self.close(command.reason, command.error)
+        elif kind is ConnectUpstream:
+            self.pause_reading()
+            self._spawn(self._connect_upstream())
+        elif kind is StartClientTLS:
+            self._spawn(self._start_tls())
+        elif kind is ForwardCancel:
+            self.proxy.spawn(self.proxy.forward_cancel(command.request))
+        elif kind is LookupVerifier:
+            self._spawn(self._lookup_verifier(command.user))
+        else:  # pragma: no cover - a new command without a handler is a bug
+            raise TypeError(f"unknown command {command!r}")
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(self.transport, self, self.proxy.client_tls, server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            log.info("client_tls_failed", session=self.id, peer=self.peer[0], error=str(exc))
+            self.close("TLS handshake failed", True)
+            return
+        if transport is None:
+            return
+        self.transport = transport
+        self.dispatch(self.session.tls_established)
+
+    async def _connect_upstream(self) -> None:
+        try:
+            transport, upstream, tls, cert_hash = await self.proxy.open_upstream(self)
+        except Exception as exc:
+            self.resume_reading()
+            self.dispatch(self.session.upstream_failed, str(exc) or type(exc).__name__)
+            return
+        if self.closed:
+            transport.close()
+            return
+        self.upstream = upstream
+        self.dispatch(self.session.upstream_connected, tls, cert_hash)
+        self.resume_reading()
+
+    async def _lookup_verifier(self, user: str) -> None:
+        try:
+            verifier = await self.proxy.lookup_verifier(user)
+        except Exception as exc:
+            log.warning("auth_query_failed", session=self.id, error=str(exc))
+            self.dispatch(self.session.fail, "28000", "pgveil could not look up the role's credentials")
+            return
+        self.dispatch(self.session.verifier_found, verifier)
+
+    def close(self, reason: str, error: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport:
+            self.transport.close()
+        if self.upstream and self.upstream.transport:
+            self.upstream.transport.close()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        self._finish()
+
+    def _finish(self) -> None:
+        if self not in self.proxy.links:
+            return
+        self.proxy.links.discard(self)
+        s = self.session
+        log.info("session_end", session=self.id, peer=f"{self.peer[0]}:{self.peer[1]}", user=s.user,
+                 database=s.database, tls=self.session.client_tls,
+                 duration_s=round(time.monotonic() - self.started, 3),
+                 bytes_in=s.stats.bytes_from_client, bytes_out=s.stats.bytes_from_server,
+                 reason=s.close_reason)
+
+
+class Proxy:
+    """Listens for clients and owns what is shared between their sessions."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.links: set[ClientLink] = set()
+        self.client_tls = make_client_tls(settings)
+        self.upstream_tls = make_upstream_tls(settings)
+        cert_hash = None
+        if settings.tls_cert:
+            with open(settings.tls_cert, encoding="ascii") as f:
+                cert_hash = tls_server_end_point(ssl.PEM_cert_to_DER_cert(f.read()))
+        self.session_config = SessionConfig(
+            tls_available=self.client_tls is not None,
+            scram_bridge_possible=bool(settings.auth_dsn),
+            client_cert_hash=cert_hash,
+            max_message_size=settings.max_message_size,
+        )
+        self._auth_pool = None
+        self._tasks: set[asyncio.Task] = set()
+        self.server: asyncio.base_events.Server | None = None
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        if sock is None:
+            sock = listen_socket(*self.settings.listen_address, reuse_port=self.settings.workers > 1)
+        self.server = await loop.create_server(lambda: ClientLink(self), sock=sock)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server:
+            self.server.close()
+        for link in list(self.links):
+            link.close("pgveil is shutting down")
+        if self._auth_pool is not None:
+            await self._auth_pool.close()
+
+    # -- upstream -------------------------------------------------------------------
+    async def _open_socket(self) -> tuple[socket.socket, bool]:
+        """A connected socket to the database, and whether TLS should be started on it."""
+        loop = asyncio.get_running_loop()
+        host, port = self.settings.upstream_address
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        last: Exception | None = None
+        for family, type_, proto, _, addr in infos:
+            sock = socket.socket(family, type_, proto)
+            sock.setblocking(False)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, addr), 10)
+            except (OSError, asyncio.TimeoutError) as exc:
+                sock.close()
+                last = exc
+                continue
+            if family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            mode = self.settings.upstream_sslmode
+            if mode == "disable":
+                return sock, False
+            try:
+                await loop.sock_sendall(sock, codec.encode_startup(codec.SSLRequest()))
+                answer = await asyncio.wait_for(loop.sock_recv(sock, 1), 10)
+            except (OSError, asyncio.TimeoutError) as exc:
+                sock.close()
+                raise ConnectionError(f"SSL negotiation with {host}:{port} failed: {exc}") from None
+            if answer == b"S":
+                return sock, True
+            if mode == "prefer":
+                return sock, False
+            sock.close()
+            raise ConnectionError(f"the server at {host}:{port} does not support SSL, but sslmode is {mode}")
+        raise ConnectionError(f"connection to {host}:{port} failed: {last}")
+
+    async def open_upstream(self, client: ClientLink):
+        loop = asyncio.get_running_loop()
+        sock, tls = await self._open_socket()
+        host = self.settings.upstream_address[0]
+        upstream = UpstreamLink(client)
+        try:
+            if tls:
+                transport, _ = await loop.create_connection(
+                    lambda: upstream, sock=sock, ssl=self.upstream_tls,
+                    server_hostname=host if self.settings.upstream_sslmode == "verify-full" else None,
+                    ssl_handshake_timeout=10)
+            else:
+                transport, _ = await loop.create_connection(lambda: upstream, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        cert_hash = None
+        if tls:
+            der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            cert_hash = tls_server_end_point(der) if der else None
+        return transport, upstream, tls, cert_hash
+
+    async def forward_cancel(self, request: codec.CancelRequest) -> None:
+        """Send a CancelRequest to the database on a fresh connection; the key is the server's own."""
+        loop = asyncio.get_running_loop()
+        try:
+            sock, tls = await self._open_socket()
+            packet = codec.encode_startup(request)
+            if tls:
+                reader, writer = await asyncio.open_connection(
+                    sock=sock, ssl=self.upstream_tls,
+                    server_hostname=self.settings.upstream_address[0]
+                    if self.settings.upstream_sslmode == "verify-full" else None)
+                writer.write(packet)
+                await writer.drain()
+                await asyncio.wait_for(reader.read(1), 5)
+                writer.close()
+            else:
+                await loop.sock_sendall(sock, packet)
+                await asyncio.wait_for(loop.sock_recv(sock, 1), 5)
+                sock.close()
+        except Exception as exc:
+            log.warning("cancel_forward_failed", error=str(exc))
+
+    async def lookup_verifier(self, user: str) -> str | None:
+        import asyncpg
+
+        if self._auth_pool is None:
+            self._auth_pool = await asyncpg.create_pool(self.settings.auth_dsn, min_size=0, max_size=2)
+        return await self._auth_pool.fetchval(self.settings.auth_query, user)
+
+
+def make_client_tls(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls_cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+def make_upstream_tls(settings: Settings) -> ssl.SSLContext | None:
+    mode = settings.upstream_sslmode
+    if mode == "disable":
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if mode in ("verify-ca", "verify-full"):
+        context.load_verify_locations(settings.upstream_ca)
+        context.check_hostname = mode == "verify-full"
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def listen_socket(host: str, port: int, *, reuse_port: bool, listen: bool = True) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def install_event_loop_policy() -> None:
+    """Use uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve_forever(settings: Settings, sock: socket.socket | None, ready=None) -> None:
+    proxy = Proxy(settings)
+    await proxy.start(sock)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("listening", listen=settings.listen, upstream=settings.upstream, pid=os.getpid(),
+             tls=proxy.client_tls is not None, upstream_sslmode=settings.upstream_sslmode)
+    if ready:
+        ready()
+    await stop.wait()
+    await proxy.stop()
+
+
+def serve(settings: Settings) -> int:
+    """Run the proxy until SIGTERM/SIGINT, in ``settings.workers`` processes."""
+    install_event_loop_policy()
+    host, port = settings.listen_address
+    if settings.workers == 1:
+        asyncio.run(_serve_forever(settings, None))
+        return 0
+    # bind once here so a bad address fails early; each worker binds its own SO_REUSEPORT socket
+    probe = listen_socket(host, port, reuse_port=True, listen=False)
+    children = []
+    for _ in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:
+            probe.close()
+            try:
+                asyncio.run(_serve_forever(settings, listen_socket(host, port, reuse_port=True)))
+            finally:
+                os._exit(0)
+        children.append(pid)
+    probe.close()
+
+    def forward(signum, _frame):
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status

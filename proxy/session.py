@@ -1,0 +1,403 @@
+"""One client connection's state machine, without I/O.
+
+Theory of operation
+-------------------
+The server module feeds a :class:`Session` with past-tense events, one at a time
+(``client_data``, ``server_data``, ``upstream_connected``, ``client_closed``, ...) and carries
+out the imperative commands each returns (:class:`SendToClient`, :class:`SendToServer`,
+:class:`ConnectUpstream`, ...).  Nothing here touches a socket, so a whole session can be
+replayed as a script in a test.
+
+Phases::
+
+    STARTUP --SSLRequest--> TLS_HANDSHAKE --tls_established--> STARTUP
+    STARTUP --StartupMessage--> CONNECTING --upstream_connected--> AUTH
+    AUTH --AuthenticationOk--> POSTAUTH --ReadyForQuery--> ACTIVE
+    any --error or close--> CLOSED
+
+While authenticating, the session relays the exchange and watches it; PostgreSQL stays the
+authority on passwords.  The one exception is SCRAM over an upstream TLS leg, where channel
+binding cannot survive a relay: then :mod:`proxy.scram` runs the exchange on both legs
+(see :class:`ScramBridge`).
+
+In ACTIVE, bytes are relayed as they come.  A :class:`~proxy.codec.Splitter` per direction
+finds the message boundaries; only the messages the session must see (ReadyForQuery,
+ErrorResponse, ParameterStatus, BackendKeyData from the server; every message type from the
+client, which is checked against the frontend table) are looked at, and rows pass as bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from . import codec
+from .codec import ProtocolViolation
+from .scram import ScramBridge, ScramError
+
+
+# --------------------------------------------------------------------------- commands
+@dataclass(frozen=True, slots=True)
+class SendToClient:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendToServer:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StartClientTLS:
+    """Upgrade the client connection to TLS (the 'S' answer has already been queued)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectUpstream:
+    """Open the upstream connection (TLS per the configured sslmode), then report back."""
+    startup: codec.StartupMessage
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardCancel:
+    """Open a fresh upstream connection and send this CancelRequest on it."""
+    request: codec.CancelRequest
+
+
+@dataclass(frozen=True, slots=True)
+class LookupVerifier:
+    """Read the role's SCRAM verifier through the auth account, then report back."""
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close both connections (after flushing what was queued)."""
+    reason: str
+    error: bool = False
+
+
+Command = SendToClient | SendToServer | StartClientTLS | ConnectUpstream | ForwardCancel | LookupVerifier | Close
+
+
+class Phase(Enum):
+    STARTUP = "startup"
+    TLS_HANDSHAKE = "tls_handshake"
+    CONNECTING = "connecting"
+    AUTH = "auth"
+    POSTAUTH = "postauth"
+    ACTIVE = "active"
+    CLOSED = "closed"
+
+
+# Frontend message types allowed once authenticated ('p' is only for authentication).
+ACTIVE_FRONTEND = frozenset(t for t in codec.FRONTEND if t != ord("p"))
+# Server messages the relay must look at; everything else (rows above all) passes as bytes.
+SERVER_WATCH = frozenset(b"ZESK")
+ALL_BYTES = frozenset(range(256))
+
+Z, E, S, K, R, Q, X, F, p = (ord(c) for c in "ZESKRQXFp")
+SYNC = ord("S")
+
+
+@dataclass(slots=True)
+class SessionConfig:
+    tls_available: bool = False         # a certificate is configured for clients
+    scram_bridge_possible: bool = False  # an --auth-dsn account can read SCRAM verifiers
+    client_cert_hash: bytes | None = None  # tls-server-end-point hash of pgveil's certificate
+    max_message_size: int = codec.MAX_MESSAGE_SIZE
+
+
+@dataclass(slots=True)
+class Stats:
+    bytes_from_client: int = 0
+    bytes_from_server: int = 0
+
+
+class Session:
+    """The state of one client connection; see the module docstring."""
+
+    def __init__(self, config: SessionConfig | None = None) -> None:
+        self.config = config or SessionConfig()
+        self.phase = Phase.STARTUP
+        self.client_tls = False
+        self.upstream_tls = False
+        self.startup: codec.StartupMessage | None = None
+        self.user: str | None = None
+        self.database: str | None = None
+        self.backend_key: codec.CancelRequest | None = None
+        self.server_params: dict[str, str] = {}
+        self.transaction_status = b"I"
+        self.outstanding = 0  # Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
+        self.close_reason: str | None = None
+        self.stats = Stats()
+        self._startup_buf = bytearray()
+        self._from_client = codec.Splitter(ALL_BYTES, self.config.max_message_size)
+        self._from_server = codec.Splitter(ALL_BYTES, self.config.max_message_size)
+        self._last_server_fatal = False
+        self._scram: ScramBridge | None = None
+        self._upstream_cert_hash: bytes | None = None
+
+    # ------------------------------------------------------------------ events
+    def client_data(self, data: bytes) -> list[Command]:
+        """Bytes arrived from the client."""
+        self.stats.bytes_from_client += len(data)
+        try:
+            if self.phase is Phase.ACTIVE or self.phase is Phase.POSTAUTH:
+                return self._client_active(data)
+            if self.phase is Phase.STARTUP:
+                return self._client_startup(data)
+            if self.phase is Phase.AUTH:
+                return self._client_auth(data)
+            if self.phase is Phase.CLOSED:
+                return []
+            if self.phase is Phase.TLS_HANDSHAKE:
+                raise ProtocolViolation("received unencrypted data after SSL request")
+            raise ProtocolViolation(f"unexpected data from the client while {self.phase.value}")
+        except ProtocolViolation as exc:
+            return self.fail("08P01", str(exc))
+
+    def server_data(self, data: bytes) -> list[Command]:
+        """Bytes arrived from the upstream server."""
+        self.stats.bytes_from_server += len(data)
+        try:
+            if self.phase is Phase.ACTIVE:
+                return self._server_active(data)
+            if self.phase is Phase.AUTH or self.phase is Phase.POSTAUTH:
+                return self._server_auth(data)
+            if self.phase is Phase.CLOSED:
+                return []
+            raise ProtocolViolation(f"unexpected data from the server while {self.phase.value}")
+        except ProtocolViolation as exc:
+            return self.fail("08P01", f"upstream protocol error: {exc}")
+
+    def tls_established(self) -> list[Command]:
+        """The client's TLS handshake finished."""
+        self.client_tls = True
+        self.phase = Phase.STARTUP
+        return []
+
+    def upstream_connected(self, tls: bool, server_cert_hash: bytes | None = None) -> list[Command]:
+        """The upstream connection is open (and TLS is up on it when ``tls``)."""
+        assert self.startup is not None
+        self.upstream_tls = tls
+        self._upstream_cert_hash = server_cert_hash
+        self.phase = Phase.AUTH
+        self._from_server = codec.Splitter(ALL_BYTES, self.config.max_message_size)
+        return [SendToServer(codec.encode_startup(self.startup))]
+
+    def upstream_failed(self, reason: str) -> list[Command]:
+        """The upstream connection could not be opened."""
+        return self.fail("08006", f"pgveil could not connect to the database server: {reason}")
+
+    def verifier_found(self, verifier: str | None) -> list[Command]:
+        """The auth account answered a LookupVerifier (None: no such role or no SCRAM secret)."""
+        assert self._scram is not None
+        try:
+            return self._scram_out(self._scram.verifier_found(verifier))
+        except ScramError as exc:
+            return self._scram_failed(exc)
+
+    def client_closed(self) -> list[Command]:
+        """The client connection ended."""
+        if self.phase is Phase.CLOSED:
+            return []
+        commands: list[Command] = []
+        busy = self.outstanding > 0 or self._from_server.mid_message
+        if busy and self.backend_key is not None:
+            commands.append(ForwardCancel(self.backend_key))
+        elif self.phase is Phase.ACTIVE:
+            commands.append(SendToServer(codec.encode(codec.Terminate())))
+        return commands + self._close("client disconnected")
+
+    def server_closed(self) -> list[Command]:
+        """The upstream connection ended."""
+        if self.phase is Phase.CLOSED:
+            return []
+        if self._from_server.mid_message or self._last_server_fatal:
+            return self._close("server closed the connection", error=True)
+        return self.fail("08006", "server closed the connection unexpectedly",
+                           detail="The database server ended the session, or the connection to it was lost.")
+
+    # ------------------------------------------------------------------ start-up
+    def _client_startup(self, data: bytes) -> list[Command]:
+        self._startup_buf += data
+        length = codec.startup_length(self._startup_buf)
+        if length is None or len(self._startup_buf) < length:
+            return []
+        packet = bytes(self._startup_buf[:length])
+        rest = bytes(self._startup_buf[length:])
+        self._startup_buf.clear()
+        message = codec.decode_startup(packet)
+        if isinstance(message, codec.SSLRequest):
+            if rest:
+                raise ProtocolViolation("received unencrypted data after SSL request")
+            if self.client_tls:
+                raise ProtocolViolation("SSLRequest on a connection that already uses TLS")
+            if not self.config.tls_available:
+                return [SendToClient(b"N")]
+            self.phase = Phase.TLS_HANDSHAKE
+            return [SendToClient(b"S"), StartClientTLS()]
+        if isinstance(message, codec.GSSENCRequest):
+            return [SendToClient(b"N")] + (self._client_startup(rest) if rest else [])
+        if isinstance(message, codec.CancelRequest):
+            return [ForwardCancel(message)] + self._close("cancel request forwarded")
+        return self._startup_message(message, rest)
+
+    def _startup_message(self, message: codec.StartupMessage, rest: bytes) -> list[Command]:
+        user = message.param("user")
+        if not user:
+            raise ProtocolViolation("no PostgreSQL user name specified in startup packet")
+        self.startup = message
+        self.user = user
+        self.database = message.param("database") or user
+        self.phase = Phase.CONNECTING
+        if rest:
+            raise ProtocolViolation("unexpected data after the startup packet")
+        return [ConnectUpstream(message)]
+
+    # ------------------------------------------------------------------ authentication
+    def _client_auth(self, data: bytes) -> list[Command]:
+        out, marks = self._from_client.feed(data)
+        commands: list[Command] = []
+        for kind, start, end in marks:
+            if kind == X:
+                return commands + self._close("client terminated during authentication")
+            if kind != p:
+                raise ProtocolViolation(f"expected an authentication response, got message type {chr(kind)!r}")
+            if self._scram is not None:
+                commands += self._client_scram(bytes(out[start + 5:end]))
+            else:
+                commands.append(SendToServer(bytes(out[start:end])))
+        return commands
+
+    def _server_auth(self, data: bytes) -> list[Command]:
+        out, marks = self._from_server.feed(data)
+        commands: list[Command] = []
+        for i, (kind, start, end) in enumerate(marks):
+            message = bytes(out[start:end])
+            if kind == R:
+                commands += self._server_authentication(message)
+                continue
+            if kind == K:
+                key = codec.decode_message(codec.BACKEND, message)
+                self.backend_key = codec.CancelRequest(key.pid, key.key)
+            commands.append(SendToClient(message))
+            if kind == Z:
+                # start-up is over: from here on only the relay's few types are looked at
+                self.phase = Phase.ACTIVE
+                self._from_server.watch = SERVER_WATCH
+                self._observe_server(out, marks[i:])
+                if end < len(out):
+                    commands.append(SendToClient(out[end:]))
+                return commands
+            self._observe_server(out, marks[i:i + 1])
+        return commands
+
+    def _server_authentication(self, message: bytes) -> list[Command]:
+        auth = codec.decode_message(codec.BACKEND, message)
+        if self._scram is not None:
+            try:
+                return self._scram_out(self._scram.server_message(auth))
+            except ScramError as exc:
+                return self._scram_failed(exc)
+        if auth.code == codec.Authentication.OK:
+            self.phase = Phase.POSTAUTH
+        elif auth.code == codec.Authentication.SASL and self.upstream_tls:
+            mechanisms = auth.mechanisms()
+            if "SCRAM-SHA-256-PLUS" in mechanisms:
+                return self._start_scram_bridge(mechanisms)
+        return [SendToClient(message)]
+
+    def _start_scram_bridge(self, mechanisms: tuple[str, ...]) -> list[Command]:
+        if not self.config.scram_bridge_possible:
+            if self.client_tls:
+                return self.fail(
+                    "28000", "pgveil cannot relay SCRAM authentication when both legs use TLS",
+                    hint="Configure --auth-dsn so that pgveil can verify SCRAM itself, or use sslmode=disable upstream.")
+            # the client has no TLS, so it will answer without channel binding: hide -PLUS
+            plain = tuple(m for m in mechanisms if not m.endswith("-PLUS"))
+            return [SendToClient(codec.encode(codec.Authentication.sasl(plain)))]
+        self._scram = ScramBridge(self.user or "", client_tls=self.client_tls,
+                                  client_cert_hash=self.config.client_cert_hash,
+                                  server_cert_hash=self._upstream_cert_hash)
+        return self._scram_out(self._scram.start())
+
+    def _client_scram(self, body: bytes) -> list[Command]:
+        assert self._scram is not None
+        try:
+            return self._scram_out(self._scram.client_message(body))
+        except ScramError as exc:
+            return self._scram_failed(exc)
+
+    def _scram_out(self, steps) -> list[Command]:
+        commands: list[Command] = []
+        for target, payload in steps:
+            if target == "client":
+                commands.append(SendToClient(payload))
+            elif target == "server":
+                commands.append(SendToServer(payload))
+            elif target == "lookup":
+                commands.append(LookupVerifier(payload))
+            elif target == "done":
+                self._scram = None
+                self.phase = Phase.POSTAUTH
+        return commands
+
+    def _scram_failed(self, exc: ScramError) -> list[Command]:
+        return self.fail(exc.sqlstate, str(exc))
+
+    # ------------------------------------------------------------------ relay
+    def _client_active(self, data: bytes) -> list[Command]:
+        out, marks = self._from_client.feed(data)
+        for kind, start, end in marks:
+            if kind not in ACTIVE_FRONTEND:
+                raise ProtocolViolation(f"invalid frontend message type {kind}")
+            if kind == Q or kind == SYNC or kind == F:
+                self.outstanding += 1
+            elif kind == X:
+                return [SendToServer(out[:end])] + self._close("client terminated the session")
+        return [SendToServer(out)] if out else []
+
+    def _server_active(self, data: bytes) -> list[Command]:
+        out, marks = self._from_server.feed(data)
+        if marks:
+            self._observe_server(out, marks)
+        return [SendToClient(out)] if out else []
+
+    def _observe_server(self, out: bytes, marks: list[tuple[int, int, int]]) -> None:
+        for kind, start, end in marks:
+            if kind == Z:
+                self.transaction_status = out[start + 5:start + 6]
+                if self.outstanding:
+                    self.outstanding -= 1
+            elif kind == E:
+                self._note_error(out[start:end])
+            elif kind == S:
+                self._note_parameter(out[start:end])
+
+    def _note_error(self, message: bytes) -> None:
+        error = codec.decode_message(codec.BACKEND, message)
+        self._last_server_fatal = error.get(b"S") in ("FATAL", "PANIC")
+
+    def _note_parameter(self, message: bytes) -> None:
+        status = codec.decode_message(codec.BACKEND, message)
+        self.server_params[status.name] = status.value
+
+    # ------------------------------------------------------------------ ending
+    def fail(self, sqlstate: str, message: str, *, detail: str | None = None,
+             hint: str | None = None) -> list[Command]:
+        """End the session with a FATAL error to the client (when the stream allows one)."""
+        if self.phase is Phase.CLOSED:
+            return []
+        commands: list[Command] = []
+        if not self._from_server.mid_message and self.phase is not Phase.TLS_HANDSHAKE:
+            commands.append(SendToClient(codec.error_response(
+                sqlstate, message, severity="FATAL", detail=detail, hint=hint)))
+        return commands + self._close(message, error=True)
+
+    def _close(self, reason: str, error: bool = False) -> list[Command]:
+        self.phase = Phase.CLOSED
+        self.close_reason = reason
+        return [Close(reason, error)]
+
