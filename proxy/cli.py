@@ -23,6 +23,7 @@ def _serve_parser(sub) -> None:
     p.add_argument("--metrics", help="HOST:PORT for /metrics, /healthz and /readyz")
     p.add_argument("--auth-dsn", help="account that reads SCRAM verifiers when the upstream leg uses TLS")
     p.add_argument("--auth-query", help="query returning the SCRAM verifier of role $1")
+    p.add_argument("--startup-timeout", type=float, help="seconds a client has to authenticate (default 60)")
     p.add_argument("--log-format", choices=["auto", "json", "console"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
@@ -33,7 +34,7 @@ def cmd_serve(args) -> int:
 
     flags = {k: getattr(args, k) for k in ("listen", "upstream", "rules", "tls_cert", "tls_key", "upstream_sslmode",
                                             "upstream_ca", "workers", "metrics", "auth_dsn", "auth_query",
-                                            "log_format", "log_level")}
+                                            "log_format", "log_level", "startup_timeout")}
     try:
         file_values = load_config_file(args.config) if args.config else {}
         settings = build_settings(file_values, flags)

@@ -37,6 +37,7 @@ class Settings:
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
     max_message_size: int = (1 << 30) - 1
+    startup_timeout: float = 60.0  # like PostgreSQL's authentication_timeout
     extra: dict = field(default_factory=dict)
 
     # -- derived --------------------------------------------------------------

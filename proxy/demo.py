@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import signal
 import tempfile
 from pathlib import Path
 
@@ -85,10 +86,12 @@ async def _serve(settings: Settings, cluster: Cluster) -> int:
     for user, tier in DEMO_USERS.items():
         print(f"  {tier:40s} PGPASSWORD={DEMO_PASSWORD} {psql} -h {host} -p {port} -U {user} crm")
     print("Press Ctrl-C to stop.")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
-    except asyncio.CancelledError:
-        pass
+        await stop.wait()
     finally:
         await proxy.stop()
     return 0

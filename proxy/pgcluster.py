@@ -184,6 +184,7 @@ class Cluster:
         if not self.initialized:
             self.init()
         else:
+            self.stop()  # a server left running by an earlier, killed run
             self.write_config()  # the port may be new
         log = self.data_dir / "server.log"
         result = self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-w", "-t", "60", "start",

@@ -21,7 +21,7 @@ from itertools import count
 from . import codec, logs
 from .config import Settings
 from .scram import tls_server_end_point
-from .session import (Close, ConnectUpstream, ForwardCancel, LookupVerifier, SendToClient,
+from .session import (Close, Phase, ConnectUpstream, ForwardCancel, LookupVerifier, SendToClient,
                       SendToServer, Session, SessionConfig, StartClientTLS)
 
 log = logs.get("pgveil.server")
@@ -79,6 +79,12 @@ class ClientLink(asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) else (str(peer), 0)
         self.proxy.links.add(self)
+        self._startup_timer = asyncio.get_running_loop().call_later(
+            self.proxy.settings.startup_timeout, self._startup_expired)
+
+    def _startup_expired(self) -> None:
+        if self.session.phase not in (Phase.ACTIVE, Phase.CLOSED):
+            self.dispatch(self.session.fail, "08P01", "pgveil: timeout expired before the client authenticated")
 
     def data_received(self, data: bytes) -> None:
         self.dispatch(self.session.client_data, data)
@@ -186,6 +192,7 @@ class ClientLink(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self._startup_timer.cancel()
         if self.transport:
             self.transport.close()
         if self.upstream and self.upstream.transport:

@@ -136,12 +136,17 @@ class Session:
         self._from_server = codec.Splitter(ALL_BYTES, self.config.max_message_size)
         self._last_server_fatal = False
         self._scram: ScramBridge | None = None
+        self._held = bytearray()  # client messages that arrived before authentication ended
+        self._auth_request_pending = False  # the server asked for a password or SASL step
         self._upstream_cert_hash: bytes | None = None
 
     # ------------------------------------------------------------------ events
     def client_data(self, data: bytes) -> list[Command]:
         """Bytes arrived from the client."""
         self.stats.bytes_from_client += len(data)
+        return self._client_bytes(data)
+
+    def _client_bytes(self, data: bytes) -> list[Command]:
         try:
             if self.phase is Phase.ACTIVE or self.phase is Phase.POSTAUTH:
                 return self._client_active(data)
@@ -184,7 +189,11 @@ class Session:
         self._upstream_cert_hash = server_cert_hash
         self.phase = Phase.AUTH
         self._from_server = codec.Splitter(ALL_BYTES, self.config.max_message_size)
-        return [SendToServer(codec.encode_startup(self.startup))]
+        commands: list[Command] = [SendToServer(codec.encode_startup(self.startup))]
+        if self._held:
+            early, self._held = bytes(self._held), bytearray()
+            commands += self._client_bytes(early)
+        return commands
 
     def upstream_failed(self, reason: str) -> list[Command]:
         """The upstream connection could not be opened."""
@@ -202,13 +211,14 @@ class Session:
         """The client connection ended."""
         if self.phase is Phase.CLOSED:
             return []
-        commands: list[Command] = []
+        terminate = [SendToServer(codec.encode(codec.Terminate()))] if self.phase is Phase.ACTIVE else []
+        return self._client_leaves(terminate, "client disconnected")
+
+    def _client_leaves(self, terminate: list[Command], reason: str) -> list[Command]:
+        """The client is gone: a statement still running upstream is cancelled, not left to run."""
         busy = self.outstanding > 0 or self._from_server.mid_message
-        if busy and self.backend_key is not None:
-            commands.append(ForwardCancel(self.backend_key))
-        elif self.phase is Phase.ACTIVE:
-            commands.append(SendToServer(codec.encode(codec.Terminate())))
-        return commands + self._close("client disconnected")
+        cancel: list[Command] = [ForwardCancel(self.backend_key)] if busy and self.backend_key else []
+        return cancel + terminate + self._close(reason)
 
     def server_closed(self) -> list[Command]:
         """The upstream connection ended."""
@@ -252,8 +262,7 @@ class Session:
         self.user = user
         self.database = message.param("database") or user
         self.phase = Phase.CONNECTING
-        if rest:
-            raise ProtocolViolation("unexpected data after the startup packet")
+        self._held = bytearray(rest)  # a client may pipeline after the startup packet
         return [ConnectUpstream(message)]
 
     # ------------------------------------------------------------------ authentication
@@ -263,8 +272,14 @@ class Session:
         for kind, start, end in marks:
             if kind == X:
                 return commands + self._close("client terminated during authentication")
-            if kind != p:
-                raise ProtocolViolation(f"expected an authentication response, got message type {chr(kind)!r}")
+            if kind != p or self._held:
+                if self._auth_request_pending or kind == p:
+                    raise ProtocolViolation(
+                        f"expected an authentication response, got message type {chr(kind)!r}")
+                # as PostgreSQL does, keep what the client pipelined until it is authenticated
+                self._held += out[start:end]
+                continue
+            self._auth_request_pending = False
             if self._scram is not None:
                 commands += self._client_scram(bytes(out[start + 5:end]))
             else:
@@ -290,6 +305,9 @@ class Session:
                 self._observe_server(out, marks[i:])
                 if end < len(out):
                     commands.append(SendToClient(out[end:]))
+                if self._held:
+                    early, self._held = bytes(self._held), bytearray()
+                    commands += self._client_bytes(early)
                 return commands
             self._observe_server(out, marks[i:i + 1])
         return commands
@@ -301,6 +319,11 @@ class Session:
                 return self._scram_out(self._scram.server_message(auth))
             except ScramError as exc:
                 return self._scram_failed(exc)
+        self._auth_request_pending = auth.code not in (codec.Authentication.OK, codec.Authentication.SASL_FINAL)
+        if self._auth_request_pending and self._held:
+            kind = chr(self._held[0])
+            return [SendToClient(message)] + self.fail(
+                "08P01", f"expected an authentication response, got message type {kind!r}")
         if auth.code == codec.Authentication.OK:
             self.phase = Phase.POSTAUTH
         elif auth.code == codec.Authentication.SASL and self.upstream_tls:
@@ -356,7 +379,7 @@ class Session:
             if kind == Q or kind == SYNC or kind == F:
                 self.outstanding += 1
             elif kind == X:
-                return [SendToServer(out[:end])] + self._close("client terminated the session")
+                return self._client_leaves([SendToServer(out[:end])], "client terminated the session")
         return [SendToServer(out)] if out else []
 
     def _server_active(self, data: bytes) -> list[Command]:
