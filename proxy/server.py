@@ -304,7 +304,7 @@ class Proxy:
             if tls:
                 transport, _ = await loop.create_connection(
                     lambda: upstream, sock=sock, ssl=self.upstream_tls,
-                    server_hostname=host if self.settings.upstream_sslmode == "verify-full" else None,
+                    server_hostname=host,  # checked only in verify-full (check_hostname)
                     ssl_handshake_timeout=10)
             else:
                 transport, _ = await loop.create_connection(lambda: upstream, sock=sock)
@@ -325,9 +325,7 @@ class Proxy:
             packet = codec.encode_startup(request)
             if tls:
                 reader, writer = await asyncio.open_connection(
-                    sock=sock, ssl=self.upstream_tls,
-                    server_hostname=self.settings.upstream_address[0]
-                    if self.settings.upstream_sslmode == "verify-full" else None)
+                    sock=sock, ssl=self.upstream_tls, server_hostname=self.settings.upstream_address[0])
                 writer.write(packet)
                 await writer.drain()
                 await asyncio.wait_for(reader.read(1), 5)

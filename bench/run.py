@@ -1,0 +1,107 @@
+"""pgbench through pgveil against a direct connection, in the same run.
+
+Every configuration runs in each round, in alternating order, against one PostgreSQL started
+here; the result is the median TPS per configuration and its ratio to direct (machines are
+shared and noisy: ratios are the result, not absolute numbers).
+
+    python bench/run.py [--seconds 10] [--rounds 3] [--modes simple,extended,prepared]
+
+Prints a table and writes bench/results/pgbench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import free_port, start_proxy  # noqa: E402
+from proxy.pgcluster import Cluster, embedded_bin_dir  # noqa: E402
+
+USER, PASSWORD = "bench", "bench-secret"
+
+
+def pgbench(cluster: Cluster, port: int, *args: str) -> float:
+    env = dict(os.environ, PGPASSWORD=PASSWORD, PGSSLMODE="disable")
+    cmd = [str(cluster.bin_dir / "pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, *args, "bench"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {result.stderr}{result.stdout}")
+    match = re.search(r"tps = ([\d.]+) \((?:without initial connection time|excluding connections establishing)\)",
+                      result.stdout)
+    return float(match.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--modes", default="simple,extended,prepared")
+    args = parser.parse_args()
+
+    cluster = Cluster(embedded_bin_dir(), settings={"max_connections": "200"})
+    cluster.start()
+    proxies = {}
+    try:
+        cluster.psql(f"CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'; CREATE DATABASE bench OWNER {USER};")
+        print(f"initialising pgbench scale {args.scale} ...", flush=True)
+        subprocess.run([str(cluster.bin_dir / "pgbench"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", USER,
+                        "-i", "-q", "-s", str(args.scale), "bench"],
+                       env=dict(os.environ, PGPASSWORD=PASSWORD), check=True, capture_output=True)
+        proxies["pgveil 1 worker"] = start_proxy(cluster.port, "--upstream-sslmode", "disable",
+                                                 "--log-level", "warning")
+        proxies["pgveil 2 workers"] = start_proxy(cluster.port, "--upstream-sslmode", "disable",
+                                                  "--log-level", "warning", "--workers", "2", port=free_port())
+        configs = {"direct": cluster.port, **{name: p.port for name, p in proxies.items()}}
+        modes = args.modes.split(",")
+        results: dict[str, dict[str, list[float]]] = {m: {c: [] for c in configs} for m in modes}
+        for round_no in range(args.rounds):
+            for mode in modes:
+                order = list(configs) if round_no % 2 == 0 else list(reversed(configs))
+                for name in order:
+                    tps = pgbench(cluster, configs[name], "-S", "-M", mode, "-c", str(args.clients), "-j", "2",
+                                  "-T", str(args.seconds))
+                    results[mode][name].append(tps)
+                    print(f"round {round_no + 1} {mode:9s} {name:18s} {tps:10.0f} tps", flush=True)
+    finally:
+        for p in proxies.values():
+            p.stop()
+        cluster.destroy()
+
+    table = []
+    for mode in modes:
+        direct = statistics.median(results[mode]["direct"])
+        for name, values in results[mode].items():
+            median = statistics.median(values)
+            table.append({"mode": mode, "config": name, "tps_median": round(median),
+                          "ratio_to_direct": round(median / direct, 3), "runs": [round(v) for v in values]})
+    print()
+    print(f"pgbench -S -c {args.clients} -j 2, scale {args.scale}, {args.seconds}s x {args.rounds} rounds "
+          f"({platform.node()}, {os.cpu_count()} cores, {datetime.now(timezone.utc):%Y-%m-%d})")
+    print(f"{'mode':10s}{'configuration':20s}{'median TPS':>12s}{'x direct':>10s}")
+    for row in table:
+        print(f"{row['mode']:10s}{row['config']:20s}{row['tps_median']:12d}{row['ratio_to_direct']:10.2f}")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "pgbench.json").write_text(json.dumps({
+        "date": datetime.now(timezone.utc).isoformat(), "cores": os.cpu_count(), "seconds": args.seconds,
+        "rounds": args.rounds, "scale": args.scale, "clients": args.clients, "results": table}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,238 @@
+"""The session state machine, replayed as scripts of events in and commands out (no network)."""
+
+import hashlib
+import hmac
+import base64
+
+import pytest
+
+from proxy import codec
+from proxy.scram import ScramBridge, ScramError, Verifier, tls_server_end_point
+from proxy.session import (Close, ConnectUpstream, ForwardCancel, LookupVerifier, Phase, SendToClient,
+                           SendToServer, Session, SessionConfig, StartClientTLS)
+
+STARTUP = codec.StartupMessage(codec.PROTOCOL_3_0, (("user", "app"), ("database", "crm"), ("odd_param", "x")))
+AUTH_OK = codec.encode(codec.Authentication(0, b""))
+KEY = codec.encode(codec.BackendKeyData(4242, b"\x01\x02\x03\x04"))
+READY = codec.encode(codec.ReadyForQuery(b"I"))
+
+
+def sent_to_client(commands) -> bytes:
+    return b"".join(c.data for c in commands if isinstance(c, SendToClient))
+
+
+def sent_to_server(commands) -> bytes:
+    return b"".join(c.data for c in commands if isinstance(c, SendToServer))
+
+
+def active_session(config=None) -> Session:
+    s = Session(config)
+    assert s.client_data(codec.encode_startup(STARTUP)) == [ConnectUpstream(STARTUP)]
+    commands = s.upstream_connected(tls=False)
+    assert sent_to_server(commands) == codec.encode_startup(STARTUP)  # every parameter verbatim
+    out = s.server_data(AUTH_OK + KEY + READY)
+    assert sent_to_client(out) == AUTH_OK + KEY + READY  # the server's key, unchanged
+    assert s.phase is Phase.ACTIVE
+    return s
+
+
+def test_startup_ssl_refused_then_startup():
+    s = Session()
+    assert s.client_data(codec.encode_startup(codec.SSLRequest())) == [SendToClient(b"N")]
+    assert s.client_data(codec.encode_startup(codec.GSSENCRequest())) == [SendToClient(b"N")]
+    assert s.client_data(codec.encode_startup(STARTUP)) == [ConnectUpstream(STARTUP)]
+    assert s.user == "app" and s.database == "crm"
+
+
+def test_startup_ssl_accepted_when_certificate():
+    s = Session(SessionConfig(tls_available=True))
+    assert s.client_data(codec.encode_startup(codec.SSLRequest())) == [SendToClient(b"S"), StartClientTLS()]
+    assert s.phase is Phase.TLS_HANDSHAKE
+    s.tls_established()
+    out = s.client_data(codec.encode_startup(codec.SSLRequest()))
+    assert isinstance(out[-1], Close)  # a second SSLRequest inside TLS is a violation
+
+
+def test_startup_packet_in_pieces():
+    s = Session()
+    wire = codec.encode_startup(STARTUP)
+    for i in range(len(wire) - 1):
+        assert s.client_data(wire[i:i + 1]) == []
+    assert s.client_data(wire[-1:]) == [ConnectUpstream(STARTUP)]
+
+
+def test_cancel_request_forwarded_with_the_servers_key():
+    s = Session()
+    request = codec.CancelRequest(4242, b"k" * 32)  # protocol 3.2 key length
+    commands = s.client_data(codec.encode_startup(request))
+    assert commands[0] == ForwardCancel(request)
+    assert isinstance(commands[1], Close)
+
+
+def test_auth_relay_and_wrong_password():
+    s = Session()
+    s.client_data(codec.encode_startup(STARTUP))
+    s.upstream_connected(tls=False)
+    md5 = codec.encode(codec.Authentication(5, b"salt"))
+    assert sent_to_client(s.server_data(md5)) == md5
+    answer = codec.encode(codec.PasswordMessage("md5abc"))
+    assert sent_to_server(s.client_data(answer)) == answer
+    error = codec.error_response("28P01", 'password authentication failed for user "app"', severity="FATAL")
+    assert sent_to_client(s.server_data(error)) == error  # the server's own text
+
+
+def test_relay_is_byte_exact_and_tracks_transactions():
+    s = active_session()
+    query = codec.encode(codec.Query("BEGIN; SELECT 1"))
+    assert s.client_data(query) == [SendToServer(query)]
+    assert s.outstanding == 1
+    reply = (codec.encode(codec.CommandComplete("BEGIN")) + codec.encode(codec.DataRow((b"1",)))
+             + codec.encode(codec.ReadyForQuery(b"T")))
+    assert s.server_data(reply) == [SendToClient(reply)]
+    assert s.transaction_status == b"T" and s.outstanding == 0
+
+
+def test_extended_protocol_flush_gets_no_ready():
+    s = active_session()
+    msgs = (codec.encode(codec.Parse("", "SELECT $1", (23,))) + codec.encode(codec.Describe(b"S", ""))
+            + codec.encode(codec.Flush()))
+    assert s.client_data(msgs) == [SendToServer(msgs)]
+    assert s.outstanding == 0  # Flush asks for no ReadyForQuery
+    s.client_data(codec.encode(codec.Sync()))
+    assert s.outstanding == 1
+
+
+def test_wrong_state_messages_are_fatal_08p01():
+    s = active_session()
+    out = s.client_data(codec.encode(codec.AuthResponse(b"x")))
+    error = codec.decode_message(codec.BACKEND, sent_to_client(out))
+    assert error.get(b"C") == "08P01" and error.get(b"S") == "FATAL"
+    assert isinstance(out[-1], Close) and s.phase is Phase.CLOSED
+    assert s.client_data(b"more") == []  # nothing after close
+
+
+def test_client_gone_mid_query_cancels_upstream():
+    s = active_session()
+    s.client_data(codec.encode(codec.Query("SELECT pg_sleep(30)")))
+    commands = s.client_closed()
+    assert commands[0] == ForwardCancel(codec.CancelRequest(4242, b"\x01\x02\x03\x04"))
+    assert isinstance(commands[-1], Close)
+
+
+def test_client_gone_while_idle_sends_terminate():
+    s = active_session()
+    commands = s.client_closed()
+    assert not any(isinstance(c, ForwardCancel) for c in commands)
+    assert sent_to_server(commands) == codec.encode(codec.Terminate())
+
+
+def test_server_gone_between_messages_is_08006():
+    s = active_session()
+    out = s.server_closed()
+    assert codec.decode_message(codec.BACKEND, sent_to_client(out)).get(b"C") == "08006"
+
+
+def test_server_gone_mid_row_closes_without_injecting():
+    s = active_session()
+    row = codec.encode(codec.DataRow((b"x" * 1000,)))
+    s.server_data(row[:100])
+    out = s.server_closed()
+    assert sent_to_client(out) == b"" and isinstance(out[-1], Close)
+
+
+def test_server_fatal_is_not_doubled():
+    s = active_session()
+    fatal = codec.error_response("57P01", "terminating connection due to administrator command", severity="FATAL")
+    s.server_data(fatal)
+    assert sent_to_client(s.server_closed()) == b""
+
+
+def test_parameter_status_is_tracked():
+    s = active_session()
+    s.server_data(codec.encode(codec.ParameterStatus("search_path", "crm, public")))
+    assert s.server_params["search_path"] == "crm, public"
+
+
+# ----------------------------------------------------------------------------- SCRAM bridge
+def scram_client_first(nonce="cnonce", flag="n,,"):
+    return f"{flag}n=,r={nonce}".encode()
+
+
+def client_proof(password, salt, iterations, auth_message):
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored = hashlib.sha256(client_key).digest()
+    signature = hmac.new(stored, auth_message, hashlib.sha256).digest()
+    return bytes(a ^ b for a, b in zip(client_key, signature))
+
+
+def run_bridge(password_given, password_stored="secret", cb=None):
+    verifier = Verifier.from_password(password_stored, b"saltsaltsaltsalt")
+    text = (f"SCRAM-SHA-256$4096:{base64.b64encode(verifier.salt).decode()}$"
+            f"{base64.b64encode(verifier.stored_key).decode()}:{base64.b64encode(verifier.server_key).decode()}")
+    bridge = ScramBridge("app", client_tls=cb is not None, client_cert_hash=cb, server_cert_hash=b"S" * 32,
+                         nonce=lambda: "pgveilnonce")
+    offer = codec.decode_message(codec.BACKEND, bridge.start()[0][1])
+    assert offer.mechanisms() == (("SCRAM-SHA-256-PLUS", "SCRAM-SHA-256") if cb else ("SCRAM-SHA-256",))
+    flag = "p=tls-server-end-point,," if cb else "n,,"
+    mechanism = "SCRAM-SHA-256-PLUS" if cb else "SCRAM-SHA-256"
+    first = codec.SASLInitialResponse(mechanism, scram_client_first(flag=flag)).body()
+    assert bridge.client_message(first) == [("lookup", "app")]
+    server_first = codec.decode_message(codec.BACKEND, bridge.verifier_found(text)[0][1]).data.decode()
+    assert server_first.startswith("r=cnoncepgveilnonce,")
+    cbind = base64.b64encode(flag.encode() + (cb or b"")).decode()
+    without_proof = f"c={cbind},r=cnoncepgveilnonce"
+    auth_message = f"n=,r=cnonce,{server_first},{without_proof}".encode()
+    proof = base64.b64encode(client_proof(password_given, verifier.salt, 4096, auth_message)).decode()
+    return bridge, bridge.client_message(f"{without_proof},p={proof}".encode())
+
+
+def test_scram_bridge_verifies_client_and_authenticates_upstream():
+    bridge, steps = run_bridge("secret", cb=b"C" * 32)
+    (target, payload), = steps
+    assert target == "server"
+    initial = codec.decode_message(codec.FRONTEND, payload)
+    upstream = codec.decode_as(codec.SASLInitialResponse, initial.data)
+    assert upstream.mechanism == "SCRAM-SHA-256-PLUS"
+    assert upstream.data.startswith(b"p=tls-server-end-point,,n=,r=pgveilnonce")
+
+
+def test_scram_bridge_rejects_wrong_password():
+    with pytest.raises(ScramError) as info:
+        run_bridge("not the secret")
+    assert info.value.sqlstate == "28P01"
+
+
+def test_scram_bridge_detects_downgrade():
+    bridge = ScramBridge("app", client_tls=True, client_cert_hash=b"C" * 32, server_cert_hash=None)
+    bridge.start()
+    with pytest.raises(ScramError, match="channel binding negotiation"):
+        bridge.client_message(codec.SASLInitialResponse("SCRAM-SHA-256", scram_client_first(flag="y,,")).body())
+
+
+def test_tls_server_end_point_uses_sha256_by_default():
+    der = b"\x30\x82" + b"\x00" * 100
+    assert tls_server_end_point(der) == hashlib.sha256(der).digest()
+
+
+def test_session_hides_plus_when_both_legs_cannot_bridge():
+    s = Session(SessionConfig(scram_bridge_possible=False))
+    s.client_data(codec.encode_startup(STARTUP))
+    s.upstream_connected(tls=True, server_cert_hash=b"x" * 32)
+    offer = codec.encode(codec.Authentication.sasl(("SCRAM-SHA-256-PLUS", "SCRAM-SHA-256")))
+    relayed = codec.decode_message(codec.BACKEND, sent_to_client(s.server_data(offer)))
+    assert relayed.mechanisms() == ("SCRAM-SHA-256",)
+
+
+def test_session_bridge_asks_for_verifier():
+    s = Session(SessionConfig(scram_bridge_possible=True, tls_available=True, client_cert_hash=b"c" * 32))
+    s.client_data(codec.encode_startup(codec.SSLRequest()))
+    s.tls_established()
+    s.client_data(codec.encode_startup(STARTUP))
+    s.upstream_connected(tls=True, server_cert_hash=b"x" * 32)
+    offer = codec.encode(codec.Authentication.sasl(("SCRAM-SHA-256-PLUS", "SCRAM-SHA-256")))
+    relayed = codec.decode_message(codec.BACKEND, sent_to_client(s.server_data(offer)))
+    assert relayed.mechanisms() == ("SCRAM-SHA-256-PLUS", "SCRAM-SHA-256")
+    first = codec.encode(codec.SASLInitialResponse("SCRAM-SHA-256-PLUS",
+                                                   scram_client_first(flag="p=tls-server-end-point,,")))
+    assert s.client_data(first) == [LookupVerifier("app")]
