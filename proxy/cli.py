@@ -23,6 +23,8 @@ def _serve_parser(sub) -> None:
     p.add_argument("--metrics", help="HOST:PORT for /metrics, /healthz and /readyz")
     p.add_argument("--auth-dsn", help="account that reads SCRAM verifiers when the upstream leg uses TLS")
     p.add_argument("--auth-query", help="query returning the SCRAM verifier of role $1")
+    p.add_argument("--catalog-dsn", help="account that reads tables, columns and views for the rules")
+    p.add_argument("--catalog-refresh", type=float, help="seconds between catalog refreshes (default 60)")
     p.add_argument("--startup-timeout", type=float, help="seconds a client has to authenticate (default 60)")
     p.add_argument("--log-format", choices=["auto", "json", "console"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -30,14 +32,16 @@ def _serve_parser(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from .server import serve
+    from .server import load_engine, serve
 
     flags = {k: getattr(args, k) for k in ("listen", "upstream", "rules", "tls_cert", "tls_key", "upstream_sslmode",
                                             "upstream_ca", "workers", "metrics", "auth_dsn", "auth_query",
-                                            "log_format", "log_level", "startup_timeout")}
+                                            "log_format", "log_level", "startup_timeout", "catalog_dsn",
+                                            "catalog_refresh")}
     try:
         file_values = load_config_file(args.config) if args.config else {}
         settings = build_settings(file_values, flags)
+        load_engine(settings)  # a broken rule file stops here, with its file and line
     except ConfigError as exc:
         print(f"pgveil: {exc}", file=sys.stderr)
         return 2
@@ -55,6 +59,7 @@ def _demo_parser(sub) -> None:
     p.add_argument("--listen", default="127.0.0.1:6432")
     p.add_argument("--data-dir", help="where the demo database lives (default: under the user's cache)")
     p.add_argument("--customers", type=int, default=2000)
+    p.add_argument("--rules", help="rule file to enforce (default: rules/crm.yaml)")
     p.set_defaults(func=cmd_demo)
 
 

@@ -38,6 +38,8 @@ class Settings:
     log_level: str = "info"
     max_message_size: int = (1 << 30) - 1
     startup_timeout: float = 60.0  # like PostgreSQL's authentication_timeout
+    catalog_dsn: str | None = None
+    catalog_refresh: float = 60.0
     extra: dict = field(default_factory=dict)
 
     # -- derived --------------------------------------------------------------
@@ -73,6 +75,8 @@ class Settings:
                 raise ConfigError(f"{name}: no such file {path!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"workers: must be a positive integer, got {self.workers!r}")
+        if self.rules and not (self.catalog_dsn or self.auth_dsn):
+            raise ConfigError("rules need catalog_dsn: an account that can read the database's catalog")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"log_format: must be auto, json or console, got {self.log_format!r}")
         return self

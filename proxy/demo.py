@@ -15,14 +15,15 @@ from .pgcluster import Cluster, ClusterError, embedded_bin_dir
 
 # One database user per tier of the example rules (rules/crm.yaml), with a demo password.
 DEMO_USERS = {
-    "crm_app": "customer service (the CRM application)",
+    "crm_app": "customer_service",
     "sales_li": "sales",
     "prod_wang": "production",
-    "admin_chen": "administration office",
-    "it_zhou": "IT",
-    "partner_acme": "third party",
-    "dba_sun": "database administrator",
+    "admin_chen": "admin_office",
+    "it_zhou": "it",
+    "partner_acme": "third_party",
+    "dba_sun": "dba",
 }
+RULES = Path(__file__).resolve().parent.parent / "rules" / "crm.yaml"
 DEMO_PASSWORD = "demo"
 
 
@@ -61,8 +62,10 @@ def run_demo(args) -> int:
     try:
         print(f"Embedded PostgreSQL on 127.0.0.1:{cluster.port} (data in {cluster.data_dir}); loading the sample CRM ...")
         prepare(cluster, args.customers)
+        rules = args.rules or str(RULES)
         settings = Settings(listen=args.listen, upstream=f"postgresql://127.0.0.1:{cluster.port}",
-                            upstream_sslmode="disable").validate()
+                            upstream_sslmode="disable", rules=rules,
+                            catalog_dsn=cluster.dsn(database="crm")).validate()
         install_event_loop_policy()
         return asyncio.run(_serve(settings, cluster))
     except KeyboardInterrupt:
@@ -81,10 +84,11 @@ async def _serve(settings: Settings, cluster: Cluster) -> int:
     psql = shlex.quote(str(cluster.bin_dir / "psql"))
     print()
     print(f"pgveil is listening on {host}:{port}, in front of the sample CRM database 'crm'.")
-    print("NOTE: the policy engine is not built yet: this demo relays every column UNMASKED.")
-    print(f"Connect as one of the demo users (password '{DEMO_PASSWORD}'):")
+    print(f"Rules in force: {settings.rules} (version {proxy.engine.rules.version}).")
+    print(f"Connect as one of the demo users (password '{DEMO_PASSWORD}'), one per tier:")
     for user, tier in DEMO_USERS.items():
-        print(f"  {tier:40s} PGPASSWORD={DEMO_PASSWORD} {psql} -h {host} -p {port} -U {user} crm")
+        print(f"  {tier:17s} PGPASSWORD={DEMO_PASSWORD} {psql} -h {host} -p {port} -U {user} crm")
+    print("Try: SELECT name, phone, id_number, bank_card, grade FROM customers LIMIT 5;")
     print("Press Ctrl-C to stop.")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

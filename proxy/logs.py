@@ -13,6 +13,7 @@ import structlog
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
     """Set up structlog once per process.  ``fmt``: auto (console on a TTY), json, console."""
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)  # its parse fallbacks are ours to judge
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     structlog.configure(

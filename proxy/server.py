@@ -21,7 +21,7 @@ from itertools import count
 from . import codec, logs
 from .config import Settings
 from .scram import tls_server_end_point
-from .session import (Close, Phase, ConnectUpstream, ForwardCancel, LookupVerifier, SendToClient,
+from .session import (Alert, Close, Phase, RefreshCatalog, ConnectUpstream, ForwardCancel, LookupVerifier, SendToClient,
                       SendToServer, Session, SessionConfig, StartClientTLS)
 
 log = logs.get("pgveil.server")
@@ -144,6 +144,10 @@ class ClientLink(asyncio.Protocol):
             self.proxy.spawn(self.proxy.forward_cancel(command.request))
         elif kind is LookupVerifier:
             self._spawn(self._lookup_verifier(command.user))
+        elif kind is RefreshCatalog:
+            self.proxy.catalog_changed()
+        elif kind is Alert:
+            log.error(command.event, session=self.id, user=self.session.user, detail=command.detail)
         else:  # pragma: no cover - a new command without a handler is a bug
             raise TypeError(f"unknown command {command!r}")
 
@@ -226,12 +230,15 @@ class Proxy:
         if settings.tls_cert:
             with open(settings.tls_cert, encoding="ascii") as f:
                 cert_hash = tls_server_end_point(ssl.PEM_cert_to_DER_cert(f.read()))
+        self.engine = load_engine(settings)
         self.session_config = SessionConfig(
             tls_available=self.client_tls is not None,
             scram_bridge_possible=bool(settings.auth_dsn),
             client_cert_hash=cert_hash,
             max_message_size=settings.max_message_size,
+            engine=self.engine,
         )
+        self._catalog_refresh_pending = False
         self._auth_pool = None
         self._tasks: set[asyncio.Task] = set()
         self.server: asyncio.base_events.Server | None = None
@@ -246,6 +253,46 @@ class Proxy:
         if sock is None:
             sock = listen_socket(*self.settings.listen_address, reuse_port=self.settings.workers > 1)
         self.server = await loop.create_server(lambda: ClientLink(self), sock=sock)
+        if self.engine is not None:
+            await self.refresh_catalog()
+            self.spawn(self._refresh_periodically())
+
+    async def refresh_catalog(self) -> bool:
+        import asyncpg
+
+        from .catalog import load_catalog
+        dsn = self.settings.catalog_dsn or self.settings.auth_dsn
+        try:
+            conn = await asyncpg.connect(dsn, timeout=10)
+            try:
+                catalog = await load_catalog(conn)
+            finally:
+                await conn.close()
+        except Exception as exc:
+            log.error("catalog_load_failed", error=str(exc))
+            return False
+        if self.engine.catalog is None or catalog.version != self.engine.catalog.version:
+            log.info("catalog_loaded", relations=len(catalog.by_oid), version=catalog.version)
+        self.engine.catalog = catalog
+        return True
+
+    async def _refresh_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.catalog_refresh if self.engine.catalog is not None else 2)
+            await self.refresh_catalog()
+
+    def catalog_changed(self) -> None:
+        """DDL went through a session: refresh once it has had time to commit."""
+        if self._catalog_refresh_pending:
+            return
+        self._catalog_refresh_pending = True
+
+        async def later():
+            for delay in (0.2, 1.0):
+                await asyncio.sleep(delay)
+                await self.refresh_catalog()
+            self._catalog_refresh_pending = False
+        self.spawn(later())
 
     @property
     def port(self) -> int:
@@ -343,6 +390,21 @@ class Proxy:
         if self._auth_pool is None:
             self._auth_pool = await asyncpg.create_pool(self.settings.auth_dsn, min_size=0, max_size=2)
         return await self._auth_pool.fetchval(self.settings.auth_query, user)
+
+
+def load_engine(settings: Settings):
+    """The policy engine for ``--rules`` (None: relay only).  A bad file is a ConfigError."""
+    if not settings.rules:
+        return None
+    from .config import ConfigError
+    from .policy import Engine
+    from .rules import RuleError, load_rules
+    try:
+        with open(settings.rules, encoding="utf-8") as f:
+            rules = load_rules(f.read(), settings.rules)
+    except RuleError as exc:
+        raise ConfigError(str(exc)) from None
+    return Engine(rules)
 
 
 def make_client_tls(settings: Settings) -> ssl.SSLContext | None:

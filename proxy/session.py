@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from . import codec
+from . import codec, policy
 from .codec import ProtocolViolation
 from .scram import ScramBridge, ScramError
 
@@ -71,13 +71,26 @@ class LookupVerifier:
 
 
 @dataclass(frozen=True, slots=True)
+class RefreshCatalog:
+    """A statement that may change the catalog went through: read it again soon."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """Something that should never happen did: log it loudly."""
+    event: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """Close both connections (after flushing what was queued)."""
     reason: str
     error: bool = False
 
 
-Command = SendToClient | SendToServer | StartClientTLS | ConnectUpstream | ForwardCancel | LookupVerifier | Close
+Command = (SendToClient | SendToServer | StartClientTLS | ConnectUpstream | ForwardCancel | LookupVerifier | Alert
+           | RefreshCatalog | Close)
 
 
 class Phase(Enum):
@@ -95,8 +108,11 @@ ACTIVE_FRONTEND = frozenset(t for t in codec.FRONTEND if t != ord("p"))
 # Server messages the relay must look at; everything else (rows above all) passes as bytes.
 SERVER_WATCH = frozenset(b"ZESK")
 ALL_BYTES = frozenset(range(256))
+# For a restricted tier, also errors and notices (details stripped) and RowDescription.
+FILTER_WATCH = frozenset(b"ZESKNT")
+REFUSAL_MARK = "pgveil-refused-"
 
-Z, E, S, K, R, Q, X, F, p = (ord(c) for c in "ZESKRQXFp")
+Z, E, S, K, R, Q, X, F, N, P, T, p = (ord(c) for c in "ZESKRQXFNPTp")
 SYNC = ord("S")
 
 
@@ -106,6 +122,7 @@ class SessionConfig:
     scram_bridge_possible: bool = False  # an --auth-dsn account can read SCRAM verifiers
     client_cert_hash: bytes | None = None  # tls-server-end-point hash of pgveil's certificate
     max_message_size: int = codec.MAX_MESSAGE_SIZE
+    engine: object = None  # proxy.policy.Engine; None: relay without a policy
 
 
 @dataclass(slots=True)
@@ -136,6 +153,15 @@ class Session:
         self._from_server = codec.Splitter(ALL_BYTES, self.config.max_message_size)
         self._last_server_fatal = False
         self._scram: ScramBridge | None = None
+        self.tier = None  # the rules' tier for this identity, once authenticated
+        self.last_decision = None
+        self._ddl_seen = False
+        self._filtering = False  # restricted tier: the server stream is inspected
+        self._suppressing = False  # a result was stopped: drop until ReadyForQuery
+        self._refusals: dict[str, tuple[str, str]] = {}
+        self._refusal_seq = 0
+        self._search_path_text: str | None = None
+        self._search_path_parsed: tuple = ("$user", "public")
         self._held = bytearray()  # client messages that arrived before authentication ended
         self._auth_request_pending = False  # the server asked for a password or SASL step
         self._upstream_cert_hash: bytes | None = None
@@ -301,7 +327,7 @@ class Session:
             if kind == Z:
                 # start-up is over: from here on only the relay's few types are looked at
                 self.phase = Phase.ACTIVE
-                self._from_server.watch = SERVER_WATCH
+                self._from_server.watch = FILTER_WATCH if self._filtering else SERVER_WATCH
                 self._observe_server(out, marks[i:])
                 if end < len(out):
                     commands.append(SendToClient(out[end:]))
@@ -325,6 +351,9 @@ class Session:
             return [SendToClient(message)] + self.fail(
                 "08P01", f"expected an authentication response, got message type {kind!r}")
         if auth.code == codec.Authentication.OK:
+            refused = self._identify()
+            if refused:
+                return refused
             self.phase = Phase.POSTAUTH
         elif auth.code == codec.Authentication.SASL and self.upstream_tls:
             mechanisms = auth.mechanisms()
@@ -354,6 +383,10 @@ class Session:
             return self._scram_failed(exc)
 
     def _scram_out(self, steps) -> list[Command]:
+        if any(target == "done" for target, _ in steps):
+            refused = self._identify()
+            if refused:
+                return refused
         commands: list[Command] = []
         for target, payload in steps:
             if target == "client":
@@ -373,20 +406,37 @@ class Session:
     # ------------------------------------------------------------------ relay
     def _client_active(self, data: bytes) -> list[Command]:
         out, marks = self._from_client.feed(data)
+        pieces: list[bytes] = []
+        pos = 0
         for kind, start, end in marks:
             if kind not in ACTIVE_FRONTEND:
                 raise ProtocolViolation(f"invalid frontend message type {kind}")
             if kind == Q or kind == SYNC or kind == F:
                 self.outstanding += 1
             elif kind == X:
-                return self._client_leaves([SendToServer(out[:end])], "client terminated the session")
-        return [SendToServer(out)] if out else []
+                pieces.append(out[pos:end])
+                return self._client_leaves([SendToServer(b"".join(pieces))], "client terminated the session")
+            if self.tier is not None and (kind == Q or kind == P or kind == F):
+                replacement = self._decide_message(kind, out[start:end])
+                if replacement is not None:
+                    pieces += (out[pos:start], replacement)
+                    pos = end
+        if pieces:
+            pieces.append(out[pos:])
+            out = b"".join(pieces)
+        commands: list[Command] = [SendToServer(out)] if out else []
+        if self._ddl_seen:
+            self._ddl_seen = False
+            commands.append(RefreshCatalog())
+        return commands
 
     def _server_active(self, data: bytes) -> list[Command]:
         out, marks = self._from_server.feed(data)
-        if marks:
-            self._observe_server(out, marks)
-        return [SendToClient(out)] if out else []
+        if not self._filtering:
+            if marks:
+                self._observe_server(out, marks)
+            return [SendToClient(out)] if out else []
+        return self._server_filtered(out, marks)
 
     def _observe_server(self, out: bytes, marks: list[tuple[int, int, int]]) -> None:
         for kind, start, end in marks:
@@ -398,6 +448,121 @@ class Session:
                 self._note_error(out[start:end])
             elif kind == S:
                 self._note_parameter(out[start:end])
+
+    # ------------------------------------------------------------------ policy
+    def _identify(self) -> list[Command]:
+        """The authenticated user's tier; an identity no rule matches is refused (28000)."""
+        engine = self.config.engine
+        if engine is None:
+            return []
+        self.tier = engine.tier_for(self.user or "")
+        if self.tier is None:
+            return self.fail("28000", f'pgveil: no access rule matches user "{self.user}"',
+                             hint="Ask the administration office for access; the rule file decides who may connect.")
+        self._filtering = not self.tier.all_clear
+        return []
+
+    def _search_path(self) -> tuple:
+        value = self.server_params.get("search_path")
+        if value != self._search_path_text:
+            self._search_path_text = value
+            self._search_path_parsed = policy.parse_search_path(value)
+        return self._search_path_parsed
+
+    def _decide_message(self, kind: int, message: bytes) -> bytes | None:
+        """Decide a Query, Parse or FunctionCall; the bytes to send instead, or None."""
+        decoded = codec.decode_message(codec.FRONTEND, message)
+        if kind == F:
+            if self.tier.all_clear:
+                return None
+            return self._refusal(f"the FunctionCall message is not allowed for tier {self.tier.name}")
+        sql = decoded.query
+        decision = self.config.engine.decide(sql, self.tier, self._search_path(), self.user or "")
+        self.last_decision = decision
+        self._ddl_seen = self._ddl_seen or "ddl" in decision.kinds
+        if decision.refused:
+            return self._refusal(decision.reason, decision.sqlstate, parse=decoded if kind == P else None)
+        if decision.sql == sql:
+            return None
+        if kind == Q:
+            return codec.encode(codec.Query(decision.sql))
+        return codec.encode(codec.Parse(decoded.name, decision.sql, decoded.param_types))
+
+    def _refusal(self, reason: str, sqlstate: str = "42501", parse=None) -> bytes:
+        """A statement that fails on the server in place of a refused one.
+
+        The server then does exactly what it does for any error (aborts the transaction block,
+        skips to Sync in the extended protocol); its error is swapped for the refusal on the
+        way back (see :meth:`_server_filtered`).
+        """
+        self._refusal_seq += 1
+        token = f"{REFUSAL_MARK}{self._refusal_seq}"
+        self._refusals[token] = (reason, sqlstate or "42501")
+        sql = f"SELECT '{token}'::pg_catalog.int4"
+        if parse is not None:
+            return codec.encode(codec.Parse(parse.name, sql, ()))
+        return codec.encode(codec.Query(sql))
+
+    def _server_filtered(self, out: bytes, marks: list) -> list[Command]:
+        """Relay for a restricted tier: refusals put back, row values kept out of error details,
+        and the second check on every RowDescription."""
+        pieces: list[bytes] = []
+        pos = 0
+        commands: list[Command] = []
+        for kind, start, end in marks:
+            if self._suppressing:
+                if kind != Z:
+                    continue
+                pos = start  # everything up to this ReadyForQuery is dropped
+                self._suppressing = False
+            message = out[start:end]
+            replacement = None
+            if kind == E or kind == N:
+                replacement = self._filter_error(message)
+            elif kind == T:
+                leak = self._leaking_column(message)
+                if leak:
+                    replacement = codec.error_response(
+                        "42501", f"pgveil stopped a result: column {leak} is not visible in clear to tier "
+                                 f"{self.tier.name}")
+                    self._suppressing = True
+                    commands.append(Alert("second_layer_stop", f"RowDescription named {leak} for tier "
+                                                               f"{self.tier.name}"))
+            if kind == Z or kind == E or kind == S:
+                self._observe_server(out, [(kind, start, end)])
+            if replacement is not None:
+                pieces += (out[pos:start], replacement)
+                pos = end
+        if not self._suppressing:
+            pieces.append(out[pos:])
+        data = b"".join(pieces) if len(pieces) != 1 else pieces[0]
+        if self._refusals and self.outstanding == 0:
+            self._refusals.clear()  # e.g. a refusal inside an aborted transaction got 25P02 instead
+        return ([SendToClient(data)] if data else []) + commands
+
+    def _filter_error(self, message: bytes) -> bytes | None:
+        error = codec.decode_message(codec.BACKEND, message)
+        text = error.get(b"M") or ""
+        if REFUSAL_MARK in text:
+            token = text[text.index(REFUSAL_MARK):].split('"')[0]
+            found = self._refusals.pop(token, None)
+            if found is not None:
+                reason, sqlstate = found
+                return codec.error_response(sqlstate, reason)
+        if any(code == b"D" for code, _ in error.fields):  # details can print row values
+            fields = tuple((code, value) for code, value in error.fields if code != b"D")
+            return codec.encode(type(error)(fields))
+        return None
+
+    def _leaking_column(self, message: bytes) -> str | None:
+        hidden = self.config.engine.hidden_columns(self.tier)
+        if not hidden:
+            return None
+        description = codec.decode_message(codec.BACKEND, message)
+        for name, table_oid, column, *_ in description.columns:
+            if table_oid and (table_oid, column) in hidden:
+                return f"{name} (table {table_oid}, column {column})"
+        return None
 
     def _note_error(self, message: bytes) -> None:
         error = codec.decode_message(codec.BACKEND, message)

@@ -1,0 +1,234 @@
+"""What the database holds: relations, their columns and types, inheritance, which base
+columns each view column derives from, built-in functions and role memberships.
+
+:class:`Catalog` is plain data (the policy engine reads it without I/O);
+:func:`load_catalog` fills one from a live server with asyncpg.
+
+>>> cat = Catalog.from_spec({"public.customers": {"id": "integer", "phone": "text"}})
+>>> cat.resolve(None, "customers", ("$user", "public")).columns[1]
+Column(name='phone', type='text', attnum=2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # format_type(): 'character(18)', 'integer', ...
+    attnum: int
+
+
+@dataclass(frozen=True)
+class Relation:
+    oid: int
+    schema: str
+    name: str
+    kind: str  # r table, p partitioned, v view, m materialized view, f foreign table
+    columns: tuple
+    parents: tuple = ()  # inheritance / partition parents (oids)
+    sources: dict = field(default_factory=dict)  # view column name -> ((base oid, attnum), ...)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def column(self, name: str) -> Column | None:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        return None
+
+
+class Catalog:
+    def __init__(self, relations: list[Relation], functions: frozenset = frozenset(),
+                 memberships: dict | None = None) -> None:
+        self.by_oid = {r.oid: r for r in relations}
+        self.by_name = {(r.schema, r.name): r for r in relations}
+        self.functions = functions  # names of functions in pg_catalog
+        self.memberships = memberships or {}  # role -> roles it is a member of, transitively
+        digest = hashlib.sha256()
+        for r in sorted(relations, key=lambda r: r.oid):
+            digest.update(repr((r.oid, r.schema, r.name, r.kind, r.columns, r.parents,
+                                sorted(r.sources.items()))).encode())
+        self.version = digest.hexdigest()[:12]
+
+    def resolve(self, schema: str | None, name: str, search_path: tuple, user: str = "") -> Relation | None:
+        """Find a relation as PostgreSQL would: qualified, or through pg_catalog and search_path."""
+        if schema:
+            return self.by_name.get((schema, name))
+        path = [user if s == "$user" else s for s in search_path]
+        if "pg_catalog" not in path:
+            path.insert(0, "pg_catalog")
+        for s in path:
+            rel = self.by_name.get((s, name))
+            if rel is not None:
+                return rel
+        return None
+
+    def roles_of(self, user: str) -> frozenset:
+        return self.memberships.get(user, frozenset())
+
+    def ancestors(self, rel: Relation) -> list[Relation]:
+        """Parents, grandparents, ... of an inheritance child or partition."""
+        seen, out, todo = set(), [], list(rel.parents)
+        while todo:
+            oid = todo.pop(0)
+            if oid in seen or oid not in self.by_oid:
+                continue
+            seen.add(oid)
+            parent = self.by_oid[oid]
+            out.append(parent)
+            todo.extend(parent.parents)
+        return out
+
+    def column_names(self) -> list[str]:
+        return [f"{r.schema}.{r.name}.{c.name}" for r in self.by_oid.values() for c in r.columns]
+
+    @classmethod
+    def from_spec(cls, spec: dict, *, views: dict | None = None, parents: dict | None = None,
+                  functions: frozenset = frozenset({"upper", "lower", "length", "count", "sum", "now",
+                                                    "row_to_json", "to_json", "coalesce", "concat",
+                                                    "substr", "left", "right", "repeat", "md5"}),
+                  memberships: dict | None = None) -> "Catalog":
+        """A catalog from ``{"schema.table": {"column": "type", ...}}`` (for tests and explain).
+
+        ``views`` maps "schema.view" to {column: ["schema.table.column", ...]}.
+        """
+        relations = []
+        names = {}
+        for oid, (qualified, columns) in enumerate(spec.items(), start=1000):
+            names[qualified] = oid
+        for qualified, columns in spec.items():
+            schema, name = qualified.split(".")
+            cols = tuple(Column(c, t, i) for i, (c, t) in enumerate(columns.items(), start=1))
+            kind = "v" if views and qualified in views else "r"
+            sources = {}
+            if views and qualified in views:
+                for col, bases in views[qualified].items():
+                    refs = []
+                    for base in bases:
+                        bschema, btable, bcol = base.split(".")
+                        boid = names[f"{bschema}.{btable}"]
+                        battnum = list(spec[f"{bschema}.{btable}"]).index(bcol) + 1
+                        refs.append((boid, battnum))
+                    sources[col] = tuple(refs)
+            parent_oids = tuple(names[p] for p in (parents or {}).get(qualified, ()))
+            relations.append(Relation(names[qualified], schema, name, kind, cols, parent_oids, sources))
+        for i, rel in enumerate(("pg_stats", "pg_statistic", "pg_stat_activity", "pg_class", "pg_largeobject",
+                                 "pg_authid", "pg_user_mappings", "pg_stat_statements")):
+            relations.append(Relation(10 + i, "pg_catalog", rel, "v", (Column("x", "text", 1),)))
+        return cls(relations, functions, memberships)
+
+
+# ----------------------------------------------------------------------------- loading
+RELATIONS_SQL = """
+SELECT c.oid, n.nspname, c.relname, c.relkind,
+       coalesce(array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum > 0), '{}') AS names,
+       coalesce(array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+                FILTER (WHERE a.attnum > 0), '{}') AS types,
+       coalesce(array_agg(a.attnum::int ORDER BY a.attnum) FILTER (WHERE a.attnum > 0), '{}') AS nums
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+GROUP BY c.oid, n.nspname, c.relname, c.relkind
+"""
+INHERITS_SQL = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits"
+VIEW_DEPS_SQL = """
+SELECT DISTINCT r.ev_class AS view, d.refobjid AS base, d.refobjsubid::int AS attnum
+FROM pg_catalog.pg_rewrite r
+JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjsubid > 0 AND d.refobjid <> r.ev_class
+"""
+VIEW_DEFS_SQL = """
+SELECT c.oid, pg_catalog.pg_get_viewdef(c.oid) AS def
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+FUNCTIONS_SQL = "SELECT DISTINCT proname::text FROM pg_catalog.pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace"
+MEMBERS_SQL = """
+SELECT m.rolname AS member, r.rolname AS role
+FROM pg_catalog.pg_auth_members am
+JOIN pg_catalog.pg_roles m ON m.oid = am.member JOIN pg_catalog.pg_roles r ON r.oid = am.roleid
+"""
+
+
+def view_column_sources(definition: str, relations_by_name: dict, dependencies: list[tuple[int, int]],
+                        output_columns: tuple) -> dict:
+    """Which base columns each view column derives from.
+
+    Lineage for a plain SELECT view: every column a projection mentions, resolved through the
+    FROM list.  Anything the resolver cannot follow gets every column the view depends on
+    (conservative: a column of unknown origin is treated as derived from all of them).
+    """
+    import sqlglot
+    from sqlglot import exp
+
+    fallback = {c.name: tuple(dependencies) for c in output_columns}
+    try:
+        tree = sqlglot.parse_one(definition, read="postgres")
+    except Exception:
+        return fallback
+    if not isinstance(tree, exp.Select) or tree.args.get("with_") or len(tree.expressions) != len(output_columns):
+        return fallback
+    aliases = {}
+    for table in tree.find_all(exp.Table):
+        rel = relations_by_name.get((table.db or "public", table.name))
+        if rel is None or table.find_ancestor(exp.Subquery) is not None:
+            return fallback
+        aliases[table.alias_or_name] = rel
+    sources = {}
+    for out_col, projection in zip(output_columns, tree.expressions):
+        refs = set()
+        for col in projection.find_all(exp.Column):
+            candidates = [aliases[col.table]] if col.table in aliases else list(aliases.values())
+            if col.table and col.table not in aliases:
+                return fallback
+            for rel in candidates:
+                base = rel.column(col.name)
+                if base is not None:
+                    refs.add((rel.oid, base.attnum))
+        if projection.find(exp.Star) is not None:
+            return fallback
+        sources[out_col.name] = tuple(sorted(refs))
+    return sources
+
+
+async def load_catalog(conn) -> Catalog:
+    """Read the catalog through an asyncpg connection."""
+    rows = await conn.fetch(RELATIONS_SQL)
+    parents: dict[int, list[int]] = {}
+    for child, parent in await conn.fetch(INHERITS_SQL):
+        parents.setdefault(child, []).append(parent)
+    deps: dict[int, list[tuple[int, int]]] = {}
+    for view, base, attnum in await conn.fetch(VIEW_DEPS_SQL):
+        deps.setdefault(view, []).append((base, attnum))
+    defs = {oid: definition for oid, definition in await conn.fetch(VIEW_DEFS_SQL)}
+    relations = []
+    for oid, schema, name, kind, names, types, nums in rows:
+        columns = tuple(Column(n, t, a) for n, t, a in zip(names, types, nums))
+        relations.append(Relation(oid, schema, name, kind, columns, tuple(parents.get(oid, ()))))
+    by_name = {(r.schema, r.name): r for r in relations}
+    for i, rel in enumerate(relations):
+        if rel.oid in defs:
+            sources = view_column_sources(defs[rel.oid], by_name, deps.get(rel.oid, []), rel.columns)
+            relations[i] = Relation(rel.oid, rel.schema, rel.name, rel.kind, rel.columns, rel.parents, sources)
+    functions = frozenset(r[0] for r in await conn.fetch(FUNCTIONS_SQL))
+    direct: dict[str, set[str]] = {}
+    for member, role in await conn.fetch(MEMBERS_SQL):
+        direct.setdefault(member, set()).add(role)
+    memberships = {}
+    for member in direct:
+        seen, todo = set(), list(direct[member])
+        while todo:
+            role = todo.pop()
+            if role not in seen:
+                seen.add(role)
+                todo.extend(direct.get(role, ()))
+        memberships[member] = frozenset(seen)
+    return Catalog(relations, functions, memberships)

@@ -1,0 +1,429 @@
+"""The policy engine: (statement, identity, rules, catalog) -> :class:`Decision`.
+
+A short pipeline, like sqlglot's optimizer: **split** the text into statements with
+sqlglot's tokenizer, **classify** each by its leading keyword (never by sqlglot's guess: its
+parser turns some statements it does not know into something else), **gate** the kind
+against the tier, **parse** and **rewrite** (:mod:`proxy.rewrite`, :mod:`proxy.writes`), then
+**generate** the SQL to send and check that it parses back to itself.
+
+For a tier that is not all-clear the generated SQL is what reaches the database, never the
+client's text: the database then runs exactly what was analysed (a comment, a quoting trick
+or a parser difference cannot hide a relation from the analysis).  Anything the engine does
+not understand is refused (fail closed).  An all-clear tier's statements go as they are.
+
+Pure: no I/O.
+
+>>> from proxy.rules import load_rules, EXAMPLE
+>>> from proxy.catalog import Catalog
+>>> rules = load_rules(EXAMPLE)
+>>> catalog = Catalog.from_spec({"public.customers": {"id": "integer", "bank_card": "text"}})
+>>> decide("SELECT bank_card FROM customers", Context(rules.tier("sales"), rules, catalog)).reason
+'column customers.bank_card is not visible to tier sales'
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.errors import SqlglotError
+
+from .rewrite import Context, NotUnderstood, Refusal, Rewriter, name_of
+from .writes import rewrite_copy, rewrite_write
+
+_DIALECT = Postgres()
+
+TRANSACTION_WORDS = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"})
+CURSOR_WORDS = frozenset({"FETCH", "MOVE", "CLOSE"})
+SESSION_WORDS = frozenset({"LISTEN", "UNLISTEN", "NOTIFY", "EXECUTE"})
+HARMLESS_WORDS = frozenset({"DISCARD", "DEALLOCATE"})
+QUERY_WORDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "("})
+WRITE_WORDS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
+DDL_WORDS = frozenset({"CREATE", "ALTER", "DROP", "COMMENT"})
+FORBIDDEN_SETTINGS = {
+    "role": "SET ROLE changes whose privileges apply",
+    "session_authorization": "SET SESSION AUTHORIZATION changes the session's identity",
+    "standard_conforming_strings": "it changes how the server reads string literals",
+    "backslash_quote": "it changes how the server reads string literals",
+    "session_replication_role": "it disables triggers and rules",
+}
+CREATE_REFUSED = ("FUNCTION", "PROCEDURE", "RULE", "TRIGGER", "EVENT", "AGGREGATE", "OPERATOR", "LANGUAGE",
+                  "EXTENSION", "CAST", "CONVERSION", "ROLE", "USER", "SERVER", "FOREIGN", "PUBLICATION",
+                  "SUBSCRIPTION", "TRANSFORM")
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: str  # "allow", "rewrite" or "refuse"
+    sql: str  # what to send upstream (the client's text for allow on an all-clear tier)
+    reason: str = ""
+    sqlstate: str = ""
+    kinds: tuple = ()
+    relations: tuple = ()
+    columns: tuple = ()  # ColumnUse
+    unparsed: bool = False
+
+    @property
+    def refused(self) -> bool:
+        return self.verdict == "refuse"
+
+
+@dataclass
+class Segment:
+    text: str
+    tokens: list
+    offset: int  # position of text in the whole statement
+
+    @property
+    def word(self) -> str:
+        first = self.tokens[0]
+        return "(" if first.text == "(" else first.text.upper()
+
+    def words(self, n: int) -> list[str]:
+        return [t.text.upper() for t in self.tokens[:n]]
+
+
+def split_statements(sql: str) -> list[Segment]:
+    """Statements of a Query message, as the server will see them (empty ones dropped)."""
+    tokens = _DIALECT.tokenize(sql)
+    segments, current = [], []
+    for token in tokens + [None]:
+        if token is None or token.token_type.name == "SEMICOLON":
+            if current:
+                start, end = current[0].start, current[-1].end + 1
+                segments.append(Segment(sql[start:end], current, start))
+            current = []
+        else:
+            current.append(token)
+    return segments
+
+
+# ----------------------------------------------------------------------------- decisions
+class Statement:
+    """One statement's analysis: its kind and the SQL to send."""
+
+    def __init__(self, ctx: Context, rewriter: Rewriter) -> None:
+        self.ctx = ctx
+        self.rw = rewriter
+        self.kinds: list[str] = []
+        self.rewritten = False
+
+    @staticmethod
+    def passthrough(seg: Segment) -> str:
+        """A statement sent as the client wrote it: it must hold no second statement that a
+        tokenizer difference could hide, so a ';' anywhere in it is refused."""
+        if ";" in seg.text:
+            raise NotUnderstood(f"a ';' inside {seg.word} is not accepted for this tier")
+        return seg.text
+
+    def need(self, kind: str, what: str) -> None:
+        if kind not in self.ctx.tier.statements:
+            raise Refusal(f"{kind} statements ({what}) are not allowed for tier {self.ctx.tier.name}")
+        self.kinds.append(kind)
+
+    def run(self, seg: Segment) -> str:
+        word = seg.word
+        if word in TRANSACTION_WORDS:
+            self.kinds.append("session")
+            return self.passthrough(seg)
+        if word in ("SET", "RESET"):
+            return self.setting(seg)
+        if word in HARMLESS_WORDS:
+            self.kinds.append("session")
+            return self.passthrough(seg)
+        if word == "SHOW":
+            self.need("read", "SHOW")
+            return self.passthrough(seg)
+        if word in CURSOR_WORDS:
+            self.need("read", word)
+            return self.passthrough(seg)
+        if word in SESSION_WORDS:
+            self.need("session", word)
+            return self.passthrough(seg)
+        if word in QUERY_WORDS or word in WRITE_WORDS or word == "COPY":
+            return self.parsed(seg)
+        if word == "EXPLAIN":
+            return self.explain(seg)
+        if word == "PREPARE":
+            return self.prepare(seg)
+        if word == "DECLARE":
+            return self.declare(seg)
+        if word == "DO":
+            raise Refusal(f"DO blocks are not allowed for tier {self.ctx.tier.name}")
+        if word in DDL_WORDS:
+            return self.ddl(seg)
+        self.need("admin", word)
+        return self.passthrough(seg)
+
+    # -- SET ------------------------------------------------------------------
+    def setting(self, seg: Segment) -> str:
+        words = [w for w in seg.words(6) if w not in ("SESSION", "LOCAL")]
+        name = words[1].lower() if len(words) > 1 else ""
+        if seg.word == "SET" and len(words) > 2 and words[1] == "SESSION" or name == "session" and len(words) > 2:
+            name = "session_authorization"
+        if words[:3] == ["SET", "SESSION", "AUTHORIZATION"] or (len(words) > 1 and words[1] == "AUTHORIZATION"):
+            name = "session_authorization"
+        if name in FORBIDDEN_SETTINGS:
+            raise Refusal(f"changing {name} is not allowed for tier {self.ctx.tier.name}: {FORBIDDEN_SETTINGS[name]}")
+        if name == "client_encoding" and seg.word == "SET":
+            value = seg.tokens[-1].text.strip("'\"").upper().replace("-", "").replace("_", "")
+            if value not in ("UTF8", "UNICODE", "DEFAULT"):
+                raise Refusal(f"client_encoding {value} is not allowed for tier {self.ctx.tier.name}: "
+                              f"pgveil analyses statements as UTF8")
+        self.kinds.append("session")
+        return self.passthrough(seg)
+
+    # -- statements with a statement inside ----------------------------------------
+    @staticmethod
+    def body(seg: Segment) -> tuple[str, Segment]:
+        """The text after the leading keyword, tokenized on its own (the tokenizer keeps a
+        command's arguments as one string)."""
+        if len(seg.tokens) < 2:
+            raise NotUnderstood(f"{seg.word} is incomplete")
+        cut = seg.tokens[0].end + 1 - seg.offset  # (a command string token's own start is unreliable)
+        rest = seg.text[cut:]
+        parts = split_statements(rest)
+        if len(parts) != 1:
+            raise NotUnderstood(f"{seg.word} is not one statement")
+        return seg.text[:cut], parts[0]
+
+    def inner(self, head: str, body: Segment, index: int) -> str:
+        if index >= len(body.tokens):
+            raise NotUnderstood("statement is incomplete")
+        start = body.tokens[index].start - body.offset
+        parts = split_statements(body.text[start:])  # fresh tokens: see body()
+        if len(parts) != 1:
+            raise NotUnderstood("the inner statement is not one statement")
+        return " ".join(p for p in (head.strip(), body.text[:start].strip(), self.run(parts[0])) if p)
+
+    def explain(self, seg: Segment) -> str:
+        head, body = self.body(seg)
+        i, analyze, tokens = 0, False, body.tokens
+        if tokens[0].text == "(":
+            depth = 0
+            while i < len(tokens):
+                text = tokens[i].text
+                depth += text == "("
+                depth -= text == ")"
+                if text.upper() in ("ANALYZE", "ANALYSE") and i + 1 < len(tokens) \
+                        and tokens[i + 1].text.upper() not in ("FALSE", "OFF", "0"):
+                    analyze = True
+                i += 1
+                if depth == 0:
+                    break
+        while i < len(tokens) and tokens[i].text.upper() in ("ANALYZE", "ANALYSE", "VERBOSE"):
+            analyze = analyze or tokens[i].text.upper() != "VERBOSE"
+            i += 1
+        if not analyze:
+            self.need("read", "EXPLAIN")
+        before = len(self.kinds)
+        text = self.inner(head, body, i)
+        if not analyze:
+            del self.kinds[before:]  # EXPLAIN without ANALYZE runs nothing
+        return text
+
+    def prepare(self, seg: Segment) -> str:
+        head, body = self.body(seg)
+        if body.tokens[0].text.upper() == "TRANSACTION":
+            self.need("admin", "PREPARE TRANSACTION")
+            return self.passthrough(seg)
+        self.need("session", "PREPARE")
+        for i, token in enumerate(body.tokens):
+            if token.text.upper() == "AS":
+                return self.inner(head, body, i + 1)
+        raise NotUnderstood("PREPARE without AS")
+
+    def declare(self, seg: Segment) -> str:
+        head, body = self.body(seg)
+        for i, token in enumerate(body.tokens):
+            if token.text.upper() == "FOR":
+                return self.inner(head, body, i + 1)
+        raise NotUnderstood("DECLARE without FOR")
+
+    def ddl(self, seg: Segment) -> str:
+        words = [w for w in seg.words(6) if w not in ("OR", "REPLACE", "TEMP", "TEMPORARY", "UNLOGGED",
+                                                      "CONSTRAINT", "DEFAULT", "TRUSTED", "PROCEDURAL")]
+        if seg.word == "CREATE" and len(words) > 1 and words[1] in CREATE_REFUSED:
+            raise Refusal(f"CREATE {words[1]} is not allowed for tier {self.ctx.tier.name}")
+        self.need("ddl", seg.word)
+        if seg.word == "CREATE" and any(t.text.upper() == "AS" for t in seg.tokens):
+            return self.parsed(seg, ddl=True)
+        return self.passthrough(seg)
+
+    # -- parsed statements -----------------------------------------------------------
+    def parsed(self, seg: Segment, ddl: bool = False) -> str:
+        try:
+            tree = sqlglot.parse_one(seg.text, read="postgres")
+        except SqlglotError as exc:
+            raise NotUnderstood(str(exc).splitlines()[0][:200]) from None
+        word = seg.word
+        if ddl:
+            if not isinstance(tree, exp.Create) or not isinstance(tree.expression, exp.Query):
+                raise NotUnderstood("CREATE ... AS with an unexpected shape")
+            self.rw.rewrite(tree.expression)
+        elif word in QUERY_WORDS and isinstance(tree, exp.Query):
+            if tree.args.get("into") is not None:
+                self.need("ddl", "SELECT INTO")
+            self.need("read", word)
+            self.rw.rewrite(tree)
+        elif word in ("WITH",) and isinstance(tree, (exp.Insert, exp.Update, exp.Delete, exp.Merge)):
+            self.need("write", type(tree).__name__.upper())
+            rewrite_write(self.rw, tree)
+        elif word in WRITE_WORDS and isinstance(tree, (exp.Insert, exp.Update, exp.Delete, exp.Merge)) \
+                and type(tree).__name__.upper() == word:
+            self.need("write", word)
+            rewrite_write(self.rw, tree)
+        elif word == "COPY" and isinstance(tree, exp.Copy):
+            self.need("copy", "COPY")
+            rewrite_copy(self.rw, tree)
+        else:
+            raise NotUnderstood(f"{word} was parsed as {type(tree).__name__}")
+        return generate(tree)
+
+
+def generate(tree: exp.Expression) -> str:
+    """SQL text for the tree, checked to parse back to the same text (a misparse guard)."""
+    try:
+        text = tree.sql(dialect="postgres", comments=False)
+        again = sqlglot.parse_one(text, read="postgres").sql(dialect="postgres", comments=False)
+    except SqlglotError as exc:
+        raise NotUnderstood(f"generated SQL does not parse: {exc}") from None
+    if again != text:
+        raise NotUnderstood("the statement does not round-trip through the parser")
+    return text
+
+
+def decide(sql: str, ctx: Context, templates: dict | None = None) -> Decision:
+    """Decide one Query or Parse text for the context's tier (see the module docstring)."""
+    if ctx.tier.all_clear:
+        return _decide_all_clear(sql, ctx)
+    try:
+        segments = split_statements(sql)
+    except SqlglotError as exc:
+        return _refuse(NotUnderstood(f"it does not tokenize: {str(exc)[:200]}"))
+    if not segments:
+        return Decision("allow", sql)
+    rw = Rewriter(ctx, templates)
+    texts, kinds = [], []
+    try:
+        for seg in segments:
+            statement = Statement(ctx, rw)
+            texts.append(statement.run(seg))
+            kinds += statement.kinds
+    except Refusal as exc:
+        return _refuse(exc, rw)
+    except (SqlglotError, RecursionError, ValueError, KeyError, AttributeError, TypeError) as exc:
+        return _refuse(NotUnderstood(f"{type(exc).__name__}: {str(exc)[:200]}"), rw)
+    columns = tuple(rw.analysis.columns.values())
+    masked = any(c.action != "clear" for c in columns) or any(
+        ctx.tier.rows and rw.row_filter(ctx.catalog.by_name[tuple(r.split(".", 1))]) for r in rw.analysis.relations)
+    return Decision("rewrite" if masked else "allow", "; ".join(texts), kinds=tuple(dict.fromkeys(kinds)),
+                    relations=tuple(rw.analysis.relations), columns=columns)
+
+
+def _refuse(exc: Refusal, rw: Rewriter | None = None) -> Decision:
+    return Decision("refuse", "", reason=str(exc), sqlstate=exc.sqlstate,
+                    relations=tuple(rw.analysis.relations) if rw else ())
+
+
+def _decide_all_clear(sql: str, ctx: Context) -> Decision:
+    """All-clear tiers: the statement kinds are still gated; the text goes as it is."""
+    try:
+        segments = split_statements(sql)
+    except SqlglotError:
+        return Decision("allow", sql, unparsed=True)
+    kinds = []
+    for seg in segments:
+        word = seg.word
+        kind = ("session" if word in TRANSACTION_WORDS | HARMLESS_WORDS | SESSION_WORDS | {"SET", "RESET", "PREPARE"}
+                else "read" if word in QUERY_WORDS | CURSOR_WORDS | {"SHOW", "EXPLAIN", "DECLARE"}
+                else "write" if word in WRITE_WORDS else "copy" if word == "COPY"
+                else "ddl" if word in DDL_WORDS else "admin")
+        if kind not in ctx.tier.statements and word not in TRANSACTION_WORDS | {"SET", "RESET"}:
+            return Decision("refuse", "", reason=f"{kind} statements ({word}) are not allowed for tier {ctx.tier.name}",
+                            sqlstate="42501")
+        kinds.append(kind)
+    return Decision("allow", sql, kinds=tuple(dict.fromkeys(kinds)))
+
+
+class DecisionCache:
+    """Decisions by (rules version, catalog version, tier, search_path, user, text); LRU."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.size = size
+        self._entries: OrderedDict = OrderedDict()
+        self.templates: dict = {}
+        self.hits = 0
+        self.misses = 0
+
+    def decide(self, sql: str, ctx: Context) -> Decision:
+        key = (ctx.rules.version, ctx.catalog.version, ctx.tier.name, ctx.search_path, ctx.user, sql)
+        found = self._entries.get(key)
+        if found is not None:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return found
+        self.misses += 1
+        decision = decide(sql, ctx, self.templates)
+        self._entries[key] = decision
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return decision
+
+
+def parse_search_path(value: str | None) -> tuple:
+    """``"$user", public`` (as ParameterStatus reports it) to ('$user', 'public')."""
+    if not value:
+        return ("$user", "public")
+    parts = []
+    for part in re.findall(r'"((?:[^"]|"")*)"|([^,\s]+)', value):
+        quoted, plain = part
+        parts.append(quoted.replace('""', '"') if quoted else plain.lower())
+    return tuple(parts)
+
+
+class Engine:
+    """Rules, catalog and decision cache, shared by every session of a process.
+
+    The server swaps ``rules`` and ``catalog`` when they change; sessions only read them.
+    """
+
+    def __init__(self, rules, catalog=None) -> None:
+        self.rules = rules
+        self.catalog = catalog
+        self.cache = DecisionCache()
+        self._hidden: dict = {}
+
+    def tier_for(self, user: str):
+        roles = self.catalog.roles_of(user) if self.catalog is not None else frozenset()
+        return self.rules.tier_for(user, roles)
+
+    def decide(self, sql: str, tier, search_path: tuple, user: str) -> Decision:
+        if self.catalog is None:
+            if tier.all_clear:
+                return _decide_all_clear(sql, Context(tier, self.rules, None, search_path, user))
+            return Decision("refuse", "", reason="pgveil has not loaded the database catalog yet; try again shortly",
+                            sqlstate="57P03")
+        return self.cache.decide(sql, Context(tier, self.rules, self.catalog, search_path, user))
+
+    def hidden_columns(self, tier) -> frozenset:
+        """(table oid, attnum) of every column this tier may not see in clear: the second,
+        independent check on RowDescription uses it."""
+        if self.catalog is None or tier.all_clear:
+            return frozenset()
+        key = (self.rules.version, self.catalog.version, tier.name)
+        found = self._hidden.get(key)
+        if found is None:
+            rw = Rewriter(Context(tier, self.rules, self.catalog))
+            found = frozenset((rel.oid, col.attnum) for rel in self.catalog.by_oid.values()
+                              if rel.schema not in ("pg_catalog", "information_schema")
+                              for col in rel.columns if rw.class_action(rel, col.name)[1].action != "clear")
+            self._hidden = {key: found}
+        return found
+
+
+__all__ = ["Engine", "Decision", "DecisionCache", "Context", "decide", "split_statements", "parse_search_path", "name_of"]

@@ -1,0 +1,336 @@
+"""Masking at the table source, for one parsed statement.
+
+Every reference to a relation the tier may not see whole becomes a subquery with the same
+name, columns, order and types, whose masked columns are masking expressions and whose rows
+pass the tier's row filter::
+
+    FROM customers c
+      -> FROM (SELECT "id", ..., CAST(<mask>("phone") AS text) AS "phone", ...
+               FROM "public"."customers" WHERE <row filter>) AS c
+
+Everything downstream (predicates, functions, aggregates, ORDER BY, whole-row references,
+error messages) only ever sees masked values.  What the rewrite alone cannot close is refused
+here with :class:`Refusal`: explicit references to blocked columns, relations outside the
+tier's ``tables``, catalog relations and functions that reach data by other doors, and writes
+that would read or set protected columns of their target.
+
+Pure: sqlglot trees in, sqlglot trees out.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import sqlglot
+from sqlglot import exp
+
+from .catalog import Catalog, Relation
+from .masks import MaskError, mask_sql, null_of
+from .rules import BLOCK, CLEAR, ClassAction, RuleSet, Tier
+
+# Relations that expose other sessions' statements, column statistics (sampled values) or
+# large objects and credentials: refused for every tier that is not all-clear.
+DENIED_RELATIONS = frozenset({
+    "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data",
+    "pg_stat_activity", "pg_stat_statements", "pg_stat_statements_info", "pg_largeobject",
+    "pg_largeobject_metadata", "pg_authid", "pg_shadow", "pg_user_mappings", "pg_prepared_statements",
+})
+# Functions that run SQL given as data, read files or large objects, or show other sessions.
+DENIED_FUNCTIONS = frozenset({
+    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml", "cursor_to_xmlschema",
+    "table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema", "schema_to_xml", "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema", "database_to_xml", "database_to_xmlschema", "database_to_xml_and_xmlschema",
+    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_file_write",
+    "pg_stat_get_activity", "pg_stat_get_backend_activity", "current_query", "ts_stat", "ts_rewrite",
+    "set_config", "pg_logical_slot_get_changes", "pg_logical_slot_peek_changes",
+    "pg_logical_slot_get_binary_changes", "pg_logical_slot_peek_binary_changes", "pg_logical_emit_message",
+    "pg_export_snapshot", "pg_import_system_collations",
+})
+DENIED_PREFIXES = ("dblink", "lo_", "pg_read_", "pg_ls_", "xpath_table")
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+STRICTNESS = {"clear": 0, "mask": 1, "block": 2}
+
+
+class Refusal(Exception):
+    """The statement is refused; ``str()`` is the message the client sees."""
+
+    sqlstate = "42501"
+
+
+class NotUnderstood(Refusal):
+    def __init__(self, why: str) -> None:
+        super().__init__(f"pgveil could not analyze this statement: {why}")
+
+
+@dataclass(frozen=True)
+class ColumnUse:
+    relation: str
+    column: str
+    cls: str
+    action: str
+
+
+def name_of(identifier) -> str:
+    """An identifier as PostgreSQL folds it: unquoted names are lower-cased."""
+    if identifier is None:
+        return ""
+    if isinstance(identifier, exp.Identifier):
+        return identifier.this if identifier.quoted else identifier.this.lower()
+    return str(identifier).lower()
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class Context:
+    tier: Tier
+    rules: RuleSet
+    catalog: Catalog
+    search_path: tuple = ("$user", "public")
+    user: str = ""
+
+
+@dataclass
+class Source:
+    """A relation reference in the statement, and what the tier sees of it."""
+    relation: Relation
+    actions: list  # [(Column, class or None, ClassAction)]
+    row_filter: str | None
+    alias: str
+
+    @property
+    def protected(self) -> bool:
+        return self.row_filter is not None or any(a.action != "clear" for _, _, a in self.actions)
+
+    def action(self, column: str) -> tuple[str | None, ClassAction] | None:
+        for col, cls, act in self.actions:
+            if col.name == column:
+                return cls, act
+        return None
+
+
+@dataclass
+class Analysis:
+    """What one statement reaches; filled while it is rewritten."""
+    relations: list = field(default_factory=list)
+    columns: dict = field(default_factory=dict)  # (relation, column) -> ColumnUse
+
+    def use(self, source: Source, column: str, cls: str | None, act: ClassAction) -> None:
+        if cls is not None:
+            key = (source.relation.qualified, column)
+            self.columns[key] = ColumnUse(source.relation.qualified, column, cls, act.action)
+
+
+class Rewriter:
+    def __init__(self, ctx: Context, template_cache: dict | None = None) -> None:
+        self.ctx = ctx
+        self.analysis = Analysis()
+        self._templates = template_cache if template_cache is not None else {}
+
+    # ------------------------------------------------------------------ classes
+    def class_action(self, rel: Relation, column: str, depth: int = 0) -> tuple[str | None, ClassAction]:
+        """Class of a column and what the tier sees of it, through inheritance and views."""
+        rules, tier = self.ctx.rules, self.ctx.tier
+        cls = rules.class_of(rel.schema, rel.name, column)
+        if cls is None:
+            for parent in self.ctx.catalog.ancestors(rel):
+                cls = rules.class_of(parent.schema, parent.name, column)
+                if cls is not None:
+                    break
+        if cls is not None:
+            return cls, tier.action(cls)
+        if rel.sources and depth < 8:
+            strictest: tuple[str | None, ClassAction] = (None, CLEAR)
+            for oid, attnum in rel.sources.get(column, ()):
+                base = self.ctx.catalog.by_oid.get(oid)
+                if base is None:
+                    return "unknown", BLOCK
+                base_col = next((c for c in base.columns if c.attnum == attnum), None)
+                if base_col is None:
+                    continue
+                found = self.class_action(base, base_col.name, depth + 1)
+                if STRICTNESS[found[1].action] > STRICTNESS[strictest[1].action]:
+                    strictest = found
+            return strictest
+        return None, CLEAR
+
+    def row_filter(self, rel: Relation) -> str | None:
+        rows = self.ctx.tier.rows
+        for candidate in [rel, *self.ctx.catalog.ancestors(rel)]:
+            for pattern, predicate in rows.items():
+                if fnmatch.fnmatchcase(candidate.qualified, pattern):
+                    return predicate
+        return None
+
+    # ------------------------------------------------------------------ relations
+    def resolve(self, table: exp.Table) -> Relation:
+        name = name_of(table.this)
+        schema = name_of(table.args.get("db")) or None
+        if table.args.get("catalog") is not None:
+            raise NotUnderstood(f"cross-database reference {table.sql('postgres')}")
+        rel = self.ctx.catalog.resolve(schema, name, self.ctx.search_path, self.ctx.user)
+        if rel is None:
+            shown = f"{schema}.{name}" if schema else name
+            raise NotUnderstood(f"relation {shown} could not be resolved in the catalog")
+        return rel
+
+    def gate_relation(self, rel: Relation) -> None:
+        tier = self.ctx.tier
+        if rel.schema in SYSTEM_SCHEMAS:
+            if rel.name in DENIED_RELATIONS:
+                raise Refusal(f"relation {rel.qualified} is not visible to tier {tier.name}")
+            return
+        if not tier.may_reach(rel.schema, rel.name):
+            raise Refusal(f"relation {rel.qualified} is not visible to tier {tier.name}")
+        if rel.qualified not in self.analysis.relations:
+            self.analysis.relations.append(rel.qualified)
+
+    def source(self, table: exp.Table) -> Source:
+        rel = self.resolve(table)
+        self.gate_relation(rel)
+        actions = [(col, *self.class_action(rel, col.name)) for col in rel.columns]
+        alias = name_of(table.args["alias"].this) if table.args.get("alias") and table.args["alias"].this \
+            else rel.name if table.args.get("db") is None else name_of(table.this)
+        return Source(rel, actions, self.row_filter(rel), alias)
+
+    # ------------------------------------------------------------------ queries
+    def relation_tables(self, tree: exp.Expression, skip: set) -> list[exp.Table]:
+        """Table nodes that name relations (not CTEs, not functions in FROM, not ``skip``)."""
+        found = []
+        for table in tree.find_all(exp.Table):
+            if id(table) in skip:
+                continue
+            if not isinstance(table.this, exp.Identifier):
+                if table.this is not None and not isinstance(table.this, exp.Func):
+                    raise NotUnderstood(f"table expression {table.sql('postgres')}")
+                continue
+            if table.args.get("db") is None and self.is_cte(table):
+                continue
+            for unsupported in ("sample", "pivots", "version", "when", "changes", "partition"):
+                if table.args.get(unsupported):
+                    raise NotUnderstood(f"{unsupported} on {table.sql('postgres')}")
+            found.append(table)
+        return found
+
+    @staticmethod
+    def is_cte(table: exp.Table) -> bool:
+        """Does this unqualified name refer to a CTE visible where it stands?"""
+        name = name_of(table.this)
+        node = table
+        while node is not None:
+            parent = node.parent
+            if isinstance(parent, exp.With):
+                ctes = parent.expressions
+                index = next((i for i, cte in enumerate(ctes) if cte is node), None)
+                if index is not None:
+                    visible = ctes if parent.args.get("recursive") else ctes[:index]
+                    if any(name_of(c.args["alias"].this) == name for c in visible):
+                        return True
+            elif parent is not None and parent.args.get("with_") is not None and node is not parent.args["with_"]:
+                if any(name_of(c.args["alias"].this) == name for c in parent.args["with_"].expressions):
+                    return True
+            node = parent
+        return False
+
+    def rewrite(self, tree: exp.Expression, skip: set | None = None) -> exp.Expression:
+        """Replace every protected relation reference in ``tree`` (except ``skip``)."""
+        tables = self.relation_tables(tree, skip or set())
+        sources = [(table, self.source(table)) for table in tables]
+        self.check_functions(tree)
+        self.check_columns(tree, [s for _, s in sources])
+        for table, source in sources:
+            if source.protected:
+                self.replace(table, source)
+        return tree
+
+    def replace(self, table: exp.Table, source: Source) -> None:
+        only = bool(table.args.get("only"))
+        subquery = self.template(source, only).copy()
+        alias = table.args.get("alias")
+        if alias is None or alias.this is None:
+            alias_node = exp.TableAlias(this=exp.to_identifier(source.alias, quoted=True),
+                                        columns=alias.args.get("columns") if alias else None)
+            self._strip_schema(table, source)
+        else:
+            alias_node = alias.copy()
+        table.replace(exp.Subquery(this=subquery, alias=alias_node))
+
+    @staticmethod
+    def _strip_schema(table: exp.Table, source: Source) -> None:
+        """``public.customers.id`` must now say ``customers.id``: the subquery has no schema."""
+        root = table.root()
+        for col in root.find_all(exp.Column):
+            if col.args.get("db") is not None and name_of(col.args.get("table")) == source.alias:
+                col.set("db", None)
+                col.set("catalog", None)
+
+    def template(self, source: Source, only: bool) -> exp.Select:
+        key = (self.ctx.rules.version, self.ctx.catalog.version, self.ctx.tier.name, source.relation.oid, only)
+        cached = self._templates.get(key)
+        if cached is not None:
+            return cached
+        columns = []
+        for col, cls, act in source.actions:
+            q = quote(col.name)
+            if act.action == "clear":
+                columns.append(q)
+            elif act.action == "mask":
+                try:
+                    columns.append(f"{mask_sql(q, col.type, act.mask)} AS {q}")
+                except MaskError as exc:
+                    raise Refusal(str(exc)) from None
+            else:
+                columns.append(f"{null_of(col.type)} AS {q}")
+        rel = source.relation
+        sql = f"SELECT {', '.join(columns)} FROM {'ONLY ' if only else ''}{quote(rel.schema)}.{quote(rel.name)}"
+        if source.row_filter:
+            sql += f" WHERE {source.row_filter}"
+        select = sqlglot.parse_one(sql, read="postgres")
+        self._templates[key] = select
+        return select
+
+    # ------------------------------------------------------------------ checks
+    def check_functions(self, tree: exp.Expression) -> None:
+        tier, functions = self.ctx.tier, self.ctx.catalog.functions
+        for call in tree.find_all(exp.Anonymous):
+            name = call.name.lower() if isinstance(call.this, str) else name_of(call.this)
+            schema = None
+            if isinstance(call.parent, exp.Dot) and call.parent.expression is call:
+                schema = name_of(call.parent.this)
+            if name in DENIED_FUNCTIONS or name.startswith(DENIED_PREFIXES):
+                raise Refusal(f"function {name} is not allowed for tier {tier.name}: it reaches data by other doors")
+            qualified = f"{schema}.{name}" if schema else name
+            if schema in (None, "pg_catalog") and name in functions:
+                continue
+            if any(fnmatch.fnmatchcase(qualified, p) or fnmatch.fnmatchcase(name, p) for p in tier.functions):
+                continue
+            raise Refusal(f"function {qualified} is not allowed for tier {tier.name} "
+                          f"(only built-in functions, or those listed in the tier's 'functions')")
+
+    def check_columns(self, tree: exp.Expression, sources: list[Source]) -> None:
+        """Refuse explicit references to blocked columns; note the sensitive ones used."""
+        by_alias: dict[str, list[Source]] = {}
+        for s in sources:
+            by_alias.setdefault(s.alias, []).append(s)
+        for col in tree.find_all(exp.Column):
+            column = name_of(col.this) if isinstance(col.this, exp.Identifier) else None
+            if column is None:
+                continue
+            qualifier = name_of(col.args.get("table")) if col.args.get("table") is not None else None
+            candidates = by_alias.get(qualifier, []) if qualifier else sources
+            for s in candidates:
+                found = s.action(column)
+                if found is None:
+                    continue
+                cls, act = found
+                if act.action == "block":
+                    raise Refusal(f"column {s.relation.name}.{column} is not visible to tier {self.ctx.tier.name}")
+                self.analysis.use(s, column, cls, act)
+        for s in sources:  # a star or a whole row reaches every column, masked or nulled
+            for col, cls, act in s.actions:
+                if cls is not None and (s.relation.qualified, col.name) not in self.analysis.columns \
+                        and tree.find(exp.Star) is not None:
+                    self.analysis.use(s, col.name, cls, act)

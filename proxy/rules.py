@@ -1,0 +1,404 @@
+"""Rules v1: YAML -> a validated, compiled :class:`RuleSet` with a version.
+
+Pure: :func:`load_rules` takes the file's text (the caller reads the file).  Every problem is
+a :class:`RuleError` naming file, line and what is wrong; warnings (a glob that matches
+nothing in the catalog) are returned, not raised.
+
+>>> rules = load_rules(EXAMPLE, "example.yaml")
+>>> rules.tier("sales").action("id_number").action, rules.tier("sales").action("bank_card").action
+('mask', 'block')
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from dataclasses import dataclass, field
+
+import yaml
+
+STATEMENT_KINDS = ("read", "write", "ddl", "copy", "session", "admin")
+MASK_FUNCTIONS = ("partial", "redact", "null", "hash")
+ACTIONS = ("clear", "mask", "block")
+
+EXAMPLE = """
+version: 1
+classes:
+  id_number: {mask: {fn: partial, keep_first: 3, keep_last: 4}}
+  bank_card: {mask: {fn: partial, keep_first: 6, keep_last: 4}}
+  phone:     {mask: {fn: partial, keep_first: 3, keep_last: 4}}
+  address:   {mask: {fn: redact, with: "***"}}
+columns:
+  public.customers.id_number: id_number
+  public.customers.bank_card: bank_card
+  public.customers.address: address
+  "*.*.phone": phone
+tiers:
+  customer_service:
+    see: {id_number: mask, bank_card: mask, phone: clear, address: clear}
+    statements: [read, write]
+  sales:
+    see: {id_number: mask, phone: mask, address: clear}
+    statements: [read]
+  production:
+    tables: [public.orders, public.products]
+    statements: [read]
+  auditor:
+    see: {"*": mask}
+    statements: [read]
+    rows: {public.customers: "grade <> 'top_secret'"}
+  dba:
+    see: {"*": clear}
+    statements: [read, write, ddl, copy, session, admin]
+identities:
+  - {user: crm_app, tier: customer_service}
+  - {user: "sales_*", tier: sales}
+  - {member_of: prod_staff, tier: production}
+default: deny
+"""
+
+
+class RuleError(Exception):
+    """A rule file problem: ``file:line: message``."""
+
+    def __init__(self, source: str, line: int, message: str) -> None:
+        super().__init__(f"{source}:{line}: {message}")
+        self.source, self.line, self.message = source, line, message
+
+
+@dataclass(frozen=True)
+class Mask:
+    """How a masked value is shown.  ``fn``: partial, redact, null or hash."""
+    fn: str
+    keep_first: int = 0
+    keep_last: int = 0
+    with_: str = "***"
+
+    def describe(self) -> str:
+        if self.fn == "partial":
+            return f"partial({self.keep_first},{self.keep_last})"
+        if self.fn == "redact":
+            return f"redact({self.with_!r})"
+        return self.fn
+
+
+@dataclass(frozen=True)
+class ClassAction:
+    action: str  # clear | mask | block
+    mask: Mask | None = None
+
+    def describe(self) -> str:
+        return f"mask {self.mask.describe()}" if self.action == "mask" and self.mask else self.action
+
+
+BLOCK = ClassAction("block")
+CLEAR = ClassAction("clear")
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    see: dict  # class name or "*" -> ClassAction
+    statements: frozenset
+    tables: tuple | None = None  # globs of relations this tier may reach, None: any
+    rows: dict = field(default_factory=dict)  # "schema.table" -> SQL predicate
+    write: frozenset = frozenset()  # classes this tier may write although not clear
+    functions: tuple = ()  # globs of non-built-in functions this tier may call
+    class_masks: dict = field(default_factory=dict)  # each class's default mask, for "*": mask
+
+    def action(self, cls: str | None) -> ClassAction:
+        """What this tier sees of a column of class ``cls`` (None: not sensitive)."""
+        if cls is None:
+            return CLEAR
+        found = self.see.get(cls) or self.see.get("*") or BLOCK
+        if found.action == "mask" and found.mask is None:
+            return ClassAction("mask", self.class_masks.get(cls))
+        return found
+
+    @property
+    def all_clear(self) -> bool:
+        """Sees every class in clear, everywhere, with no row filter: nothing to rewrite."""
+        return self.see.get("*") == CLEAR and all(a == CLEAR for a in self.see.values()) \
+            and self.tables is None and not self.rows
+
+    def may_reach(self, schema: str, name: str) -> bool:
+        if self.tables is None:
+            return True
+        return any(fnmatch.fnmatchcase(f"{schema}.{name}", pattern) for pattern in self.tables)
+
+
+@dataclass(frozen=True)
+class IdentityRule:
+    tier: str
+    user: str | None = None  # glob on the database user name
+    member_of: str | None = None  # a database role the user is a member of
+    networks: tuple = ()
+
+    def matches(self, user: str, roles: frozenset) -> bool:
+        if self.user is not None and not fnmatch.fnmatchcase(user, self.user):
+            return False
+        if self.member_of is not None and self.member_of not in roles:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    version: str
+    source: str
+    classes: dict  # name -> Mask
+    columns: tuple  # ((pattern, class), ...) in file order
+    tiers: dict  # name -> Tier
+    identities: tuple
+    default: str  # "deny" or a tier name
+
+    def tier(self, name: str) -> Tier:
+        return self.tiers[name]
+
+    def tier_for(self, user: str, roles: frozenset = frozenset()) -> Tier | None:
+        """The tier of an identity (first matching rule wins); None: refused."""
+        for rule in self.identities:
+            if rule.matches(user, roles):
+                return self.tiers[rule.tier]
+        return None if self.default == "deny" else self.tiers[self.default]
+
+    def class_of(self, schema: str, table: str, column: str) -> str | None:
+        """The class of a column: exact names first, then globs in file order."""
+        name = f"{schema}.{table}.{column}"
+        for pattern, cls in self.columns:
+            if pattern == name:
+                return cls
+        for pattern, cls in self.columns:
+            if any(ch in pattern for ch in "*?[") and fnmatch.fnmatchcase(name, pattern):
+                return cls
+        return None
+
+
+# ----------------------------------------------------------------------------- loading
+class _Doc:
+    """YAML values with the line of every mapping key, for messages."""
+
+    def __init__(self, source: str, text: str) -> None:
+        self.source = source
+        try:
+            self.node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise RuleError(source, mark.line + 1 if mark else 1,
+                            f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+
+    def error(self, node, message: str) -> RuleError:
+        return RuleError(self.source, node.start_mark.line + 1 if node is not None else 1, message)
+
+    def mapping(self, node, what: str) -> list[tuple[str, yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{what} must be a mapping")
+        items = []
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                raise self.error(key, f"{what}: keys must be plain names")
+            items.append((key.value, key, value))
+        return items
+
+    def sequence(self, node, what: str) -> list:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, f"{what} must be a list")
+        return node.value
+
+    def scalar(self, node, what: str) -> str:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.error(node, f"{what} must be a single value")
+        return node.value
+
+    def integer(self, node, what: str) -> int:
+        text = self.scalar(node, what)
+        if not text.isdigit():
+            raise self.error(node, f"{what} must be a non-negative integer, got {text!r}")
+        return int(text)
+
+    def known_keys(self, items, allowed: tuple, what: str) -> dict:
+        result = {}
+        for name, key, value in items:
+            if name not in allowed:
+                raise self.error(key, f"unknown key {name!r} in {what} (expected one of: {', '.join(allowed)})")
+            result[name] = (key, value)
+        return result
+
+
+def load_rules(text: str, source: str = "<rules>") -> RuleSet:
+    """Validate and compile a rule file's text."""
+    doc = _Doc(source, text)
+    if doc.node is None:
+        raise RuleError(source, 1, "the rule file is empty")
+    top = doc.known_keys(doc.mapping(doc.node, "the rule file"),
+                         ("version", "classes", "columns", "tiers", "identities", "default", "grants", "$schema"),
+                         "the rule file")
+    if "version" not in top:
+        raise doc.error(doc.node, "missing key 'version' (this is rules version 1)")
+    if doc.scalar(top["version"][1], "version") != "1":
+        raise doc.error(top["version"][1], "unsupported rules version (expected 1)")
+    classes = _classes(doc, top.get("classes"))
+    columns = _columns(doc, top.get("columns"), classes)
+    tiers = _tiers(doc, top.get("tiers"), classes)
+    identities = _identities(doc, top.get("identities"), tiers)
+    default = "deny"
+    if "default" in top:
+        default = doc.scalar(top["default"][1], "default")
+        if default != "deny" and default not in tiers:
+            raise doc.error(top["default"][1], f"default must be 'deny' or a tier, got unknown tier {default!r}")
+    version = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return RuleSet(version, source, classes, columns, tiers, identities, default)
+
+
+def _mask(doc: _Doc, node, what: str) -> Mask:
+    spec = doc.known_keys(doc.mapping(node, what), ("fn", "keep_first", "keep_last", "with"), what)
+    if "fn" not in spec:
+        raise doc.error(node, f"{what}: missing 'fn' (one of: {', '.join(MASK_FUNCTIONS)})")
+    fn = doc.scalar(spec["fn"][1], f"{what}.fn")
+    if fn not in MASK_FUNCTIONS:
+        raise doc.error(spec["fn"][1], f"{what}: unknown mask function {fn!r} (one of: {', '.join(MASK_FUNCTIONS)})")
+    keep_first = doc.integer(spec["keep_first"][1], "keep_first") if "keep_first" in spec else 0
+    keep_last = doc.integer(spec["keep_last"][1], "keep_last") if "keep_last" in spec else 0
+    if fn != "partial" and ("keep_first" in spec or "keep_last" in spec):
+        raise doc.error(node, f"{what}: keep_first/keep_last only apply to fn: partial")
+    with_ = doc.scalar(spec["with"][1], "with") if "with" in spec else "***"
+    if "with" in spec and fn != "redact":
+        raise doc.error(spec["with"][0], f"{what}: 'with' only applies to fn: redact")
+    return Mask(fn, keep_first, keep_last, with_)
+
+
+def _classes(doc: _Doc, entry) -> dict:
+    if entry is None:
+        return {}
+    classes = {}
+    for name, key, value in doc.mapping(entry[1], "classes"):
+        spec = doc.known_keys(doc.mapping(value, f"class {name}"), ("mask",), f"class {name}")
+        classes[name] = _mask(doc, spec["mask"][1], f"class {name}.mask") if "mask" in spec else Mask("null")
+    return classes
+
+
+def _columns(doc: _Doc, entry, classes: dict) -> tuple:
+    if entry is None:
+        return ()
+    columns = []
+    for pattern, key, value in doc.mapping(entry[1], "columns"):
+        if pattern.count(".") != 2:
+            raise doc.error(key, f"column {pattern!r} must be schema.table.column (globs allowed)")
+        cls = doc.scalar(value, f"columns.{pattern}")
+        if cls not in classes:
+            raise doc.error(value, f"column {pattern!r} names unknown class {cls!r}")
+        columns.append((pattern, cls))
+    return tuple(columns)
+
+
+def _action(doc: _Doc, node, classes: dict, cls: str, where: str) -> ClassAction:
+    default_mask = classes.get(cls) if cls != "*" else None
+    if isinstance(node, yaml.ScalarNode):
+        action = node.value
+        if action not in ACTIONS:
+            raise doc.error(node, f"{where}: unknown action {action!r} (one of: {', '.join(ACTIONS)})")
+        return ClassAction(action, default_mask if action == "mask" else None)
+    spec = doc.known_keys(doc.mapping(node, where), ACTIONS, where)
+    if len(spec) != 1:
+        raise doc.error(node, f"{where}: give exactly one action")
+    (action, (key, value)), = spec.items()
+    if action == "mask":
+        if isinstance(value, yaml.ScalarNode) and value.value in ("", "null", "~"):
+            return ClassAction("mask", default_mask)
+        return ClassAction("mask", _mask(doc, value, f"{where}.mask"))
+    return ClassAction(action)
+
+
+def _tiers(doc: _Doc, entry, classes: dict) -> dict:
+    if entry is None:
+        raise RuleError(doc.source, 1, "missing key 'tiers'")
+    tiers = {}
+    allowed = ("see", "statements", "tables", "rows", "write", "functions", "description")
+    for name, key, value in doc.mapping(entry[1], "tiers"):
+        spec = doc.known_keys(doc.mapping(value, f"tier {name}"), allowed, f"tier {name}")
+        see = {}
+        if "see" in spec:
+            for cls, ckey, cvalue in doc.mapping(spec["see"][1], f"tier {name}.see"):
+                if cls != "*" and cls not in classes:
+                    raise doc.error(ckey, f"tier {name}: unknown class {cls!r}")
+                see[cls] = _action(doc, cvalue, classes, cls, f"tier {name}.see.{cls}")
+        statements = frozenset(["read"])
+        if "statements" in spec:
+            statements = frozenset()
+            for item in doc.sequence(spec["statements"][1], f"tier {name}.statements"):
+                kind = doc.scalar(item, "statement kind")
+                if kind not in STATEMENT_KINDS:
+                    raise doc.error(item, f"tier {name}: unknown statement kind {kind!r} "
+                                          f"(one of: {', '.join(STATEMENT_KINDS)})")
+                statements |= {kind}
+        tables = None
+        if "tables" in spec:
+            tables = tuple(_relation_name(doc, item, f"tier {name}.tables")
+                           for item in doc.sequence(spec["tables"][1], f"tier {name}.tables"))
+        rows = {}
+        if "rows" in spec:
+            for relation, rkey, rvalue in doc.mapping(spec["rows"][1], f"tier {name}.rows"):
+                _relation_name(doc, rkey, f"tier {name}.rows")
+                rows[relation] = _row_filter(doc, rvalue, f"tier {name}.rows.{relation}")
+        write = frozenset()
+        if "write" in spec:
+            for item in doc.sequence(spec["write"][1], f"tier {name}.write"):
+                cls = doc.scalar(item, "class")
+                if cls != "*" and cls not in classes:
+                    raise doc.error(item, f"tier {name}.write: unknown class {cls!r}")
+                write |= {cls}
+        functions = ()
+        if "functions" in spec:
+            functions = tuple(doc.scalar(item, "function").lower()
+                              for item in doc.sequence(spec["functions"][1], f"tier {name}.functions"))
+        tiers[name] = Tier(name, see, statements, tables, rows, write, functions, classes)
+    return tiers
+
+
+def _relation_name(doc: _Doc, node, where: str) -> str:
+    text = doc.scalar(node, where)
+    if text.count(".") != 1:
+        raise doc.error(node, f"{where}: relation {text!r} must be schema.table (globs allowed)")
+    return text
+
+
+def _row_filter(doc: _Doc, node, where: str) -> str:
+    text = doc.scalar(node, where)
+    import sqlglot
+    from sqlglot.errors import ParseError
+
+    try:
+        parsed = sqlglot.parse_one(f"SELECT 1 WHERE {text}", read="postgres")
+    except ParseError as exc:
+        raise doc.error(node, f"{where}: row filter does not parse: {str(exc).splitlines()[0]}") from None
+    where_clause = parsed.args.get("where")
+    if where_clause is None or parsed.args.get("from_") is not None or parsed.args.get("limit") is not None:
+        raise doc.error(node, f"{where}: row filter must be a single boolean expression")
+    return where_clause.this.sql("postgres")
+
+
+def _identities(doc: _Doc, entry, tiers: dict) -> tuple:
+    if entry is None:
+        return ()
+    rules = []
+    for item in doc.sequence(entry[1], "identities"):
+        spec = doc.known_keys(doc.mapping(item, "identity"), ("user", "member_of", "tier", "networks"), "identity")
+        if "tier" not in spec:
+            raise doc.error(item, "identity rule without 'tier'")
+        tier = doc.scalar(spec["tier"][1], "tier")
+        if tier not in tiers:
+            raise doc.error(spec["tier"][1], f"identity rule names unknown tier {tier!r}")
+        if "user" not in spec and "member_of" not in spec:
+            raise doc.error(item, "identity rule needs 'user' or 'member_of'")
+        user = doc.scalar(spec["user"][1], "user") if "user" in spec else None
+        member_of = doc.scalar(spec["member_of"][1], "member_of") if "member_of" in spec else None
+        networks = tuple(doc.scalar(n, "network") for n in doc.sequence(spec["networks"][1], "networks")) \
+            if "networks" in spec else ()
+        rules.append(IdentityRule(tier, user, member_of, networks))
+    return tuple(rules)
+
+
+def unmatched_globs(rules: RuleSet, column_names: list[str]) -> list[str]:
+    """Column patterns that match no column of the catalog (for warnings)."""
+    return [pattern for pattern, _ in rules.columns
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in column_names)]

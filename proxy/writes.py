@@ -1,0 +1,192 @@
+"""Doors the table-source rewrite alone does not close: writes and COPY.
+
+A write's target cannot be replaced by a masking subquery, so what the statement reads of its
+target is checked instead: SET, WHERE, RETURNING, FROM, ON CONFLICT and MERGE conditions that
+touch a column the tier may not see in clear are refused, as are writes into such columns
+(unless the tier lists the class under ``write``).  ``RETURNING *`` is expanded into the
+masked column list.  UPDATE and DELETE carry the tier's row filter, so graded rows cannot be
+changed by a tier that cannot read them.  Every other relation in the statement goes through
+the ordinary table-source rewrite.
+"""
+
+from __future__ import annotations
+
+import sqlglot
+from sqlglot import exp
+
+from .masks import mask_sql, null_of
+from .rewrite import Refusal, Rewriter, Source, name_of, quote
+
+
+def _target_table(node) -> tuple[exp.Table, list[str] | None]:
+    if isinstance(node, exp.Schema):
+        return node.this, [name_of(c) for c in node.expressions]
+    if isinstance(node, exp.Table):
+        return node, None
+    raise Refusal(f"pgveil could not analyze this statement: write target {node.sql('postgres')}")
+
+
+def check_written(rw: Rewriter, target: Source, columns: list[str]) -> None:
+    tier = rw.ctx.tier
+    for column in columns:
+        found = target.action(column)
+        if found is None:
+            continue  # PostgreSQL will report the unknown column itself
+        cls, act = found
+        if act.action != "clear" and cls not in tier.write and "*" not in tier.write:
+            raise Refusal(f"writing column {target.relation.name}.{column} ({cls}) is not allowed for tier {tier.name}")
+        rw.analysis.use(target, column, cls, act)
+
+
+def check_reads_of_target(rw: Rewriter, target: Source, parts: list) -> None:
+    """Refuse any reference to a protected column of the target, or to its whole row."""
+    tier = rw.ctx.tier
+    names = {target.alias, target.relation.name}
+    for part in parts:
+        if part is None:
+            continue
+        for col in part.find_all(exp.Column):
+            qualifier = name_of(col.args.get("table")) if col.args.get("table") is not None else None
+            if qualifier == "excluded":
+                continue  # the row being proposed, which the client wrote itself
+            column = name_of(col.this) if isinstance(col.this, exp.Identifier) else None
+            if column is None:
+                continue
+            if qualifier is None and column in names and target.action(column) is None and target.protected:
+                raise Refusal(f"the whole row of {target.relation.name} is not visible to tier {tier.name}")
+            if qualifier is not None and qualifier not in names:
+                continue
+            found = target.action(column)
+            if found is None:
+                continue
+            cls, act = found
+            if act.action != "clear":
+                raise Refusal(f"column {target.relation.name}.{column} is {'masked' if act.action == 'mask' else 'not visible'}"
+                              f" for tier {tier.name} and cannot be used in a write statement")
+            rw.analysis.use(target, column, cls, act)
+
+
+def expand_returning(target: Source, returning, has_other_sources: bool):
+    """``RETURNING *`` of a protected target becomes its masked column list."""
+    if returning is None or not target.protected:
+        return
+    for star in list(returning.find_all(exp.Star)):
+        if has_other_sources:
+            raise Refusal("RETURNING * with other relations is not supported for this tier; list the columns")
+        items, target_uses = [], []
+        alias = quote(target.alias)
+        for col, cls, act in target.actions:
+            ref = f"{alias}.{quote(col.name)}"
+            if cls is not None:
+                target_uses.append((col.name, cls, act))
+            if act.action == "clear":
+                items.append(ref)
+            elif act.action == "mask":
+                items.append(f"{mask_sql(ref, col.type, act.mask)} AS {quote(col.name)}")
+            else:
+                items.append(f"{null_of(col.type)} AS {quote(col.name)}")
+        parsed = sqlglot.parse_one(f"SELECT {', '.join(items)}", read="postgres").expressions
+        star_parent = star.parent
+        if isinstance(star_parent, exp.Column):
+            star = star_parent
+        index = returning.expressions.index(star)
+        returning.set("expressions", returning.expressions[:index] + parsed + returning.expressions[index + 1:])
+        yield from target_uses
+
+
+def add_row_filter(tree: exp.Expression, target: Source) -> None:
+    if not target.row_filter:
+        return
+    condition = sqlglot.parse_one(f"SELECT 1 WHERE {target.row_filter}", read="postgres").args["where"].this
+    for col in condition.find_all(exp.Column):
+        if col.args.get("table") is None:
+            col.set("table", exp.to_identifier(target.alias, quoted=True))
+    where = tree.args.get("where")
+    combined = exp.and_(exp.paren(where.this), exp.paren(condition)) if where else condition
+    tree.set("where", exp.Where(this=combined))
+
+
+def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
+    """INSERT, UPDATE, DELETE and MERGE."""
+    table, listed = _target_table(tree.this)
+    target = rw.source(table)
+    all_columns = [col.name for col, _, _ in target.actions]
+    if isinstance(tree, exp.Insert):
+        check_written(rw, target, listed or all_columns)
+        conflict = tree.args.get("conflict")
+        parts = [tree.args.get("returning")]
+        if conflict is not None:
+            sets = conflict.expressions or []
+            check_written(rw, target, [name_of(eq.this.this) for eq in sets if isinstance(eq.this, exp.Column)])
+            parts += [eq.expression for eq in sets] + [conflict.args.get("where")]
+        others = False
+    elif isinstance(tree, exp.Update):
+        sets = tree.expressions
+        check_written(rw, target, [name_of(eq.this.this) for eq in sets if isinstance(eq.this, exp.Column)])
+        parts = [eq.expression for eq in sets] + [tree.args.get("where"), tree.args.get("from_"),
+                                                  tree.args.get("returning")]
+        others = tree.args.get("from_") is not None
+        add_row_filter(tree, target)
+    elif isinstance(tree, exp.Delete):
+        parts = [tree.args.get("where"), tree.args.get("returning"), *(tree.args.get("using") or [])]
+        others = bool(tree.args.get("using"))
+        add_row_filter(tree, target)
+    elif isinstance(tree, exp.Merge):
+        if target.row_filter:
+            raise Refusal(f"MERGE into {target.relation.name} is not allowed for tier {rw.ctx.tier.name}: "
+                          f"it has a row filter")
+        parts = [tree.args.get("on")]
+        for when in tree.args["whens"].expressions:
+            parts.append(when.args.get("condition"))
+            then = when.args.get("then")
+            if isinstance(then, exp.Update):
+                check_written(rw, target, [name_of(eq.this.this) for eq in then.expressions
+                                           if isinstance(eq.this, exp.Column)])
+                parts += [eq.expression for eq in then.expressions]
+            elif isinstance(then, exp.Insert):
+                cols = then.this.expressions if isinstance(then.this, exp.Tuple) else None
+                check_written(rw, target, [name_of(c.this) for c in cols] if cols else all_columns)
+        others = True
+    else:
+        raise Refusal(f"pgveil could not analyze this statement: {type(tree).__name__}")
+    check_reads_of_target(rw, target, parts)
+    for column, cls, act in expand_returning(target, tree.args.get("returning"), others):
+        rw.analysis.use(target, column, cls, act)
+    rw.rewrite(tree, skip={id(table)})
+    return tree
+
+
+def rewrite_copy(rw: Rewriter, tree: exp.Copy) -> exp.Expression:
+    tier = rw.ctx.tier
+    files = tree.args.get("files") or []
+    to_client = len(files) == 1 and isinstance(files[0], exp.Identifier) and files[0].name.upper() in ("STDIN", "STDOUT")
+    if not to_client or tree.args.get("params") and any(
+            name_of(p.this).upper() == "PROGRAM" for p in tree.args["params"] if isinstance(p.this, exp.Var)):
+        raise Refusal(f"COPY to or from a file or program is not allowed for tier {tier.name}")
+    node = tree.this
+    if tree.args.get("kind"):  # COPY ... FROM STDIN: a write
+        table, listed = _target_table(node)
+        target = rw.source(table)
+        check_written(rw, target, listed or [c.name for c, _, _ in target.actions])
+        return tree
+    if isinstance(node, (exp.Subquery, exp.Query)):
+        rw.rewrite(node)
+        return tree
+    table, listed = _target_table(node)
+    source = rw.source(table)
+    for column in listed or []:
+        found = source.action(column)
+        if found and found[1].action == "block":
+            raise Refusal(f"column {source.relation.name}.{column} is not visible to tier {tier.name}")
+        if found:
+            rw.analysis.use(source, column, *found)
+    if not source.protected:
+        return tree
+    for col, cls, act in source.actions:
+        if listed is None or col.name in listed:
+            rw.analysis.use(source, col.name, cls, act)
+    columns = ", ".join(quote(c) for c in listed) if listed else "*"
+    select = sqlglot.parse_one(f"SELECT {columns} FROM {table.sql('postgres')}", read="postgres")
+    rw.rewrite(select)
+    tree.set("this", exp.Subquery(this=select))
+    return tree
