@@ -45,7 +45,8 @@ class Relation:
 
 class Catalog:
     def __init__(self, relations: list[Relation], functions: frozenset = frozenset(),
-                 memberships: dict | None = None) -> None:
+                 memberships: dict | None = None, database: str | None = None) -> None:
+        self.database = database  # the database this catalog describes (None: any, for tests)
         self.by_oid = {r.oid: r for r in relations}
         self.by_name = {(r.schema, r.name): r for r in relations}
         self.functions = functions  # names of functions in pg_catalog
@@ -231,4 +232,5 @@ async def load_catalog(conn) -> Catalog:
                 seen.add(role)
                 todo.extend(direct.get(role, ()))
         memberships[member] = frozenset(seen)
-    return Catalog(relations, functions, memberships)
+    database = await conn.fetchval("SELECT current_database()")
+    return Catalog(relations, functions, memberships, database)

@@ -69,12 +69,33 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def _rules_parsers(sub) -> None:
+    from .tools import cmd_check, cmd_explain
+
+    p = sub.add_parser("check", help="validate a rule file and summarise it",
+                       description="Validate a rule file; print tiers x classes. Exit 1 on errors.")
+    p.add_argument("rules")
+    p.add_argument("--catalog-dsn", help="also warn about column patterns that match nothing in this database")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("explain", help="what a tier gets for a statement",
+                       description="Show the decision, the reason and the rewritten SQL for one statement.")
+    p.add_argument("--rules", required=True)
+    p.add_argument("--tier", required=True)
+    p.add_argument("--catalog-dsn", help="read tables and columns from this database")
+    p.add_argument("--schema", help="YAML {schema.table: {column: type}} instead of a database")
+    p.add_argument("--search-path", default='"$user", public')
+    p.add_argument("--user", help="database user, for $user in the search path")
+    p.add_argument("sql")
+    p.set_defaults(func=cmd_explain)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pgveil", description="A transparent access proxy for PostgreSQL.")
     parser.add_argument("--version", action="version", version=f"pgveil {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _demo_parser(sub)
+    _rules_parsers(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

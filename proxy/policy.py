@@ -265,12 +265,18 @@ class Statement:
             if not isinstance(tree, exp.Create) or not isinstance(tree.expression, exp.Query):
                 raise NotUnderstood("CREATE ... AS with an unexpected shape")
             self.rw.rewrite(tree.expression)
-        elif word in QUERY_WORDS and isinstance(tree, exp.Query):
+        elif word in QUERY_WORDS and isinstance(tree, (exp.Query, exp.Values)):
+            if tree.find(exp.Insert, exp.Update, exp.Delete, exp.Merge) is not None:
+                raise Refusal(f"data-modifying statements inside a query (WITH ... DELETE and the like) "
+                              f"are not allowed for tier {self.ctx.tier.name}")
             if tree.args.get("into") is not None:
                 self.need("ddl", "SELECT INTO")
             self.need("read", word)
             self.rw.rewrite(tree)
         elif word in ("WITH",) and isinstance(tree, (exp.Insert, exp.Update, exp.Delete, exp.Merge)):
+            ctes = tree.args.get("with_")
+            if ctes is not None and ctes.find(exp.Insert, exp.Update, exp.Delete, exp.Merge) is not None:
+                raise Refusal(f"data-modifying statements inside WITH are not allowed for tier {self.ctx.tier.name}")
             self.need("write", type(tree).__name__.upper())
             rewrite_write(self.rw, tree)
         elif word in WRITE_WORDS and isinstance(tree, (exp.Insert, exp.Update, exp.Delete, exp.Merge)) \

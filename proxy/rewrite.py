@@ -188,13 +188,16 @@ class Rewriter:
         if rel.qualified not in self.analysis.relations:
             self.analysis.relations.append(rel.qualified)
 
+    def source_for_relation(self, rel: Relation, alias: str | None = None) -> Source:
+        actions = [(col, *self.class_action(rel, col.name)) for col in rel.columns]
+        return Source(rel, actions, self.row_filter(rel), alias or rel.name)
+
     def source(self, table: exp.Table) -> Source:
         rel = self.resolve(table)
         self.gate_relation(rel)
-        actions = [(col, *self.class_action(rel, col.name)) for col in rel.columns]
         alias = name_of(table.args["alias"].this) if table.args.get("alias") and table.args["alias"].this \
-            else rel.name if table.args.get("db") is None else name_of(table.this)
-        return Source(rel, actions, self.row_filter(rel), alias)
+            else name_of(table.this)
+        return self.source_for_relation(rel, alias)
 
     # ------------------------------------------------------------------ queries
     def relation_tables(self, tree: exp.Expression, skip: set) -> list[exp.Table]:
@@ -305,7 +308,9 @@ class Rewriter:
             qualified = f"{schema}.{name}" if schema else name
             if schema in (None, "pg_catalog") and name in functions:
                 continue
-            if any(fnmatch.fnmatchcase(qualified, p) or fnmatch.fnmatchcase(name, p) for p in tier.functions):
+            # an unqualified call resolves through the search path, like PostgreSQL resolves it
+            candidates = [qualified] if schema else [f"{s}.{name}" for s in self.ctx.search_path] + [name]
+            if any(fnmatch.fnmatchcase(c, p) for c in candidates for p in tier.functions):
                 continue
             raise Refusal(f"function {qualified} is not allowed for tier {tier.name} "
                           f"(only built-in functions, or those listed in the tier's 'functions')")

@@ -252,10 +252,10 @@ class Proxy:
         loop = asyncio.get_running_loop()
         if sock is None:
             sock = listen_socket(*self.settings.listen_address, reuse_port=self.settings.workers > 1)
-        self.server = await loop.create_server(lambda: ClientLink(self), sock=sock)
-        if self.engine is not None:
+        if self.engine is not None:  # before listening, so that the first sessions find it
             await self.refresh_catalog()
             self.spawn(self._refresh_periodically())
+        self.server = await loop.create_server(lambda: ClientLink(self), sock=sock)
 
     async def refresh_catalog(self) -> bool:
         import asyncpg

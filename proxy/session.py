@@ -460,6 +460,10 @@ class Session:
             return self.fail("28000", f'pgveil: no access rule matches user "{self.user}"',
                              hint="Ask the administration office for access; the rule file decides who may connect.")
         self._filtering = not self.tier.all_clear
+        catalog = engine.catalog
+        if self._filtering and catalog is not None and catalog.database and self.database != catalog.database:
+            return self.fail("28000", f'pgveil: tier {self.tier.name} may only use database "{catalog.database}"',
+                             hint="pgveil analyses statements against that database's catalog.")
         return []
 
     def _search_path(self) -> tuple:
@@ -477,6 +481,9 @@ class Session:
                 return None
             return self._refusal(f"the FunctionCall message is not allowed for tier {self.tier.name}")
         sql = decoded.query
+        if self._filtering and self.server_params.get("standard_conforming_strings", "on") != "on":
+            return self._refusal("the server reports standard_conforming_strings off: pgveil would read string "
+                                 "literals differently from the server")
         decision = self.config.engine.decide(sql, self.tier, self._search_path(), self.user or "")
         self.last_decision = decision
         self._ddl_seen = self._ddl_seen or "ddl" in decision.kinds

@@ -117,6 +117,8 @@ def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
         parts = [tree.args.get("returning")]
         if conflict is not None:
             sets = conflict.expressions or []
+            if sets and target.row_filter:  # DO UPDATE must not reach rows the tier cannot see
+                add_row_filter(conflict, target)
             check_written(rw, target, [name_of(eq.this.this) for eq in sets if isinstance(eq.this, exp.Column)])
             parts += [eq.expression for eq in sets] + [conflict.args.get("where")]
         others = False
@@ -165,6 +167,8 @@ def rewrite_copy(rw: Rewriter, tree: exp.Copy) -> exp.Expression:
         raise Refusal(f"COPY to or from a file or program is not allowed for tier {tier.name}")
     node = tree.this
     if tree.args.get("kind"):  # COPY ... FROM STDIN: a write
+        if "write" not in tier.statements:
+            raise Refusal(f"write statements (COPY FROM) are not allowed for tier {tier.name}")
         table, listed = _target_table(node)
         target = rw.source(table)
         check_written(rw, target, listed or [c.name for c, _, _ in target.actions])

@@ -236,3 +236,79 @@ def test_session_bridge_asks_for_verifier():
     first = codec.encode(codec.SASLInitialResponse("SCRAM-SHA-256-PLUS",
                                                    scram_client_first(flag="p=tls-server-end-point,,")))
     assert s.client_data(first) == [LookupVerifier("app")]
+
+
+# ----------------------------------------------------------------------------- policy on the wire
+class BrokenFirstLayer:
+    """An engine whose rewrite lets everything through, as a bug in the first layer would."""
+
+    def __init__(self, tier):
+        self.tier = tier
+        self.catalog = None
+
+    def tier_for(self, user):
+        return self.tier
+
+    def decide(self, sql, tier, search_path, user):
+        from proxy.policy import Decision
+        return Decision("allow", sql)
+
+    def hidden_columns(self, tier):
+        return frozenset({(16384, 4)})
+
+
+def restricted_session():
+    from proxy.rules import ClassAction, Tier
+    tier = Tier("sales", {"id_number": ClassAction("mask")}, frozenset({"read"}))
+    s = Session(SessionConfig(engine=BrokenFirstLayer(tier)))
+    s.client_data(codec.encode_startup(STARTUP))
+    s.upstream_connected(tls=False)
+    s.server_data(AUTH_OK + KEY + READY)
+    return s
+
+
+def test_second_layer_stops_a_result_naming_a_hidden_column():
+    from proxy.session import Alert
+    s = restricted_session()
+    s.client_data(codec.encode(codec.Query("SELECT id_number FROM customers")))
+    description = codec.encode(codec.RowDescription((("id_number", 16384, 4, 1042, -1, 22, 0),)))
+    rows = codec.encode(codec.DataRow((b"110105194912310021",))) * 3
+    tail = codec.encode(codec.CommandComplete("SELECT 3")) + READY
+    out = s.server_data(description + rows[:30])  # the rows arrive in pieces
+    out += s.server_data(rows[30:] + tail)
+    sent = sent_to_client(out)
+    assert b"110105194912310021" not in sent
+    error = codec.decode_message(codec.BACKEND, sent[:-len(READY)])
+    assert error.get(b"C") == "42501" and "pgveil stopped a result" in error.get(b"M")
+    assert sent.endswith(READY)  # the session goes on
+    assert any(isinstance(c, Alert) for c in out)
+
+
+def test_second_layer_lets_masked_and_other_columns_through():
+    s = restricted_session()
+    s.client_data(codec.encode(codec.Query("SELECT ...")))
+    description = codec.encode(codec.RowDescription((("id_number", 0, 0, 1042, -1, 22, 0),
+                                                     ("id", 16384, 1, 23, 4, -1, 0))))
+    reply = description + codec.encode(codec.DataRow((b"110***0021", b"1"))) + READY
+    assert sent_to_client(s.server_data(reply)) == reply
+
+
+def test_refusal_is_substituted_and_put_back():
+    from proxy.rules import ClassAction, Tier
+    from proxy.policy import Decision
+
+    class Refusing(BrokenFirstLayer):
+        def decide(self, sql, tier, search_path, user):
+            return Decision("refuse", "", reason="no", sqlstate="42501")
+
+    tier = Tier("sales", {"id_number": ClassAction("mask")}, frozenset({"read"}))
+    s = Session(SessionConfig(engine=Refusing(tier)))
+    s.client_data(codec.encode_startup(STARTUP))
+    s.upstream_connected(tls=False)
+    s.server_data(AUTH_OK + KEY + READY)
+    forwarded = codec.decode_message(codec.FRONTEND, sent_to_server(s.client_data(codec.encode(codec.Query("x")))))
+    assert "pgveil-refused-" in forwarded.query and "::pg_catalog.int4" in forwarded.query
+    token = forwarded.query.split("'")[1]
+    server_error = codec.error_response("22P02", f'invalid input syntax for type integer: "{token}"')
+    back = codec.decode_message(codec.BACKEND, sent_to_client(s.server_data(server_error))[:])
+    assert back.get(b"C") == "42501" and back.get(b"M") == "no"

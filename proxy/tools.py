@@ -1,0 +1,111 @@
+"""``pgveil check`` and ``pgveil explain``: the rule file and the engine without a proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import yaml
+
+from .catalog import Catalog, load_catalog
+from .policy import Context, decide, parse_search_path
+from .rules import RuleError, RuleSet, load_rules, unmatched_globs
+
+
+def read_rules(path: str) -> RuleSet:
+    with open(path, encoding="utf-8") as f:
+        return load_rules(f.read(), path)
+
+
+def fetch_catalog(dsn: str) -> Catalog:
+    import asyncpg
+
+    async def run():
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            return await load_catalog(conn)
+        finally:
+            await conn.close()
+    return asyncio.run(run())
+
+
+def catalog_from_file(path: str) -> Catalog:
+    """A catalog from YAML: ``{schema.table: {column: type}}``, for explain without a database."""
+    with open(path, encoding="utf-8") as f:
+        spec = yaml.safe_load(f) or {}
+    return Catalog.from_spec(spec)
+
+
+def catalog_from_rules(rules: RuleSet) -> Catalog:
+    """The relations the rules name, with only the columns they name (a rough stand-in)."""
+    spec: dict = {}
+    for pattern, _ in rules.columns:
+        if not any(ch in pattern for ch in "*?["):
+            schema, table, column = pattern.split(".")
+            spec.setdefault(f"{schema}.{table}", {"id": "integer"})[column] = "text"
+    for tier in rules.tiers.values():
+        for relation in list(tier.rows) + list(tier.tables or ()):
+            if not any(ch in relation for ch in "*?["):
+                spec.setdefault(relation, {"id": "integer"})
+    return Catalog.from_spec(spec)
+
+
+def cmd_check(args) -> int:
+    try:
+        rules = read_rules(args.rules)
+    except RuleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {args.rules}: {exc.strerror}", file=sys.stderr)
+        return 1
+    warnings = []
+    if args.catalog_dsn:
+        catalog = fetch_catalog(args.catalog_dsn)
+        for pattern in unmatched_globs(rules, catalog.column_names()):
+            warnings.append(f"warning: {args.rules}: column pattern {pattern!r} matches no column in the catalog")
+    classes = sorted(rules.classes)
+    print(f"{args.rules}: OK, rules version {rules.version}: {len(rules.tiers)} tiers, {len(classes)} classes, "
+          f"{len(rules.identities)} identity rules, default {rules.default}")
+    width = max([len(t) for t in rules.tiers] + [4])
+    header = f"{'tier':{width}}  " + "  ".join(f"{c:14}" for c in classes) + "  statements"
+    print(header)
+    for name, tier in rules.tiers.items():
+        cells = "  ".join(f"{tier.action(c).action:14}" for c in classes)
+        extra = f"; tables {', '.join(tier.tables)}" if tier.tables is not None else ""
+        extra += f"; rows {', '.join(f'{k}: {v}' for k, v in tier.rows.items())}" if tier.rows else ""
+        print(f"{name:{width}}  {cells}  {','.join(sorted(tier.statements))}{extra}")
+    for line in warnings:
+        print(line, file=sys.stderr)
+    return 0
+
+
+def cmd_explain(args) -> int:
+    try:
+        rules = read_rules(args.rules)
+    except (RuleError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.tier not in rules.tiers:
+        print(f"error: unknown tier {args.tier!r} (tiers: {', '.join(rules.tiers)})", file=sys.stderr)
+        return 1
+    if args.catalog_dsn:
+        catalog = fetch_catalog(args.catalog_dsn)
+    elif args.schema:
+        catalog = catalog_from_file(args.schema)
+    else:
+        print("note: no --catalog-dsn or --schema: using only the columns the rules name", file=sys.stderr)
+        catalog = catalog_from_rules(rules)
+    ctx = Context(rules.tier(args.tier), rules, catalog, parse_search_path(args.search_path), args.user or "")
+    decision = decide(args.sql, ctx)
+    print(f"decision: {decision.verdict}")
+    if decision.refused:
+        print(f"reason:   {decision.reason} (SQLSTATE {decision.sqlstate})")
+    else:
+        print(f"kinds:    {', '.join(decision.kinds) or '-'}")
+        print(f"relations: {', '.join(decision.relations) or '-'}")
+        for use in decision.columns:
+            print(f"column:   {use.relation}.{use.column} ({use.cls}): {use.action}")
+        print("sql:")
+        print(decision.sql)
+    return 2 if decision.refused else 0
