@@ -32,7 +32,7 @@ from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import SqlglotError
 
-from .rewrite import Context, NotUnderstood, Refusal, Rewriter, name_of
+from .rewrite import PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of
 from .writes import rewrite_copy, rewrite_write
 
 _DIALECT = Postgres()
@@ -288,7 +288,7 @@ class Statement:
             rewrite_copy(self.rw, tree)
         else:
             raise NotUnderstood(f"{word} was parsed as {type(tree).__name__}")
-        return generate(tree)
+        return self.rw.substitute(generate(tree))
 
 
 def generate(tree: exp.Expression) -> str:
@@ -313,6 +313,8 @@ def decide(sql: str, ctx: Context, templates: dict | None = None) -> Decision:
         return _refuse(NotUnderstood(f"it does not tokenize: {str(exc)[:200]}"))
     if not segments:
         return Decision("allow", sql)
+    if PLACEHOLDER in sql:
+        return _refuse(NotUnderstood("the statement contains pgveil's internal names"))
     rw = Rewriter(ctx, templates)
     texts, kinds = [], []
     try:

@@ -20,6 +20,7 @@ Pure: sqlglot trees in, sqlglot trees out.
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass, field
 
 import sqlglot
@@ -50,6 +51,8 @@ DENIED_FUNCTIONS = frozenset({
 DENIED_PREFIXES = ("dblink", "lo_", "pg_read_", "pg_ls_", "xpath_table")
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 STRICTNESS = {"clear": 0, "mask": 1, "block": 2}
+# Names no client can guess: they stand for masking subqueries until the text is generated.
+PLACEHOLDER = f"pgveil_{os.urandom(8).hex()}_"
 
 
 class Refusal(Exception):
@@ -128,6 +131,7 @@ class Rewriter:
     def __init__(self, ctx: Context, template_cache: dict | None = None) -> None:
         self.ctx = ctx
         self.analysis = Analysis()
+        self.substitutions: dict[str, str] = {}  # placeholder -> masking subquery text
         self._templates = template_cache if template_cache is not None else {}
 
     # ------------------------------------------------------------------ classes
@@ -250,8 +254,15 @@ class Rewriter:
         return tree
 
     def replace(self, table: exp.Table, source: Source) -> None:
+        """Put the masking subquery where the relation was.
+
+        The subquery's text is spliced in after generation (see :meth:`substitute`): the tree
+        gets a placeholder name made of a per-process random token, so that the large masking
+        expressions are parsed and checked once per relation, not once per statement.
+        """
         only = bool(table.args.get("only"))
-        subquery = self.template(source, only).copy()
+        token = f"{PLACEHOLDER}{len(self.substitutions)}"
+        self.substitutions[token] = self.template_sql(source, only)
         alias = table.args.get("alias")
         if alias is None or alias.this is None:
             alias_node = exp.TableAlias(this=exp.to_identifier(source.alias, quoted=True),
@@ -259,7 +270,16 @@ class Rewriter:
             self._strip_schema(table, source)
         else:
             alias_node = alias.copy()
-        table.replace(exp.Subquery(this=subquery, alias=alias_node))
+        table.replace(exp.Table(this=exp.to_identifier(token, quoted=True), alias=alias_node))
+
+    def substitute(self, text: str) -> str:
+        """The generated SQL with every placeholder replaced by its masking subquery."""
+        for token, subquery in self.substitutions.items():
+            quoted = f'"{token}"'
+            if text.count(quoted) != 1:
+                raise NotUnderstood("a masking placeholder was lost in generation")
+            text = text.replace(quoted, f"({subquery})")
+        return text
 
     @staticmethod
     def _strip_schema(table: exp.Table, source: Source) -> None:
@@ -271,10 +291,7 @@ class Rewriter:
                 col.set("catalog", None)
 
     def template(self, source: Source, only: bool) -> exp.Select:
-        key = (self.ctx.rules.version, self.ctx.catalog.version, self.ctx.tier.name, source.relation.oid, only)
-        cached = self._templates.get(key)
-        if cached is not None:
-            return cached
+        """The masking subquery of a relation for this tier, as a tree."""
         columns = []
         for col, cls, act in source.actions:
             q = quote(col.name)
@@ -291,9 +308,18 @@ class Rewriter:
         sql = f"SELECT {', '.join(columns)} FROM {'ONLY ' if only else ''}{quote(rel.schema)}.{quote(rel.name)}"
         if source.row_filter:
             sql += f" WHERE {source.row_filter}"
-        select = sqlglot.parse_one(sql, read="postgres")
-        self._templates[key] = select
-        return select
+        return sqlglot.parse_one(sql, read="postgres")
+
+    def template_sql(self, source: Source, only: bool) -> str:
+        """The masking subquery's text, generated and round-trip checked once per relation."""
+        key = (self.ctx.rules.version, self.ctx.catalog.version, self.ctx.tier.name, source.relation.oid, only)
+        cached = self._templates.get(key)
+        if cached is None:
+            text = self.template(source, only).sql(dialect="postgres", comments=False)
+            if sqlglot.parse_one(text, read="postgres").sql(dialect="postgres", comments=False) != text:
+                raise NotUnderstood(f"the masking subquery of {source.relation.qualified} does not round-trip")
+            cached = self._templates[key] = text
+        return cached
 
     # ------------------------------------------------------------------ checks
     def check_functions(self, tree: exp.Expression) -> None:

@@ -64,7 +64,7 @@ def subqueries(tier, rules, catalog) -> list[tuple[str, str]]:
             if rel.schema == "pg_catalog" or not source.protected:
                 continue
             for only in (True, False):
-                text = "(" + rw.template(source, only).sql(dialect="postgres", comments=False) + ")"
+                text = "(" + rw.template_sql(source, only) + ")"
                 pairs.append((text, f"<{'ONLY ' if only else ''}{rel.qualified}>"))
         _SUBQUERIES[key] = pairs
     return _SUBQUERIES[key]

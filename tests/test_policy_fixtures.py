@@ -39,7 +39,7 @@ AUDITOR_CUSTOMERS_TAIL = ('CAST(CASE WHEN "address" IS NULL THEN NULL ELSE \'***
 def template_text(tier: str, relation: str) -> str:
     rw = Rewriter(Context(RULES.tier(tier), RULES, CATALOG))
     rel = CATALOG.by_name[tuple(relation.split("."))]
-    return rw.template(rw.source_for_relation(rel), False).sql(dialect="postgres", comments=False)
+    return rw.template_sql(rw.source_for_relation(rel), False)
 
 
 def test_masking_subquery_keeps_names_order_and_types():
