@@ -19,7 +19,7 @@ import re
 import statistics
 import subprocess
 import sys
-import time
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +31,16 @@ from conftest import free_port, start_proxy  # noqa: E402
 from proxy.pgcluster import Cluster, embedded_bin_dir  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-secret"
+# pgbench's accounts get a protected column, so the masking tier rewrites every statement on them.
+BENCH_RULES = """
+version: 1
+classes: {{secret: {{mask: {{fn: partial, keep_first: 2, keep_last: 2}}}}}}
+columns: {{public.pgbench_accounts.filler: secret}}
+tiers:
+  all-clear: {{see: {{"*": clear}}, statements: [read, write, ddl, copy, session, admin]}}
+  masking: {{see: {{secret: mask}}, statements: [read, write, session]}}
+identities: [{{user: bench, tier: {tier}}}]
+"""
 
 
 def pgbench(cluster: Cluster, port: int, *args: str) -> float:
@@ -51,6 +61,7 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--modes", default="simple,extended,prepared")
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
     cluster = Cluster(embedded_bin_dir(), settings={"max_connections": "200"})
@@ -62,10 +73,15 @@ def main() -> int:
         subprocess.run([str(cluster.bin_dir / "pgbench"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", USER,
                         "-i", "-q", "-s", str(args.scale), "bench"],
                        env=dict(os.environ, PGPASSWORD=PASSWORD), check=True, capture_output=True)
-        proxies["pgveil 1 worker"] = start_proxy(cluster.port, "--upstream-sslmode", "disable",
-                                                 "--log-level", "warning")
-        proxies["pgveil 2 workers"] = start_proxy(cluster.port, "--upstream-sslmode", "disable",
-                                                  "--log-level", "warning", "--workers", "2", port=free_port())
+        rules_dir = Path(tempfile.mkdtemp(prefix="pgveil-bench-"))
+        catalog = cluster.dsn(database="bench")
+        common = ("--upstream-sslmode", "disable", "--log-level", "warning", "--workers", str(args.workers))
+        proxies["pgveil relay only"] = start_proxy(cluster.port, *common)
+        for tier in ("all-clear", "masking"):
+            path = rules_dir / f"{tier}.yaml"
+            path.write_text(BENCH_RULES.format(tier=tier))
+            proxies[f"pgveil {tier} tier"] = start_proxy(cluster.port, *common, "--rules", str(path),
+                                                         "--catalog-dsn", catalog)
         configs = {"direct": cluster.port, **{name: p.port for name, p in proxies.items()}}
         modes = args.modes.split(",")
         results: dict[str, dict[str, list[float]]] = {m: {c: [] for c in configs} for m in modes}
@@ -76,7 +92,7 @@ def main() -> int:
                     tps = pgbench(cluster, configs[name], "-S", "-M", mode, "-c", str(args.clients), "-j", "2",
                                   "-T", str(args.seconds))
                     results[mode][name].append(tps)
-                    print(f"round {round_no + 1} {mode:9s} {name:18s} {tps:10.0f} tps", flush=True)
+                    print(f"round {round_no + 1} {mode:9s} {name:22s} {tps:10.0f} tps", flush=True)
     finally:
         for p in proxies.values():
             p.stop()
@@ -90,11 +106,12 @@ def main() -> int:
             table.append({"mode": mode, "config": name, "tps_median": round(median),
                           "ratio_to_direct": round(median / direct, 3), "runs": [round(v) for v in values]})
     print()
-    print(f"pgbench -S -c {args.clients} -j 2, scale {args.scale}, {args.seconds}s x {args.rounds} rounds "
+    print(f"pgbench -S -c {args.clients} -j 2, scale {args.scale}, {args.seconds}s x {args.rounds} rounds, "
+          f"pgveil with {args.workers} workers "
           f"({platform.node()}, {os.cpu_count()} cores, {datetime.now(timezone.utc):%Y-%m-%d})")
-    print(f"{'mode':10s}{'configuration':20s}{'median TPS':>12s}{'x direct':>10s}")
+    print(f"{'mode':10s}{'configuration':24s}{'median TPS':>12s}{'x direct':>10s}")
     for row in table:
-        print(f"{row['mode']:10s}{row['config']:20s}{row['tps_median']:12d}{row['ratio_to_direct']:10.2f}")
+        print(f"{row['mode']:10s}{row['config']:24s}{row['tps_median']:12d}{row['ratio_to_direct']:10.2f}")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "pgbench.json").write_text(json.dumps({

@@ -411,9 +411,9 @@ class Engine:
         return self.rules.tier_for(user, roles)
 
     def decide(self, sql: str, tier, search_path: tuple, user: str) -> Decision:
+        if tier.all_clear:
+            return _decide_all_clear(sql, Context(tier, self.rules, self.catalog, search_path, user))
         if self.catalog is None:
-            if tier.all_clear:
-                return _decide_all_clear(sql, Context(tier, self.rules, None, search_path, user))
             return Decision("refuse", "", reason="pgveil has not loaded the database catalog yet; try again shortly",
                             sqlstate="57P03")
         return self.cache.decide(sql, Context(tier, self.rules, self.catalog, search_path, user))
