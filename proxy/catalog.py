@@ -167,12 +167,11 @@ def view_column_sources(definition: str, relations_by_name: dict, dependencies: 
     FROM list.  Anything the resolver cannot follow gets every column the view depends on
     (conservative: a column of unknown origin is treated as derived from all of them).
     """
-    import sqlglot
-    from sqlglot import exp
+    from .sql import exp, parse_one
 
     fallback = {c.name: tuple(dependencies) for c in output_columns}
     try:
-        tree = sqlglot.parse_one(definition, read="postgres")
+        tree = parse_one(definition)
     except Exception:
         return fallback
     if not isinstance(tree, exp.Select) or tree.args.get("with_") or len(tree.expressions) != len(output_columns):

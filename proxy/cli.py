@@ -25,6 +25,10 @@ def _serve_parser(sub) -> None:
     p.add_argument("--auth-query", help="query returning the SCRAM verifier of role $1")
     p.add_argument("--catalog-dsn", help="account that reads tables, columns and views for the rules")
     p.add_argument("--catalog-refresh", type=float, help="seconds between catalog refreshes (default 60)")
+    p.add_argument("--audit-dir", help="journal directory (default ./pgveil-audit)")
+    p.add_argument("--audit-mode", choices=["strict", "batched", "off"],
+                   help="strict (default): decisions on disk first; off exists only to measure the cost")
+    p.add_argument("--audit-sink", action="append", help="postgresql://... or stdout (repeatable)")
     p.add_argument("--startup-timeout", type=float, help="seconds a client has to authenticate (default 60)")
     p.add_argument("--log-format", choices=["auto", "json", "console"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -37,7 +41,7 @@ def cmd_serve(args) -> int:
     flags = {k: getattr(args, k) for k in ("listen", "upstream", "rules", "tls_cert", "tls_key", "upstream_sslmode",
                                             "upstream_ca", "workers", "metrics", "auth_dsn", "auth_query",
                                             "log_format", "log_level", "startup_timeout", "catalog_dsn",
-                                            "catalog_refresh")}
+                                            "catalog_refresh", "audit_dir", "audit_mode", "audit_sink")}
     try:
         file_values = load_config_file(args.config) if args.config else {}
         settings = build_settings(file_values, flags)
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     _serve_parser(sub)
     _demo_parser(sub)
     _rules_parsers(sub)
+    from .audit.cli import add_parsers as audit_parsers
+    audit_parsers(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -40,6 +40,11 @@ class Settings:
     startup_timeout: float = 60.0  # like PostgreSQL's authentication_timeout
     catalog_dsn: str | None = None
     catalog_refresh: float = 60.0
+    audit_dir: str = "pgveil-audit"  # auditing is never off: a directory under the working directory
+    audit_mode: str = "strict"  # strict | batched
+    audit_sink: list = field(default_factory=list)  # postgresql://... or stdout, repeatable
+    audit_interval: float = 0.2  # batched mode: seconds between fsyncs
+    worker_index: int = 0  # set for each worker process; names its journal stream
     extra: dict = field(default_factory=dict)
 
     # -- derived --------------------------------------------------------------
@@ -77,6 +82,13 @@ class Settings:
             raise ConfigError(f"workers: must be a positive integer, got {self.workers!r}")
         if self.rules and not (self.catalog_dsn or self.auth_dsn):
             raise ConfigError("rules need catalog_dsn: an account that can read the database's catalog")
+        if self.audit_mode not in ("strict", "batched", "off"):
+            raise ConfigError(f"audit_mode: must be strict or batched, got {self.audit_mode!r}")
+        if isinstance(self.audit_sink, str):
+            self.audit_sink = [self.audit_sink]
+        for sink in self.audit_sink:
+            if sink != "stdout" and not str(sink).startswith(("postgresql://", "postgres://")):
+                raise ConfigError(f"audit_sink: expected stdout or postgresql://..., got {sink!r}")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"log_format: must be auto, json or console, got {self.log_format!r}")
         return self

@@ -27,15 +27,11 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import sqlglot
-from sqlglot import exp
-from sqlglot.dialects.postgres import Postgres
-from sqlglot.errors import SqlglotError
+from .sql import SqlglotError, exp, parse_one, to_sql, tokenize
 
-from .rewrite import PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of
+from .rewrite import (FORBIDDEN_SETTINGS, PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of,
+                      search_path_is_safe)
 from .writes import rewrite_copy, rewrite_write
-
-_DIALECT = Postgres()
 
 TRANSACTION_WORDS = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"})
 CURSOR_WORDS = frozenset({"FETCH", "MOVE", "CLOSE"})
@@ -44,13 +40,6 @@ HARMLESS_WORDS = frozenset({"DISCARD", "DEALLOCATE"})
 QUERY_WORDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "("})
 WRITE_WORDS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
 DDL_WORDS = frozenset({"CREATE", "ALTER", "DROP", "COMMENT"})
-FORBIDDEN_SETTINGS = {
-    "role": "SET ROLE changes whose privileges apply",
-    "session_authorization": "SET SESSION AUTHORIZATION changes the session's identity",
-    "standard_conforming_strings": "it changes how the server reads string literals",
-    "backslash_quote": "it changes how the server reads string literals",
-    "session_replication_role": "it disables triggers and rules",
-}
 CREATE_REFUSED = ("FUNCTION", "PROCEDURE", "RULE", "TRIGGER", "EVENT", "AGGREGATE", "OPERATOR", "LANGUAGE",
                   "EXTENSION", "CAST", "CONVERSION", "ROLE", "USER", "SERVER", "FOREIGN", "PUBLICATION",
                   "SUBSCRIPTION", "TRANSFORM")
@@ -89,7 +78,7 @@ class Segment:
 
 def split_statements(sql: str) -> list[Segment]:
     """Statements of a Query message, as the server will see them (empty ones dropped)."""
-    tokens = _DIALECT.tokenize(sql)
+    tokens = tokenize(sql)
     segments, current = [], []
     for token in tokens + [None]:
         if token is None or token.token_type.name == "SEMICOLON":
@@ -167,13 +156,20 @@ class Statement:
             name = "session_authorization"
         if words[:3] == ["SET", "SESSION", "AUTHORIZATION"] or (len(words) > 1 and words[1] == "AUTHORIZATION"):
             name = "session_authorization"
-        if name in FORBIDDEN_SETTINGS:
-            raise Refusal(f"changing {name} is not allowed for tier {self.ctx.tier.name}: {FORBIDDEN_SETTINGS[name]}")
         if name == "client_encoding" and seg.word == "SET":
             value = seg.tokens[-1].text.strip("'\"").upper().replace("-", "").replace("_", "")
             if value not in ("UTF8", "UNICODE", "DEFAULT"):
                 raise Refusal(f"client_encoding {value} is not allowed for tier {self.ctx.tier.name}: "
                               f"pgveil analyses statements as UTF8")
+        elif name in FORBIDDEN_SETTINGS:
+            raise Refusal(f"changing {name} is not allowed for tier {self.ctx.tier.name}: {FORBIDDEN_SETTINGS[name]}")
+        if name == "search_path" and seg.word == "SET":
+            value = seg.text[seg.tokens[2].start - seg.offset:] if len(seg.tokens) > 2 else ""
+            if seg.tokens[2:] and seg.tokens[2].text.upper() in ("TO", "="):
+                value = seg.text[seg.tokens[3].start - seg.offset:] if len(seg.tokens) > 3 else ""
+            if not search_path_is_safe(value):
+                raise Refusal(f"this search_path is not allowed for tier {self.ctx.tier.name}: "
+                              f"pg_catalog must come first")
         self.kinds.append("session")
         return self.passthrough(seg)
 
@@ -257,7 +253,7 @@ class Statement:
     # -- parsed statements -----------------------------------------------------------
     def parsed(self, seg: Segment, ddl: bool = False) -> str:
         try:
-            tree = sqlglot.parse_one(seg.text, read="postgres")
+            tree = parse_one(seg.text)
         except SqlglotError as exc:
             raise NotUnderstood(str(exc).splitlines()[0][:200]) from None
         word = seg.word
@@ -294,8 +290,8 @@ class Statement:
 def generate(tree: exp.Expression) -> str:
     """SQL text for the tree, checked to parse back to the same text (a misparse guard)."""
     try:
-        text = tree.sql(dialect="postgres", comments=False)
-        again = sqlglot.parse_one(text, read="postgres").sql(dialect="postgres", comments=False)
+        text = to_sql(tree)
+        again = to_sql(parse_one(text))
     except SqlglotError as exc:
         raise NotUnderstood(f"generated SQL does not parse: {exc}") from None
     if again != text:

@@ -23,8 +23,7 @@ import fnmatch
 import os
 from dataclasses import dataclass, field
 
-import sqlglot
-from sqlglot import exp
+from .sql import exp, parse_one, to_sql
 
 from .catalog import Catalog, Relation
 from .masks import MaskError, mask_sql, null_of
@@ -44,13 +43,22 @@ DENIED_FUNCTIONS = frozenset({
     "schema_to_xml_and_xmlschema", "database_to_xml", "database_to_xmlschema", "database_to_xml_and_xmlschema",
     "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_file_write",
     "pg_stat_get_activity", "pg_stat_get_backend_activity", "current_query", "ts_stat", "ts_rewrite",
-    "set_config", "pg_logical_slot_get_changes", "pg_logical_slot_peek_changes",
+    "pg_logical_slot_get_changes", "pg_logical_slot_peek_changes",
     "pg_logical_slot_get_binary_changes", "pg_logical_slot_peek_binary_changes", "pg_logical_emit_message",
     "pg_export_snapshot", "pg_import_system_collations",
 })
 DENIED_PREFIXES = ("dblink", "lo_", "pg_read_", "pg_ls_", "xpath_table")
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 STRICTNESS = {"clear": 0, "mask": 1, "block": 2}
+# Settings a restricted tier may not change, by SET or by set_config().
+FORBIDDEN_SETTINGS = {
+    "role": "SET ROLE changes whose privileges apply",
+    "session_authorization": "SET SESSION AUTHORIZATION changes the session's identity",
+    "standard_conforming_strings": "it changes how the server reads string literals",
+    "backslash_quote": "it changes how the server reads string literals",
+    "session_replication_role": "it disables triggers and rules",
+    "client_encoding": "pgveil analyses statements as UTF8",
+}
 # Names no client can guess: they stand for masking subqueries until the text is generated.
 PLACEHOLDER = f"pgveil_{os.urandom(8).hex()}_"
 
@@ -174,7 +182,7 @@ class Rewriter:
         name = name_of(table.this)
         schema = name_of(table.args.get("db")) or None
         if table.args.get("catalog") is not None:
-            raise NotUnderstood(f"cross-database reference {table.sql('postgres')}")
+            raise NotUnderstood(f"cross-database reference {to_sql(table)}")
         rel = self.ctx.catalog.resolve(schema, name, self.ctx.search_path, self.ctx.user)
         if rel is None:
             shown = f"{schema}.{name}" if schema else name
@@ -212,13 +220,13 @@ class Rewriter:
                 continue
             if not isinstance(table.this, exp.Identifier):
                 if table.this is not None and not isinstance(table.this, exp.Func):
-                    raise NotUnderstood(f"table expression {table.sql('postgres')}")
+                    raise NotUnderstood(f"table expression {to_sql(table)}")
                 continue
             if table.args.get("db") is None and self.is_cte(table):
                 continue
             for unsupported in ("sample", "pivots", "version", "when", "changes", "partition"):
                 if table.args.get(unsupported):
-                    raise NotUnderstood(f"{unsupported} on {table.sql('postgres')}")
+                    raise NotUnderstood(f"{unsupported} on {to_sql(table)}")
             found.append(table)
         return found
 
@@ -251,6 +259,9 @@ class Rewriter:
         for table, source in sources:
             if source.protected:
                 self.replace(table, source)
+            elif table.args.get("db") is None and source.relation.schema not in SYSTEM_SCHEMAS:
+                # the server must read exactly the relation analysed, whatever its search_path
+                table.set("db", exp.to_identifier(source.relation.schema))
         return tree
 
     def replace(self, table: exp.Table, source: Source) -> None:
@@ -308,15 +319,15 @@ class Rewriter:
         sql = f"SELECT {', '.join(columns)} FROM {'ONLY ' if only else ''}{quote(rel.schema)}.{quote(rel.name)}"
         if source.row_filter:
             sql += f" WHERE {source.row_filter}"
-        return sqlglot.parse_one(sql, read="postgres")
+        return parse_one(sql)
 
     def template_sql(self, source: Source, only: bool) -> str:
         """The masking subquery's text, generated and round-trip checked once per relation."""
         key = (self.ctx.rules.version, self.ctx.catalog.version, self.ctx.tier.name, source.relation.oid, only)
         cached = self._templates.get(key)
         if cached is None:
-            text = self.template(source, only).sql(dialect="postgres", comments=False)
-            if sqlglot.parse_one(text, read="postgres").sql(dialect="postgres", comments=False) != text:
+            text = to_sql(self.template(source, only))
+            if to_sql(parse_one(text)) != text:
                 raise NotUnderstood(f"the masking subquery of {source.relation.qualified} does not round-trip")
             cached = self._templates[key] = text
         return cached
@@ -329,6 +340,9 @@ class Rewriter:
             schema = None
             if isinstance(call.parent, exp.Dot) and call.parent.expression is call:
                 schema = name_of(call.parent.this)
+            if name == "set_config" and schema in (None, "pg_catalog"):
+                self.check_set_config(call)
+                continue
             if name in DENIED_FUNCTIONS or name.startswith(DENIED_PREFIXES):
                 raise Refusal(f"function {name} is not allowed for tier {tier.name}: it reaches data by other doors")
             qualified = f"{schema}.{name}" if schema else name
@@ -340,6 +354,21 @@ class Rewriter:
                 continue
             raise Refusal(f"function {qualified} is not allowed for tier {tier.name} "
                           f"(only built-in functions, or those listed in the tier's 'functions')")
+
+    def check_set_config(self, call: exp.Anonymous) -> None:
+        """set_config() is what SET is, as a function: the same settings are off limits, and the
+        setting must be named by a literal the engine can read."""
+        args = call.expressions
+        if not args or not isinstance(args[0], exp.Literal) or not args[0].is_string:
+            raise Refusal(f"set_config with a computed setting name is not allowed for tier {self.ctx.tier.name}")
+        setting = args[0].this.lower()
+        if setting in FORBIDDEN_SETTINGS:
+            raise Refusal(f"changing {setting} is not allowed for tier {self.ctx.tier.name}: "
+                          f"{FORBIDDEN_SETTINGS[setting]}")
+        if setting == "search_path" and (len(args) < 2 or not isinstance(args[1], exp.Literal)
+                                         or not search_path_is_safe(args[1].this)):
+            raise Refusal(f"this search_path is not allowed for tier {self.ctx.tier.name}: "
+                          f"pg_catalog must come first, and the value must be a literal")
 
     def check_columns(self, tree: exp.Expression, sources: list[Source]) -> None:
         """Refuse explicit references to blocked columns; note the sensitive ones used."""
@@ -365,3 +394,10 @@ class Rewriter:
                 if cls is not None and (s.relation.qualified, col.name) not in self.analysis.columns \
                         and tree.find(exp.Star) is not None:
                     self.analysis.use(s, col.name, cls, act)
+
+
+def search_path_is_safe(value: str) -> bool:
+    """pg_catalog, when named, must come first: otherwise a schema before it could hold
+    functions and operators that stand in for the built-in ones the analysis relies on."""
+    names = [part.strip().strip('"').lower() for part in value.split(",") if part.strip()]
+    return "pg_catalog" not in names or names[0] == "pg_catalog"

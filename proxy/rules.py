@@ -364,17 +364,16 @@ def _relation_name(doc: _Doc, node, where: str) -> str:
 
 def _row_filter(doc: _Doc, node, where: str) -> str:
     text = doc.scalar(node, where)
-    import sqlglot
-    from sqlglot.errors import ParseError
+    from .sql import SqlglotError, parse_one, to_sql
 
     try:
-        parsed = sqlglot.parse_one(f"SELECT 1 WHERE {text}", read="postgres")
-    except ParseError as exc:
+        parsed = parse_one(f"SELECT 1 WHERE {text}")
+    except SqlglotError as exc:
         raise doc.error(node, f"{where}: row filter does not parse: {str(exc).splitlines()[0]}") from None
     where_clause = parsed.args.get("where")
     if where_clause is None or parsed.args.get("from_") is not None or parsed.args.get("limit") is not None:
         raise doc.error(node, f"{where}: row filter must be a single boolean expression")
-    return where_clause.this.sql("postgres")
+    return to_sql(where_clause.this)
 
 
 def _identities(doc: _Doc, entry, tiers: dict) -> tuple:

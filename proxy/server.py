@@ -20,8 +20,9 @@ from itertools import count
 
 from . import codec, logs
 from .config import Settings
+from .audit.writer import AuditWriter
 from .scram import tls_server_end_point
-from .session import (Alert, Close, Phase, RefreshCatalog, ConnectUpstream, ForwardCancel, LookupVerifier, SendToClient,
+from .session import (Alert, Audit, Close, Phase, RefreshCatalog, ConnectUpstream, ForwardCancel, LookupVerifier, SendToClient,
                       SendToServer, Session, SessionConfig, StartClientTLS)
 
 log = logs.get("pgveil.server")
@@ -62,7 +63,7 @@ class ClientLink(asyncio.Protocol):
 
     def __init__(self, proxy: "Proxy") -> None:
         self.proxy = proxy
-        self.session = Session(proxy.session_config)
+        self.session: Session | None = None
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamLink | None = None
         self.peer = ("", 0)
@@ -78,6 +79,7 @@ class ClientLink(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) else (str(peer), 0)
+        self.session = Session(self.proxy.session_config, self.peer)
         self.proxy.links.add(self)
         self._startup_timer = asyncio.get_running_loop().call_later(
             self.proxy.settings.startup_timeout, self._startup_expired)
@@ -122,8 +124,34 @@ class ClientLink(asyncio.Protocol):
         except Exception:  # a bug in the session must cost this connection only
             log.exception("session_error", session=self.id)
             commands = self.session.fail("XX000", "pgveil internal error")
+        waits = []
+        rest = []
+        for command in commands:
+            if type(command) is Audit:
+                future = self.proxy.audit.submit(command.record, command.durable)
+                if future is not None:
+                    waits.append(future)
+            else:
+                rest.append(command)
+        if not waits:
+            for command in rest:
+                self.execute(command)
+            return
+        # strict audit: nothing of this event goes upstream before its records are on disk
+        self.pause_reading()
+        self._spawn(self._after_durable(waits, rest))
+
+    async def _after_durable(self, waits: list, commands: list) -> None:
+        try:
+            await asyncio.gather(*waits)
+        except OSError as exc:
+            log.error("audit_write_failed", session=self.id, error=str(exc))
+            self.dispatch(self.session.fail, "58030", "pgveil cannot write its audit journal; the statement was "
+                                                      "not sent")
+            return
         for command in commands:
             self.execute(command)
+        self.resume_reading()
 
     def execute(self, command) -> None:
         kind = type(command)
@@ -237,11 +265,19 @@ class Proxy:
             client_cert_hash=cert_hash,
             max_message_size=settings.max_message_size,
             engine=self.engine,
+            audit=settings.audit_mode != "off",
+            audit_strict=settings.audit_mode == "strict",
+            audit_ok=self._audit_ok,
         )
+        self.audit = AuditWriter(settings.audit_dir, settings.audit_mode, str(settings.worker_index),
+                                 settings.audit_interval)
         self._catalog_refresh_pending = False
         self._auth_pool = None
         self._tasks: set[asyncio.Task] = set()
         self.server: asyncio.base_events.Server | None = None
+
+    def _audit_ok(self) -> bool:
+        return self.audit.healthy
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -252,6 +288,12 @@ class Proxy:
         loop = asyncio.get_running_loop()
         if sock is None:
             sock = listen_socket(*self.settings.listen_address, reuse_port=self.settings.workers > 1)
+        self.audit.start()
+        from .audit.sinks import Shipper, make_sink
+        self.shippers = [Shipper(self.settings.audit_dir, self.audit.journal.stream, make_sink(spec))
+                         for spec in self.settings.audit_sink]
+        for shipper in self.shippers:
+            self.spawn(shipper.run())
         if self.engine is not None:  # before listening, so that the first sessions find it
             await self.refresh_catalog()
             self.spawn(self._refresh_periodically())
@@ -306,6 +348,11 @@ class Proxy:
             link.close("pgveil is shutting down")
         if self._auth_pool is not None:
             await self._auth_pool.close()
+        await self.audit.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for shipper in getattr(self, "shippers", []):
+            await shipper.sink.close()
 
     # -- upstream -------------------------------------------------------------------
     async def _open_socket(self) -> tuple[socket.socket, bool]:
@@ -463,6 +510,8 @@ async def _serve_forever(settings: Settings, sock: socket.socket | None, ready=N
         loop.add_signal_handler(sig, stop.set)
     log.info("listening", listen=settings.listen, upstream=settings.upstream, pid=os.getpid(),
              tls=proxy.client_tls is not None, upstream_sslmode=settings.upstream_sslmode)
+    if settings.audit_mode == "off":
+        log.warning("audit_off", detail="auditing is OFF (--audit-mode off): use this only to measure its cost")
     if ready:
         ready()
     await stop.wait()
@@ -483,6 +532,7 @@ def serve(settings: Settings) -> int:
         pid = os.fork()
         if pid == 0:
             probe.close()
+            settings.worker_index = len(children)
             try:
                 asyncio.run(_serve_forever(settings, listen_socket(host, port, reuse_port=True)))
             finally:

@@ -31,7 +31,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+import os
+import time
+from typing import Callable
+
 from . import codec, policy
+from .audit import records
+from .audit.tracker import StatementTracker
 from .codec import ProtocolViolation
 from .scram import ScramBridge, ScramError
 
@@ -71,6 +77,13 @@ class LookupVerifier:
 
 
 @dataclass(frozen=True, slots=True)
+class Audit:
+    """Write an audit record; with ``durable``, nothing after it is carried out before it is on disk."""
+    record: dict
+    durable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RefreshCatalog:
     """A statement that may change the catalog went through: read it again soon."""
 
@@ -90,7 +103,7 @@ class Close:
 
 
 Command = (SendToClient | SendToServer | StartClientTLS | ConnectUpstream | ForwardCancel | LookupVerifier | Alert
-           | RefreshCatalog | Close)
+           | RefreshCatalog | Audit | Close)
 
 
 class Phase(Enum):
@@ -110,9 +123,12 @@ SERVER_WATCH = frozenset(b"ZESK")
 ALL_BYTES = frozenset(range(256))
 # For a restricted tier, also errors and notices (details stripped) and RowDescription.
 FILTER_WATCH = frozenset(b"ZESKNT")
+OUTCOME_WATCH = frozenset(b"CsI")  # what the audit's outcome records need besides
+OUTCOME_KINDS = frozenset(b"CsIEZ")
 REFUSAL_MARK = "pgveil-refused-"
 
-Z, E, S, K, R, Q, X, F, N, P, T, p = (ord(c) for c in "ZESKRQXFNPTp")
+Z, E, S, K, R, Q, X, F, N, P, T, B, p = (ord(c) for c in "ZESKRQXFNPTBp")
+C_, s_, I_ = (ord(c) for c in "CsI")
 SYNC = ord("S")
 
 
@@ -123,6 +139,9 @@ class SessionConfig:
     client_cert_hash: bytes | None = None  # tls-server-end-point hash of pgveil's certificate
     max_message_size: int = codec.MAX_MESSAGE_SIZE
     engine: object = None  # proxy.policy.Engine; None: relay without a policy
+    audit: bool = False  # emit Audit commands
+    audit_strict: bool = True  # a statement's decision is durable before the statement is sent
+    audit_ok: Callable[[], bool] | None = None  # False: the journal cannot be written (fail closed)
 
 
 @dataclass(slots=True)
@@ -134,8 +153,14 @@ class Stats:
 class Session:
     """The state of one client connection; see the module docstring."""
 
-    def __init__(self, config: SessionConfig | None = None) -> None:
+    def __init__(self, config: SessionConfig | None = None, peer: tuple = ("", 0)) -> None:
         self.config = config or SessionConfig()
+        self.peer = peer
+        self.id = os.urandom(8).hex()
+        self.started = time.monotonic()
+        self.statements = 0
+        self._tracker = StatementTracker()
+        self._refused_ids: set[str] = set()
         self.phase = Phase.STARTUP
         self.client_tls = False
         self.upstream_tls = False
@@ -159,6 +184,8 @@ class Session:
         self._filtering = False  # restricted tier: the server stream is inspected
         self._suppressing = False  # a result was stopped: drop until ReadyForQuery
         self._refusals: dict[str, tuple[str, str]] = {}
+        self._refusal_states: dict[str, str] = {}  # refused statement id -> its SQLSTATE
+        self._active_watch = SERVER_WATCH
         self._refusal_seq = 0
         self._search_path_text: str | None = None
         self._search_path_parsed: tuple = ("$user", "public")
@@ -323,11 +350,16 @@ class Session:
             if kind == K:
                 key = codec.decode_message(codec.BACKEND, message)
                 self.backend_key = codec.CancelRequest(key.pid, key.key)
+            elif kind == E and self.config.audit:
+                error = codec.decode_message(codec.BACKEND, message)
+                result = "auth_failed" if self.phase is Phase.AUTH else "error"
+                commands += self._connection_record(result, error.get(b"M") or "", error.get(b"C"))
             commands.append(SendToClient(message))
             if kind == Z:
                 # start-up is over: from here on only the relay's few types are looked at
                 self.phase = Phase.ACTIVE
-                self._from_server.watch = FILTER_WATCH if self._filtering else SERVER_WATCH
+                self._from_server.watch = self._active_watch if self.config.audit else (
+                    FILTER_WATCH if self._filtering else SERVER_WATCH)
                 self._observe_server(out, marks[i:])
                 if end < len(out):
                     commands.append(SendToClient(out[end:]))
@@ -351,10 +383,11 @@ class Session:
             return [SendToClient(message)] + self.fail(
                 "08P01", f"expected an authentication response, got message type {kind!r}")
         if auth.code == codec.Authentication.OK:
-            refused = self._identify()
-            if refused:
-                return refused
+            identified, accepted = self._identify()
+            if not accepted:
+                return identified
             self.phase = Phase.POSTAUTH
+            return identified + [SendToClient(message)]
         elif auth.code == codec.Authentication.SASL and self.upstream_tls:
             mechanisms = auth.mechanisms()
             if "SCRAM-SHA-256-PLUS" in mechanisms:
@@ -383,11 +416,12 @@ class Session:
             return self._scram_failed(exc)
 
     def _scram_out(self, steps) -> list[Command]:
-        if any(target == "done" for target, _ in steps):
-            refused = self._identify()
-            if refused:
-                return refused
         commands: list[Command] = []
+        if any(target == "done" for target, _ in steps):
+            identified, accepted = self._identify()
+            if not accepted:
+                return identified
+            commands += identified
         for target, payload in steps:
             if target == "client":
                 commands.append(SendToClient(payload))
@@ -407,7 +441,9 @@ class Session:
     def _client_active(self, data: bytes) -> list[Command]:
         out, marks = self._from_client.feed(data)
         pieces: list[bytes] = []
+        audits: list[Command] = []
         pos = 0
+        decide = self.tier is not None or self.config.audit
         for kind, start, end in marks:
             if kind not in ACTIVE_FRONTEND:
                 raise ProtocolViolation(f"invalid frontend message type {kind}")
@@ -415,30 +451,46 @@ class Session:
                 self.outstanding += 1
             elif kind == X:
                 pieces.append(out[pos:end])
-                return self._client_leaves([SendToServer(b"".join(pieces))], "client terminated the session")
-            if self.tier is not None and (kind == Q or kind == P or kind == F):
-                replacement = self._decide_message(kind, out[start:end])
+                return audits + self._client_leaves([SendToServer(b"".join(pieces))], "client terminated the session")
+            if decide and (kind == Q or kind == P or kind == F):
+                replacement = self._decide_message(kind, out[start:end], audits)
                 if replacement is not None:
                     pieces += (out[pos:start], replacement)
                     pos = end
+            elif self.config.audit:
+                self._track_extended(kind, out, start, end)
         if pieces:
             pieces.append(out[pos:])
             out = b"".join(pieces)
-        commands: list[Command] = [SendToServer(out)] if out else []
+        commands: list[Command] = audits + ([SendToServer(out)] if out else [])
         if self._ddl_seen:
             self._ddl_seen = False
             commands.append(RefreshCatalog())
         return commands
 
+    def _track_extended(self, kind: int, out: bytes, start: int, end: int) -> None:
+        """Bind, Execute and Sync, for linking outcomes to statements (names read in place)."""
+        if kind == B:
+            body = out[start + 5:end]
+            portal_end = body.index(b"\0")
+            statement_end = body.index(b"\0", portal_end + 1)
+            self._tracker.bind(codec._text(bytes(body[:portal_end])),
+                               codec._text(bytes(body[portal_end + 1:statement_end])))
+        elif kind == E:
+            body = out[start + 5:end]
+            self._tracker.execute(codec._text(bytes(body[:body.index(b"\0")])), time.monotonic())
+        elif kind == SYNC:
+            self._tracker.sync()
+
     def _server_active(self, data: bytes) -> list[Command]:
         out, marks = self._from_server.feed(data)
-        if not self._filtering:
-            if marks:
-                self._observe_server(out, marks)
-            return [SendToClient(out)] if out else []
+        if not self._filtering and not self._refusals:
+            audits = self._observe_server(out, marks) if marks else []
+            return ([SendToClient(out)] if out else []) + audits
         return self._server_filtered(out, marks)
 
-    def _observe_server(self, out: bytes, marks: list[tuple[int, int, int]]) -> None:
+    def _observe_server(self, out: bytes, marks: list[tuple[int, int, int]]) -> list[Command]:
+        audits: list[Command] = []
         for kind, start, end in marks:
             if kind == Z:
                 self.transaction_status = out[start + 5:start + 6]
@@ -448,23 +500,71 @@ class Session:
                 self._note_error(out[start:end])
             elif kind == S:
                 self._note_parameter(out[start:end])
+            if self.config.audit and len(self._tracker) and kind in OUTCOME_KINDS:
+                audits += self._outcomes(kind, bytes(out[start + 5:end]))
+        return audits
 
     # ------------------------------------------------------------------ policy
-    def _identify(self) -> list[Command]:
-        """The authenticated user's tier; an identity no rule matches is refused (28000)."""
+    def _identify(self) -> tuple[list[Command], bool]:
+        """The authenticated user's tier, and whether the connection may go on: an identity no
+        rule matches is refused (28000)."""
         engine = self.config.engine
-        if engine is None:
+        refusal = None
+        if engine is not None:
+            self.tier = engine.tier_for(self.user or "")
+            if self.tier is None:
+                refusal = ("28000", f'pgveil: no access rule matches user "{self.user}"',
+                           "Ask the administration office for access; the rule file decides who may connect.")
+            else:
+                self._filtering = not self.tier.all_clear
+                catalog = engine.catalog
+                if self._filtering and catalog is not None and catalog.database and \
+                        self.database != catalog.database:
+                    refusal = ("28000", f'pgveil: tier {self.tier.name} may only use database "{catalog.database}"',
+                               "pgveil analyses statements against that database's catalog.")
+        audit = self._connection_record("refused" if refusal else "accepted", refusal[1] if refusal else "")
+        if refusal:
+            return audit + self.fail(refusal[0], refusal[1], hint=refusal[2]), False
+        if self.config.audit:
+            watch = FILTER_WATCH if self._filtering else SERVER_WATCH
+            self._active_watch = watch | OUTCOME_WATCH
+        return audit, True
+
+    # ------------------------------------------------------------------ audit
+    def _who(self) -> dict:
+        startup = self.startup
+        return {"session": self.id, "user": self.user, "tier": self.tier.name if self.tier else None,
+                "client_addr": self.peer[0], "client_port": self.peer[1], "database": self.database,
+                "application_name": startup.param("application_name") if startup else None}
+
+    def _connection_record(self, result: str, reason: str = "", sqlstate: str | None = None) -> list[Command]:
+        if not self.config.audit:
             return []
-        self.tier = engine.tier_for(self.user or "")
-        if self.tier is None:
-            return self.fail("28000", f'pgveil: no access rule matches user "{self.user}"',
-                             hint="Ask the administration office for access; the rule file decides who may connect.")
-        self._filtering = not self.tier.all_clear
-        catalog = engine.catalog
-        if self._filtering and catalog is not None and catalog.database and self.database != catalog.database:
-            return self.fail("28000", f'pgveil: tier {self.tier.name} may only use database "{catalog.database}"',
-                             hint="pgveil analyses statements against that database's catalog.")
-        return []
+        record = records.base("connection", self._who())
+        record.update({"result": result, "reason": reason, "sqlstate": sqlstate, "tls": self.client_tls,
+                       "upstream_tls": self.upstream_tls})
+        return [Audit(record)]
+
+    def _session_end_record(self, reason: str) -> list[Command]:
+        if not self.config.audit or self.user is None:
+            return []
+        record = records.base("session_end", self._who())
+        record.update({"reason": reason, "duration_s": round(time.monotonic() - self.started, 3),
+                       "statements": self.statements, "bytes_in": self.stats.bytes_from_client,
+                       "bytes_out": self.stats.bytes_from_server})
+        return [Audit(record)]
+
+    def _outcomes(self, kind: int, body: bytes) -> list[Command]:
+        ended = self._tracker.server(kind, body, time.monotonic())
+        commands: list[Command] = []
+        for statement_id, status, rows, seconds, sqlstate in ended:
+            if statement_id in self._refused_ids:
+                self._refused_ids.discard(statement_id)
+                status, rows = "refused", None
+                sqlstate = self._refusal_states.pop(statement_id, "42501")
+            commands.append(Audit(records.outcome(self._who(), statement_id, status, rows, seconds * 1000,
+                                                  sqlstate)))
+        return commands
 
     def _search_path(self) -> tuple:
         value = self.server_params.get("search_path")
@@ -473,27 +573,57 @@ class Session:
             self._search_path_parsed = policy.parse_search_path(value)
         return self._search_path_parsed
 
-    def _decide_message(self, kind: int, message: bytes) -> bytes | None:
+    def _decide_message(self, kind: int, message: bytes, audits: list) -> bytes | None:
         """Decide a Query, Parse or FunctionCall; the bytes to send instead, or None."""
         decoded = codec.decode_message(codec.FRONTEND, message)
+        engine = self.config.engine
         if kind == F:
-            if self.tier.all_clear:
-                return None
-            return self._refusal(f"the FunctionCall message is not allowed for tier {self.tier.name}")
-        sql = decoded.query
-        if self._filtering and self.server_params.get("standard_conforming_strings", "on") != "on":
-            return self._refusal("the server reports standard_conforming_strings off: pgveil would read string "
-                                 "literals differently from the server")
-        decision = self.config.engine.decide(sql, self.tier, self._search_path(), self.user or "")
+            sql = f"/* FunctionCall message, function oid {decoded.function_oid} */"
+            decision = None if self.tier is None or self.tier.all_clear else policy.Decision(
+                "refuse", "", reason=f"the FunctionCall message is not allowed for tier {self.tier.name}",
+                sqlstate="42501")
+        else:
+            sql = decoded.query
+            if self._filtering and self.server_params.get("standard_conforming_strings", "on") != "on":
+                decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
+                    "the server reports standard_conforming_strings off: pgveil would read string literals "
+                    "differently from the server"))
+            elif engine is not None and self.tier is not None:
+                decision = engine.decide(sql, self.tier, self._search_path(), self.user or "")
+            else:
+                decision = None
+        if self.config.audit and self.config.audit_ok is not None and not self.config.audit_ok():
+            decision = policy.Decision("refuse", "", sqlstate="58030", reason=(
+                "pgveil cannot write its audit journal, so it refuses statements until it can"))
         self.last_decision = decision
-        self._ddl_seen = self._ddl_seen or "ddl" in decision.kinds
-        if decision.refused:
+        self._ddl_seen = self._ddl_seen or (decision is not None and "ddl" in decision.kinds)
+        statement_id = self._audit_statement(kind, decoded, sql, decision, audits)
+        if decision is not None and decision.refused:
+            if statement_id:
+                self._refused_ids.add(statement_id)
+                self._refusal_states[statement_id] = decision.sqlstate or "42501"
             return self._refusal(decision.reason, decision.sqlstate, parse=decoded if kind == P else None)
-        if decision.sql == sql:
+        if decision is None or decision.sql == sql:
             return None
         if kind == Q:
             return codec.encode(codec.Query(decision.sql))
         return codec.encode(codec.Parse(decoded.name, decision.sql, decoded.param_types))
+
+    def _audit_statement(self, kind: int, decoded, sql: str, decision, audits: list) -> str | None:
+        if not self.config.audit:
+            return None
+        self.statements += 1
+        statement_id = f"{self.id}-{self.statements}"
+        engine = self.config.engine
+        record = records.statement(self._who(), statement_id, sql, "extended" if kind == P else "simple",
+                                   decision, engine.rules.version if engine else None)
+        # strict: a statement that will reach the database waits for its record; a refusal reaches nothing
+        audits.append(Audit(record, durable=self.config.audit_strict and not (decision and decision.refused)))
+        if kind == P:
+            self._tracker.parse(decoded.name, statement_id)
+        else:
+            self._tracker.query(statement_id, time.monotonic())
+        return statement_id
 
     def _refusal(self, reason: str, sqlstate: str = "42501", parse=None) -> bytes:
         """A statement that fails on the server in place of a refused one.
@@ -526,7 +656,7 @@ class Session:
             replacement = None
             if kind == E or kind == N:
                 replacement = self._filter_error(message)
-            elif kind == T:
+            elif kind == T and self._filtering:
                 leak = self._leaking_column(message)
                 if leak:
                     replacement = codec.error_response(
@@ -535,8 +665,8 @@ class Session:
                     self._suppressing = True
                     commands.append(Alert("second_layer_stop", f"RowDescription named {leak} for tier "
                                                                f"{self.tier.name}"))
-            if kind == Z or kind == E or kind == S:
-                self._observe_server(out, [(kind, start, end)])
+            if kind in OUTCOME_KINDS or kind == S:
+                commands += self._observe_server(out, [(kind, start, end)])
             if replacement is not None:
                 pieces += (out[pos:start], replacement)
                 pos = end
@@ -556,7 +686,7 @@ class Session:
             if found is not None:
                 reason, sqlstate = found
                 return codec.error_response(sqlstate, reason)
-        if any(code == b"D" for code, _ in error.fields):  # details can print row values
+        if self._filtering and any(code == b"D" for code, _ in error.fields):  # details can print row values
             fields = tuple((code, value) for code, value in error.fields if code != b"D")
             return codec.encode(type(error)(fields))
         return None
@@ -592,7 +722,8 @@ class Session:
         return commands + self._close(message, error=True)
 
     def _close(self, reason: str, error: bool = False) -> list[Command]:
+        audit = self._session_end_record(reason) if self.phase in (Phase.ACTIVE, Phase.POSTAUTH) else []
         self.phase = Phase.CLOSED
         self.close_reason = reason
-        return [Close(reason, error)]
+        return audit + [Close(reason, error)]
 

@@ -11,8 +11,7 @@ the ordinary table-source rewrite.
 
 from __future__ import annotations
 
-import sqlglot
-from sqlglot import exp
+from .sql import exp, parse_one, to_sql
 
 from .masks import mask_sql, null_of
 from .rewrite import Refusal, Rewriter, Source, name_of, quote
@@ -23,7 +22,7 @@ def _target_table(node) -> tuple[exp.Table, list[str] | None]:
         return node.this, [name_of(c) for c in node.expressions]
     if isinstance(node, exp.Table):
         return node, None
-    raise Refusal(f"pgveil could not analyze this statement: write target {node.sql('postgres')}")
+    raise Refusal(f"pgveil could not analyze this statement: write target {to_sql(node)}")
 
 
 def check_written(rw: Rewriter, target: Source, columns: list[str]) -> None:
@@ -85,7 +84,7 @@ def expand_returning(target: Source, returning, has_other_sources: bool):
                 items.append(f"{mask_sql(ref, col.type, act.mask)} AS {quote(col.name)}")
             else:
                 items.append(f"{null_of(col.type)} AS {quote(col.name)}")
-        parsed = sqlglot.parse_one(f"SELECT {', '.join(items)}", read="postgres").expressions
+        parsed = parse_one(f"SELECT {', '.join(items)}").expressions
         star_parent = star.parent
         if isinstance(star_parent, exp.Column):
             star = star_parent
@@ -97,7 +96,7 @@ def expand_returning(target: Source, returning, has_other_sources: bool):
 def add_row_filter(tree: exp.Expression, target: Source) -> None:
     if not target.row_filter:
         return
-    condition = sqlglot.parse_one(f"SELECT 1 WHERE {target.row_filter}", read="postgres").args["where"].this
+    condition = parse_one(f"SELECT 1 WHERE {target.row_filter}").args["where"].this
     for col in condition.find_all(exp.Column):
         if col.args.get("table") is None:
             col.set("table", exp.to_identifier(target.alias, quoted=True))
@@ -190,7 +189,7 @@ def rewrite_copy(rw: Rewriter, tree: exp.Copy) -> exp.Expression:
         if listed is None or col.name in listed:
             rw.analysis.use(source, col.name, cls, act)
     columns = ", ".join(quote(c) for c in listed) if listed else "*"
-    select = sqlglot.parse_one(f"SELECT {columns} FROM {table.sql('postgres')}", read="postgres")
+    select = parse_one(f"SELECT {columns} FROM {to_sql(table)}")
     rw.rewrite(select)
     tree.set("this", exp.Subquery(this=select))
     return tree

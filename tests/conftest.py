@@ -51,6 +51,11 @@ class ProxyProcess:
     proc: subprocess.Popen
     port: int
     log_path: Path
+    args: tuple = ()
+
+    @property
+    def audit_dir(self) -> Path:
+        return Path(self.args[self.args.index("--audit-dir") + 1])
 
     def dsn(self, user: str = APP_USER, password: str | None = APP_PASSWORD, database: str = "crm",
             **params: str) -> str:
@@ -71,19 +76,21 @@ class ProxyProcess:
                 self.proc.wait()
 
 
-def start_proxy(upstream_port: int, *args: str, port: int | None = None) -> ProxyProcess:
+def start_proxy(upstream_port: int, *args: str, port: int | None = None, preexec=None) -> ProxyProcess:
     port = port or free_port()
     log_path = Path(tempfile.mkstemp(prefix="pgveil-proxy-", suffix=".log")[1])
+    if "--audit-dir" not in args:
+        args = (*args, "--audit-dir", tempfile.mkdtemp(prefix="pgveil-audit-"))
     cmd = [sys.executable, "-m", "proxy", "serve", "--listen", f"127.0.0.1:{port}",
            "--upstream", f"postgresql://127.0.0.1:{upstream_port}", "--log-format", "json", *args]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=preexec)
     try:
         wait_port(port, proc=proc)
     except Exception:
         proc.kill()
         raise RuntimeError(f"pgveil did not start: {log_path.read_text()}")
-    return ProxyProcess(proc, port, log_path)
+    return ProxyProcess(proc, port, log_path, tuple(args))
 
 
 def setup_database(cluster: Cluster, customers: int = 500) -> None:
@@ -133,3 +140,18 @@ def run_psql(psql: str, proxy: ProxyProcess, *args: str, user: str = APP_USER, p
     env = dict(os.environ, PGPASSWORD=password, PGSSLMODE="disable", PGCONNECT_TIMEOUT="10")
     return subprocess.run([psql, "-X", "-h", "127.0.0.1", "-p", str(proxy.port), "-U", user, "-d", database, *args],
                           input=input, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+TIER_PASSWORD = "demo"
+TIER_USERS = {"crm_app": "customer_service", "sales_li": "sales", "prod_wang": "production",
+              "admin_chen": "admin_office", "it_zhou": "it", "partner_acme": "third_party", "dba_sun": "dba"}
+RULES = ROOT / "rules" / "crm.yaml"
+
+
+@pytest.fixture(scope="session")
+def tier_users(pg):
+    """One database user per tier of rules/crm.yaml, with rights on the CRM tables."""
+    pg.psql("\n".join(f"CREATE ROLE {user} LOGIN PASSWORD '{TIER_PASSWORD}';" for user in TIER_USERS))
+    pg.psql("\n".join(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {user};"
+                      for user in TIER_USERS), "crm")
+    return TIER_USERS

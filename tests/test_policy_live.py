@@ -14,13 +14,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from conftest import ROOT, run_psql, start_proxy
+from conftest import RULES, ROOT, TIER_PASSWORD as PASSWORD, TIER_USERS, run_psql, start_proxy
 from proxy import sampledata
-
-PASSWORD = "demo"
-TIER_USERS = {"crm_app": "customer_service", "sales_li": "sales", "prod_wang": "production",
-              "admin_chen": "admin_office", "it_zhou": "it", "partner_acme": "third_party", "dba_sun": "dba"}
-RULES = ROOT / "rules" / "crm.yaml"
 
 
 def partial(value, first, last):
@@ -46,14 +41,8 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def crm(pg):
-    """Tier users, a masked copy of the customers per tier, and pgveil enforcing rules/crm.yaml."""
-    statements = []
-    for user in TIER_USERS:
-        statements.append(f"CREATE ROLE {user} LOGIN PASSWORD '{PASSWORD}';")
-    pg.psql("\n".join(statements))
-    grants = [f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {u};" for u in TIER_USERS]
-    pg.psql("\n".join(grants), "crm")
+def crm(pg, tier_users):
+    """A masked copy of the customers per tier, and pgveil enforcing rules/crm.yaml."""
     rows = [tuple(r[:7]) for r in sampledata.customers(500)]
     for tier, (mask, visible) in EXPECTED.items():
         values = []

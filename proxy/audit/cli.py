@@ -1,0 +1,148 @@
+"""``pgveil audit verify|search|tail``: the journal for investigators."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .journal import read_records, stream_files, verify
+
+
+def add_parsers(sub) -> None:
+    audit = sub.add_parser("audit", help="verify, search and follow the audit journal")
+    verbs = audit.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser("verify", help="check the hash chain across files; exit 1 if broken")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_verify)
+    p = verbs.add_parser("search", help="who saw which sensitive columns, when, how many rows")
+    p.add_argument("dir")
+    p.add_argument("--user")
+    p.add_argument("--tier")
+    p.add_argument("--column", help="schema.table.column, e.g. public.customers.id_number")
+    p.add_argument("--action", choices=["clear", "mask", "block"])
+    p.add_argument("--decision", choices=["allow", "rewrite", "refuse"])
+    p.add_argument("--type", default="statement",
+                   help="record type: statement (default), connection, outcome, session_end, journal, all")
+    p.add_argument("--since", help="ISO time, e.g. 2026-11-22T08:00:00Z")
+    p.add_argument("--until")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.set_defaults(func=cmd_search)
+    p = verbs.add_parser("tail", help="follow new records")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--seconds", type=float, help="stop after this long (default: until interrupted)")
+    p.set_defaults(func=cmd_tail)
+
+
+def cmd_verify(args) -> int:
+    if not Path(args.dir).is_dir():
+        print(f"{args.dir}: no such directory", file=sys.stderr)
+        return 1
+    result = verify(args.dir)
+    if result.ok:
+        streams = ", ".join(f"stream {s} up to seq {seq}" for s, seq in result.streams.items())
+        print(f"OK: {result.records} records in {result.files} files ({streams or 'empty'})")
+        return 0
+    print(f"BROKEN after {result.records} good records: {result.problem}")
+    return 1
+
+
+def _parse_time(text: str | None) -> str | None:
+    if not text:
+        return None
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def matches(record: dict, args, since: str | None, until: str | None) -> bool:
+    if args.type != "all" and record.get("type") != args.type:
+        return False
+    if args.user and record.get("user") != args.user:
+        return False
+    if args.tier and record.get("tier") != args.tier:
+        return False
+    if args.decision and record.get("decision") != args.decision:
+        return False
+    if since and record.get("ts", "") < since:
+        return False
+    if until and record.get("ts", "") > until:
+        return False
+    if args.column or args.action:
+        found = False
+        for use in record.get("columns", []):
+            name = f"{use['relation']}.{use['column']}"
+            if (not args.column or name == args.column) and (not args.action or use["action"] == args.action):
+                found = True
+        if not found:
+            return False
+    return True
+
+
+def cmd_search(args) -> int:
+    since, until = _parse_time(args.since), _parse_time(args.until)
+    outcomes: dict[str, dict] = {}
+    hits = []
+    for _, _, record, _ in read_records(args.dir):
+        if record is None:
+            continue
+        if record.get("type") == "outcome":
+            outcomes[record.get("statement")] = record
+        if matches(record, args, since, until):
+            hits.append(record)
+    if args.json:
+        for record in hits:
+            if record.get("type") == "statement":
+                record = dict(record, outcome=outcomes.get(record["id"]))
+            print(json.dumps(record, ensure_ascii=False))
+        return 0
+    print(f"{'time (UTC)':27s} {'user':12s} {'tier':16s} {'decision':8s} {'rows':>6s}  columns / sql")
+    for r in hits:
+        out = outcomes.get(r.get("id"), {})
+        cols = ", ".join(f"{c['relation'].split('.')[-1]}.{c['column']}:{c['action']}" for c in r.get("columns", []))
+        rows = out.get("rows")
+        text = r.get("sql") or r.get("reason") or r.get("result") or r.get("event") or ""
+        print(f"{r.get('ts', '')[:26]:27s} {str(r.get('user'))[:12]:12s} {str(r.get('tier'))[:16]:16s} "
+              f"{str(r.get('decision', r.get('type')))[:8]:8s} {'' if rows is None else rows:>6}  "
+              f"{cols + ' | ' if cols else ''}{text[:100]}")
+    print(f"{len(hits)} records")
+    return 0
+
+
+def cmd_tail(args) -> int:
+    positions: dict[Path, int] = {}
+    for files in stream_files(Path(args.dir)).values():
+        for path in files:
+            positions[path] = path.stat().st_size  # start at the end, like tail -f
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            for files in stream_files(Path(args.dir)).values():
+                for path in files:
+                    pos = positions.get(path, 0)
+                    size = path.stat().st_size
+                    if size <= pos:
+                        continue
+                    with open(path, "rb") as f:
+                        f.seek(pos)
+                        data = f.read(size - pos)
+                    complete = data[:data.rfind(b"\n") + 1]
+                    positions[path] = pos + len(complete)
+                    for line in complete.splitlines():
+                        record = json.loads(line)
+                        if args.json:
+                            print(json.dumps(record, ensure_ascii=False), flush=True)
+                        else:
+                            text = record.get("sql") or record.get("result") or record.get("status") or \
+                                record.get("event") or ""
+                            print(f"{record.get('ts', '')[:26]} {record.get('type', ''):11s} "
+                                  f"{str(record.get('user')):12s} {str(record.get('tier')):16s} {text[:100]}",
+                                  flush=True)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,60 @@
+"""SQL with every literal replaced by ``?``: the audit never stores a customer's value.
+
+Built from tokens, so comments (which can hold anything) are dropped too, and a statement
+the tokenizer cannot read keeps only its shape.
+
+>>> normalize("SELECT * FROM customers WHERE id_number = '110105194912310021' -- 110105")
+'SELECT * FROM customers WHERE id_number = ?'
+>>> normalize("SELECT 1 WHERE x IN (1, 2, 3)")
+'SELECT ? WHERE x IN (?)'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from ..sql import SqlglotError, tokenize
+LITERALS = frozenset({"STRING", "NUMBER", "BYTE_STRING", "HEREDOC_STRING", "BIT_STRING", "HEX_STRING",
+                      "NATIONAL_STRING", "RAW_STRING", "UNICODE_STRING"})
+_LIST = re.compile(r"\?(?:\s*,\s*\?)+")
+
+
+def normalize(sql: str, limit: int = 4000) -> str:
+    try:
+        tokens = tokenize(sql)
+    except (SqlglotError, ValueError, IndexError):
+        return _rough(sql, limit)
+    parts: list[str] = []
+    previous_end = None
+    for i, token in enumerate(tokens):
+        kind = token.token_type.name
+        start = token.start
+        if kind == "STRING" and i and tokens[i - 1].token_type.name in ("COMMAND", "SHOW", "FETCH", "EXECUTE"):
+            # a command's arguments arrive as one string token: normalise them on their own
+            start = tokens[i - 1].end + 1
+            rest = sql[start:token.end + 1]
+            text = normalize(rest, limit) if rest.strip() != sql.strip() else "?"
+        elif kind == "NUMBER" and token.start > 0 and sql[token.start - 1] == "$":
+            text = sql[token.start:token.end + 1]  # $1: a parameter, not a value
+        elif kind in LITERALS:
+            text = "?"
+        else:
+            text = sql[token.start:token.end + 1]
+        if previous_end is not None and (start > previous_end + 1 or kind == "STRING" and start != token.start):
+            parts.append(" ")  # the client had whitespace or a comment here
+        parts.append(text)
+        previous_end = token.end
+    return _LIST.sub("?", "".join(parts))[:limit]
+
+
+def _rough(sql: str, limit: int) -> str:
+    """No tokens: keep words and punctuation, drop everything that could be a value."""
+    text = re.sub(r"'(?:[^']|'')*'?|\$[A-Za-z_0-9]*\$.*|--.*|/\*.*", "?", sql, flags=re.S)
+    text = re.sub(r"\b\d[\d.eE+-]*\b", "?", text)
+    return ("unreadable: " + " ".join(text.split()))[:limit]
+
+
+def fingerprint(normalized: str) -> str:
+    """A short, stable name for a statement's shape."""
+    return hashlib.sha256(normalized.encode()).hexdigest()[:16]

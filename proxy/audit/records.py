@@ -1,0 +1,66 @@
+"""Audit records (schema version 1, see ``audit.schema.json``): plain dicts, built without I/O.
+
+The journal adds ``seq``, ``stream``, ``prev`` and ``hash``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timezone
+
+from . import SCHEMA_VERSION
+from .normalize import fingerprint, normalize
+
+_COUNT = re.compile(r"(\d+)\s*$")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_id() -> str:
+    return os.urandom(12).hex()
+
+
+def base(kind: str, who: dict) -> dict:
+    return {"v": SCHEMA_VERSION, "id": new_id(), "ts": now(), "type": kind, **who}
+
+
+def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, rules_version: str | None,
+              purpose: str | None = None, grant: str | None = None) -> dict:
+    """The decision on one statement: recorded before the statement reaches the database."""
+    normalized = normalize(sql)
+    record = base("statement", who)
+    record.update({
+        "id": statement_id,
+        "protocol": protocol,
+        "sql": normalized,
+        "fingerprint": fingerprint(normalized),
+        "kinds": list(decision.kinds) if decision else [],
+        "relations": list(decision.relations) if decision else [],
+        "columns": [{"relation": c.relation, "column": c.column, "class": c.cls, "action": c.action}
+                    for c in (decision.columns if decision else ())],
+        "decision": decision.verdict if decision else "allow",
+        "reason": decision.reason if decision else "",
+        "unparsed": bool(decision.unparsed) if decision else False,
+        "rules_version": rules_version,
+        "purpose": purpose,
+        "grant": grant,
+    })
+    return record
+
+
+def outcome(who: dict, statement_id: str, status: str, rows: int | None, duration_ms: float,
+            sqlstate: str | None) -> dict:
+    """What came of a statement: linked to its decision record by ``statement``."""
+    record = base("outcome", who)
+    record.update({"statement": statement_id, "status": status, "rows": rows,
+                   "duration_ms": round(duration_ms, 3), "sqlstate": sqlstate})
+    return record
+
+
+def rows_of(tag: str) -> int | None:
+    """Rows from a CommandComplete tag: 'SELECT 5', 'INSERT 0 3', 'COPY 10' ..."""
+    m = _COUNT.search(tag)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,93 @@
+"""Which statement each server response belongs to, for the audit's outcome records.
+
+Pure.  The client side queues what will be answered: a Query (answered up to its
+ReadyForQuery), an Execute (answered by CommandComplete, PortalSuspended, EmptyQueryResponse
+or an error) and a Sync.  After an error in the extended protocol the server skips to Sync,
+so the Executes queued before that Sync are recorded as skipped.
+
+>>> t = StatementTracker()
+>>> t.query("s1", 0.0)
+>>> t.server(ord("C"), b"SELECT 3\\0", 0.002)
+[]
+>>> [(sid, status, rows) for sid, status, rows, _, _ in t.server(ord("Z"), b"I", 0.003)]
+[('s1', 'ok', 3)]
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .records import rows_of
+
+C, E, Z, s, I = (ord(x) for x in "CEZsI")
+
+
+class StatementTracker:
+    def __init__(self) -> None:
+        self._queue: deque = deque()  # [kind, statement id, started, rows, sqlstate]
+        self._statements: dict[str, str] = {}  # prepared statement name -> statement id
+        self._portals: dict[str, str] = {}  # portal name -> statement id
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    # -- the client's side ------------------------------------------------------------------
+    def query(self, statement_id: str, started: float) -> None:
+        self._queue.append(["Q", statement_id, started, None, None])
+
+    def parse(self, name: str, statement_id: str) -> None:
+        self._statements[name] = statement_id
+
+    def bind(self, portal: str, statement: str) -> None:
+        self._portals[portal] = self._statements.get(statement, "")
+
+    def execute(self, portal: str, started: float) -> None:
+        self._queue.append(["E", self._portals.get(portal, ""), started, None, None])
+
+    def sync(self) -> None:
+        self._queue.append(["S", "", 0.0, None, None])
+
+    # -- the server's side ------------------------------------------------------------------
+    def server(self, kind: int, body: bytes, at: float) -> list[tuple]:
+        """A response arrived: the (statement id, status, rows, duration s, sqlstate) it ends."""
+        if not self._queue:
+            return []
+        head = self._queue[0]
+        if head[0] == "Q":
+            if kind == C:
+                rows = rows_of(body.rstrip(b"\0").decode("utf-8", "replace"))
+                head[3] = (head[3] or 0) + rows if rows is not None else head[3]
+            elif kind == E:
+                head[4] = head[4] or _sqlstate(body)
+            elif kind == Z:
+                self._queue.popleft()
+                return [(head[1], "error" if head[4] else "ok", head[3], at - head[2], head[4])]
+            return []
+        if head[0] == "E":
+            if kind in (C, s, I):
+                self._queue.popleft()
+                rows = rows_of(body.rstrip(b"\0").decode("utf-8", "replace")) if kind == C else None
+                return [(head[1], "suspended" if kind == s else "ok", rows, at - head[2], None)]
+            if kind == E:
+                self._queue.popleft()
+                done = [(head[1], "error", None, at - head[2], _sqlstate(body))]
+                while self._queue and self._queue[0][0] == "E":  # skipped up to the Sync
+                    skipped = self._queue.popleft()
+                    done.append((skipped[1], "skipped", None, 0.0, None))
+                return done
+            if kind == Z:  # a Sync came before anything answered this Execute
+                self._queue.popleft()
+                return [(head[1], "skipped", None, 0.0, None)] + self.server(kind, body, at)
+            return []
+        if kind == E:  # an error answering Parse/Bind/Describe before the next Execute
+            return []
+        if kind == Z:
+            self._queue.popleft()
+        return []
+
+
+def _sqlstate(body: bytes) -> str | None:
+    for field in body.split(b"\0"):
+        if field[:1] == b"C":
+            return field[1:].decode("ascii", "replace")
+    return None
