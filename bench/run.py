@@ -62,6 +62,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--modes", default="simple,extended,prepared")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--configs", default="relay,audit,all-clear,masking",
+                        help="which pgveil configurations run beside direct: relay, audit, all-clear, masking")
     args = parser.parse_args()
 
     cluster = Cluster(embedded_bin_dir(), settings={"max_connections": "200"})
@@ -76,12 +78,18 @@ def main() -> int:
         rules_dir = Path(tempfile.mkdtemp(prefix="pgveil-bench-"))
         catalog = cluster.dsn(database="bench")
         common = ("--upstream-sslmode", "disable", "--log-level", "warning", "--workers", str(args.workers))
-        proxies["pgveil relay only"] = start_proxy(cluster.port, *common)
+        wanted = args.configs.split(",")
+        if "relay" in wanted:  # auditing is on by default, in strict mode
+            proxies["pgveil relay, audit strict"] = start_proxy(cluster.port, *common)
+        if "audit" in wanted:
+            proxies["pgveil relay, audit batched"] = start_proxy(cluster.port, *common, "--audit-mode", "batched")
+            proxies["pgveil relay, audit off"] = start_proxy(cluster.port, *common, "--audit-mode", "off")
         for tier in ("all-clear", "masking"):
-            path = rules_dir / f"{tier}.yaml"
-            path.write_text(BENCH_RULES.format(tier=tier))
-            proxies[f"pgveil {tier} tier"] = start_proxy(cluster.port, *common, "--rules", str(path),
-                                                         "--catalog-dsn", catalog)
+            if tier in wanted:
+                path = rules_dir / f"{tier}.yaml"
+                path.write_text(BENCH_RULES.format(tier=tier))
+                proxies[f"pgveil {tier} tier"] = start_proxy(cluster.port, *common, "--rules", str(path),
+                                                             "--catalog-dsn", catalog)
         configs = {"direct": cluster.port, **{name: p.port for name, p in proxies.items()}}
         modes = args.modes.split(",")
         results: dict[str, dict[str, list[float]]] = {m: {c: [] for c in configs} for m in modes}
@@ -92,7 +100,7 @@ def main() -> int:
                     tps = pgbench(cluster, configs[name], "-S", "-M", mode, "-c", str(args.clients), "-j", "2",
                                   "-T", str(args.seconds))
                     results[mode][name].append(tps)
-                    print(f"round {round_no + 1} {mode:9s} {name:22s} {tps:10.0f} tps", flush=True)
+                    print(f"round {round_no + 1} {mode:9s} {name:28s} {tps:10.0f} tps", flush=True)
     finally:
         for p in proxies.values():
             p.stop()
@@ -109,9 +117,15 @@ def main() -> int:
     print(f"pgbench -S -c {args.clients} -j 2, scale {args.scale}, {args.seconds}s x {args.rounds} rounds, "
           f"pgveil with {args.workers} workers "
           f"({platform.node()}, {os.cpu_count()} cores, {datetime.now(timezone.utc):%Y-%m-%d})")
-    print(f"{'mode':10s}{'configuration':24s}{'median TPS':>12s}{'x direct':>10s}")
+    print(f"{'mode':10s}{'configuration':30s}{'median TPS':>12s}{'x direct':>10s}")
     for row in table:
-        print(f"{row['mode']:10s}{row['config']:24s}{row['tps_median']:12d}{row['ratio_to_direct']:10.2f}")
+        print(f"{row['mode']:10s}{row['config']:30s}{row['tps_median']:12d}{row['ratio_to_direct']:10.2f}")
+    for mode in modes:
+        off = statistics.median(results[mode].get("pgveil relay, audit off", [0])) or None
+        for variant in ("strict", "batched"):
+            values = results[mode].get(f"pgveil relay, audit {variant}")
+            if off and values:
+                print(f"audit {variant} / audit off ({mode}): {statistics.median(values) / off:.2f}")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "pgbench.json").write_text(json.dumps({

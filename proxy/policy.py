@@ -365,7 +365,8 @@ class DecisionCache:
         self.misses = 0
 
     def decide(self, sql: str, ctx: Context) -> Decision:
-        key = (ctx.rules.version, ctx.catalog.version, ctx.tier.name, ctx.search_path, ctx.user, sql)
+        catalog_version = ctx.catalog.version if ctx.catalog is not None else None
+        key = (ctx.rules.version, catalog_version, ctx.tier.name, ctx.search_path, ctx.user, sql)
         found = self._entries.get(key)
         if found is not None:
             self.hits += 1
@@ -407,9 +408,7 @@ class Engine:
         return self.rules.tier_for(user, roles)
 
     def decide(self, sql: str, tier, search_path: tuple, user: str) -> Decision:
-        if tier.all_clear:
-            return _decide_all_clear(sql, Context(tier, self.rules, self.catalog, search_path, user))
-        if self.catalog is None:
+        if self.catalog is None and not tier.all_clear:
             return Decision("refuse", "", reason="pgveil has not loaded the database catalog yet; try again shortly",
                             sqlstate="57P03")
         return self.cache.decide(sql, Context(tier, self.rules, self.catalog, search_path, user))

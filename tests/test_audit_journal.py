@@ -137,3 +137,37 @@ def test_tracker_extended_protocol_error_skips_to_sync():
     ended = t.server(ord("E"), error, 0.1)
     assert [(e[0], e[1], e[4]) for e in ended] == [("a", "error", "42P01"), ("b", "skipped", None)]
     assert t.server(ord("Z"), b"I", 0.2) == [] and len(t) == 0
+
+
+def test_records_follow_the_published_schema(tmp_path):
+    """Every field a record carries is described in audit.schema.json, with the right type."""
+    from pathlib import Path
+
+    from proxy.audit import records
+    from proxy.policy import Decision
+    from proxy.rewrite import ColumnUse
+
+    schema = json.loads((Path(records.__file__).parent / "audit.schema.json").read_text())
+    who = {"session": "s", "user": "u", "tier": "t", "client_addr": "127.0.0.1", "client_port": 5,
+           "application_name": None, "database": "crm"}
+    decision = Decision("rewrite", "x", kinds=("read",), relations=("public.c",),
+                        columns=(ColumnUse("public.c", "id_number", "id_number", "mask"),))
+    journal = Journal(tmp_path)
+    notes = journal.open()
+    batch = notes + [records.statement(who, "s-1", "SELECT 1", "simple", decision, "v1"),
+                     records.outcome(who, "s-1", "ok", 1, 0.5, None)]
+    journal.append(batch)
+    journal.close()
+    types = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list,
+             "null": type(None), "object": dict}
+    for _, _, record, _ in read_records(tmp_path):
+        assert set(schema["required"]) <= set(record)
+        for key, value in record.items():
+            assert key in schema["properties"], f"{key} is not in the schema"
+            spec = schema["properties"][key]
+            if "enum" in spec:
+                assert value in spec["enum"] or (isinstance(value, list)), (key, value)
+            if "type" in spec:
+                allowed = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+                assert isinstance(value, tuple(t for a in allowed for t in
+                                               (types[a] if isinstance(types[a], tuple) else (types[a],)))), key

@@ -173,8 +173,10 @@ class Journal:
                 record["seq"] = self.seq
                 record["stream"] = self.stream
                 record["prev"] = self.head
-                record["hash"] = self.head = record_hash(self.head, record)
-                out.append(canonical(record).encode() + b"\n")
+                body = canonical(record)  # serialised once: the hash is of this text, then appended
+                self.head = hashlib.sha256((self.head + body).encode()).hexdigest()
+                record["hash"] = self.head
+                out.append(f'{body[:-1]},"hash":"{self.head}"}}\n'.encode())
             data = b"".join(out)
             self._file.write(data)
             self._file.flush()

@@ -11,6 +11,7 @@ the tokenizer cannot read keeps only its shape.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -20,6 +21,7 @@ LITERALS = frozenset({"STRING", "NUMBER", "BYTE_STRING", "HEREDOC_STRING", "BIT_
 _LIST = re.compile(r"\?(?:\s*,\s*\?)+")
 
 
+@functools.lru_cache(maxsize=8192)
 def normalize(sql: str, limit: int = 4000) -> str:
     try:
         tokens = tokenize(sql)
@@ -55,6 +57,7 @@ def _rough(sql: str, limit: int) -> str:
     return ("unreadable: " + " ".join(text.split()))[:limit]
 
 
+@functools.lru_cache(maxsize=8192)
 def fingerprint(normalized: str) -> str:
     """A short, stable name for a statement's shape."""
     return hashlib.sha256(normalized.encode()).hexdigest()[:16]

@@ -5,6 +5,7 @@ The journal adds ``seq``, ``stream``, ``prev`` and ``hash``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from datetime import datetime, timezone
@@ -19,8 +20,12 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_PREFIX = os.urandom(6).hex()  # this process's; the counter makes each id unique within it
+_counter = itertools.count(1)
+
+
 def new_id() -> str:
-    return os.urandom(12).hex()
+    return f"{_PREFIX}{next(_counter):x}"
 
 
 def base(kind: str, who: dict) -> dict:
