@@ -18,8 +18,8 @@ import ssl
 import time
 from itertools import count
 
-from . import codec, logs
-from .config import Settings
+from . import codec, logs, metrics
+from .config import Settings, split_host_port
 from .audit.writer import AuditWriter
 from .scram import tls_server_end_point
 from .session import (Alert, Audit, Close, Phase, RefreshCatalog, ConnectUpstream, ForwardCancel, LookupVerifier, SendToClient,
@@ -58,6 +58,31 @@ class UpstreamLink(asyncio.Protocol):
         self.client.resume_reading()
 
 
+class DurableWait:
+    """Holds one event's commands until all of its durable audit records are on disk."""
+
+    __slots__ = ("link", "remaining", "commands")
+
+    def __init__(self, link: "ClientLink", remaining: int, commands: list) -> None:
+        self.link, self.remaining, self.commands = link, remaining, commands
+
+    def done(self, error: Exception | None) -> None:
+        link = self.link
+        if self.remaining <= 0:
+            return
+        if error is not None:
+            self.remaining = 0
+            log.error("audit_write_failed", session=link.id, error=str(error))
+            link.dispatch(link.session.fail, "58030", "pgveil cannot write its audit journal; the statement was "
+                                                      "not sent")
+            return
+        self.remaining -= 1
+        if self.remaining == 0:
+            for command in self.commands:
+                link.execute(command)
+            link.resume_reading()
+
+
 class ClientLink(asyncio.Protocol):
     """One client connection: feeds its session and carries out the commands."""
 
@@ -72,6 +97,7 @@ class ClientLink(asyncio.Protocol):
         self.closed = False
         self._tasks: set[asyncio.Task] = set()
         self._reading_paused = False
+        self._start_logged = False
 
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -114,7 +140,8 @@ class ClientLink(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self.transport and self._reading_paused:
             self._reading_paused = False
-            self.transport.resume_reading()
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
 
     # -- commands -----------------------------------------------------------------
     def dispatch(self, event, *args) -> None:
@@ -124,34 +151,24 @@ class ClientLink(asyncio.Protocol):
         except Exception:  # a bug in the session must cost this connection only
             log.exception("session_error", session=self.id)
             commands = self.session.fail("XX000", "pgveil internal error")
-        waits = []
-        rest = []
-        for command in commands:
-            if type(command) is Audit:
-                future = self.proxy.audit.submit(command.record, command.durable)
-                if future is not None:
-                    waits.append(future)
-            else:
-                rest.append(command)
-        if not waits:
+        audits = [c for c in commands if type(c) is Audit]
+        rest = [c for c in commands if type(c) is not Audit] if audits else commands
+        durable = sum(1 for a in audits if a.durable)
+        waiter = DurableWait(self, durable, rest) if durable else None
+        for audit in audits:
+            metrics.observe(audit.record)
+            self.proxy.audit.submit(audit.record, waiter.done if audit.durable else None)
+        if not self._start_logged and self.session.phase is Phase.ACTIVE:
+            self._start_logged = True
+            log.info("session_start", session=self.id, peer=f"{self.peer[0]}:{self.peer[1]}", user=self.session.user,
+                     database=self.session.database, tier=self.session.tier.name if self.session.tier else None,
+                     tls=self.session.client_tls)
+        if waiter is None:
             for command in rest:
                 self.execute(command)
-            return
-        # strict audit: nothing of this event goes upstream before its records are on disk
-        self.pause_reading()
-        self._spawn(self._after_durable(waits, rest))
-
-    async def _after_durable(self, waits: list, commands: list) -> None:
-        try:
-            await asyncio.gather(*waits)
-        except OSError as exc:
-            log.error("audit_write_failed", session=self.id, error=str(exc))
-            self.dispatch(self.session.fail, "58030", "pgveil cannot write its audit journal; the statement was "
-                                                      "not sent")
-            return
-        for command in commands:
-            self.execute(command)
-        self.resume_reading()
+        else:
+            # strict audit: nothing of this event goes upstream before its records are on disk
+            self.pause_reading()
 
     def execute(self, command) -> None:
         kind = type(command)
@@ -176,6 +193,7 @@ class ClientLink(asyncio.Protocol):
             self.proxy.catalog_changed()
         elif kind is Alert:
             log.error(command.event, session=self.id, user=self.session.user, detail=command.detail)
+            metrics.SECOND_LAYER.labels(self.session.tier.name if self.session.tier else "none").inc()
         else:  # pragma: no cover - a new command without a handler is a bug
             raise TypeError(f"unknown command {command!r}")
 
@@ -201,6 +219,7 @@ class ClientLink(asyncio.Protocol):
         try:
             transport, upstream, tls, cert_hash = await self.proxy.open_upstream(self)
         except Exception as exc:
+            metrics.UPSTREAM_ERRORS.inc()
             self.resume_reading()
             self.dispatch(self.session.upstream_failed, str(exc) or type(exc).__name__)
             return
@@ -272,6 +291,7 @@ class Proxy:
         self.audit = AuditWriter(settings.audit_dir, settings.audit_mode, str(settings.worker_index),
                                  settings.audit_interval)
         self._catalog_refresh_pending = False
+        self.metrics_server = None
         self._auth_pool = None
         self._tasks: set[asyncio.Task] = set()
         self.server: asyncio.base_events.Server | None = None
@@ -298,6 +318,9 @@ class Proxy:
             await self.refresh_catalog()
             self.spawn(self._refresh_periodically())
         self.server = await loop.create_server(lambda: ClientLink(self), sock=sock)
+        if self.settings.metrics and self.settings.worker_index == 0:
+            host, port = split_host_port(self.settings.metrics, "metrics")
+            self.metrics_server = await metrics.serve_metrics(self, host, port)
 
     async def refresh_catalog(self) -> bool:
         import asyncpg
@@ -334,6 +357,7 @@ class Proxy:
                 await asyncio.sleep(delay)
                 await self.refresh_catalog()
             self._catalog_refresh_pending = False
+        self.metrics_server = None
         self.spawn(later())
 
     @property
@@ -344,6 +368,8 @@ class Proxy:
     async def stop(self) -> None:
         if self.server:
             self.server.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         for link in list(self.links):
             link.close("pgveil is shutting down")
         if self._auth_pool is not None:

@@ -549,7 +549,7 @@ class Session:
         if not self.config.audit or self.user is None:
             return []
         record = records.base("session_end", self._who())
-        record.update({"reason": reason, "duration_s": round(time.monotonic() - self.started, 3),
+        record.update({"reason": reason, "duration_ms": int((time.monotonic() - self.started) * 1000),
                        "statements": self.statements, "bytes_in": self.stats.bytes_from_client,
                        "bytes_out": self.stats.bytes_from_server})
         return [Audit(record)]
@@ -562,8 +562,7 @@ class Session:
                 self._refused_ids.discard(statement_id)
                 status, rows = "refused", None
                 sqlstate = self._refusal_states.pop(statement_id, "42501")
-            commands.append(Audit(records.outcome(self._who(), statement_id, status, rows, seconds * 1000,
-                                                  sqlstate)))
+            commands.append(Audit(records.outcome(self._who(), statement_id, status, rows, seconds, sqlstate)))
         return commands
 
     def _search_path(self) -> tuple:

@@ -171,3 +171,16 @@ def test_records_follow_the_published_schema(tmp_path):
                 allowed = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
                 assert isinstance(value, tuple(t for a in allowed for t in
                                                (types[a] if isinstance(types[a], tuple) else (types[a],)))), key
+
+
+def test_canonical_form_is_the_standard_librarys(tmp_path):
+    """An investigator's own script can check the chain with nothing but the json module."""
+    import hashlib
+
+    write(tmp_path, 5)
+    prev = "0" * 64
+    for _, _, record, _ in read_records(tmp_path):
+        body = {k: v for k, v in record.items() if k != "hash"}
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert hashlib.sha256((prev + text).encode()).hexdigest() == record["hash"]
+        prev = record["hash"]

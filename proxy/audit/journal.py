@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from .records import base
 
 GENESIS = "0" * 64
@@ -31,7 +33,9 @@ FILE_RE = re.compile(r"^audit-(?P<stream>[A-Za-z0-9_]+)-(?P<seq>\d{12})\.jsonl$"
 
 
 def canonical(record: dict) -> str:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Keys sorted, no spaces, UTF-8 as is: what ``json.dumps(record, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False)`` gives for records without floats."""
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def record_hash(prev: str, record: dict) -> str:

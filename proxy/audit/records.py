@@ -56,12 +56,13 @@ def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, r
     return record
 
 
-def outcome(who: dict, statement_id: str, status: str, rows: int | None, duration_ms: float,
+def outcome(who: dict, statement_id: str, status: str, rows: int | None, seconds: float,
             sqlstate: str | None) -> dict:
-    """What came of a statement: linked to its decision record by ``statement``."""
+    """What came of a statement: linked to its decision record by ``statement``.  Records hold no
+    floats, so that their canonical JSON is the same in every JSON library."""
     record = base("outcome", who)
     record.update({"statement": statement_id, "status": status, "rows": rows,
-                   "duration_ms": round(duration_ms, 3), "sqlstate": sqlstate})
+                   "duration_us": int(seconds * 1_000_000), "sqlstate": sqlstate})
     return record
 
 

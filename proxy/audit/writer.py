@@ -5,8 +5,8 @@ loop's own thread (page-cache writes are quick, and a thread per record would co
 hand-offs than the writing itself).  Only ``fsync`` runs in an executor thread, where it
 releases the GIL.
 
-``strict`` (the default): a record submitted with ``durable=True`` resolves its future once an
-fsync that started after it was written has finished; everything written while one fsync runs
+``strict`` (the default): a record submitted with ``on_durable`` has it called once an fsync that
+started after it was written has finished; everything written while one fsync runs
 shares the next one, so throughput holds with many sessions.  ``batched``: fsync every
 ``interval`` seconds, and nobody waits.
 
@@ -40,8 +40,8 @@ class AuditWriter:
         self.fsyncs = 0
         self.last_fsync_seconds = 0.0
         self._queue: list[dict] = []  # submitted, not yet written
-        self._waiting: list[asyncio.Future] = []  # durable futures whose records are still queued
-        self._unsynced: list[asyncio.Future] = []  # written, waiting for the next fsync
+        self._waiting: list = []  # callbacks of durable records still queued
+        self._unsynced: list = []  # callbacks of records written, waiting for the next fsync
         self._syncing = False
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -63,17 +63,15 @@ class AuditWriter:
         if self.mode == "batched":
             self._spawn(self._sync_periodically())
 
-    def submit(self, record: dict, durable: bool = False) -> asyncio.Future | None:
-        """Queue a record; with ``durable`` the future resolves once it is on disk."""
+    def submit(self, record: dict, on_durable=None) -> None:
+        """Queue a record; ``on_durable(error)`` is called once it is on disk (error None), or at
+        once with the error if it cannot be written."""
         self._queue.append(record)
-        future = None
-        if durable:
-            future = self._loop.create_future()
-            self._waiting.append(future)
+        if on_durable is not None:
+            self._waiting.append(on_durable)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
-        return future
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -84,10 +82,9 @@ class AuditWriter:
             self.journal.append(batch)
         except OSError as exc:
             self._fail(exc)
-            for future in self._waiting:  # fail closed: whoever waits is told now
-                if not future.done():
-                    future.set_exception(OSError(self.error))
-            self._waiting = []
+            waiting, self._waiting = self._waiting, []
+            for callback in waiting:  # fail closed: whoever waits is told now
+                callback(OSError(self.error))
             self._loop.call_later(0.5, self._retry)
             return
         self._queue = []
@@ -123,12 +120,8 @@ class AuditWriter:
             if not self.healthy:
                 self.healthy, self.error = True, ""
                 log.warning("audit_journal_recovered")
-        for future in group:
-            if not future.done():
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(OSError(self.error))
+        for callback in group:
+            callback(None if error is None else OSError(self.error))
         self._syncing = False
         if self._unsynced:
             self._start_sync()
