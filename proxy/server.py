@@ -306,6 +306,9 @@ class Proxy:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
+        if self.settings.metrics and self.settings.worker_index == 0:
+            host, port = split_host_port(self.settings.metrics, "metrics")
+            self.metrics_server = await metrics.serve_metrics(self, host, port)
         if sock is None:
             sock = listen_socket(*self.settings.listen_address, reuse_port=self.settings.workers > 1)
         self.audit.start()
@@ -318,9 +321,6 @@ class Proxy:
             await self.refresh_catalog()
             self.spawn(self._refresh_periodically())
         self.server = await loop.create_server(lambda: ClientLink(self), sock=sock)
-        if self.settings.metrics and self.settings.worker_index == 0:
-            host, port = split_host_port(self.settings.metrics, "metrics")
-            self.metrics_server = await metrics.serve_metrics(self, host, port)
 
     async def refresh_catalog(self) -> bool:
         import asyncpg
@@ -357,7 +357,6 @@ class Proxy:
                 await asyncio.sleep(delay)
                 await self.refresh_catalog()
             self._catalog_refresh_pending = False
-        self.metrics_server = None
         self.spawn(later())
 
     @property
