@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import free_port, start_proxy  # noqa: E402
+from conftest import start_proxy  # noqa: E402
 from proxy.pgcluster import Cluster, embedded_bin_dir  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-secret"

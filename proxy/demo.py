@@ -47,7 +47,7 @@ def prepare(cluster: Cluster, customers: int) -> None:
 
 
 def run_demo(args) -> int:
-    from .server import Proxy, install_event_loop_policy
+    from .server import install_event_loop_policy
 
     logs.configure("console", "warning")
     data_dir = Path(args.data_dir) if args.data_dir else _cache_dir()

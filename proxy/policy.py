@@ -401,6 +401,7 @@ class Engine:
         self.rules = rules
         self.catalog = catalog
         self.cache = DecisionCache()
+        self.rules_sha256 = ""
         self._hidden: dict = {}
 
     def tier_for(self, user: str):

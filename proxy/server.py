@@ -11,6 +11,7 @@ streams at the client's pace with bounded memory.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from itertools import count
 
 from . import codec, logs, metrics
 from .config import Settings, split_host_port
+from .audit import records as audit_records
 from .audit.writer import AuditWriter
 from .scram import tls_server_end_point
 from .session import (Alert, Audit, Close, Phase, RefreshCatalog, ConnectUpstream, ForwardCancel, LookupVerifier, SendToClient,
@@ -317,6 +319,9 @@ class Proxy:
                          for spec in self.settings.audit_sink]
         for shipper in self.shippers:
             self.spawn(shipper.run())
+        if self.engine is not None:
+            self.audit.submit(dict(audit_records.base("rules", {}), event="loaded", file=self.settings.rules,
+                                   rules_version=self.engine.rules.version, sha256=self.engine.rules_sha256))
         if self.engine is not None:  # before listening, so that the first sessions find it
             await self.refresh_catalog()
             self.spawn(self._refresh_periodically())
@@ -473,10 +478,13 @@ def load_engine(settings: Settings):
     from .rules import RuleError, load_rules
     try:
         with open(settings.rules, encoding="utf-8") as f:
-            rules = load_rules(f.read(), settings.rules)
+            text = f.read()
+        rules = load_rules(text, settings.rules)
     except RuleError as exc:
         raise ConfigError(str(exc)) from None
-    return Engine(rules)
+    engine = Engine(rules)
+    engine.rules_sha256 = hashlib.sha256(text.encode()).hexdigest()
+    return engine
 
 
 def make_client_tls(settings: Settings) -> ssl.SSLContext | None:

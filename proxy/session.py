@@ -179,7 +179,6 @@ class Session:
         self._last_server_fatal = False
         self._scram: ScramBridge | None = None
         self.tier = None  # the rules' tier for this identity, once authenticated
-        self.last_decision = None
         self._ddl_seen = False
         self._filtering = False  # restricted tier: the server stream is inspected
         self._suppressing = False  # a result was stopped: drop until ReadyForQuery
@@ -594,7 +593,6 @@ class Session:
         if self.config.audit and self.config.audit_ok is not None and not self.config.audit_ok():
             decision = policy.Decision("refuse", "", sqlstate="58030", reason=(
                 "pgveil cannot write its audit journal, so it refuses statements until it can"))
-        self.last_decision = decision
         self._ddl_seen = self._ddl_seen or (decision is not None and "ddl" in decision.kinds)
         statement_id = self._audit_statement(kind, decoded, sql, decision, audits)
         if decision is not None and decision.refused:

@@ -9,7 +9,6 @@ by the leak tests).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from proxy.catalog import Catalog

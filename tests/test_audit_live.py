@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import asyncpg
 import psycopg
 import pytest
 
-from conftest import RULES, ROOT, TIER_PASSWORD, hba_lines, setup_database, start_proxy
+from conftest import RULES, ROOT, TIER_PASSWORD, start_proxy
 from proxy.audit.journal import read_records, verify
 from proxy.pgcluster import Cluster, embedded_bin_dir
 
@@ -92,6 +91,8 @@ def test_every_statement_recorded_once_with_who_what_and_rows(guarded):
     # exactly once: ids are unique and each statement has one outcome
     ids = [r["id"] for r in statements]
     assert len(ids) == len(set(ids)) and all(i in outcomes for i in ids)
+    (rules,) = [r for r in journal(guarded) if r["type"] == "rules"]
+    assert rules["event"] == "loaded" and rules["rules_version"] and len(rules["sha256"]) == 64
     connections = [r for r in records if r["type"] == "connection"]
     assert {(r["user"], r["result"]) for r in connections} == {("sales_li", "accepted"), ("crm_app", "accepted"),
                                                                ("dba_sun", "accepted")}

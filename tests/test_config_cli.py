@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import ROOT, free_port, start_proxy, wait_port
+from conftest import ROOT, start_proxy
 from proxy.config import ConfigError, build_settings, load_config_file
 
 

@@ -9,7 +9,7 @@ import struct
 import asyncpg
 import pytest
 
-from conftest import APP_PASSWORD, APP_USER, hba_lines, setup_database, start_proxy
+from conftest import APP_USER, hba_lines, setup_database, start_proxy
 from proxy import codec
 from proxy.pgcluster import Cluster, embedded_bin_dir
 

@@ -69,7 +69,7 @@ def tls_db(pki):
     if bin_dir is None:
         pytest.fail("Debian's postgresql package is needed for the upstream-TLS tests and could not be installed")
     cluster = Cluster(bin_dir, ssl_files=pki["db"],
-                      hba=[f"hostnossl all all 127.0.0.1/32 reject"] + [line.replace("host ", "hostssl ")
+                      hba=["hostnossl all all 127.0.0.1/32 reject"] + [line.replace("host ", "hostssl ")
                                                                            for line in hba_lines()])
     cluster.start()
     try:
@@ -91,7 +91,7 @@ def bridge_proxy(tls_db, pki):
 
 def test_direct_connection_to_tls_db_uses_channel_binding(tls_db, pki):
     """The anchor: the database itself requires TLS and offers SCRAM-SHA-256-PLUS."""
-    dsn = tls_db.dsn(APP_USER, APP_PASSWORD, "crm") + f"?sslmode=require&channel_binding=require"
+    dsn = tls_db.dsn(APP_USER, APP_PASSWORD, "crm") + "?sslmode=require&channel_binding=require"
     with psycopg.connect(dsn) as conn:
         assert conn.pgconn.ssl_in_use
 
