@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 
 from . import __version__, logs
 from .config import ConfigError, build_settings, load_config_file
@@ -36,7 +38,7 @@ def _serve_parser(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from .server import load_engine, serve
+    from .tools import load_engine  # not the server yet: prometheus_client must see the environment first
 
     flags = {k: getattr(args, k) for k in ("listen", "upstream", "rules", "tls_cert", "tls_key", "upstream_sslmode",
                                             "upstream_ca", "workers", "metrics", "auth_dsn", "auth_query",
@@ -50,6 +52,10 @@ def cmd_serve(args) -> int:
         print(f"pgveil: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, settings.log_level)
+    if settings.workers > 1 and settings.metrics and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # every worker's values in shared files, summed by the endpoint (set before the metrics import)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pgveil-metrics-")
+    from .server import serve
     try:
         return serve(settings)
     except OSError as exc:

@@ -2,24 +2,34 @@
 
 Label values are tiers, kinds, decisions, reasons and classes only: never user names or SQL
 (cardinality, and the audit is the place for who did what).
+
+With ``--workers N`` the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` before this module is imported,
+so every worker's values land in shared files and the first worker's endpoint reports the sum
+(prometheus-client's multiprocess mode; the per-process collectors are not available there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, PlatformCollector, GCCollector
+from collections import OrderedDict
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, multiprocess
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
-GCCollector(registry=REGISTRY)
+if not MULTIPROCESS:
+    ProcessCollector(registry=REGISTRY)
+    PlatformCollector(registry=REGISTRY)
+    GCCollector(registry=REGISTRY)
 
-CONNECTIONS_ACTIVE = Gauge("pgveil_connections_active", "Client connections open now", registry=REGISTRY)
+CONNECTIONS_ACTIVE = Gauge("pgveil_connections_active", "Client connections open now", registry=REGISTRY,
+                           multiprocess_mode="livesum")
 CONNECTIONS = Counter("pgveil_connections_total", "Connection attempts by result and tier",
                       ["result", "tier"], registry=REGISTRY)
-STATEMENTS = Counter("pgveil_statements_total", "Statements by tier, kind and decision",
+STATEMENTS = Counter("pgveil_statements_total", "Statements executed (or refused), by tier, kind and decision",
                      ["tier", "kind", "decision"], registry=REGISTRY)
 REFUSALS = Counter("pgveil_refusals_total", "Refused statements by tier and reason",
                    ["tier", "reason"], registry=REGISTRY)
@@ -31,30 +41,69 @@ DECISION_CACHE = Counter("pgveil_decision_cache_total", "Decision cache lookups"
 BYTES = Counter("pgveil_bytes_total", "Bytes relayed", ["direction"], registry=REGISTRY)
 UPSTREAM_ERRORS = Counter("pgveil_upstream_connect_errors_total", "Failed upstream connections",
                           registry=REGISTRY)
-AUDIT_WRITTEN = Gauge("pgveil_audit_records_written", "Audit records written to the journal by this process",
-                      registry=REGISTRY)
-AUDIT_DROPPED = Gauge("pgveil_audit_records_dropped", "Audit records lost (must stay 0)", registry=REGISTRY)
-AUDIT_PENDING = Gauge("pgveil_audit_queue_depth", "Audit records waiting to be written", registry=REGISTRY)
-AUDIT_HEALTHY = Gauge("pgveil_audit_journal_healthy", "1 while the journal can be written", registry=REGISTRY)
-AUDIT_FSYNC = Gauge("pgveil_audit_fsync_seconds", "Duration of the last journal fsync", registry=REGISTRY)
+AUDIT_WRITTEN = Gauge("pgveil_audit_records_written", "Audit records written to the journal",
+                      registry=REGISTRY, multiprocess_mode="livesum")
+AUDIT_DROPPED = Gauge("pgveil_audit_records_dropped", "Audit records lost (must stay 0)", registry=REGISTRY,
+                      multiprocess_mode="livesum")
+AUDIT_PENDING = Gauge("pgveil_audit_queue_depth", "Audit records waiting to be written", registry=REGISTRY,
+                      multiprocess_mode="livesum")
+AUDIT_HEALTHY = Gauge("pgveil_audit_journal_healthy", "1 while the journal can be written", registry=REGISTRY,
+                      multiprocess_mode="livemin")
+AUDIT_FSYNC = Gauge("pgveil_audit_fsync_seconds", "Duration of the last journal fsync", registry=REGISTRY,
+                    multiprocess_mode="livemax")
 AUDIT_SHIPPED = Gauge("pgveil_audit_records_shipped", "Audit records delivered, by sink", ["sink"],
-                      registry=REGISTRY)
-AUDIT_SINK_ERRORS = Gauge("pgveil_audit_sink_errors", "Failed deliveries, by sink", ["sink"], registry=REGISTRY)
-CATALOG_LOADED = Gauge("pgveil_catalog_loaded", "1 once the catalog is loaded", registry=REGISTRY)
-RULES_INFO = Gauge("pgveil_rules_info", "The rules in force", ["version"], registry=REGISTRY)
+                      registry=REGISTRY, multiprocess_mode="livesum")
+AUDIT_SINK_ERRORS = Gauge("pgveil_audit_sink_errors", "Failed deliveries, by sink", ["sink"], registry=REGISTRY,
+                          multiprocess_mode="livesum")
+STATEMENT_SECONDS = Histogram("pgveil_statement_duration_seconds", "Statement duration, first message to end",
+                              ["tier"], registry=REGISTRY,
+                              buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
+ROWS = Counter("pgveil_rows_total", "Rows returned or affected, by tier", ["tier"], registry=REGISTRY)
+SENSITIVE_ROWS = Counter("pgveil_sensitive_rows_total",
+                         "Rows of statements that reached sensitive columns, by tier and whether any was in clear",
+                         ["tier", "clear"], registry=REGISTRY)
+UPSTREAM_CONNECT_SECONDS = Histogram("pgveil_upstream_connect_seconds", "Time to open an upstream connection",
+                                     registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+RULES_RELOADS = Counter("pgveil_rules_reloads_total", "Rule file reloads by result (accepted, rejected)",
+                        ["result"], registry=REGISTRY)
+CATALOG_LOADED = Gauge("pgveil_catalog_loaded", "1 once the catalog is loaded", registry=REGISTRY,
+                       multiprocess_mode="livemin")
+RULES_INFO = Gauge("pgveil_rules_info", "The rules in force, by version (1 per worker using it)", ["version"],
+                   registry=REGISTRY, multiprocess_mode="livesum")
+
+
+# statement id -> (tier, kind, decision, reaches sensitive columns, any in clear); a prepared
+# statement has one decision and an outcome per execution, so entries stay until pushed out
+_DECIDED: OrderedDict = OrderedDict()
 
 
 def observe(record: dict) -> None:
-    """Count what an audit record says happened: every count here has its record in the audit."""
+    """Count what an audit record says happened: every count here has its record in the audit.
+    Statements are counted per execution (at their outcome), columns per decision."""
     kind = record.get("type")
     tier = record.get("tier") or "none"
     if kind == "statement":
         decision = record.get("decision", "allow")
-        STATEMENTS.labels(tier, (record.get("kinds") or ["unknown"])[0], decision).inc()
         if decision == "refuse":
             REFUSALS.labels(tier, reason_class(record.get("reason", ""))).inc()
-        for use in record.get("columns", ()):
+        columns = record.get("columns", ())
+        for use in columns:
             SENSITIVE.labels(tier, use["class"], use["action"]).inc()
+        _DECIDED[record["id"]] = (tier, (record.get("kinds") or ["unknown"])[0], decision, bool(columns),
+                                  any(c["action"] == "clear" for c in columns))
+        if len(_DECIDED) > 10_000:
+            _DECIDED.popitem(last=False)
+    elif kind == "outcome":
+        if record.get("status") == "skipped":
+            return
+        decided = _DECIDED.get(record.get("statement")) or (tier, "unknown", "allow", False, False)
+        STATEMENTS.labels(decided[0], decided[1], decided[2]).inc()
+        STATEMENT_SECONDS.labels(tier).observe(record.get("duration_us", 0) / 1e6)
+        rows = record.get("rows") or 0
+        if rows:
+            ROWS.labels(tier).inc(rows)
+            if decided[3]:
+                SENSITIVE_ROWS.labels(tier, "yes" if decided[4] else "no").inc(rows)
     elif kind == "connection":
         CONNECTIONS.labels(record.get("result", "unknown"), tier).inc()
     elif kind == "session_end":
@@ -73,8 +122,9 @@ def reason_class(reason: str) -> str:
     return "other"
 
 
-def snapshot(proxy) -> None:
-    """Copy the gauges that live elsewhere into the registry, just before a scrape."""
+def update(proxy) -> None:
+    """Copy the values that live elsewhere into the metrics: periodically in every worker, and
+    just before a scrape."""
     audit = proxy.audit
     AUDIT_WRITTEN.set(audit.written)
     AUDIT_DROPPED.set(audit.dropped)
@@ -89,8 +139,24 @@ def snapshot(proxy) -> None:
         CATALOG_LOADED.set(1 if proxy.engine.catalog is not None else 0)
         RULES_INFO.clear()
         RULES_INFO.labels(proxy.engine.rules.version).set(1)
-        DECISION_CACHE.labels("hit")._value.set(proxy.engine.cache.hits)
-        DECISION_CACHE.labels("miss")._value.set(proxy.engine.cache.misses)
+        cache, seen = proxy.engine.cache, proxy.metrics_seen
+        DECISION_CACHE.labels("hit").inc(cache.hits - seen.get("hits", 0))
+        DECISION_CACHE.labels("miss").inc(cache.misses - seen.get("misses", 0))
+        seen.update(hits=cache.hits, misses=cache.misses)
+
+
+def exposition() -> bytes:
+    if MULTIPROCESS:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def process_exit() -> None:
+    """A worker ends: its live gauges leave the sums."""
+    if MULTIPROCESS:
+        multiprocess.mark_process_dead(os.getpid())
 
 
 def ready(proxy) -> tuple[bool, str]:
@@ -110,8 +176,8 @@ async def serve_metrics(proxy, host: str, port: int) -> asyncio.AbstractServer:
             path = request.split(b" ", 2)[1].decode("ascii", "replace") if request.count(b" ") >= 2 else "/"
             status, body, kind = 404, b"not found\n", "text/plain"
             if path.startswith("/metrics"):
-                snapshot(proxy)
-                status, body, kind = 200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+                update(proxy)
+                status, body, kind = 200, exposition(), CONTENT_TYPE_LATEST
             elif path.startswith("/healthz"):
                 status, body = 200, b"ok\n"
             elif path.startswith("/readyz"):

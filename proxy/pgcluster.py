@@ -70,6 +70,18 @@ def debian_bin_dir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+def ensure_debian_package(package: str, binary: str) -> str | None:
+    """A Debian package's binary, installed with apt when missing and we may (root).  None if not possible."""
+    found = shutil.which(binary)
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package], env=env, check=False,
+                   capture_output=True)
+    return shutil.which(binary)
+
+
 def ensure_debian_postgresql() -> Path | None:
     """Debian's PostgreSQL, installed with apt when missing and we may (root).  None if not possible."""
     found = debian_bin_dir()

@@ -11,7 +11,6 @@ streams at the client's pace with bounded memory.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import socket
@@ -24,6 +23,7 @@ from .config import Settings, split_host_port
 from .audit import records as audit_records
 from .audit.writer import AuditWriter
 from .scram import tls_server_end_point
+from .tools import load_engine
 from .session import (Alert, Audit, Close, Phase, RefreshCatalog, ConnectUpstream, ForwardCancel, LookupVerifier, SendToClient,
                       SendToServer, Session, SessionConfig, StartClientTLS)
 
@@ -218,8 +218,10 @@ class ClientLink(asyncio.Protocol):
         self.dispatch(self.session.tls_established)
 
     async def _connect_upstream(self) -> None:
+        started = time.monotonic()
         try:
             transport, upstream, tls, cert_hash = await self.proxy.open_upstream(self)
+            metrics.UPSTREAM_CONNECT_SECONDS.observe(time.monotonic() - started)
         except Exception as exc:
             metrics.UPSTREAM_ERRORS.inc()
             self.resume_reading()
@@ -279,7 +281,7 @@ class Proxy:
         if settings.tls_cert:
             with open(settings.tls_cert, encoding="ascii") as f:
                 cert_hash = tls_server_end_point(ssl.PEM_cert_to_DER_cert(f.read()))
-        self.engine = load_engine(settings)
+        self.engine = load_engine(settings)  # already checked by the command line
         self.session_config = SessionConfig(
             tls_available=self.client_tls is not None,
             scram_bridge_possible=bool(settings.auth_dsn),
@@ -294,6 +296,7 @@ class Proxy:
                                  settings.audit_interval)
         self._catalog_refresh_pending = False
         self.metrics_server = None
+        self.metrics_seen: dict = {}
         self._auth_pool = None
         self._tasks: set[asyncio.Task] = set()
         self.server: asyncio.base_events.Server | None = None
@@ -326,6 +329,12 @@ class Proxy:
             await self.refresh_catalog()
             self.spawn(self._refresh_periodically())
         self.server = await loop.create_server(lambda: ClientLink(self), sock=sock)
+        self.spawn(self._update_metrics())
+
+    async def _update_metrics(self) -> None:
+        while True:
+            metrics.update(self)
+            await asyncio.sleep(2.0)
 
     async def refresh_catalog(self) -> bool:
         import asyncpg
@@ -374,6 +383,7 @@ class Proxy:
             self.server.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        metrics.process_exit()
         for link in list(self.links):
             link.close("pgveil is shutting down")
         if self._auth_pool is not None:
@@ -467,24 +477,6 @@ class Proxy:
         if self._auth_pool is None:
             self._auth_pool = await asyncpg.create_pool(self.settings.auth_dsn, min_size=0, max_size=2)
         return await self._auth_pool.fetchval(self.settings.auth_query, user)
-
-
-def load_engine(settings: Settings):
-    """The policy engine for ``--rules`` (None: relay only).  A bad file is a ConfigError."""
-    if not settings.rules:
-        return None
-    from .config import ConfigError
-    from .policy import Engine
-    from .rules import RuleError, load_rules
-    try:
-        with open(settings.rules, encoding="utf-8") as f:
-            text = f.read()
-        rules = load_rules(text, settings.rules)
-    except RuleError as exc:
-        raise ConfigError(str(exc)) from None
-    engine = Engine(rules)
-    engine.rules_sha256 = hashlib.sha256(text.encode()).hexdigest()
-    return engine
 
 
 def make_client_tls(settings: Settings) -> ssl.SSLContext | None:

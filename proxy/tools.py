@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
 
 import yaml
@@ -15,6 +16,26 @@ from .rules import RuleError, RuleSet, load_rules, unmatched_globs
 def read_rules(path: str) -> RuleSet:
     with open(path, encoding="utf-8") as f:
         return load_rules(f.read(), path)
+
+
+def load_engine(settings):
+    """The policy engine for ``--rules`` (None: relay only).  A bad file is a ConfigError naming
+    the file and line."""
+    if not settings.rules:
+        return None
+    from .config import ConfigError
+    from .policy import Engine
+    try:
+        with open(settings.rules, encoding="utf-8") as f:
+            text = f.read()
+        rules = load_rules(text, settings.rules)
+    except RuleError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"{settings.rules}: {exc.strerror}") from None
+    engine = Engine(rules)
+    engine.rules_sha256 = hashlib.sha256(text.encode()).hexdigest()
+    return engine
 
 
 def fetch_catalog(dsn: str) -> Catalog:
