@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from .audit.normalize import from_tokens as normalize_tokens
+from .audit.normalize import normalize
 from .sql import SqlglotError, exp, parse_one, to_sql, tokenize
 
 from .rewrite import (FORBIDDEN_SETTINGS, PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of,
@@ -55,6 +57,7 @@ class Decision:
     relations: tuple = ()
     columns: tuple = ()  # ColumnUse
     unparsed: bool = False
+    normalized: str = ""  # the text with literals and comments removed, for the audit
 
     @property
     def refused(self) -> bool:
@@ -354,8 +357,71 @@ def _decide_all_clear(sql: str, ctx: Context) -> Decision:
     return Decision("allow", sql, kinds=tuple(dict.fromkeys(kinds)))
 
 
+# Literal markers: parameter numbers PostgreSQL never accepts (it stops at 65535), one range per
+# literal kind so that the kinds are part of the shape.
+MARKER_BASE = {"STRING": 70000, "NUMBER": 80000}
+_MARKER = re.compile(r"\$([78]\d{4})(?!\d)")
+_OTHER_LITERALS = frozenset({"BYTE_STRING", "HEREDOC_STRING", "BIT_STRING", "HEX_STRING", "NATIONAL_STRING",
+                             "RAW_STRING", "UNICODE_STRING", "COMMAND", "SEMICOLON"})
+UNCACHEABLE = object()
+
+
+def shape_of(sql: str, tokens: list) -> tuple[str, list] | None:
+    """The statement with each plain string and number replaced by a marker, and the literals
+    taken out; None when the statement is not of the kinds this applies to."""
+    if not tokens or tokens[0].text.upper() not in QUERY_WORDS | WRITE_WORDS:
+        return None
+    parts, literals, pos = [], [], 0
+    for token in tokens:
+        kind = token.token_type.name
+        if kind in _OTHER_LITERALS:
+            return None
+        if kind == "NUMBER" and token.start > 0 and sql[token.start - 1] == "$":
+            if int(token.text) > 65535:
+                return None  # a "parameter" no server accepts: it could be mistaken for a marker
+            continue
+        if kind in MARKER_BASE:
+            parts += (sql[pos:token.start], f"${MARKER_BASE[kind] + len(literals)}")
+            literals.append((kind, token.text))
+            pos = token.end + 1
+    if len(literals) > 9999:
+        return None
+    parts.append(sql[pos:])
+    return "".join(parts), literals
+
+
+def _render(kind: str, text: str) -> str:
+    """A literal as the generator writes it, so that a cached decision gives the same text."""
+    node = exp.Literal.string(text) if kind == "STRING" else exp.Literal.number(text)
+    return to_sql(node)
+
+
+def instantiate(template: Decision, literals: list, original: str, normalized: str, all_clear: bool) -> Decision:
+    """A cached shape's decision for one statement: its literals put back where the markers are."""
+    if template.refused or all_clear:
+        return replace(template, sql=original if not template.refused else "", normalized=normalized)
+    found = _MARKER.findall(template.sql)
+    if len(found) != len(literals) or len(set(found)) != len(found):
+        raise LookupError("a marker was lost or repeated")
+    def put_back(match):
+        number = int(match.group(1))
+        kind = "STRING" if number < 80000 else "NUMBER"
+        index = number - MARKER_BASE[kind]
+        if literals[index][0] != kind:
+            raise LookupError("a marker of the wrong kind")
+        return _render(*literals[index])
+    return replace(template, sql=_MARKER.sub(put_back, template.sql), normalized=normalized)
+
+
 class DecisionCache:
-    """Decisions by (rules version, catalog version, tier, search_path, user, text); LRU."""
+    """Decisions by (rules version, catalog version, tier, search_path, user, text); LRU.
+
+    Statements that differ only in their literals (``WHERE id = 42`` and ``WHERE id = 43``) share
+    one decision: the statement's *shape* (literals replaced by markers) is decided once, and each
+    statement gets that decision with its own literals put back, rendered as the generator renders
+    them.  The first time a shape is seen its result is checked against a full decision of the
+    same statement; a shape whose results differ in anything is never used.
+    """
 
     def __init__(self, size: int = 20_000) -> None:
         self.size = size
@@ -364,20 +430,59 @@ class DecisionCache:
         self.hits = 0
         self.misses = 0
 
-    def decide(self, sql: str, ctx: Context) -> Decision:
-        catalog_version = ctx.catalog.version if ctx.catalog is not None else None
-        key = (ctx.rules.version, catalog_version, ctx.tier.name, ctx.search_path, ctx.user, sql)
+    def _get(self, key):
         found = self._entries.get(key)
         if found is not None:
-            self.hits += 1
             self._entries.move_to_end(key)
-            return found
-        self.misses += 1
-        decision = decide(sql, ctx, self.templates)
-        self._entries[key] = decision
+        return found
+
+    def _put(self, key, value) -> None:
+        self._entries[key] = value
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
+
+    def decide(self, sql: str, ctx: Context) -> Decision:
+        catalog_version = ctx.catalog.version if ctx.catalog is not None else None
+        base = (ctx.rules.version, catalog_version, ctx.tier.name, ctx.search_path, ctx.user)
+        found = self._get(base + (sql,))
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        try:
+            tokens = tokenize(sql)
+        except SqlglotError:
+            tokens = None
+        normalized = normalize_tokens(sql, tokens) if tokens is not None else normalize(sql)
+        shaped = shape_of(sql, tokens) if tokens is not None else None
+        decision = None
+        if shaped is not None:
+            decision = self._from_shape(base, shaped, sql, normalized, ctx)
+        if decision is None:
+            decision = replace(decide(sql, ctx, self.templates), normalized=normalized)
+        self._put(base + (sql,), decision)
         return decision
+
+    def _from_shape(self, base: tuple, shaped: tuple, sql: str, normalized: str, ctx: Context) -> Decision | None:
+        shape, literals = shaped
+        key = base + ("shape", shape)
+        template = self._get(key)
+        if template is UNCACHEABLE:
+            return None
+        if template is not None:
+            try:
+                return instantiate(template, literals, sql, normalized, ctx.tier.all_clear)
+            except LookupError:
+                self._put(key, UNCACHEABLE)
+                return None
+        template = decide(shape, ctx, self.templates)
+        full = replace(decide(sql, ctx, self.templates), normalized=normalized)
+        try:
+            same = instantiate(template, literals, sql, normalized, ctx.tier.all_clear) == full
+        except LookupError:
+            same = False
+        self._put(key, template if same and not template.unparsed else UNCACHEABLE)
+        return full
 
 
 def parse_search_path(value: str | None) -> tuple:

@@ -83,3 +83,30 @@ def test_decision_reports_relations_and_column_actions():
     actions = {(c.column, c.action) for c in decision.columns}
     assert decision.relations == ("public.customers",)
     assert ("id_number", "mask") in actions and ("phone", "mask") in actions
+
+
+def _vary(sql: str) -> str:
+    """The same statement with other literals: numbers changed, strings given a quote and a backslash."""
+    import re
+    sql = re.sub(r"(?<![$\w.])(\d+)(?![\w.])", lambda m: str(int(m.group(1)) * 7 + 3), sql)
+    return re.sub(r"(?<![eE\w$])'([^']*)'", lambda m: "'" + m.group(1)[::-1] + "o''k\\x'", sql)
+
+
+@pytest.mark.parametrize("tier", sorted(RULES.tiers))
+def test_statements_differing_in_literals_share_a_decision_safely(tier):
+    """The cache's shapes never change an answer: every variant decided through a cached shape
+    equals a full decision of that variant."""
+    cache = DecisionCache()
+    ctx = Context(RULES.tier(tier), RULES, CATALOG)
+    shared = 0
+    for sql in sorted({case[1] for case in CASES}):
+        cache.decide(sql, ctx)
+        variant = _vary(sql)
+        if variant == sql:
+            continue
+        hits_before = len([v for v in cache._entries.values() if v is not None])
+        got, want = cache.decide(variant, ctx), decide(variant, ctx)
+        assert (got.verdict, got.sql, got.reason, got.columns, got.relations, got.kinds) == \
+            (want.verdict, want.sql, want.reason, want.columns, want.relations, want.kinds), variant
+        shared += len([v for v in cache._entries.values() if v is not None]) == hits_before + 1
+    assert shared >= 20  # most statements with literals were served from their shape

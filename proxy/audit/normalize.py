@@ -27,6 +27,11 @@ def normalize(sql: str, limit: int = 4000) -> str:
         tokens = tokenize(sql)
     except (SqlglotError, ValueError, IndexError):
         return _rough(sql, limit)
+    return from_tokens(sql, tokens, limit)
+
+
+def from_tokens(sql: str, tokens: list, limit: int = 4000) -> str:
+    """:func:`normalize` for text already tokenized (the policy engine's tokens, reused)."""
     parts: list[str] = []
     previous_end = None
     for i, token in enumerate(tokens):

@@ -35,7 +35,7 @@ def base(kind: str, who: dict) -> dict:
 def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, rules_version: str | None,
               purpose: str | None = None, grant: str | None = None) -> dict:
     """The decision on one statement: recorded before the statement reaches the database."""
-    normalized = normalize(sql)
+    normalized = (decision.normalized if decision is not None else "") or normalize(sql)
     record = base("statement", who)
     record.update({
         "id": statement_id,
