@@ -369,6 +369,8 @@ UNCACHEABLE = object()
 def shape_of(sql: str, tokens: list) -> tuple[str, list] | None:
     """The statement with each plain string and number replaced by a marker, and the literals
     taken out; None when the statement is not of the kinds this applies to."""
+    while tokens and tokens[-1].token_type.name == "SEMICOLON":
+        tokens = tokens[:-1]  # one statement, as drivers often send it: "...;"
     if not tokens or tokens[0].text.upper() not in QUERY_WORDS | WRITE_WORDS:
         return None
     parts, literals, pos = [], [], 0

@@ -110,3 +110,16 @@ def test_statements_differing_in_literals_share_a_decision_safely(tier):
             (want.verdict, want.sql, want.reason, want.columns, want.relations, want.kinds), variant
         shared += len([v for v in cache._entries.values() if v is not None]) == hits_before + 1
     assert shared >= 20  # most statements with literals were served from their shape
+
+
+def test_shape_cache_serves_a_trailing_semicolon_and_not_two_statements():
+    cache = DecisionCache()
+    ctx = Context(RULES.tier("sales"), RULES, CATALOG)
+    cache.decide("SELECT id FROM customers WHERE id = 1;", ctx)
+    entries = len(cache._entries)
+    second = cache.decide("SELECT id FROM customers WHERE id = 2;", ctx)
+    assert len(cache._entries) == entries + 1  # the text only: its shape was already there
+    assert second.sql == decide("SELECT id FROM customers WHERE id = 2;", ctx).sql
+    cache.decide("SELECT 1; SELECT id FROM customers WHERE id = 3", ctx)
+    assert not any(isinstance(k[-1], str) and k[-2:-1] == ("shape",) and "SELECT $80000;" in k[-1]
+                   for k in cache._entries)
