@@ -26,6 +26,7 @@ def _serve_parser(sub) -> None:
     p.add_argument("--auth-dsn", help="account that reads SCRAM verifiers when the upstream leg uses TLS")
     p.add_argument("--auth-query", help="query returning the SCRAM verifier of role $1")
     p.add_argument("--catalog-dsn", help="account that reads tables, columns and views for the rules")
+    p.add_argument("--rules-poll", type=float, help="seconds between checks of the rule file (default 1; 0: SIGHUP only)")
     p.add_argument("--catalog-refresh", type=float, help="seconds between catalog refreshes (default 60)")
     p.add_argument("--audit-dir", help="journal directory (default ./pgveil-audit)")
     p.add_argument("--audit-mode", choices=["strict", "batched", "off"],
@@ -43,7 +44,7 @@ def cmd_serve(args) -> int:
     flags = {k: getattr(args, k) for k in ("listen", "upstream", "rules", "tls_cert", "tls_key", "upstream_sslmode",
                                             "upstream_ca", "workers", "metrics", "auth_dsn", "auth_query",
                                             "log_format", "log_level", "startup_timeout", "catalog_dsn",
-                                            "catalog_refresh", "audit_dir", "audit_mode", "audit_sink")}
+                                            "catalog_refresh", "audit_dir", "audit_mode", "audit_sink", "rules_poll")}
     try:
         file_values = load_config_file(args.config) if args.config else {}
         settings = build_settings(file_values, flags)

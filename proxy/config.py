@@ -40,6 +40,7 @@ class Settings:
     startup_timeout: float = 60.0  # like PostgreSQL's authentication_timeout
     catalog_dsn: str | None = None
     catalog_refresh: float = 60.0
+    rules_poll: float = 1.0  # seconds between checks of the rule file for changes
     audit_dir: str = "pgveil-audit"  # auditing is never off: a directory under the working directory
     audit_mode: str = "strict"  # strict | batched
     audit_sink: list = field(default_factory=list)  # postgresql://... or stdout, repeatable

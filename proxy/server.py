@@ -11,6 +11,7 @@ streams at the client's pace with bounded memory.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import socket
@@ -281,6 +282,8 @@ class Proxy:
         if settings.tls_cert:
             with open(settings.tls_cert, encoding="ascii") as f:
                 cert_hash = tls_server_end_point(ssl.PEM_cert_to_DER_cert(f.read()))
+        # stamped before reading: a change in between is seen by the first poll
+        self._rules_stamp = _file_stamp(settings.rules) if settings.rules else ()
         self.engine = load_engine(settings)  # already checked by the command line
         self.session_config = SessionConfig(
             tls_available=self.client_tls is not None,
@@ -328,6 +331,8 @@ class Proxy:
         if self.engine is not None:  # before listening, so that the first sessions find it
             await self.refresh_catalog()
             self.spawn(self._refresh_periodically())
+            if self.settings.rules_poll > 0:
+                self.spawn(self._watch_rules())
         self.server = await loop.create_server(lambda: ClientLink(self), sock=sock)
         self.spawn(self._update_metrics())
 
@@ -335,6 +340,48 @@ class Proxy:
         while True:
             metrics.update(self)
             await asyncio.sleep(2.0)
+
+    async def _watch_rules(self) -> None:
+        """Reload the rule file when it changes (polled: works for edits, renames and the
+        symlink swaps a Kubernetes ConfigMap volume does)."""
+        while True:
+            await asyncio.sleep(self.settings.rules_poll)
+            stamp = _file_stamp(self.settings.rules)
+            if stamp != self._rules_stamp:
+                self._rules_stamp = stamp
+                self.reload_rules("file changed")
+
+    def reload_rules(self, why: str = "SIGHUP") -> bool:
+        """Load, validate and compile the rule file, then swap it in whole; a file that fails
+        keeps the rules in force.  Every open session's next statement is decided under the new
+        rules, and sessions whose identity they deny are ended."""
+        from .rules import RuleError, load_rules
+        path = self.settings.rules
+        record = audit_records.base("rules", {})
+        record.update(file=path, reason=why)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            record["sha256"] = hashlib.sha256(text.encode()).hexdigest()
+            rules = load_rules(text, path)
+        except (RuleError, OSError) as exc:
+            message = str(exc) if isinstance(exc, RuleError) else f"{path}: {exc.strerror or exc}"
+            log.error("rules_reload_rejected", error=message, kept_version=self.engine.rules.version)
+            metrics.RULES_RELOADS.labels("rejected").inc()
+            self.audit.submit(dict(record, event="rejected", error=message,
+                                   rules_version=self.engine.rules.version))
+            return False
+        if rules.version == self.engine.rules.version:
+            return True
+        old = self.engine.rules.version
+        self.engine.rules, self.engine.rules_sha256 = rules, record["sha256"]
+        log.info("rules_reloaded", version=rules.version, previous=old, reason=why)
+        metrics.RULES_RELOADS.labels("accepted").inc()
+        self.audit.submit(dict(record, event="reloaded", rules_version=rules.version, previous_version=old))
+        for link in list(self.links):
+            if link.session is not None:
+                link.dispatch(link.session.rules_changed)
+        return True
 
     async def refresh_catalog(self) -> bool:
         import asyncpg
@@ -479,6 +526,14 @@ class Proxy:
         return await self._auth_pool.fetchval(self.settings.auth_query, user)
 
 
+def _file_stamp(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def make_client_tls(settings: Settings) -> ssl.SSLContext | None:
     if not settings.tls_cert:
         return None
@@ -533,6 +588,8 @@ async def _serve_forever(settings: Settings, sock: socket.socket | None, ready=N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if proxy.engine is not None:
+        loop.add_signal_handler(signal.SIGHUP, proxy.reload_rules)
     log.info("listening", listen=settings.listen, upstream=settings.upstream, pid=os.getpid(),
              tls=proxy.client_tls is not None, upstream_sslmode=settings.upstream_sslmode)
     if settings.audit_mode == "off":
@@ -574,6 +631,7 @@ def serve(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads its rules
     status = 0
     for child in children:
         _, code = os.waitpid(child, 0)

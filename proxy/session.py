@@ -38,6 +38,7 @@ from typing import Callable
 from . import codec, policy
 from .audit import records
 from .audit.tracker import StatementTracker
+from .prepared import PreparedStatements
 from .codec import ProtocolViolation
 from .scram import ScramBridge, ScramError
 
@@ -125,9 +126,11 @@ ALL_BYTES = frozenset(range(256))
 FILTER_WATCH = frozenset(b"ZESKNT")
 OUTCOME_WATCH = frozenset(b"CsI")  # what the audit's outcome records need besides
 OUTCOME_KINDS = frozenset(b"CsIEZ")
+PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they answer
+PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
 
-Z, E, S, K, R, Q, X, F, N, P, T, B, p = (ord(c) for c in "ZESKRQXFNPTBp")
+Z, E, S, K, R, Q, X, F, N, P, T, B, C, p = (ord(c) for c in "ZESKRQXFNPTBCp")
 C_, s_, I_ = (ord(c) for c in "CsI")
 SYNC = ord("S")
 
@@ -160,6 +163,7 @@ class Session:
         self.started = time.monotonic()
         self.statements = 0
         self._tracker = StatementTracker()
+        self._prepared = PreparedStatements()
         self._refused_ids: set[str] = set()
         self.phase = Phase.STARTUP
         self.client_tls = False
@@ -185,6 +189,7 @@ class Session:
         self._refusals: dict[str, tuple[str, str]] = {}
         self._refusal_states: dict[str, str] = {}  # refused statement id -> its SQLSTATE
         self._active_watch = SERVER_WATCH
+        self._rules_version: str | None = None
         self._refusal_seq = 0
         self._search_path_text: str | None = None
         self._search_path_parsed: tuple = ("$user", "public")
@@ -357,8 +362,7 @@ class Session:
             if kind == Z:
                 # start-up is over: from here on only the relay's few types are looked at
                 self.phase = Phase.ACTIVE
-                self._from_server.watch = self._active_watch if self.config.audit else (
-                    FILTER_WATCH if self._filtering else SERVER_WATCH)
+                self._from_server.watch = self._active_watch
                 self._observe_server(out, marks[i:])
                 if end < len(out):
                     commands.append(SendToClient(out[end:]))
@@ -451,6 +455,23 @@ class Session:
             elif kind == X:
                 pieces.append(out[pos:end])
                 return audits + self._client_leaves([SendToServer(b"".join(pieces))], "client terminated the session")
+            engine = self.config.engine
+            if engine is not None:
+                if kind in PREPARE_CLIENT:
+                    self._prepared.client(kind)
+                if (kind == Q or kind == P or kind == F or kind == B) and self._rules_version != engine.rules.version:
+                    revoked = self.rules_changed()  # new rules: this identity's tier is decided again
+                    if revoked:
+                        return audits + revoked
+                if kind == B:
+                    again = self._prepare_again(out, start, end, audits)
+                    if again is not None:
+                        pieces += (out[pos:start], again)
+                        pos = start
+                elif kind == C:
+                    body = out[start + 5:end]
+                    if body[:1] == b"S":
+                        self._prepared.statements.pop(codec._text(bytes(body[1:body.index(b"\0", 1)])), None)
             if decide and (kind == Q or kind == P or kind == F):
                 replacement = self._decide_message(kind, out[start:end], audits)
                 if replacement is not None:
@@ -466,6 +487,21 @@ class Session:
             self._ddl_seen = False
             commands.append(RefreshCatalog())
         return commands
+
+    def _prepare_again(self, out: bytes, start: int, end: int, audits: list) -> bytes | None:
+        """Before a Bind of a statement prepared under earlier rules: Close and Parse it again,
+        decided under the rules in force (see :mod:`proxy.prepared`)."""
+        body = out[start + 5:end]
+        portal_end = body.index(b"\0")
+        name = codec._text(bytes(body[portal_end + 1:body.index(b"\0", portal_end + 1)]))
+        known = self._prepared.statements.get(name)
+        if not name or known is None or known[2] == self._rules_version:
+            return None
+        sql, types, _ = known
+        parse = codec.encode(codec.Parse(name, sql, types))
+        decided = self._decide_message(P, parse, audits)  # records the new decision as well
+        self._prepared.inject()
+        return codec.encode(codec.Close(b"S", name)) + (decided if decided is not None else parse)
 
     def _track_extended(self, kind: int, out: bytes, start: int, end: int) -> None:
         """Bind, Execute and Sync, for linking outcomes to statements (names read in place)."""
@@ -483,14 +519,17 @@ class Session:
 
     def _server_active(self, data: bytes) -> list[Command]:
         out, marks = self._from_server.feed(data)
-        if not self._filtering and not self._refusals:
+        if not self._filtering and not self._refusals and not self._prepared.swallowing:
             audits = self._observe_server(out, marks) if marks else []
             return ([SendToClient(out)] if out else []) + audits
         return self._server_filtered(out, marks)
 
-    def _observe_server(self, out: bytes, marks: list[tuple[int, int, int]]) -> list[Command]:
+    def _observe_server(self, out: bytes, marks: list[tuple[int, int, int]],
+                        prepared_seen: bool = False) -> list[Command]:
         audits: list[Command] = []
         for kind, start, end in marks:
+            if not prepared_seen and kind in PREPARE_WATCH and self.config.engine is not None:
+                self._prepared.server(kind)
             if kind == Z:
                 self.transaction_status = out[start + 5:start + 6]
                 if self.outstanding:
@@ -510,6 +549,7 @@ class Session:
         engine = self.config.engine
         refusal = None
         if engine is not None:
+            self._rules_version = engine.rules.version
             self.tier = engine.tier_for(self.user or "")
             if self.tier is None:
                 refusal = ("28000", f'pgveil: no access rule matches user "{self.user}"',
@@ -524,10 +564,34 @@ class Session:
         audit = self._connection_record("refused" if refusal else "accepted", refusal[1] if refusal else "")
         if refusal:
             return audit + self.fail(refusal[0], refusal[1], hint=refusal[2]), False
-        if self.config.audit:
-            watch = FILTER_WATCH if self._filtering else SERVER_WATCH
-            self._active_watch = watch | OUTCOME_WATCH
+        self._active_watch = self._server_watch()
         return audit, True
+
+    def rules_changed(self) -> list[Command]:
+        """The rules were reloaded: the identity's tier is resolved again, and an identity the new
+        rules deny has its session ended (FATAL 28000)."""
+        engine = self.config.engine
+        if engine is None or self.phase is not Phase.ACTIVE or self._rules_version == engine.rules.version:
+            return []
+        self._rules_version = engine.rules.version
+        tier = engine.tier_for(self.user or "")
+        if tier is None:
+            return self._connection_record("revoked", "the reloaded rules deny this identity") + self.fail(
+                "28000", f'pgveil: the rules (version {engine.rules.version}) no longer give user "{self.user}" '
+                         f"access; the session is ended")
+        self.tier = tier
+        self._filtering = not tier.all_clear
+        self._from_server.watch = self._active_watch = self._server_watch()
+        return []
+
+    def _server_watch(self) -> frozenset:
+        """The server messages the relay must see, for this session's tier and features."""
+        watch = FILTER_WATCH if self._filtering else SERVER_WATCH
+        if self.config.audit:
+            watch |= OUTCOME_WATCH
+        if self.config.engine is not None:
+            watch |= PREPARE_WATCH
+        return watch
 
     # ------------------------------------------------------------------ audit
     def _who(self) -> dict:
@@ -594,6 +658,8 @@ class Session:
             decision = policy.Decision("refuse", "", sqlstate="58030", reason=(
                 "pgveil cannot write its audit journal, so it refuses statements until it can"))
         self._ddl_seen = self._ddl_seen or (decision is not None and "ddl" in decision.kinds)
+        if kind == P and decoded.name and engine is not None:
+            self._prepared.statements[decoded.name] = (sql, decoded.param_types, self._rules_version)
         statement_id = self._audit_statement(kind, decoded, sql, decision, audits)
         if decision is not None and decision.refused:
             if statement_id:
@@ -651,7 +717,9 @@ class Session:
                 self._suppressing = False
             message = out[start:end]
             replacement = None
-            if kind == E or kind == N:
+            if kind in PREPARE_WATCH and self.config.engine is not None and self._prepared.server(kind):
+                replacement = b""  # the reply to a Close or Parse the client never sent
+            elif kind == E or kind == N:
                 replacement = self._filter_error(message)
             elif kind == T and self._filtering:
                 leak = self._leaking_column(message)
@@ -663,7 +731,7 @@ class Session:
                     commands.append(Alert("second_layer_stop", f"RowDescription named {leak} for tier "
                                                                f"{self.tier.name}"))
             if kind in OUTCOME_KINDS or kind == S:
-                commands += self._observe_server(out, [(kind, start, end)])
+                commands += self._observe_server(out, [(kind, start, end)], prepared_seen=True)
             if replacement is not None:
                 pieces += (out[pos:start], replacement)
                 pos = end

@@ -243,8 +243,10 @@ class BrokenFirstLayer:
     """An engine whose rewrite lets everything through, as a bug in the first layer would."""
 
     def __init__(self, tier):
+        from types import SimpleNamespace
         self.tier = tier
         self.catalog = None
+        self.rules = SimpleNamespace(version="v1")
 
     def tier_for(self, user):
         return self.tier

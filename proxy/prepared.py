@@ -1,0 +1,75 @@
+"""Named prepared statements of one session, prepared again when the rules change.
+
+A statement prepared under earlier rules keeps the SQL decided then; its next Bind would run
+it.  So before such a Bind, the session sends ``Close`` and ``Parse`` for the same name with
+the text decided under the rules in force, and the server's replies to those two messages
+(CloseComplete, ParseComplete) must not reach the client, which never asked for them.
+
+To know which replies those are, the messages that the server answers with ParseComplete or
+CloseComplete, and the sync points, are queued in order.  After an error the server skips to
+the next Sync, answering nothing in between; a ReadyForQuery drops what was skipped.
+
+Pure.
+
+>>> p = PreparedStatements()
+>>> p.client(ord("P")); p.inject(); p.client(ord("S"))
+>>> [p.server(k) for k in (ord("1"), ord("3"), ord("1"), ord("Z"))]
+[False, True, True, False]
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+PARSE, CLOSE, SYNC, QUERY, FUNCTION = (ord(c) for c in "PCSQF")
+PARSE_COMPLETE, CLOSE_COMPLETE, ERROR, READY = (ord(c) for c in "13EZ")
+
+
+class PreparedStatements:
+    def __init__(self) -> None:
+        self.statements: dict[str, tuple] = {}  # name -> (sql, param types, rules version)
+        self._owed: deque = deque()  # (kind, injected) for Parse/Close; (SYNC, False) for sync points
+        self._injected = 0
+        self._skipping = False
+
+    @property
+    def swallowing(self) -> bool:
+        """Replies to injected messages are still to come."""
+        return self._injected > 0
+
+    def client(self, kind: int) -> None:
+        """A client message went upstream."""
+        if kind == PARSE or kind == CLOSE:
+            self._owed.append((kind, False))
+        elif kind == SYNC or kind == QUERY or kind == FUNCTION:
+            self._owed.append((SYNC, False))
+
+    def inject(self) -> None:
+        """pgveil sent Close and Parse for a statement, in that order."""
+        self._owed.append((CLOSE, True))
+        self._owed.append((PARSE, True))
+        self._injected += 2
+
+    def server(self, kind: int) -> bool:
+        """A server message arrived; True if the client must not see it."""
+        if kind == PARSE_COMPLETE or kind == CLOSE_COMPLETE:
+            while self._owed:
+                owed_kind, injected = self._owed.popleft()
+                if owed_kind == SYNC:
+                    continue  # cannot happen in order; keep going rather than swallow wrongly
+                if injected:
+                    self._injected -= 1
+                return injected
+            return False
+        if kind == ERROR:
+            self._skipping = True
+        elif kind == READY:
+            # everything up to the sync point was answered, or skipped after an error
+            while self._owed:
+                owed_kind, injected = self._owed.popleft()
+                if injected:
+                    self._injected -= 1
+                if owed_kind == SYNC:
+                    break
+            self._skipping = False
+        return False
