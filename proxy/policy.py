@@ -511,9 +511,9 @@ class Engine:
         self.rules_sha256 = ""
         self._hidden: dict = {}
 
-    def tier_for(self, user: str):
+    def tier_for(self, user: str, address: str | None = None):
         roles = self.catalog.roles_of(user) if self.catalog is not None else frozenset()
-        return self.rules.tier_for(user, roles)
+        return self.rules.tier_for(user, roles, address)
 
     def decide(self, sql: str, tier, search_path: tuple, user: str) -> Decision:
         if self.catalog is None and not tier.all_clear:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import ipaddress
 from dataclasses import dataclass, field
 
 import yaml
@@ -134,11 +135,17 @@ class IdentityRule:
     member_of: str | None = None  # a database role the user is a member of
     networks: tuple = ()
 
-    def matches(self, user: str, roles: frozenset) -> bool:
+    def matches(self, user: str, roles: frozenset, address: str | None = None) -> bool:
         if self.user is not None and not fnmatch.fnmatchcase(user, self.user):
             return False
         if self.member_of is not None and self.member_of not in roles:
             return False
+        if self.networks:
+            try:
+                ip = ipaddress.ip_address(address or "")
+            except ValueError:
+                return False  # no address (a Unix socket) or an odd one: not from these networks
+            return any(ip in ipaddress.ip_network(net) for net in self.networks)
         return True
 
 
@@ -155,10 +162,10 @@ class RuleSet:
     def tier(self, name: str) -> Tier:
         return self.tiers[name]
 
-    def tier_for(self, user: str, roles: frozenset = frozenset()) -> Tier | None:
-        """The tier of an identity (first matching rule wins); None: refused."""
+    def tier_for(self, user: str, roles: frozenset = frozenset(), address: str | None = None) -> Tier | None:
+        """The tier of an identity connecting from ``address`` (first matching rule wins); None: refused."""
         for rule in self.identities:
-            if rule.matches(user, roles):
+            if rule.matches(user, roles, address):
                 return self.tiers[rule.tier]
         return None if self.default == "deny" else self.tiers[self.default]
 
@@ -391,8 +398,14 @@ def _identities(doc: _Doc, entry, tiers: dict) -> tuple:
             raise doc.error(item, "identity rule needs 'user' or 'member_of'")
         user = doc.scalar(spec["user"][1], "user") if "user" in spec else None
         member_of = doc.scalar(spec["member_of"][1], "member_of") if "member_of" in spec else None
-        networks = tuple(doc.scalar(n, "network") for n in doc.sequence(spec["networks"][1], "networks")) \
-            if "networks" in spec else ()
+        networks = []
+        for node in (doc.sequence(spec["networks"][1], "networks") if "networks" in spec else []):
+            text = doc.scalar(node, "network")
+            try:
+                networks.append(str(ipaddress.ip_network(text, strict=False)))
+            except ValueError:
+                raise doc.error(node, f"identity rule: {text!r} is not a network (CIDR, e.g. 10.1.0.0/16)") from None
+        networks = tuple(networks)
         rules.append(IdentityRule(tier, user, member_of, networks))
     return tuple(rules)
 

@@ -550,9 +550,9 @@ class Session:
         refusal = None
         if engine is not None:
             self._rules_version = engine.rules.version
-            self.tier = engine.tier_for(self.user or "")
+            self.tier = engine.tier_for(self.user or "", self.peer[0])
             if self.tier is None:
-                refusal = ("28000", f'pgveil: no access rule matches user "{self.user}"',
+                refusal = ("28000", f'pgveil: no access rule matches user "{self.user}" from {self.peer[0] or "here"}',
                            "Ask the administration office for access; the rule file decides who may connect.")
             else:
                 self._filtering = not self.tier.all_clear
@@ -574,7 +574,7 @@ class Session:
         if engine is None or self.phase is not Phase.ACTIVE or self._rules_version == engine.rules.version:
             return []
         self._rules_version = engine.rules.version
-        tier = engine.tier_for(self.user or "")
+        tier = engine.tier_for(self.user or "", self.peer[0])
         if tier is None:
             return self._connection_record("revoked", "the reloaded rules deny this identity") + self.fail(
                 "28000", f'pgveil: the rules (version {engine.rules.version}) no longer give user "{self.user}" '

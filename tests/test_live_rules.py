@@ -112,3 +112,21 @@ def test_sighup_reloads(pg, tier_users, tmp_path):
             assert "*" not in conn.execute("SELECT id_number FROM customers WHERE id = 1").fetchone()[0]
     finally:
         proxy.stop()
+
+
+def test_networks_refuse_other_addresses_at_connect(pg, tier_users, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES.read_text().replace('{user: "partner_*", tier: third_party}',
+                                               '{user: "partner_*", tier: third_party, networks: [192.0.2.0/24]}'))
+    proxy = start_proxy(pg.port, "--upstream-sslmode", "disable", "--rules", str(rules),
+                        "--catalog-dsn", pg.dsn(database="crm"))
+    try:
+        with pytest.raises(psycopg.OperationalError, match='no access rule matches user "partner_acme" from 127.0.0.1'):
+            psycopg.connect(proxy.dsn("partner_acme", TIER_PASSWORD))
+        replace_file(rules, rules.read_text().replace("192.0.2.0/24", "127.0.0.0/8"))
+        os.kill(proxy.proc.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        with psycopg.connect(proxy.dsn("partner_acme", TIER_PASSWORD)) as conn:
+            assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 6
+    finally:
+        proxy.stop()

@@ -248,7 +248,7 @@ class BrokenFirstLayer:
         self.catalog = None
         self.rules = SimpleNamespace(version="v1")
 
-    def tier_for(self, user):
+    def tier_for(self, user, address=None):
         return self.tier
 
     def decide(self, sql, tier, search_path, user):
