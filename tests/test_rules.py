@@ -44,3 +44,23 @@ default: fallback
     assert rules.tier_for("partner_acme", address="198.51.100.7").name == "fallback"  # not from its network
     assert rules.tier_for("partner_acme", address="").name == "fallback"  # a Unix socket has no address
     assert rules.tier_for("li", frozenset({"crm_staff"})).name == "staff"
+
+
+def test_json_schema_accepts_the_example_files_and_rejects_what_the_loader_rejects():
+    import json
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    schema = json.loads((root / "rules" / "schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in [root / "rules" / "crm.yaml", root / "tests" / "fixtures" / "policy_rules.yaml"]:
+        assert list(validator.iter_errors(yaml.safe_load(path.read_text()))) == [], path
+    assert list(validator.iter_errors(yaml.safe_load(EXAMPLE))) == []
+    assert "schema.json" in (root / "rules" / "crm.yaml").read_text()  # editors find it
+    for bad in ("version: 1\ntiers:\n  a:\n    sees: {}\n", "version: 1\ntiers: {a: {statements: [fly]}}\n",
+                "version: 1\ntiers: {}\nidentities: [{tier: a}]\n"):
+        assert list(validator.iter_errors(yaml.safe_load(bad))), bad
