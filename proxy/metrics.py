@@ -66,6 +66,8 @@ UPSTREAM_CONNECT_SECONDS = Histogram("pgveil_upstream_connect_seconds", "Time to
                                      registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
 RULES_RELOADS = Counter("pgveil_rules_reloads_total", "Rule file reloads by result (accepted, rejected)",
                         ["result"], registry=REGISTRY)
+GRANTS_ACTIVE = Gauge("pgveil_grants_active", "Time-limited grants in force now", registry=REGISTRY,
+                      multiprocess_mode="livemax")
 CATALOG_LOADED = Gauge("pgveil_catalog_loaded", "1 once the catalog is loaded", registry=REGISTRY,
                        multiprocess_mode="livemin")
 RULES_INFO = Gauge("pgveil_rules_info", "The rules in force, by version (1 per worker using it)", ["version"],
@@ -139,6 +141,9 @@ def update(proxy) -> None:
         CATALOG_LOADED.set(1 if proxy.engine.catalog is not None else 0)
         RULES_INFO.clear()
         RULES_INFO.labels(proxy.engine.rules.version).set(1)
+        from datetime import datetime, timezone
+        now = datetime.now(timezone.utc)
+        GRANTS_ACTIVE.set(sum(1 for g in proxy.engine.rules.grants if g.active(now)))
         cache, seen = proxy.engine.cache, proxy.metrics_seen
         DECISION_CACHE.labels("hit").inc(cache.hits - seen.get("hits", 0))
         DECISION_CACHE.labels("miss").inc(cache.misses - seen.get("misses", 0))

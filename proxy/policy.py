@@ -511,9 +511,13 @@ class Engine:
         self.rules_sha256 = ""
         self._hidden: dict = {}
 
-    def tier_for(self, user: str, address: str | None = None):
+    def tier_for(self, user: str, address: str | None = None, now=None):
+        return self.identity(user, address, now)[0]
+
+    def identity(self, user: str, address: str | None = None, now=None) -> tuple:
+        """(tier, grants in force) of an identity at ``now``."""
         roles = self.catalog.roles_of(user) if self.catalog is not None else frozenset()
-        return self.rules.tier_for(user, roles, address)
+        return self.rules.effective_tier(user, roles, address, now)
 
     def decide(self, sql: str, tier, search_path: tuple, user: str) -> Decision:
         if self.catalog is None and not tier.all_clear:

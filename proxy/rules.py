@@ -15,6 +15,7 @@ import fnmatch
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import yaml
 
@@ -150,6 +151,25 @@ class IdentityRule:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """An approved, time-limited access request: extra classes in clear, or another tier."""
+    number: int  # its place in the file, 1-based: how audit records name it
+    user: str
+    until: datetime
+    reason: str
+    approved_by: tuple
+    since: datetime | None = None
+    see: dict = field(default_factory=dict)  # class -> ClassAction, laid over the user's tier
+    tier: str | None = None  # or: the user works as this tier meanwhile
+
+    def active(self, now: datetime) -> bool:
+        return (self.since is None or self.since <= now) and now < self.until
+
+    def label(self) -> str:
+        return f"grant #{self.number} ({self.reason}; approved by {', '.join(self.approved_by)}; until {self.until.isoformat()})"
+
+
+@dataclass(frozen=True)
 class RuleSet:
     version: str
     source: str
@@ -158,9 +178,33 @@ class RuleSet:
     tiers: dict  # name -> Tier
     identities: tuple
     default: str  # "deny" or a tier name
+    grants: tuple = ()
 
     def tier(self, name: str) -> Tier:
         return self.tiers[name]
+
+    def granted(self, user: str, now: datetime) -> tuple:
+        """The grants in force for a user at ``now``."""
+        return tuple(g for g in self.grants if g.user == user and g.active(now))
+
+    def effective_tier(self, user: str, roles: frozenset = frozenset(), address: str | None = None,
+                       now: datetime | None = None) -> tuple[Tier | None, tuple]:
+        """The tier an identity works as at ``now``, with the grants that shaped it."""
+        base = self.tier_for(user, roles, address)
+        grants = self.granted(user, now) if now is not None and self.grants else ()
+        if not grants:
+            return base, ()
+        for grant in grants:
+            if grant.tier is not None:
+                base = self.tiers[grant.tier]
+        if base is None:
+            return None, ()
+        see = dict(base.see)
+        for grant in grants:
+            see.update(grant.see)
+        name = base.name + "+" + "+".join(f"grant{g.number}" for g in grants)
+        return Tier(name, see, base.statements, base.tables, base.rows, base.write, base.functions,
+                    base.class_masks), grants
 
     def tier_for(self, user: str, roles: frozenset = frozenset(), address: str | None = None) -> Tier | None:
         """The tier of an identity connecting from ``address`` (first matching rule wins); None: refused."""
@@ -232,13 +276,15 @@ class _Doc:
         return result
 
 
-def load_rules(text: str, source: str = "<rules>") -> RuleSet:
-    """Validate and compile a rule file's text."""
+def load_rules(text: str, source: str = "<rules>", now: datetime | None = None) -> RuleSet:
+    """Validate and compile a rule file's text.  With ``now``, a grant without ``from`` (it runs
+    from the moment it is loaded) is also checked against the longest grant allowed."""
     doc = _Doc(source, text)
     if doc.node is None:
         raise RuleError(source, 1, "the rule file is empty")
     top = doc.known_keys(doc.mapping(doc.node, "the rule file"),
-                         ("version", "classes", "columns", "tiers", "identities", "default", "grants", "$schema"),
+                         ("version", "classes", "columns", "tiers", "identities", "default", "grants", "max_grant_days",
+                          "$schema"),
                          "the rule file")
     if "version" not in top:
         raise doc.error(doc.node, "missing key 'version' (this is rules version 1)")
@@ -253,8 +299,12 @@ def load_rules(text: str, source: str = "<rules>") -> RuleSet:
         default = doc.scalar(top["default"][1], "default")
         if default != "deny" and default not in tiers:
             raise doc.error(top["default"][1], f"default must be 'deny' or a tier, got unknown tier {default!r}")
+    max_days = 3
+    if "max_grant_days" in top:
+        max_days = doc.integer(top["max_grant_days"][1], "max_grant_days")
+    grants = _grants(doc, top.get("grants"), classes, tiers, max_days, now)
     version = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return RuleSet(version, source, classes, columns, tiers, identities, default)
+    return RuleSet(version, source, classes, columns, tiers, identities, default, grants)
 
 
 def _mask(doc: _Doc, node, what: str) -> Mask:
@@ -408,6 +458,55 @@ def _identities(doc: _Doc, entry, tiers: dict) -> tuple:
         networks = tuple(networks)
         rules.append(IdentityRule(tier, user, member_of, networks))
     return tuple(rules)
+
+
+def _timestamp(doc: _Doc, node, what: str) -> datetime:
+    text = doc.scalar(node, what)
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise doc.error(node, f"{what}: {text!r} is not a time (ISO 8601, e.g. 2026-12-01T18:00:00+08:00)") from None
+    if value.tzinfo is None:
+        raise doc.error(node, f"{what}: {text!r} needs a time zone (e.g. +08:00)")
+    return value
+
+
+def _grants(doc: _Doc, entry, classes: dict, tiers: dict, max_days: int, now: datetime | None) -> tuple:
+    if entry is None:
+        return ()
+    grants = []
+    allowed = ("user", "see", "tier", "from", "until", "reason", "approved_by")
+    for number, item in enumerate(doc.sequence(entry[1], "grants"), start=1):
+        spec = doc.known_keys(doc.mapping(item, "grant"), allowed, "grant")
+        for key in ("user", "until", "reason", "approved_by"):
+            if key not in spec:
+                raise doc.error(item, f"grant #{number}: missing {key!r} (a grant needs user, until, reason and "
+                                      f"approved_by)")
+        if ("see" in spec) == ("tier" in spec):
+            raise doc.error(item, f"grant #{number}: give either 'see' or 'tier'")
+        reason = doc.scalar(spec["reason"][1], "reason").strip()
+        approvers = tuple(doc.scalar(a, "approver") for a in doc.sequence(spec["approved_by"][1], "approved_by"))
+        if not reason or not approvers:
+            raise doc.error(item, f"grant #{number}: reason and approved_by must not be empty")
+        until = _timestamp(doc, spec["until"][1], "until")
+        since = _timestamp(doc, spec["from"][1], "from") if "from" in spec else None
+        if since is not None and since >= until:
+            raise doc.error(spec["from"][1], f"grant #{number}: 'from' must come before 'until'")
+        start = since or now
+        if start is not None and until - start > timedelta(days=max_days):
+            raise doc.error(spec["until"][1], f"grant #{number}: longer than {max_days} days (max_grant_days)")
+        see, tier = {}, None
+        if "see" in spec:
+            for cls, ckey, cvalue in doc.mapping(spec["see"][1], f"grant #{number}.see"):
+                if cls != "*" and cls not in classes:
+                    raise doc.error(ckey, f"grant #{number}: unknown class {cls!r}")
+                see[cls] = _action(doc, cvalue, classes, cls, f"grant #{number}.see.{cls}")
+        else:
+            tier = doc.scalar(spec["tier"][1], "tier")
+            if tier not in tiers:
+                raise doc.error(spec["tier"][1], f"grant #{number}: unknown tier {tier!r}")
+        grants.append(Grant(number, doc.scalar(spec["user"][1], "user"), until, reason, approvers, since, see, tier))
+    return tuple(grants)
 
 
 def unmatched_globs(rules: RuleSet, column_names: list[str]) -> list[str]:

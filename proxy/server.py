@@ -17,6 +17,7 @@ import signal
 import socket
 import ssl
 import time
+from datetime import datetime, timezone
 from itertools import count
 
 from . import codec, logs, metrics
@@ -363,7 +364,7 @@ class Proxy:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
             record["sha256"] = hashlib.sha256(text.encode()).hexdigest()
-            rules = load_rules(text, path)
+            rules = load_rules(text, path, datetime.now(timezone.utc))
         except (RuleError, OSError) as exc:
             message = str(exc) if isinstance(exc, RuleError) else f"{path}: {exc.strerror or exc}"
             log.error("rules_reload_rejected", error=message, kept_version=self.engine.rules.version)

@@ -153,6 +153,11 @@ class Stats:
     bytes_from_server: int = 0
 
 
+def _utcnow():
+    from datetime import datetime, timezone
+    return datetime.now(timezone.utc)
+
+
 class Session:
     """The state of one client connection; see the module docstring."""
 
@@ -190,6 +195,7 @@ class Session:
         self._refusal_states: dict[str, str] = {}  # refused statement id -> its SQLSTATE
         self._active_watch = SERVER_WATCH
         self._rules_version: str | None = None
+        self._grants: tuple = ()
         self._refusal_seq = 0
         self._search_path_text: str | None = None
         self._search_path_parsed: tuple = ("$user", "public")
@@ -459,8 +465,10 @@ class Session:
             if engine is not None:
                 if kind in PREPARE_CLIENT:
                     self._prepared.client(kind)
-                if (kind == Q or kind == P or kind == F or kind == B) and self._rules_version != engine.rules.version:
-                    revoked = self.rules_changed()  # new rules: this identity's tier is decided again
+                if (kind == Q or kind == P or kind == F or kind == B) and (
+                        self._rules_version != engine.rules.version or self._grants_may_change(engine)):
+                    # new rules, or a grant that began or ended: this identity's tier is decided again
+                    revoked = self.rules_changed()
                     if revoked:
                         return audits + revoked
                 if kind == B:
@@ -550,7 +558,7 @@ class Session:
         refusal = None
         if engine is not None:
             self._rules_version = engine.rules.version
-            self.tier = engine.tier_for(self.user or "", self.peer[0])
+            self.tier, self._grants = engine.identity(self.user or "", self.peer[0], _utcnow())
             if self.tier is None:
                 refusal = ("28000", f'pgveil: no access rule matches user "{self.user}" from {self.peer[0] or "here"}',
                            "Ask the administration office for access; the rule file decides who may connect.")
@@ -571,10 +579,10 @@ class Session:
         """The rules were reloaded: the identity's tier is resolved again, and an identity the new
         rules deny has its session ended (FATAL 28000)."""
         engine = self.config.engine
-        if engine is None or self.phase is not Phase.ACTIVE or self._rules_version == engine.rules.version:
+        if engine is None or self.phase is not Phase.ACTIVE:
             return []
         self._rules_version = engine.rules.version
-        tier = engine.tier_for(self.user or "", self.peer[0])
+        tier, self._grants = engine.identity(self.user or "", self.peer[0], _utcnow())
         if tier is None:
             return self._connection_record("revoked", "the reloaded rules deny this identity") + self.fail(
                 "28000", f'pgveil: the rules (version {engine.rules.version}) no longer give user "{self.user}" '
@@ -583,6 +591,10 @@ class Session:
         self._filtering = not tier.all_clear
         self._from_server.watch = self._active_watch = self._server_watch()
         return []
+
+    def _grants_may_change(self, engine) -> bool:
+        """Does this user have grants whose window opens or closes over time?"""
+        return bool(engine.rules.grants) and any(g.user == self.user for g in engine.rules.grants)
 
     def _server_watch(self) -> frozenset:
         """The server messages the relay must see, for this session's tier and features."""
@@ -672,6 +684,15 @@ class Session:
             return codec.encode(codec.Query(decision.sql))
         return codec.encode(codec.Parse(decoded.name, decision.sql, decoded.param_types))
 
+    def _grant_used(self, decision) -> str | None:
+        """The grants that changed this statement: a tier grant always, a class grant when the
+        statement reached one of its classes."""
+        if not self._grants or decision is None:
+            return None
+        used = [g for g in self._grants
+                if g.tier is not None or any(c.cls in g.see or "*" in g.see for c in decision.columns)]
+        return "; ".join(g.label() for g in used) or None
+
     def _audit_statement(self, kind: int, decoded, sql: str, decision, audits: list) -> str | None:
         if not self.config.audit:
             return None
@@ -679,7 +700,8 @@ class Session:
         statement_id = f"{self.id}-{self.statements}"
         engine = self.config.engine
         record = records.statement(self._who(), statement_id, sql, "extended" if kind == P else "simple",
-                                   decision, engine.rules.version if engine else None)
+                                   decision, engine.rules.version if engine else None,
+                                   grant=self._grant_used(decision))
         # strict: a statement that will reach the database waits for its record; a refusal reaches nothing
         audits.append(Audit(record, durable=self.config.audit_strict and not (decision and decision.refused)))
         if kind == P:

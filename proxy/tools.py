@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sys
+from datetime import datetime, timezone
 
 import yaml
 
@@ -15,7 +16,7 @@ from .rules import RuleError, RuleSet, load_rules, unmatched_globs
 
 def read_rules(path: str) -> RuleSet:
     with open(path, encoding="utf-8") as f:
-        return load_rules(f.read(), path)
+        return load_rules(f.read(), path, datetime.now(timezone.utc))
 
 
 def load_engine(settings):
@@ -28,7 +29,7 @@ def load_engine(settings):
     try:
         with open(settings.rules, encoding="utf-8") as f:
             text = f.read()
-        rules = load_rules(text, settings.rules)
+        rules = load_rules(text, settings.rules, datetime.now(timezone.utc))
     except RuleError as exc:
         raise ConfigError(str(exc)) from None
     except OSError as exc:

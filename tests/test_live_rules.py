@@ -130,3 +130,31 @@ def test_networks_refuse_other_addresses_at_connect(pg, tier_users, tmp_path):
             assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 6
     finally:
         proxy.stop()
+
+
+def test_grant_expires_mid_session_without_reload(pg, tier_users, tmp_path):
+    from datetime import datetime, timedelta, timezone
+    until = (datetime.now(timezone.utc) + timedelta(seconds=4)).isoformat()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES.read_text() + f"""grants:
+  - user: sales_li
+    see: {{id_number: clear}}
+    until: "{until}"
+    reason: "CS-1042 identity check for a refund"
+    approved_by: [li_na, wang_fang]
+""")
+    proxy = start_proxy(pg.port, "--upstream-sslmode", "disable", "--rules", str(rules),
+                        "--catalog-dsn", pg.dsn(database="crm"), "--rules-poll", "0")
+    try:
+        with psycopg.connect(proxy.dsn("sales_li", TIER_PASSWORD), autocommit=True) as conn:
+            sql = "SELECT id_number, bank_card FROM customers WHERE id = 1"
+            during = conn.execute(sql).fetchone()
+            assert "*" not in during[0] and "*" in during[1]  # the grant covers id_number only
+            time.sleep(4.5)
+            after = conn.execute(sql).fetchone()
+            assert "*" in after[0]
+        statements = [r for r in records(proxy, "statement") if r["user"] == "sales_li" and "bank_card" in r["sql"]]
+        assert "CS-1042" in statements[0]["grant"] and "li_na, wang_fang" in statements[0]["grant"]
+        assert statements[-1]["grant"] is None and statements[0]["tier"] == "sales+grant1"
+    finally:
+        proxy.stop()

@@ -64,3 +64,48 @@ def test_json_schema_accepts_the_example_files_and_rejects_what_the_loader_rejec
     for bad in ("version: 1\ntiers:\n  a:\n    sees: {}\n", "version: 1\ntiers: {a: {statements: [fly]}}\n",
                 "version: 1\ntiers: {}\nidentities: [{tier: a}]\n"):
         assert list(validator.iter_errors(yaml.safe_load(bad))), bad
+
+
+def _with_grant(grant: str, extra: str = "") -> str:
+    return EXAMPLE.replace("default: deny", "default: deny\n" + extra + "grants:\n  - " + grant)
+
+
+@pytest.mark.parametrize("grant, words", [
+    ("{user: u, see: {id_number: clear}, until: '2026-12-01T18:00:00+08:00', approved_by: [a]}", "missing 'reason'"),
+    ("{user: u, see: {id_number: clear}, until: '2026-12-01T18:00:00+08:00', reason: x}", "missing 'approved_by'"),
+    ("{user: u, see: {id_number: clear}, until: '2026-12-01T18:00:00+08:00', reason: ' ', approved_by: [a]}",
+     "must not be empty"),
+    ("{user: u, see: {id_number: clear}, until: '2026-12-01T18:00:00', reason: x, approved_by: [a]}",
+     "needs a time zone"),
+    ("{user: u, see: {id_number: clear}, from: '2026-11-20T00:00:00Z', until: '2026-12-01T00:00:00Z', "
+     "reason: x, approved_by: [a]}", "longer than 3 days"),
+    ("{user: u, tier: nope, until: '2026-12-01T00:00:00Z', reason: x, approved_by: [a]}", "unknown tier 'nope'"),
+    ("{user: u, see: {id_number: clear}, tier: sales, until: '2026-12-01T00:00:00Z', reason: x, approved_by: [a]}",
+     "either 'see' or 'tier'"),
+])
+def test_grant_validation(grant, words):
+    with pytest.raises(RuleError, match=words):
+        load_rules(_with_grant(grant), "g.yaml")
+
+
+def test_grant_without_from_is_measured_from_loading():
+    from datetime import datetime, timezone
+    text = _with_grant("{user: u, see: {id_number: clear}, until: '2026-12-01T00:00:00Z', reason: x, approved_by: [a]}")
+    load_rules(text, "g.yaml")  # without a clock nothing to compare with
+    with pytest.raises(RuleError, match="longer than 3 days"):
+        load_rules(text, "g.yaml", now=datetime(2026, 11, 20, tzinfo=timezone.utc))
+    ok = load_rules(text.replace("grants:", "max_grant_days: 14\ngrants:"), "g.yaml",
+                    now=datetime(2026, 11, 20, tzinfo=timezone.utc))
+    assert len(ok.grants) == 1
+
+
+def test_grants_open_and_close_in_time():
+    from datetime import datetime, timezone
+    rules = load_rules(_with_grant("{user: sales_li, see: {id_number: clear}, from: '2026-11-22T08:00:00Z', "
+                                   "until: '2026-11-22T09:00:00Z', reason: CS-1042, approved_by: [li_na, wang_fang]}"))
+    at = lambda hour, minute=0: datetime(2026, 11, 22, hour, minute, tzinfo=timezone.utc)  # noqa: E731
+    assert rules.effective_tier("sales_li", now=at(7, 59))[0].action("id_number").action == "mask"
+    tier, grants = rules.effective_tier("sales_li", now=at(8, 30))
+    assert tier.action("id_number").action == "clear" and tier.action("bank_card").action == "block"
+    assert "CS-1042" in grants[0].label() and "li_na, wang_fang" in grants[0].label()
+    assert rules.effective_tier("sales_li", now=at(9))[0].action("id_number").action == "mask"

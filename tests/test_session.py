@@ -246,10 +246,13 @@ class BrokenFirstLayer:
         from types import SimpleNamespace
         self.tier = tier
         self.catalog = None
-        self.rules = SimpleNamespace(version="v1")
+        self.rules = SimpleNamespace(version="v1", grants=())
 
-    def tier_for(self, user, address=None):
+    def tier_for(self, user, address=None, now=None):
         return self.tier
+
+    def identity(self, user, address=None, now=None):
+        return self.tier, ()
 
     def decide(self, sql, tier, search_path, user):
         from proxy.policy import Decision
