@@ -88,6 +88,7 @@ class Mask:
 class ClassAction:
     action: str  # clear | mask | block
     mask: Mask | None = None
+    purpose: bool = False  # clear only once the session has declared a purpose
 
     def describe(self) -> str:
         return f"mask {self.mask.describe()}" if self.action == "mask" and self.mask else self.action
@@ -115,6 +116,8 @@ class Tier:
         found = self.see.get(cls) or self.see.get("*") or BLOCK
         if found.action == "mask" and found.mask is None:
             return ClassAction("mask", self.class_masks.get(cls))
+        if found.purpose:
+            return ClassAction("clear", purpose=True)  # a tier with a declared purpose sees it in clear
         return found
 
     @property
@@ -122,6 +125,16 @@ class Tier:
         """Sees every class in clear, everywhere, with no row filter: nothing to rewrite."""
         return self.see.get("*") == CLEAR and all(a == CLEAR for a in self.see.values()) \
             and self.tables is None and not self.rows
+
+    @property
+    def needs_purpose(self) -> bool:
+        return any(a.purpose for a in self.see.values())
+
+    def without_purpose(self) -> "Tier":
+        """What the tier sees until a purpose is declared: purpose-bound classes masked."""
+        see = {cls: ClassAction("mask", a.mask) if a.purpose else a for cls, a in self.see.items()}
+        return Tier(self.name + "-nopurpose", see, self.statements, self.tables, self.rows, self.write,
+                    self.functions, self.class_masks)
 
     def may_reach(self, schema: str, name: str) -> bool:
         if self.tables is None:
@@ -359,6 +372,13 @@ def _action(doc: _Doc, node, classes: dict, cls: str, where: str) -> ClassAction
     if len(spec) != 1:
         raise doc.error(node, f"{where}: give exactly one action")
     (action, (key, value)), = spec.items()
+    if action == "clear" and isinstance(value, yaml.MappingNode):
+        options = doc.known_keys(doc.mapping(value, f"{where}.clear"), ("purpose",), f"{where}.clear")
+        if "purpose" in options:
+            if doc.scalar(options["purpose"][1], "purpose") != "required":
+                raise doc.error(options["purpose"][1], f"{where}.clear.purpose: the only value is 'required'")
+            return ClassAction("clear", default_mask, purpose=True)
+        return ClassAction("clear")
     if action == "mask":
         if isinstance(value, yaml.ScalarNode) and value.value in ("", "null", "~"):
             return ClassAction("mask", default_mask)

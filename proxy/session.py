@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 import os
+import re
 import time
 from typing import Callable
 
@@ -126,6 +127,9 @@ ALL_BYTES = frozenset(range(256))
 FILTER_WATCH = frozenset(b"ZESKNT")
 OUTCOME_WATCH = frozenset(b"CsI")  # what the audit's outcome records need besides
 OUTCOME_KINDS = frozenset(b"CsIEZ")
+PURPOSE_WORD = "pgveil.purpose"
+PURPOSE_SET = re.compile(r"""^\s*(?:SET\s+(?:SESSION\s+)?pgveil\.purpose\s*(?:=|TO)\s*'(?P<value>(?:[^']|'')*)'"""
+                         r"|RESET\s+pgveil\.purpose)\s*;?\s*$", re.IGNORECASE)
 PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they answer
 PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
@@ -196,6 +200,7 @@ class Session:
         self._active_watch = SERVER_WATCH
         self._rules_version: str | None = None
         self._grants: tuple = ()
+        self.purpose: str | None = None  # declared with SET pgveil.purpose
         self._refusal_seq = 0
         self._search_path_text: str | None = None
         self._search_path_parsed: tuple = ("$user", "public")
@@ -480,6 +485,14 @@ class Session:
                     body = out[start + 5:end]
                     if body[:1] == b"S":
                         self._prepared.statements.pop(codec._text(bytes(body[1:body.index(b"\0", 1)])), None)
+            if kind == Q and engine is not None and self.tier is not None:
+                reply = self._declare_purpose(out[start:end])
+                if reply is not None:
+                    audits.append(SendToClient(reply))
+                    pieces += (out[pos:start],)
+                    pos = end
+                    self._audit_purpose(audits)
+                    continue
             if decide and (kind == Q or kind == P or kind == F):
                 replacement = self._decide_message(kind, out[start:end], audits)
                 if replacement is not None:
@@ -662,8 +675,14 @@ class Session:
                 decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                     "the server reports standard_conforming_strings off: pgveil would read string literals "
                     "differently from the server"))
+            elif engine is not None and self.tier is not None and PURPOSE_WORD in sql.lower():
+                decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
+                    "declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'"))
             elif engine is not None and self.tier is not None:
-                decision = engine.decide(sql, self.tier, self._search_path(), self.user or "")
+                tier = self.tier if self.purpose or not self.tier.needs_purpose else self.tier.without_purpose()
+                decision = engine.decide(sql, tier, self._search_path(), self.user or "")
+                if tier is not self.tier and decision.columns:
+                    self._purpose_notice(decision, audits)
             else:
                 decision = None
         if self.config.audit and self.config.audit_ok is not None and not self.config.audit_ok():
@@ -684,6 +703,39 @@ class Session:
             return codec.encode(codec.Query(decision.sql))
         return codec.encode(codec.Parse(decoded.name, decision.sql, decoded.param_types))
 
+    def _audit_purpose(self, audits: list) -> None:
+        if self.config.audit:
+            self.statements += 1
+            decision = policy.Decision("allow", "", kinds=("session",))
+            record = records.statement(self._who(), f"{self.id}-{self.statements}", "SET pgveil.purpose = ''",
+                                       "simple", decision, self.config.engine.rules.version, purpose=self.purpose)
+            record["sql"] = "SET pgveil.purpose = ?" if self.purpose is not None else "RESET pgveil.purpose"
+            audits.append(Audit(record))
+
+    def _purpose_notice(self, decision, audits: list) -> None:
+        """Say which classes a purpose would show in clear (when the client stream allows a message)."""
+        bound = sorted({c.cls for c in decision.columns if self.tier.action(c.cls).purpose})
+        if bound and not self._from_server.mid_message:
+            text = (f"pgveil: {', '.join(bound)} masked until you declare a purpose: "
+                    f"SET pgveil.purpose = 'your ticket or reason'")
+            audits.append(SendToClient(codec.encode(codec.NoticeResponse(
+                ((b"S", "NOTICE"), (b"V", "NOTICE"), (b"C", "01000"), (b"M", text))))))
+
+    def _declare_purpose(self, message: bytes) -> bytes | None:
+        """``SET pgveil.purpose = '...'`` / ``RESET pgveil.purpose``, answered here: the database
+        never sees it.  Returns the reply, or None if the Query is not such a statement."""
+        sql = codec.decode_message(codec.FRONTEND, message).query
+        if PURPOSE_WORD not in sql.lower():
+            return None
+        match = PURPOSE_SET.match(sql)
+        if match is None or self.outstanding != 1:
+            return None  # not alone: refused as any other statement naming it
+        value = match.group("value")
+        self.purpose = value.replace("''", "'") if value is not None else None
+        self.outstanding -= 1
+        tag = "SET" if value is not None else "RESET"
+        return codec.encode(codec.CommandComplete(tag)) + codec.encode(codec.ReadyForQuery(self.transaction_status))
+
     def _grant_used(self, decision) -> str | None:
         """The grants that changed this statement: a tier grant always, a class grant when the
         statement reached one of its classes."""
@@ -701,7 +753,7 @@ class Session:
         engine = self.config.engine
         record = records.statement(self._who(), statement_id, sql, "extended" if kind == P else "simple",
                                    decision, engine.rules.version if engine else None,
-                                   grant=self._grant_used(decision))
+                                   purpose=self.purpose, grant=self._grant_used(decision))
         # strict: a statement that will reach the database waits for its record; a refusal reaches nothing
         audits.append(Audit(record, durable=self.config.audit_strict and not (decision and decision.refused)))
         if kind == P:

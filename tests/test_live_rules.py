@@ -158,3 +158,40 @@ def test_grant_expires_mid_session_without_reload(pg, tier_users, tmp_path):
         assert statements[-1]["grant"] is None and statements[0]["tier"] == "sales+grant1"
     finally:
         proxy.stop()
+
+
+def test_purpose_flow_with_psql(pg, tier_users, tmp_path, psql_bin):
+    from conftest import run_psql
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES.read_text().replace(
+        "see: {person_name: clear, phone: clear, address: clear, id_number: mask, bank_card: mask}\n"
+        "    statements: [read, write]",
+        "see: {person_name: clear, phone: clear, address: clear, id_number: {clear: {purpose: required}},"
+        " bank_card: mask}\n    statements: [read, write]", 1))
+    proxy = start_proxy(pg.port, "--upstream-sslmode", "disable", "--rules", str(rules),
+                        "--catalog-dsn", pg.dsn(database="crm"))
+    try:
+        script = """SELECT id_number FROM customers WHERE id = 1;
+SET pgveil.purpose = 'CS-1042 refund check';
+SELECT id_number FROM customers WHERE id = 1;
+SELECT current_setting('pgveil.purpose', true);
+RESET pgveil.purpose;
+SELECT id_number FROM customers WHERE id = 1;
+"""
+        result = run_psql(psql_bin, proxy, "-At", user="crm_app", password=TIER_PASSWORD, input=script)
+        lines = result.stdout.split()
+        assert lines[0].count("*") == 8 and lines[1] == "SET"
+        assert "*" not in lines[2] and len(lines[2]) == 18
+        assert lines[3] == "RESET" and lines[4].count("*") == 8
+        assert "masked until you declare a purpose: SET pgveil.purpose" in result.stderr
+        assert "declare a purpose on its own" in result.stderr  # nothing else may name the setting
+        statements = [r for r in records(proxy, "statement") if r["user"] == "crm_app"]
+        with_purpose = [r for r in statements if r["purpose"] == "CS-1042 refund check"]
+        assert len(with_purpose) == 3  # the SET itself, and the two statements until RESET
+        clear = [r for r in with_purpose if r["sql"].startswith("SELECT id_number")]
+        assert {c["action"] for c in clear[0]["columns"]} == {"clear"}
+        with psycopg.connect(proxy.dsn("crm_app", TIER_PASSWORD)) as conn:
+            with pytest.raises(psycopg.Error, match="declare a purpose on its own"):
+                conn.execute("SET pgveil.purpose = %s", ("x",))  # extended protocol: not a declaration
+    finally:
+        proxy.stop()
