@@ -98,6 +98,26 @@ def _rules_parsers(sub) -> None:
     p.add_argument("--user", help="database user, for $user in the search path")
     p.add_argument("sql")
     p.set_defaults(func=cmd_explain)
+    from .tools import cmd_diff, cmd_report
+    p = sub.add_parser("diff", help="what a rule change changes for whom, before reloading it")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--catalog-dsn", help="per column instead of per class")
+    p.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    p.set_defaults(func=cmd_diff)
+    from .discover import cmd_discover
+    p = sub.add_parser("discover", help="suggest classes for columns holding personal data (values never shown)")
+    p.add_argument("--dsn", required=True)
+    p.add_argument("--sample", type=int, default=200, help="values sampled per column")
+    p.add_argument("--threshold", type=float, default=0.8, help="share of samples that must match")
+    p.set_defaults(func=cmd_discover)
+    p = sub.add_parser("report", help="reports for the periodic review")
+    kinds = p.add_subparsers(dest="report", required=True)
+    p = kinds.add_parser("entitlements", help="who can see which column how, with grants and their expiry")
+    p.add_argument("rules")
+    p.add_argument("--catalog-dsn", help="per column instead of per class")
+    p.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    p.set_defaults(func=cmd_report)
 
 
 def main(argv: list[str] | None = None) -> int:

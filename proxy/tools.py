@@ -131,3 +131,33 @@ def cmd_explain(args) -> int:
         print("sql:")
         print(decision.sql)
     return 2 if decision.refused else 0
+
+
+def _catalog(args):
+    return fetch_catalog(args.catalog_dsn) if getattr(args, "catalog_dsn", None) else None
+
+
+def cmd_diff(args) -> int:
+    from .entitlements import diff, table
+    try:
+        old, new = read_rules(args.old), read_rules(args.new)
+    except (RuleError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    changes = diff(old, new, _catalog(args))
+    if not changes:
+        print(f"no change in what anyone sees ({old.version} -> {new.version})")
+        return 0
+    print(table(("tier", "column" if args.catalog_dsn else "class", "before", "after"), changes, args.format), end="")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .entitlements import report
+    try:
+        rules = read_rules(args.rules)
+    except (RuleError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report(rules, _catalog(args), datetime.now(timezone.utc), args.format), end="")
+    return 0
