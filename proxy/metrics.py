@@ -35,6 +35,8 @@ REFUSALS = Counter("pgveil_refusals_total", "Refused statements by tier and reas
                    ["tier", "reason"], registry=REGISTRY)
 SENSITIVE = Counter("pgveil_sensitive_columns_total", "Sensitive columns reached, by tier, class and action",
                     ["tier", "class", "action"], registry=REGISTRY)
+ROW_LIMIT_STOPS = Counter("pgveil_max_rows_stops_total", "Results stopped at a tier's max_rows", ["tier"],
+                          registry=REGISTRY)
 SECOND_LAYER = Counter("pgveil_second_layer_stops_total", "Results stopped by the RowDescription check",
                        ["tier"], registry=REGISTRY)
 DECISION_CACHE = Counter("pgveil_decision_cache_total", "Decision cache lookups", ["result"], registry=REGISTRY)

@@ -108,6 +108,14 @@ class Tier:
     write: frozenset = frozenset()  # classes this tier may write although not clear
     functions: tuple = ()  # globs of non-built-in functions this tier may call
     class_masks: dict = field(default_factory=dict)  # each class's default mask, for "*": mask
+    max_rows: dict = field(default_factory=dict)  # class (or "*") -> most rows a statement may return
+
+    def row_limit(self, classes) -> int | None:
+        """The most rows a statement reaching these sensitive classes may return (None: no limit)."""
+        limits = [self.max_rows[c] for c in classes if c in self.max_rows]
+        if classes and "*" in self.max_rows:
+            limits.append(self.max_rows["*"])
+        return min(limits) if limits else None
 
     def action(self, cls: str | None) -> ClassAction:
         """What this tier sees of a column of class ``cls`` (None: not sensitive)."""
@@ -134,7 +142,7 @@ class Tier:
         """What the tier sees until a purpose is declared: purpose-bound classes masked."""
         see = {cls: ClassAction("mask", a.mask) if a.purpose else a for cls, a in self.see.items()}
         return Tier(self.name + "-nopurpose", see, self.statements, self.tables, self.rows, self.write,
-                    self.functions, self.class_masks)
+                    self.functions, self.class_masks, self.max_rows)
 
     def may_reach(self, schema: str, name: str) -> bool:
         if self.tables is None:
@@ -217,7 +225,7 @@ class RuleSet:
             see.update(grant.see)
         name = base.name + "+" + "+".join(f"grant{g.number}" for g in grants)
         return Tier(name, see, base.statements, base.tables, base.rows, base.write, base.functions,
-                    base.class_masks), grants
+                    base.class_masks, base.max_rows), grants
 
     def tier_for(self, user: str, roles: frozenset = frozenset(), address: str | None = None) -> Tier | None:
         """The tier of an identity connecting from ``address`` (first matching rule wins); None: refused."""
@@ -390,7 +398,7 @@ def _tiers(doc: _Doc, entry, classes: dict) -> dict:
     if entry is None:
         raise RuleError(doc.source, 1, "missing key 'tiers'")
     tiers = {}
-    allowed = ("see", "statements", "tables", "rows", "write", "functions", "description")
+    allowed = ("see", "statements", "tables", "rows", "write", "functions", "description", "max_rows")
     for name, key, value in doc.mapping(entry[1], "tiers"):
         spec = doc.known_keys(doc.mapping(value, f"tier {name}"), allowed, f"tier {name}")
         see = {}
@@ -428,7 +436,17 @@ def _tiers(doc: _Doc, entry, classes: dict) -> dict:
         if "functions" in spec:
             functions = tuple(doc.scalar(item, "function").lower()
                               for item in doc.sequence(spec["functions"][1], f"tier {name}.functions"))
-        tiers[name] = Tier(name, see, statements, tables, rows, write, functions, classes)
+        max_rows = {}
+        if "max_rows" in spec:
+            node = spec["max_rows"][1]
+            if isinstance(node, yaml.ScalarNode):
+                max_rows["*"] = doc.integer(node, f"tier {name}.max_rows")
+            else:
+                for cls, ckey, cvalue in doc.mapping(node, f"tier {name}.max_rows"):
+                    if cls != "*" and cls not in classes:
+                        raise doc.error(ckey, f"tier {name}.max_rows: unknown class {cls!r}")
+                    max_rows[cls] = doc.integer(cvalue, f"tier {name}.max_rows.{cls}")
+        tiers[name] = Tier(name, see, statements, tables, rows, write, functions, classes, max_rows)
     return tiers
 
 

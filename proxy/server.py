@@ -196,8 +196,13 @@ class ClientLink(asyncio.Protocol):
         elif kind is RefreshCatalog:
             self.proxy.catalog_changed()
         elif kind is Alert:
-            log.error(command.event, session=self.id, user=self.session.user, detail=command.detail)
-            metrics.SECOND_LAYER.labels(self.session.tier.name if self.session.tier else "none").inc()
+            tier = self.session.tier.name if self.session.tier else "none"
+            if command.event == "max_rows_stop":
+                log.warning(command.event, session=self.id, user=self.session.user, detail=command.detail)
+                metrics.ROW_LIMIT_STOPS.labels(tier).inc()
+            else:
+                log.error(command.event, session=self.id, user=self.session.user, detail=command.detail)
+                metrics.SECOND_LAYER.labels(tier).inc()
         else:  # pragma: no cover - a new command without a handler is a bug
             raise TypeError(f"unknown command {command!r}")
 

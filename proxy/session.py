@@ -134,7 +134,7 @@ PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they a
 PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
 
-Z, E, S, K, R, Q, X, F, N, P, T, B, C, p = (ord(c) for c in "ZESKRQXFNPTBCp")
+Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p = (ord(c) for c in "ZESKRQXFNPTBCDp")
 C_, s_, I_ = (ord(c) for c in "CsI")
 SYNC = ord("S")
 
@@ -200,6 +200,8 @@ class Session:
         self._active_watch = SERVER_WATCH
         self._rules_version: str | None = None
         self._grants: tuple = ()
+        self._row_limits: dict[str, int] = {}  # statement id -> most rows it may return (max_rows)
+        self._row_counts: dict[str, int] = {}
         self.purpose: str | None = None  # declared with SET pgveil.purpose
         self._refusal_seq = 0
         self._search_path_text: str | None = None
@@ -540,7 +542,7 @@ class Session:
 
     def _server_active(self, data: bytes) -> list[Command]:
         out, marks = self._from_server.feed(data)
-        if not self._filtering and not self._refusals and not self._prepared.swallowing:
+        if not self._filtering and not self._refusals and not self._prepared.swallowing and not self._row_limits:
             audits = self._observe_server(out, marks) if marks else []
             return ([SendToClient(out)] if out else []) + audits
         return self._server_filtered(out, marks)
@@ -642,10 +644,20 @@ class Session:
                        "bytes_out": self.stats.bytes_from_server})
         return [Audit(record)]
 
+    def _prepared_ids(self) -> set:
+        """Statement ids of named prepared statements: their limits last for every execution."""
+        return self._tracker.named_ids()
+
     def _outcomes(self, kind: int, body: bytes) -> list[Command]:
         ended = self._tracker.server(kind, body, time.monotonic())
         commands: list[Command] = []
         for statement_id, status, rows, seconds, sqlstate in ended:
+            if status != "suspended":  # a portal fetched in pieces counts as one result
+                self._row_counts.pop(statement_id, None)  # each execution counts from zero
+            if statement_id in self._row_limits and statement_id not in self._prepared_ids():
+                del self._row_limits[statement_id]
+                if not self._row_limits:
+                    self._from_server.watch = self._active_watch
             if statement_id in self._refused_ids:
                 self._refused_ids.discard(statement_id)
                 status, rows = "refused", None
@@ -692,6 +704,12 @@ class Session:
         if kind == P and decoded.name and engine is not None:
             self._prepared.statements[decoded.name] = (sql, decoded.param_types, self._rules_version)
         statement_id = self._audit_statement(kind, decoded, sql, decision, audits)
+        if statement_id and decision is not None and decision.columns and self.tier is not None and \
+                self.tier.max_rows and not decision.refused:
+            limit = self.tier.row_limit({c.cls for c in decision.columns})
+            if limit is not None:
+                self._row_limits[statement_id] = limit
+                self._from_server.watch = self._active_watch | {D}
         if decision is not None and decision.refused:
             if statement_id:
                 self._refused_ids.add(statement_id)
@@ -795,6 +813,8 @@ class Session:
                 replacement = b""  # the reply to a Close or Parse the client never sent
             elif kind == E or kind == N:
                 replacement = self._filter_error(message)
+            elif kind == D and self._row_limits:
+                replacement = self._count_row(commands)
             elif kind == T and self._filtering:
                 leak = self._leaking_column(message)
                 if leak:
@@ -815,6 +835,23 @@ class Session:
         if self._refusals and self.outstanding == 0:
             self._refusals.clear()  # e.g. a refusal inside an aborted transaction got 25P02 instead
         return ([SendToClient(data)] if data else []) + commands
+
+    def _count_row(self, commands: list) -> bytes | None:
+        """A row of a statement with a row limit: past the limit, the result stops here."""
+        statement_id = self._tracker.running()
+        limit = self._row_limits.get(statement_id)
+        if limit is None:
+            return None
+        count = self._row_counts[statement_id] = self._row_counts.get(statement_id, 0) + 1
+        if count <= limit:
+            return None
+        self._suppressing = True
+        self._tracker.stop(statement_id, limit, "54000")
+        commands.append(Alert("max_rows_stop", f"tier {self.tier.name} reached max_rows {limit}"))
+        return codec.error_response(
+            "54000", f"pgveil: tier {self.tier.name} may read at most {limit} rows with sensitive columns in one "
+                     f"statement; the result was stopped after them",
+            hint="Narrow the statement, or ask for a grant.")
 
     def _filter_error(self, message: bytes) -> bytes | None:
         error = codec.decode_message(codec.BACKEND, message)

@@ -52,7 +52,7 @@ def test_promtool_checks_rules_and_config(promtool, tmp_path):
     result = subprocess.run([promtool, "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 12 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
     config = tmp_path / "prometheus.yml"
     config.write_text((DEPLOY / "prometheus" / "prometheus.yml").read_text()
                       .replace("/etc/prometheus/alerts.yml", str(DEPLOY / "prometheus" / "alerts.yml")))

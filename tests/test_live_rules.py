@@ -195,3 +195,44 @@ SELECT id_number FROM customers WHERE id = 1;
                 conn.execute("SET pgveil.purpose = %s", ("x",))  # extended protocol: not a declaration
     finally:
         proxy.stop()
+
+
+def test_max_rows_stops_the_result_after_the_limit(pg, tier_users, tmp_path):
+    import asyncio
+
+    import asyncpg
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES.read_text().replace(
+        "see: {person_name: clear, phone: clear, address: clear, id_number: mask, bank_card: mask}\n"
+        "    statements: [read]\n",
+        "see: {person_name: clear, phone: clear, address: clear, id_number: mask, bank_card: mask}\n"
+        "    statements: [read]\n    max_rows: {id_number: 5}\n", 1))
+    proxy = start_proxy(pg.port, "--upstream-sslmode", "disable", "--rules", str(rules),
+                        "--catalog-dsn", pg.dsn(database="crm"))
+    try:
+        with psycopg.connect(proxy.dsn("sales_li", TIER_PASSWORD), autocommit=True) as conn:
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute("SELECT id, id_number FROM customers ORDER BY id").fetchall()
+            assert info.value.sqlstate == "54000" and "at most 5 rows" in str(info.value)
+            assert len(conn.execute("SELECT id, id_number FROM customers WHERE id <= 5").fetchall()) == 5
+            assert len(conn.execute("SELECT id, name FROM customers LIMIT 50").fetchall()) == 50  # no ID numbers
+
+        async def in_pieces():  # a cursor fetched 3 rows at a time is one result: no way around the limit
+            conn = await asyncpg.connect(proxy.dsn("sales_li", TIER_PASSWORD))
+            got = []
+            try:
+                async with conn.transaction():
+                    cursor = await conn.cursor("SELECT id, id_number FROM customers ORDER BY id")
+                    with pytest.raises(asyncpg.PostgresError) as info:
+                        for _ in range(5):
+                            got += await cursor.fetch(3)
+                    assert info.value.sqlstate == "54000"
+            finally:
+                await conn.close()
+            return got
+        assert len(asyncio.run(in_pieces())) <= 5
+        assert "max_rows_stop" in proxy.log()
+        limited = [r for r in records(proxy, "outcome") if r["status"] == "limited"]
+        assert limited and limited[0]["rows"] == 5 and limited[0]["sqlstate"] == "54000"
+    finally:
+        proxy.stop()

@@ -47,6 +47,25 @@ class StatementTracker:
     def sync(self) -> None:
         self._queue.append(["S", "", 0.0, None, None])
 
+    def named_ids(self) -> set:
+        """Statement ids of named prepared statements (the unnamed one is replaced by each Parse)."""
+        return {sid for name, sid in self._statements.items() if name}
+
+    def running(self) -> str | None:
+        """The statement whose results arrive now."""
+        for entry in self._queue:
+            if entry[0] != "S":
+                return entry[1]
+        return None
+
+    def stop(self, statement_id: str, rows: int, sqlstate: str) -> None:
+        """The relay stopped this statement's result: whatever the server says next, it ended so."""
+        for entry in self._queue:
+            if entry[1] == statement_id:
+                entry[3], entry[4] = rows, sqlstate
+                entry.append("limited")
+                return
+
     # -- the server's side ------------------------------------------------------------------
     def server(self, kind: int, body: bytes, at: float) -> list[tuple]:
         """A response arrived: the (statement id, status, rows, duration s, sqlstate) it ends."""
@@ -61,7 +80,7 @@ class StatementTracker:
                 head[4] = head[4] or _sqlstate(body)
             elif kind == Z:
                 self._queue.popleft()
-                return [(head[1], "error" if head[4] else "ok", head[3], at - head[2], head[4])]
+                return [(head[1], _status(head), head[3], at - head[2], head[4])]
             return []
         if head[0] == "E":
             if kind in (C, s, I):
@@ -77,13 +96,20 @@ class StatementTracker:
                 return done
             if kind == Z:  # a Sync came before anything answered this Execute
                 self._queue.popleft()
-                return [(head[1], "skipped", None, 0.0, None)] + self.server(kind, body, at)
+                status = "limited" if len(head) > 5 else "skipped"
+                return [(head[1], status, head[3], at - head[2], head[4])] + self.server(kind, body, at)
             return []
         if kind == E:  # an error answering Parse/Bind/Describe before the next Execute
             return []
         if kind == Z:
             self._queue.popleft()
         return []
+
+
+def _status(entry: list) -> str:
+    if len(entry) > 5:
+        return entry[5]
+    return "error" if entry[4] else "ok"
 
 
 def _sqlstate(body: bytes) -> str | None:
