@@ -60,6 +60,12 @@ AUDIT_SINK_ERRORS = Gauge("pgveil_audit_sink_errors", "Failed deliveries, by sin
 STATEMENT_SECONDS = Histogram("pgveil_statement_duration_seconds", "Statement duration, first message to end",
                               ["tier"], registry=REGISTRY,
                               buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
+DECISION_SECONDS = Histogram("pgveil_decision_seconds", "Time to decide a statement (cache hits included)",
+                             ["tier"], registry=REGISTRY,
+                             buckets=(2e-6, 1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2))
+PARSE_FAILURES = Counter("pgveil_parse_failures_total",
+                         "Statements the engine could not analyse (refused for restricted tiers, forwarded "
+                         "and marked for all-clear ones)", ["tier"], registry=REGISTRY)
 ROWS = Counter("pgveil_rows_total", "Rows returned or affected, by tier", ["tier"], registry=REGISTRY)
 SENSITIVE_ROWS = Counter("pgveil_sensitive_rows_total",
                          "Rows of statements that reached sensitive columns, by tier and whether any was in clear",
@@ -90,6 +96,10 @@ def observe(record: dict) -> None:
         decision = record.get("decision", "allow")
         if decision == "refuse":
             REFUSALS.labels(tier, reason_class(record.get("reason", ""))).inc()
+        if record.get("unparsed") or "could not analyze" in record.get("reason", ""):
+            PARSE_FAILURES.labels(tier).inc()
+        if record.get("decision_us"):
+            DECISION_SECONDS.labels(tier).observe(record["decision_us"] / 1e6)
         columns = record.get("columns", ())
         for use in columns:
             SENSITIVE.labels(tier, use["class"], use["action"]).inc()

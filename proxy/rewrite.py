@@ -207,9 +207,24 @@ class Rewriter:
     def source(self, table: exp.Table) -> Source:
         rel = self.resolve(table)
         self.gate_relation(rel)
+        if rel.sources and self.ctx.tier.rows:
+            self.check_view_rows(rel)
         alias = name_of(table.args["alias"].this) if table.args.get("alias") and table.args["alias"].this \
             else name_of(table.this)
         return self.source_for_relation(rel, alias)
+
+    def check_view_rows(self, view: Relation, depth: int = 0) -> None:
+        """A view shows rows of its base tables; where the tier may see only some of a base
+        table's rows, the view cannot be filtered the same way, so it is refused."""
+        for base_oid in {oid for refs in view.sources.values() for oid, _ in refs}:
+            base = self.ctx.catalog.by_oid.get(base_oid)
+            if base is None:
+                continue
+            if self.row_filter(base):
+                raise Refusal(f"view {view.qualified} reads {base.qualified}, of which tier {self.ctx.tier.name} may "
+                              f"see only some rows; query {base.qualified} itself")
+            if base.sources and depth < 8:
+                self.check_view_rows(base, depth + 1)
 
     # ------------------------------------------------------------------ queries
     def relation_tables(self, tree: exp.Expression, skip: set) -> list[exp.Table]:

@@ -202,6 +202,7 @@ class Session:
         self._grants: tuple = ()
         self._row_limits: dict[str, int] = {}  # statement id -> most rows it may return (max_rows)
         self._row_counts: dict[str, int] = {}
+        self._decision_us = 0
         self.purpose: str | None = None  # declared with SET pgveil.purpose
         self._refusal_seq = 0
         self._search_path_text: str | None = None
@@ -692,7 +693,9 @@ class Session:
                     "declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'"))
             elif engine is not None and self.tier is not None:
                 tier = self.tier if self.purpose or not self.tier.needs_purpose else self.tier.without_purpose()
+                started = time.perf_counter()
                 decision = engine.decide(sql, tier, self._search_path(), self.user or "")
+                self._decision_us = int((time.perf_counter() - started) * 1_000_000)
                 if tier is not self.tier and decision.columns:
                     self._purpose_notice(decision, audits)
             else:
@@ -773,6 +776,8 @@ class Session:
                                    decision, engine.rules.version if engine else None,
                                    purpose=self.purpose, grant=self._grant_used(decision))
         # strict: a statement that will reach the database waits for its record; a refusal reaches nothing
+        record["decision_us"] = self._decision_us
+        self._decision_us = 0
         audits.append(Audit(record, durable=self.config.audit_strict and not (decision and decision.refused)))
         if kind == P:
             self._tracker.parse(decoded.name, statement_id)

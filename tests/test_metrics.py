@@ -52,6 +52,7 @@ def test_metrics_count_a_known_workload(pg, tier_users):
         assert samples[("pgveil_audit_records_dropped", ())] == 0
         assert samples[("pgveil_audit_journal_healthy", ())] == 1
         assert samples[("pgveil_catalog_loaded", ())] == 1
+        assert samples[("pgveil_decision_seconds_count", (("tier", "sales"),))] == 4  # 3 reads and the refusal
         assert samples[("pgveil_audit_records_written", ())] >= 8
         assert any(name == "process_resident_memory_bytes" for name, _ in samples)
         assert not any("sales_li" in str(labels) for _, labels in samples)  # no user names in labels

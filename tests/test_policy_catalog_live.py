@@ -77,3 +77,22 @@ def test_view_columns_take_their_base_columns_classes(catalog_proxy):
         assert row == (900001, "VIP", None, "11**************21")  # a star reaches it as NULL
     with psycopg.connect(catalog_proxy.dsn("dba_sun", TIER_PASSWORD)) as conn:
         assert conn.execute("SELECT card FROM customer_cards WHERE id = 900001").fetchone() == ("6222020200112233445",)
+
+
+def test_view_over_a_row_filtered_table_is_refused(catalog_proxy, tmp_path, pg):
+    """Row grades: a view cannot carry the base table's row filter, so a tier with one is refused."""
+    rules = tmp_path / "graded.yaml"
+    rules.write_text(RULES.replace("sales: {see: {id_number: mask}, statements: [read]}",
+                                   "sales: {see: {id_number: mask}, statements: [read], "
+                                   "rows: {public.customers: \"grade = 'ordinary'\"}}"))
+    proxy = start_proxy(pg.port, "--upstream-sslmode", "disable", "--rules", str(rules),
+                        "--catalog-dsn", pg.dsn(database="crm"))
+    try:
+        with psycopg.connect(proxy.dsn("sales_li", TIER_PASSWORD), autocommit=True) as conn:
+            with pytest.raises(psycopg.Error, match="view public.customer_cards reads public.customers"):
+                conn.execute("SELECT holder FROM customer_cards")
+            # the table itself, and its partitions and children, carry the filter
+            grades = {g for (g,) in conn.execute("SELECT DISTINCT grade FROM customers").fetchall()}
+            assert grades == {"ordinary"}
+    finally:
+        proxy.stop()
