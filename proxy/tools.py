@@ -103,11 +103,10 @@ def cmd_check(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    try:
-        rules = read_rules(args.rules)
-    except (RuleError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    loaded = _rules_or_none(args.rules)
+    if loaded is None:
         return 1
+    rules, = loaded
     if args.tier not in rules.tiers:
         print(f"error: unknown tier {args.tier!r} (tiers: {', '.join(rules.tiers)})", file=sys.stderr)
         return 1
@@ -137,13 +136,21 @@ def _catalog(args):
     return fetch_catalog(args.catalog_dsn) if getattr(args, "catalog_dsn", None) else None
 
 
-def cmd_diff(args) -> int:
-    from .entitlements import diff, table
+def _rules_or_none(*paths: str) -> list | None:
+    """The rule files, or None after saying on stderr which one is wrong and where."""
     try:
-        old, new = read_rules(args.old), read_rules(args.new)
+        return [read_rules(path) for path in paths]
     except (RuleError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_diff(args) -> int:
+    from .entitlements import diff, table
+    loaded = _rules_or_none(args.old, args.new)
+    if loaded is None:
         return 1
+    old, new = loaded
     changes = diff(old, new, _catalog(args))
     if not changes:
         print(f"no change in what anyone sees ({old.version} -> {new.version})")
@@ -154,10 +161,9 @@ def cmd_diff(args) -> int:
 
 def cmd_report(args) -> int:
     from .entitlements import report
-    try:
-        rules = read_rules(args.rules)
-    except (RuleError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    loaded = _rules_or_none(args.rules)
+    if loaded is None:
         return 1
+    rules, = loaded
     print(report(rules, _catalog(args), datetime.now(timezone.utc), args.format), end="")
     return 0

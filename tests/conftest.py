@@ -155,3 +155,10 @@ def tier_users(pg):
     pg.psql("\n".join(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {user};"
                       for user in TIER_USERS), "crm")
     return TIER_USERS
+
+
+def start_with_rules(pg, path: Path, text: str, *args: str) -> ProxyProcess:
+    """pgveil enforcing the rules ``text`` (written to ``path``) in front of the test cluster."""
+    path.write_text(text)
+    return start_proxy(pg.port, "--upstream-sslmode", "disable", "--rules", str(path),
+                       "--catalog-dsn", pg.dsn(database="crm"), *args)

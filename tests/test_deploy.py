@@ -162,6 +162,7 @@ def test_manifests_hold_what_they_need(tmp_path):
     assert {"postgres", "pgveil", "prometheus", "grafana"} <= set(compose["services"])
     for volume in compose["services"]["pgveil"]["volumes"][:2] + compose["services"]["prometheus"]["volumes"]:
         assert (ROOT / volume.split(":")[0]).exists(), volume
-    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert compose["services"]["pgveil"]["build"]["dockerfile"] == "deploy/Dockerfile"
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert "USER 10001" in dockerfile and "ENTRYPOINT" in dockerfile
     assert "User=pgveil" in (DEPLOY / "systemd" / "pgveil.service").read_text()

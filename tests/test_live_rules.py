@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import RULES, TIER_PASSWORD, start_proxy
+from conftest import RULES, TIER_PASSWORD, start_with_rules
 from proxy.audit.journal import read_records
 
 CLEAR_FOR_SALES = RULES.read_text().replace(
@@ -21,9 +21,7 @@ CLEAR_FOR_SALES = RULES.read_text().replace(
 @pytest.fixture
 def live(pg, tier_users, tmp_path):
     rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES.read_text())
-    proxy = start_proxy(pg.port, "--upstream-sslmode", "disable", "--rules", str(rules),
-                        "--catalog-dsn", pg.dsn(database="crm"), "--rules-poll", "0.2")
+    proxy = start_with_rules(pg, rules, RULES.read_text(), "--rules-poll", "0.2")
     proxy.rules = rules
     yield proxy
     proxy.stop()
@@ -99,9 +97,7 @@ def test_revoked_identity_session_ends(live):
 
 def test_sighup_reloads(pg, tier_users, tmp_path):
     rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES.read_text())
-    proxy = start_proxy(pg.port, "--upstream-sslmode", "disable", "--rules", str(rules),
-                        "--catalog-dsn", pg.dsn(database="crm"), "--rules-poll", "0")
+    proxy = start_with_rules(pg, rules, RULES.read_text(), "--rules-poll", "0")
     try:
         replace_file(rules, CLEAR_FOR_SALES)
         time.sleep(0.5)
@@ -116,10 +112,8 @@ def test_sighup_reloads(pg, tier_users, tmp_path):
 
 def test_networks_refuse_other_addresses_at_connect(pg, tier_users, tmp_path):
     rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES.read_text().replace('{user: "partner_*", tier: third_party}',
+    proxy = start_with_rules(pg, rules, RULES.read_text().replace('{user: "partner_*", tier: third_party}',
                                                '{user: "partner_*", tier: third_party, networks: [192.0.2.0/24]}'))
-    proxy = start_proxy(pg.port, "--upstream-sslmode", "disable", "--rules", str(rules),
-                        "--catalog-dsn", pg.dsn(database="crm"))
     try:
         with pytest.raises(psycopg.OperationalError, match='no access rule matches user "partner_acme" from 127.0.0.1'):
             psycopg.connect(proxy.dsn("partner_acme", TIER_PASSWORD))
@@ -136,15 +130,13 @@ def test_grant_expires_mid_session_without_reload(pg, tier_users, tmp_path):
     from datetime import datetime, timedelta, timezone
     until = (datetime.now(timezone.utc) + timedelta(seconds=4)).isoformat()
     rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES.read_text() + f"""grants:
+    proxy = start_with_rules(pg, rules, RULES.read_text() + f"""grants:
   - user: sales_li
     see: {{id_number: clear}}
     until: "{until}"
     reason: "CS-1042 identity check for a refund"
     approved_by: [li_na, wang_fang]
-""")
-    proxy = start_proxy(pg.port, "--upstream-sslmode", "disable", "--rules", str(rules),
-                        "--catalog-dsn", pg.dsn(database="crm"), "--rules-poll", "0")
+""", "--rules-poll", "0")
     try:
         with psycopg.connect(proxy.dsn("sales_li", TIER_PASSWORD), autocommit=True) as conn:
             sql = "SELECT id_number, bank_card FROM customers WHERE id = 1"
@@ -163,13 +155,11 @@ def test_grant_expires_mid_session_without_reload(pg, tier_users, tmp_path):
 def test_purpose_flow_with_psql(pg, tier_users, tmp_path, psql_bin):
     from conftest import run_psql
     rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES.read_text().replace(
+    proxy = start_with_rules(pg, rules, RULES.read_text().replace(
         "see: {person_name: clear, phone: clear, address: clear, id_number: mask, bank_card: mask}\n"
         "    statements: [read, write]",
         "see: {person_name: clear, phone: clear, address: clear, id_number: {clear: {purpose: required}},"
         " bank_card: mask}\n    statements: [read, write]", 1))
-    proxy = start_proxy(pg.port, "--upstream-sslmode", "disable", "--rules", str(rules),
-                        "--catalog-dsn", pg.dsn(database="crm"))
     try:
         script = """SELECT id_number FROM customers WHERE id = 1;
 SET pgveil.purpose = 'CS-1042 refund check';
@@ -202,13 +192,11 @@ def test_max_rows_stops_the_result_after_the_limit(pg, tier_users, tmp_path):
 
     import asyncpg
     rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES.read_text().replace(
+    proxy = start_with_rules(pg, rules, RULES.read_text().replace(
         "see: {person_name: clear, phone: clear, address: clear, id_number: mask, bank_card: mask}\n"
         "    statements: [read]\n",
         "see: {person_name: clear, phone: clear, address: clear, id_number: mask, bank_card: mask}\n"
         "    statements: [read]\n    max_rows: {id_number: 5}\n", 1))
-    proxy = start_proxy(pg.port, "--upstream-sslmode", "disable", "--rules", str(rules),
-                        "--catalog-dsn", pg.dsn(database="crm"))
     try:
         with psycopg.connect(proxy.dsn("sales_li", TIER_PASSWORD), autocommit=True) as conn:
             with pytest.raises(psycopg.Error) as info:
