@@ -85,6 +85,8 @@ async def _serve(settings: Settings, cluster: Cluster) -> int:
     print()
     print(f"pgveil is listening on {host}:{port}, in front of the sample CRM database 'crm'.")
     print(f"Rules in force: {settings.rules} (version {proxy.engine.rules.version}).")
+    audit_dir = os.path.abspath(settings.audit_dir)
+    print(f"Audit journal: {audit_dir}  (pgveil audit search {audit_dir}; pgveil audit verify {audit_dir})")
     print(f"Connect as one of the demo users (password '{DEMO_PASSWORD}'), one per tier:")
     for user, tier in DEMO_USERS.items():
         print(f"  {tier:17s} PGPASSWORD={DEMO_PASSWORD} {psql} -h {host} -p {port} -U {user} crm")
