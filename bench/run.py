@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import start_proxy  # noqa: E402
+from conftest import free_port, start_proxy  # noqa: E402
 from proxy.pgcluster import Cluster, embedded_bin_dir  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-secret"
@@ -54,6 +54,54 @@ def pgbench(cluster: Cluster, port: int, *args: str) -> float:
     return float(match.group(1))
 
 
+class Bouncer:
+    def __init__(self, proc, port):
+        self.proc, self.port = proc, port
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def start_pgbouncer(cluster: Cluster, directory: Path):
+    """PgBouncer in session mode (Debian's package, installed when missing and we may)."""
+    from proxy.pgcluster import ensure_debian_package
+    binary = ensure_debian_package("pgbouncer", "pgbouncer") or (
+        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
+    if binary is None:
+        print("pgbouncer is not available: its rows are left out", flush=True)
+        return None
+    secret = cluster.psql(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{USER}'").strip()
+    (directory / "userlist.txt").write_text(f'"{USER}" "{secret}"\n')
+    port = free_port()
+    (directory / "pgbouncer.ini").write_text(f"""[databases]
+bench = host=127.0.0.1 port={cluster.port} dbname=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+auth_type = scram-sha-256
+auth_file = {directory / "userlist.txt"}
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 40
+logfile = {directory / "pgbouncer.log"}
+pidfile = {directory / "pgbouncer.pid"}
+""")
+    import pwd
+    user = {}
+    if os.geteuid() == 0:  # PgBouncer will not run as root
+        try:
+            user = {"user": pwd.getpwnam("postgres").pw_uid}
+        except KeyError:
+            user = {"user": pwd.getpwnam("pgveil-pg").pw_uid}
+        subprocess.run(["chmod", "-R", "a+rwX", str(directory)], check=True)
+    proc = subprocess.Popen([binary, str(directory / "pgbouncer.ini")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, **user)
+    from conftest import wait_port
+    wait_port(port, proc=proc)
+    return Bouncer(proc, port)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
@@ -62,8 +110,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--modes", default="simple,extended,prepared")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--configs", default="relay,audit,all-clear,masking",
-                        help="which pgveil configurations run beside direct: relay, audit, all-clear, masking")
+    parser.add_argument("--configs", default="pgbouncer,relay,audit,all-clear,masking",
+                        help="what runs beside direct: pgbouncer, relay, audit, all-clear, masking")
     args = parser.parse_args()
 
     cluster = Cluster(embedded_bin_dir(), settings={"max_connections": "200"})
@@ -91,6 +139,11 @@ def main() -> int:
                 proxies[f"pgveil {tier} tier"] = start_proxy(cluster.port, *common, "--rules", str(path),
                                                              "--catalog-dsn", catalog)
         configs = {"direct": cluster.port, **{name: p.port for name, p in proxies.items()}}
+        if "pgbouncer" in wanted:
+            bouncer = start_pgbouncer(cluster, rules_dir)
+            if bouncer is not None:
+                proxies["pgbouncer"] = bouncer
+                configs["pgbouncer session mode"] = bouncer.port
         modes = args.modes.split(",")
         results: dict[str, dict[str, list[float]]] = {m: {c: [] for c in configs} for m in modes}
         for round_no in range(args.rounds):
