@@ -155,9 +155,7 @@ class Statement:
     def setting(self, seg: Segment) -> str:
         words = [w for w in seg.words(6) if w not in ("SESSION", "LOCAL")]
         name = words[1].lower() if len(words) > 1 else ""
-        if seg.word == "SET" and len(words) > 2 and words[1] == "SESSION" or name == "session" and len(words) > 2:
-            name = "session_authorization"
-        if words[:3] == ["SET", "SESSION", "AUTHORIZATION"] or (len(words) > 1 and words[1] == "AUTHORIZATION"):
+        if name == "authorization":  # SET/RESET [SESSION] SESSION AUTHORIZATION (SESSION dropped above)
             name = "session_authorization"
         if name == "client_encoding" and seg.word == "SET":
             value = seg.tokens[-1].text.strip("'\"").upper().replace("-", "").replace("_", "")
