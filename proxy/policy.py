@@ -79,9 +79,11 @@ class Segment:
         return [t.text.upper() for t in self.tokens[:n]]
 
 
-def split_statements(sql: str) -> list[Segment]:
-    """Statements of a Query message, as the server will see them (empty ones dropped)."""
-    tokens = tokenize(sql)
+def split_statements(sql: str, tokens: list | None = None) -> list[Segment]:
+    """Statements of a Query message, as the server will see them (empty ones dropped).
+    ``tokens``: the text's tokens, when the caller has them already."""
+    if tokens is None:
+        tokens = tokenize(sql)
     segments, current = [], []
     for token in tokens + [None]:
         if token is None or token.token_type.name == "SEMICOLON":
@@ -300,12 +302,12 @@ def generate(tree: exp.Expression) -> str:
     return text
 
 
-def decide(sql: str, ctx: Context, templates: dict | None = None) -> Decision:
+def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list | None = None) -> Decision:
     """Decide one Query or Parse text for the context's tier (see the module docstring)."""
     if ctx.tier.all_clear:
-        return _decide_all_clear(sql, ctx)
+        return _decide_all_clear(sql, ctx, tokens)
     try:
-        segments = split_statements(sql)
+        segments = split_statements(sql, tokens)
     except SqlglotError as exc:
         return _refuse(NotUnderstood(f"it does not tokenize: {str(exc)[:200]}"))
     if not segments:
@@ -335,10 +337,10 @@ def _refuse(exc: Refusal, rw: Rewriter | None = None) -> Decision:
                     relations=tuple(rw.analysis.relations) if rw else ())
 
 
-def _decide_all_clear(sql: str, ctx: Context) -> Decision:
+def _decide_all_clear(sql: str, ctx: Context, tokens: list | None = None) -> Decision:
     """All-clear tiers: the statement kinds are still gated; the text goes as it is."""
     try:
-        segments = split_statements(sql)
+        segments = split_statements(sql, tokens)
     except SqlglotError:
         return Decision("allow", sql, unparsed=True)
     kinds = []
@@ -457,13 +459,14 @@ class DecisionCache:
         shaped = shape_of(sql, tokens) if tokens is not None else None
         decision = None
         if shaped is not None:
-            decision = self._from_shape(base, shaped, sql, normalized, ctx)
+            decision = self._from_shape(base, shaped, sql, normalized, ctx, tokens)
         if decision is None:
-            decision = replace(decide(sql, ctx, self.templates), normalized=normalized)
+            decision = replace(decide(sql, ctx, self.templates, tokens), normalized=normalized)
         self._put(base + (sql,), decision)
         return decision
 
-    def _from_shape(self, base: tuple, shaped: tuple, sql: str, normalized: str, ctx: Context) -> Decision | None:
+    def _from_shape(self, base: tuple, shaped: tuple, sql: str, normalized: str, ctx: Context,
+                    tokens: list) -> Decision | None:
         shape, literals = shaped
         key = base + ("shape", shape)
         template = self._get(key)
@@ -476,7 +479,7 @@ class DecisionCache:
                 self._put(key, UNCACHEABLE)
                 return None
         template = decide(shape, ctx, self.templates)
-        full = replace(decide(sql, ctx, self.templates), normalized=normalized)
+        full = replace(decide(sql, ctx, self.templates, tokens), normalized=normalized)
         try:
             same = instantiate(template, literals, sql, normalized, ctx.tier.all_clear) == full
         except LookupError:
