@@ -404,10 +404,11 @@ class Rewriter:
                 if act.action == "block":
                     raise Refusal(f"column {s.relation.name}.{column} is not visible to tier {self.ctx.tier.name}")
                 self.analysis.use(s, column, cls, act)
-        for s in sources:  # a star or a whole row reaches every column, masked or nulled
+        if tree.find(exp.Star) is None:
+            return
+        for s in sources:  # a star reaches every column, masked or nulled
             for col, cls, act in s.actions:
-                if cls is not None and (s.relation.qualified, col.name) not in self.analysis.columns \
-                        and tree.find(exp.Star) is not None:
+                if cls is not None and (s.relation.qualified, col.name) not in self.analysis.columns:
                     self.analysis.use(s, col.name, cls, act)
 
 
