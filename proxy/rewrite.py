@@ -390,12 +390,15 @@ class Rewriter:
         by_alias: dict[str, list[Source]] = {}
         for s in sources:
             by_alias.setdefault(s.alias, []).append(s)
+        whole_rows: set[int] = set()
         for col in tree.find_all(exp.Column):
             column = name_of(col.this) if isinstance(col.this, exp.Identifier) else None
             if column is None:
                 continue
             qualifier = name_of(col.args.get("table")) if col.args.get("table") is not None else None
             candidates = by_alias.get(qualifier, []) if qualifier else sources
+            if qualifier is None and column in by_alias and not any(s.action(column) for s in sources):
+                whole_rows.update(id(s) for s in by_alias[column])  # row_to_json(c), SELECT c: every column
             for s in candidates:
                 found = s.action(column)
                 if found is None:
@@ -404,9 +407,10 @@ class Rewriter:
                 if act.action == "block":
                     raise Refusal(f"column {s.relation.name}.{column} is not visible to tier {self.ctx.tier.name}")
                 self.analysis.use(s, column, cls, act)
-        if tree.find(exp.Star) is None:
-            return
-        for s in sources:  # a star reaches every column, masked or nulled
+        star = tree.find(exp.Star) is not None
+        for s in sources:  # a star or a whole row reaches every column, masked or nulled
+            if not star and id(s) not in whole_rows:
+                continue
             for col, cls, act in s.actions:
                 if cls is not None and (s.relation.qualified, col.name) not in self.analysis.columns:
                     self.analysis.use(s, col.name, cls, act)

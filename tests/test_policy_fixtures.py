@@ -123,3 +123,12 @@ def test_shape_cache_serves_a_trailing_semicolon_and_not_two_statements():
     cache.decide("SELECT 1; SELECT id FROM customers WHERE id = 3", ctx)
     assert not any(isinstance(k[-1], str) and k[-2:-1] == ("shape",) and "SELECT $80000;" in k[-1]
                    for k in cache._entries)
+
+
+@pytest.mark.parametrize("sql", ["SELECT row_to_json(c) FROM customers c", "SELECT c FROM customers c",
+                                 "SELECT to_json(customers) FROM customers", "SELECT * FROM customers"])
+def test_whole_rows_report_every_sensitive_column_they_reach(sql):
+    """The audit says what a whole-row reference reached, as it does for a star."""
+    decision = decide(sql, Context(RULES.tier("sales"), RULES, CATALOG))
+    assert {(c.column, c.action) for c in decision.columns} >= {("id_number", "mask"), ("phone", "mask"),
+                                                                  ("bank_card", "block")}
