@@ -544,6 +544,16 @@ def decode_message(table: dict[int, type[Message]], data: bytes) -> Message:
     return decode_as(cls, data[5:])
 
 
+def query_text(data: bytes) -> str:
+    """The text of a whole Query message: ``decode_message(FRONTEND, data).query`` without
+    building the message (it runs for every simple-protocol statement)."""
+    end = len(data) - 1
+    if end < 5 or data[0] != 0x51 or data[end] != 0 or data.find(b"\0", 5) != end \
+            or int.from_bytes(data[1:5], "big") != end:
+        return decode_message(FRONTEND, data).query  # raises the precise ProtocolViolation
+    return _text(bytes(data[5:end]))
+
+
 # --------------------------------------------------------------------------- start-up
 @dataclass(frozen=True, slots=True)
 class StartupMessage:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+from bisect import bisect_left
 from collections import OrderedDict
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -87,6 +88,42 @@ RULES_INFO = Gauge("pgveil_rules_info", "The rules in force, by version (1 per w
 _DECIDED: OrderedDict = OrderedDict()
 
 
+# Counts taken from audit records wait here and reach the metrics in one go (:func:`flush`, from
+# :func:`update`): per record, a dictionary update costs a tenth of a labelled increment, which in
+# multiprocess mode also takes a lock and writes a shared file.
+_counts: dict = {}  # (metric, label values) -> amount
+_histograms: dict = {}  # (histogram, label values) -> [count per bucket..., sum]
+
+
+def _count(metric, labels: tuple, amount: float = 1) -> None:
+    key = (metric, labels)
+    _counts[key] = _counts.get(key, 0) + amount
+
+
+def _observe(histogram, labels: tuple, value: float) -> None:
+    key = (histogram, labels)
+    slots = _histograms.get(key)
+    if slots is None:  # the labelled child, its bounds, a count per bucket, the sum
+        child = histogram.labels(*labels)
+        slots = _histograms[key] = [child, child._upper_bounds] + [0] * (len(child._upper_bounds) + 1)
+    slots[2 + bisect_left(slots[1], value)] += 1  # the first bucket whose bound is >= value, as observe()
+    slots[-1] += value
+
+
+def flush() -> None:
+    """Push the waiting counts into the metrics."""
+    global _counts, _histograms
+    counts, histograms = _counts, _histograms
+    _counts, _histograms = {}, {}
+    for (metric, labels), amount in counts.items():
+        metric.labels(*labels).inc(amount)
+    for child, _, *slots in histograms.values():
+        for bucket, n in zip(child._buckets, slots[:-1]):  # prometheus-client's per-bucket counts
+            if n:
+                bucket.inc(n)
+        child._sum.inc(slots[-1])
+
+
 def observe(record: dict) -> None:
     """Count what an audit record says happened: every count here has its record in the audit.
     Statements are counted per execution (at their outcome), columns per decision."""
@@ -95,14 +132,14 @@ def observe(record: dict) -> None:
     if kind == "statement":
         decision = record.get("decision", "allow")
         if decision == "refuse":
-            REFUSALS.labels(tier, reason_class(record.get("reason", ""))).inc()
+            _count(REFUSALS, (tier, reason_class(record.get("reason", ""))))
         if record.get("unparsed") or "could not analyze" in record.get("reason", ""):
-            PARSE_FAILURES.labels(tier).inc()
+            _count(PARSE_FAILURES, (tier,))
         if record.get("decision_us"):
-            DECISION_SECONDS.labels(tier).observe(record["decision_us"] / 1e6)
+            _observe(DECISION_SECONDS, (tier,), record["decision_us"] / 1e6)
         columns = record.get("columns", ())
         for use in columns:
-            SENSITIVE.labels(tier, use["class"], use["action"]).inc()
+            _count(SENSITIVE, (tier, use["class"], use["action"]))
         _DECIDED[record["id"]] = (tier, (record.get("kinds") or ["unknown"])[0], decision, bool(columns),
                                   any(c["action"] == "clear" for c in columns))
         if len(_DECIDED) > 10_000:
@@ -111,18 +148,18 @@ def observe(record: dict) -> None:
         if record.get("status") == "skipped":
             return
         decided = _DECIDED.get(record.get("statement")) or (tier, "unknown", "allow", False, False)
-        STATEMENTS.labels(decided[0], decided[1], decided[2]).inc()
-        STATEMENT_SECONDS.labels(tier).observe(record.get("duration_us", 0) / 1e6)
+        _count(STATEMENTS, decided[:3])
+        _observe(STATEMENT_SECONDS, (tier,), record.get("duration_us", 0) / 1e6)
         rows = record.get("rows") or 0
         if rows:
-            ROWS.labels(tier).inc(rows)
+            _count(ROWS, (tier,), rows)
             if decided[3]:
-                SENSITIVE_ROWS.labels(tier, "yes" if decided[4] else "no").inc(rows)
+                _count(SENSITIVE_ROWS, (tier, "yes" if decided[4] else "no"), rows)
     elif kind == "connection":
-        CONNECTIONS.labels(record.get("result", "unknown"), tier).inc()
+        _count(CONNECTIONS, (record.get("result", "unknown"), tier))
     elif kind == "session_end":
-        BYTES.labels("from_client").inc(record.get("bytes_in", 0))
-        BYTES.labels("from_server").inc(record.get("bytes_out", 0))
+        _count(BYTES, ("from_client",), record.get("bytes_in", 0))
+        _count(BYTES, ("from_server",), record.get("bytes_out", 0))
 
 
 def reason_class(reason: str) -> str:
@@ -139,6 +176,7 @@ def reason_class(reason: str) -> str:
 def update(proxy) -> None:
     """Copy the values that live elsewhere into the metrics: periodically in every worker, and
     just before a scrape."""
+    flush()
     audit = proxy.audit
     AUDIT_WRITTEN.set(audit.written)
     AUDIT_DROPPED.set(audit.dropped)

@@ -84,7 +84,7 @@ class DurableWait:
         if self.remaining == 0:
             for command in self.commands:
                 link.execute(command)
-            link.resume_reading()
+            link.durable_done()
 
 
 class ClientLink(asyncio.Protocol):
@@ -102,6 +102,11 @@ class ClientLink(asyncio.Protocol):
         self._tasks: set[asyncio.Task] = set()
         self._reading_paused = False
         self._start_logged = False
+        # strict audit: while a statement waits for its record to reach the disk, what the client
+        # sends next waits here, in order (cheaper than pausing the socket for each statement)
+        self._durable_pending = False
+        self._backlog: list[bytes] = []
+        self._backlog_bytes = 0
 
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -119,7 +124,24 @@ class ClientLink(asyncio.Protocol):
             self.dispatch(self.session.fail, "08P01", "pgveil: timeout expired before the client authenticated")
 
     def data_received(self, data: bytes) -> None:
+        if self._durable_pending:
+            self._backlog.append(data)
+            self._backlog_bytes += len(data)
+            if self._backlog_bytes > WRITE_HIGH_WATER:
+                self.pause_reading()
+            return
         self.dispatch(self.session.client_data, data)
+
+    def durable_done(self) -> None:
+        """The records a statement waited for are on disk (its commands are carried out): go
+        on with what the client sent meanwhile."""
+        self._durable_pending = False
+        while self._backlog and not self._durable_pending and not self.closed:
+            data = self._backlog.pop(0)
+            self._backlog_bytes -= len(data)
+            self.dispatch(self.session.client_data, data)
+        if not self._durable_pending:
+            self.resume_reading()
 
     def eof_received(self):
         return False
@@ -172,7 +194,7 @@ class ClientLink(asyncio.Protocol):
                 self.execute(command)
         else:
             # strict audit: nothing of this event goes upstream before its records are on disk
-            self.pause_reading()
+            self._durable_pending = True
 
     def execute(self, command) -> None:
         kind = type(command)
@@ -609,6 +631,7 @@ async def _serve_forever(settings: Settings, sock: socket.socket | None, ready=N
 def serve(settings: Settings) -> int:
     """Run the proxy until SIGTERM/SIGINT, in ``settings.workers`` processes."""
     install_event_loop_policy()
+
     host, port = settings.listen_address
     if settings.workers == 1:
         asyncio.run(_serve_forever(settings, None))

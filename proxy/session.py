@@ -675,7 +675,7 @@ class Session:
 
     def _decide_message(self, kind: int, message: bytes, audits: list) -> bytes | None:
         """Decide a Query, Parse or FunctionCall; the bytes to send instead, or None."""
-        decoded = codec.decode_message(codec.FRONTEND, message)
+        decoded = codec.decode_message(codec.FRONTEND, message) if kind != Q else None
         engine = self.config.engine
         if kind == F:
             sql = f"/* FunctionCall message, function oid {decoded.function_oid} */"
@@ -683,7 +683,7 @@ class Session:
                 "refuse", "", reason=f"the FunctionCall message is not allowed for tier {self.tier.name}",
                 sqlstate="42501")
         else:
-            sql = decoded.query
+            sql = decoded.query if decoded is not None else codec.query_text(message)
             if self._filtering and self.server_params.get("standard_conforming_strings", "on") != "on":
                 decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                     "the server reports standard_conforming_strings off: pgveil would read string literals "
@@ -745,7 +745,7 @@ class Session:
     def _declare_purpose(self, message: bytes) -> bytes | None:
         """``SET pgveil.purpose = '...'`` / ``RESET pgveil.purpose``, answered here: the database
         never sees it.  Returns the reply, or None if the Query is not such a statement."""
-        sql = codec.decode_message(codec.FRONTEND, message).query
+        sql = codec.query_text(message)
         if PURPOSE_WORD not in sql.lower():
             return None
         match = PURPOSE_SET.match(sql)

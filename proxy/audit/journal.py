@@ -172,15 +172,16 @@ class Journal:
                 self._roll()
             path, size = self._file.name, self._size
             out = []
+            sha256, dumps, sort_keys = hashlib.sha256, orjson.dumps, orjson.OPT_SORT_KEYS
             for record in records:
                 self.seq += 1
                 record["seq"] = self.seq
                 record["stream"] = self.stream
                 record["prev"] = self.head
-                body = canonical(record)  # serialised once: the hash is of this text, then appended
-                self.head = hashlib.sha256((self.head + body).encode()).hexdigest()
+                body = dumps(record, option=sort_keys)  # canonical(), once: the hash is of these bytes
+                self.head = sha256(self.head.encode() + body).hexdigest()
                 record["hash"] = self.head
-                out.append(f'{body[:-1]},"hash":"{self.head}"}}\n'.encode())
+                out += (body[:-1], b',"hash":"', self.head.encode(), b'"}\n')
             data = b"".join(out)
             self._file.write(data)
             self._file.flush()

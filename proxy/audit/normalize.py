@@ -15,6 +15,7 @@ import functools
 import hashlib
 import re
 
+from ..lexer import quick
 from ..sql import SqlglotError, tokenize
 LITERALS = frozenset({"STRING", "NUMBER", "BYTE_STRING", "HEREDOC_STRING", "BIT_STRING", "HEX_STRING",
                       "NATIONAL_STRING", "RAW_STRING", "UNICODE_STRING"})
@@ -23,6 +24,9 @@ _LIST = re.compile(r"\?(?:\s*,\s*\?)+")
 
 @functools.lru_cache(maxsize=8192)
 def normalize(sql: str, limit: int = 4000) -> str:
+    read = quick(sql)  # the common statement, without sqlglot's tokenizer (the same text)
+    if read is not None:
+        return read[2][:limit]
     try:
         tokens = tokenize(sql)
     except (SqlglotError, ValueError, IndexError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from datetime import datetime, timezone
+import time
 
 from . import SCHEMA_VERSION
 from .normalize import fingerprint, normalize
@@ -16,8 +16,16 @@ from .normalize import fingerprint, normalize
 _COUNT = re.compile(r"(\d+)\s*$")
 
 
+_second = [0, ""]  # the last whole second formatted, and its text: two records per statement ask
+
+
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC, microseconds: ``2026-11-22T08:00:00.123456Z``."""
+    stamp = time.time_ns() // 1000
+    second, micro = divmod(stamp, 1_000_000)
+    if second != _second[0]:
+        _second[:] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{micro:06d}Z"
 
 
 _PREFIX = os.urandom(6).hex()  # this process's; the counter makes each id unique within it

@@ -7,8 +7,9 @@ releases the GIL.
 
 ``strict`` (the default): a record submitted with ``on_durable`` has it called once an fsync that
 started after it was written has finished; everything written while one fsync runs
-shares the next one, so throughput holds with many sessions.  ``batched``: fsync every
-``interval`` seconds, and nobody waits.
+shares the next one, so throughput holds with many sessions.  Records nobody waits for
+(outcomes, connections) ride along with those fsyncs, or the next interval's.  ``batched``:
+fsync every ``interval`` seconds, and nobody waits.
 
 When the journal cannot be written, :attr:`healthy` turns False and the error is kept; the
 records stay queued and are retried, whoever waits is told at once, and the sessions refuse
@@ -60,8 +61,7 @@ class AuditWriter:
             notes = [dict(records.base("journal", {}), event="opened")]
         for note in notes:
             self.submit(note)
-        if self.mode == "batched":
-            self._spawn(self._sync_periodically())
+        self._spawn(self._sync_periodically())
 
     def submit(self, record: dict, on_durable=None) -> None:
         """Queue a record; ``on_durable(error)`` is called once it is on disk (error None), or at
@@ -91,7 +91,7 @@ class AuditWriter:
         self.written += len(batch)
         self._unsynced += self._waiting
         self._waiting = []
-        if self.mode == "strict" or self._unsynced:
+        if self._unsynced:  # someone waits; the others' records are synced with them or on the interval
             self._start_sync()
 
     def _retry(self) -> None:
