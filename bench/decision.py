@@ -40,20 +40,17 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--tier", default="customer_service")
-    args = parser.parse_args()
+def measure(rounds: int = 200, tier: str = "customer_service") -> dict:
+    """Cold and warm decision time per typical statement, in microseconds."""
     rules, catalog = fixture_rules(), fixture_catalog()
-    ctx = Context(rules.tier(args.tier), rules, catalog)
+    ctx = Context(rules.tier(tier), rules, catalog)
     warmup = DecisionCache()
     for sql in TYPICAL:  # build the masking templates and warm the interpreter
         warmup.decide(sql, ctx)
     results = []
     for sql in TYPICAL:
         cold, warm = [], []
-        for i in range(args.rounds):
+        for i in range(rounds):
             cache = DecisionCache()
             cache.templates = warmup.templates
             text = sql + " " * (i % 3)  # a new text each time defeats nothing but the cache
@@ -67,17 +64,30 @@ def main() -> int:
         results.append({"sql": sql, "verdict": decision.verdict,
                         "cold_median_us": round(statistics.median(cold), 1), "cold_p99_us": round(percentile(cold, .99), 1),
                         "warm_median_us": round(statistics.median(warm), 2), "warm_p99_us": round(percentile(warm, .99), 2)})
+    return {"tier": tier, "rounds": rounds, "results": results,
+            "cold_median_us": statistics.median([r["cold_median_us"] for r in results]),
+            "warm_median_us": statistics.median([r["warm_median_us"] for r in results])}
+
+
+def print_table(measured: dict) -> None:
     print(f"{'statement':70s} {'verdict':8s} {'cold med':>9s} {'cold p99':>9s} {'warm med':>9s} {'warm p99':>9s}  (us)")
-    for r in results:
+    for r in measured["results"]:
         print(f"{r['sql'][:70]:70s} {r['verdict']:8s} {r['cold_median_us']:9.0f} {r['cold_p99_us']:9.0f} "
               f"{r['warm_median_us']:9.2f} {r['warm_p99_us']:9.2f}")
-    cold_all = statistics.median([r["cold_median_us"] for r in results])
-    warm_all = statistics.median([r["warm_median_us"] for r in results])
-    print(f"median over the typical set: cold {cold_all:.0f} us, warm {warm_all:.2f} us")
+    print(f"median over the typical set: cold {measured['cold_median_us']:.0f} us, "
+          f"warm {measured['warm_median_us']:.2f} us")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--tier", default="customer_service")
+    args = parser.parse_args()
+    measured = measure(args.rounds, args.tier)
+    print_table(measured)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "decision.json").write_text(json.dumps({"tier": args.tier, "rounds": args.rounds, "results": results,
-                                                   "cold_median_us": cold_all, "warm_median_us": warm_all}, indent=2))
+    (out / "decision.json").write_text(json.dumps(measured, indent=2))
     return 0
 
 

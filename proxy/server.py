@@ -628,6 +628,20 @@ async def _serve_forever(settings: Settings, sock: socket.socket | None, ready=N
     await proxy.stop()
 
 
+def raise_file_limit() -> int:
+    """Two descriptors per client session: lift the soft limit to the hard one, as servers do."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def serve(settings: Settings) -> int:
     """Run the proxy until SIGTERM/SIGINT, in ``settings.workers`` processes."""
     install_event_loop_policy()
