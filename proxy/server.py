@@ -107,6 +107,7 @@ class ClientLink(asyncio.Protocol):
         self._durable_pending = False
         self._backlog: list[bytes] = []
         self._backlog_bytes = 0
+        self._backlog_paused = False
 
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -127,7 +128,8 @@ class ClientLink(asyncio.Protocol):
         if self._durable_pending:
             self._backlog.append(data)
             self._backlog_bytes += len(data)
-            if self._backlog_bytes > WRITE_HIGH_WATER:
+            if self._backlog_bytes > WRITE_HIGH_WATER and not self._backlog_paused:
+                self._backlog_paused = True
                 self.pause_reading()
             return
         self.dispatch(self.session.client_data, data)
@@ -140,7 +142,8 @@ class ClientLink(asyncio.Protocol):
             data = self._backlog.pop(0)
             self._backlog_bytes -= len(data)
             self.dispatch(self.session.client_data, data)
-        if not self._durable_pending:
+        if not self._durable_pending and self._backlog_paused:
+            self._backlog_paused = False
             self.resume_reading()
 
     def eof_received(self):
@@ -645,7 +648,7 @@ def raise_file_limit() -> int:
 def serve(settings: Settings) -> int:
     """Run the proxy until SIGTERM/SIGINT, in ``settings.workers`` processes."""
     install_event_loop_policy()
-
+    raise_file_limit()
     host, port = settings.listen_address
     if settings.workers == 1:
         asyncio.run(_serve_forever(settings, None))

@@ -302,3 +302,51 @@ def test_postgres_sink_outage_then_complete(pg, tmp_path, sink_db):
         assert {r["id"] for r in _records(audit_dir)} <= {r["id"] for r in shipped}  # stdout got them too
     finally:
         proxy.stop()
+
+
+async def _pipelined_queries(port: int, queries: list[str], pause: float) -> list[str]:
+    """Each query in its own write, ``pause`` apart, before any answer is read; the values of
+    the DataRows that come back, in order."""
+    from conftest import TRUST_USER
+    from proxy import codec
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(codec.encode_startup(codec.StartupMessage(codec.PROTOCOL_3_0, (("user", TRUST_USER),
+                                                                                 ("database", "crm")))))
+    splitter = codec.Splitter(b"".join(bytes([k]) for k in range(256)))
+    messages: list = []
+
+    async def until_ready(count: int) -> None:
+        while sum(1 for m in messages if isinstance(m, codec.ReadyForQuery)) < count:
+            out, marks = splitter.feed(await asyncio.wait_for(reader.read(65536), 20))
+            messages.extend(codec.decode_message(codec.BACKEND, bytes(out[s:e])) for _, s, e in marks)
+
+    await until_ready(1)
+    for sql in queries:
+        writer.write(codec.encode(codec.Query(sql)))
+        await writer.drain()
+        await asyncio.sleep(pause)
+    await until_ready(1 + len(queries))
+    writer.write(codec.encode(codec.Terminate()))
+    writer.close()
+    assert not [m for m in messages if isinstance(m, codec.ErrorResponse)], messages
+    return [codec._text(m.values[0]) for m in messages if isinstance(m, codec.DataRow)]
+
+
+def test_strict_mode_keeps_what_a_client_sends_while_a_record_waits_in_order(pg):
+    """Strict mode holds a statement until its record is on disk; what the client sends
+    meanwhile waits in the proxy and goes on in order, each statement with its own record."""
+    proxy = start_proxy(pg.port, "--upstream-sslmode", "disable", "--audit-mode", "strict")
+    try:
+        queries = [f"SELECT {n} AS n" for n in range(1, 41)]
+        values = asyncio.run(_pipelined_queries(proxy.port, queries, pause=0.0005))
+        assert values == [str(n) for n in range(1, 41)]
+        statements = [r for r in journal(proxy) if r["type"] == "statement"]
+        assert len(statements) == 40
+        assert [r["id"] for r in statements] == sorted((r["id"] for r in statements),
+                                                       key=lambda i: int(i.rsplit("-", 1)[1]))
+        wait_for(lambda: {r["statement"] for r in journal(proxy) if r["type"] == "outcome"} >=
+                 {r["id"] for r in statements})
+        outcomes = {r["statement"] for r in journal(proxy) if r["type"] == "outcome"}
+        assert outcomes >= {r["id"] for r in statements}
+    finally:
+        proxy.stop()

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy import codec
+from proxy.codec import FRONTEND, ProtocolViolation, Query, decode_message, encode, query_text
 
 text = st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=30)
 raw = st.binary(max_size=40)
@@ -164,3 +165,17 @@ def test_error_response_helper_fields():
     error = codec.decode_message(codec.BACKEND, codec.error_response("42501", "no", detail="d", hint="h"))
     assert error.get(b"C") == "42501" and error.get(b"D") == "d" and error.get(b"H") == "h"
     assert error.get(b"S") == "ERROR"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text().filter(lambda t: "\0" not in t))
+def test_query_text_is_decode_message_without_the_message(text):
+    data = encode(Query(text))
+    assert query_text(data) == decode_message(FRONTEND, data).query == text
+
+
+@pytest.mark.parametrize("data", [b"Q\0\0\0\x05\0" + b"x", b"Q\0\0\0\x07a\0", b"Q\0\0\0\x09a\0b\0\0", b"Q\0\0\0\x04",
+                                  b"Q\0\0\0\x06ab"])
+def test_query_text_rejects_what_decode_message_rejects(data):
+    with pytest.raises(ProtocolViolation):
+        query_text(data)
