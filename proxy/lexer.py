@@ -60,9 +60,9 @@ _WORD = re.compile(r"[A-Z_][A-Z0-9_]*")
 _PARAM = re.compile(r"\$([0-9]+)")
 _PAIR_ODD_SPACE = re.compile(rf"(?<![{_GLUE}])(?:{'|'.join(_PAIR_FIRST)})(?:[\t\r\n]|[ ][ \t\r\n])", re.I)
 _SPACE = re.compile(r"[ \t\r\n]+")
-_FIRST = re.compile(r"[ \t\r\n]*(\(|[A-Za-z]+)")
+_FIRST = re.compile(r"[ \t\r\n]*(\(|[A-Za-z_][A-Za-z0-9_]*)")
 _LIST = re.compile(r"\?(?:\s*,\s*\?)+")
-STRING_MARK, NUMBER_MARK = 70000, 80000  # proxy.policy.MARKER_BASE
+STRING_MARK, NUMBER_MARK = 70000, 80000  # a literal's marker: $70000 + its index (policy.MARKER_BASE)
 _BLANK = " \t\r\n"
 
 
@@ -75,7 +75,7 @@ def quick(sql: str) -> tuple[str, list, str] | None:
     run of whitespace as one space.
     """
     first = _FIRST.match(sql)
-    if first is None:
+    if first is None or "\x00" in sql:  # NUL stands for a literal below
         return None
     word = first.group(1).upper()
     pieces = _LITERAL.split(sql)  # code, literal, code, literal, ..., code

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 from .audit.normalize import from_tokens as normalize_tokens
 from .audit.normalize import normalize
-from .lexer import quick
+from . import lexer
 from .sql import SqlglotError, exp, parse_one, to_sql, tokenize
 
 from .rewrite import (FORBIDDEN_SETTINGS, PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of,
@@ -360,7 +360,7 @@ def _decide_all_clear(sql: str, ctx: Context, tokens: list | None = None) -> Dec
 
 # Literal markers: parameter numbers PostgreSQL never accepts (it stops at 65535), one range per
 # literal kind so that the kinds are part of the shape.
-MARKER_BASE = {"STRING": 70000, "NUMBER": 80000}
+MARKER_BASE = {"STRING": lexer.STRING_MARK, "NUMBER": lexer.NUMBER_MARK}
 _MARKER = re.compile(r"\$([78]\d{4})(?!\d)")
 _OTHER_LITERALS = frozenset({"BYTE_STRING", "HEREDOC_STRING", "BIT_STRING", "HEX_STRING", "NATIONAL_STRING",
                              "RAW_STRING", "UNICODE_STRING", "COMMAND", "SEMICOLON"})
@@ -486,7 +486,7 @@ class DecisionCache:
             self.hits += 1
             return found
         self.misses += 1
-        read = quick(sql)  # most statements: their shape read without sqlglot's tokenizer
+        read = lexer.quick(sql)  # most statements: their shape read without sqlglot's tokenizer
         if read is not None:
             shape, literals, normalized = read
             template = self._get(base + ("shape", shape))
