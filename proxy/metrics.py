@@ -92,7 +92,7 @@ _DECIDED: OrderedDict = OrderedDict()
 # :func:`update`): per record, a dictionary update costs a tenth of a labelled increment, which in
 # multiprocess mode also takes a lock and writes a shared file.
 _counts: dict = {}  # (metric, label values) -> amount
-_histograms: dict = {}  # (histogram, label values) -> [count per bucket..., sum]
+_histograms: dict = {}  # (histogram, label values) -> [child, its bounds, count per bucket..., sum]
 
 
 def _count(metric, labels: tuple, amount: float = 1) -> None:

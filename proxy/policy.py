@@ -489,15 +489,10 @@ class DecisionCache:
         read = lexer.quick(sql)  # most statements: their shape read without sqlglot's tokenizer
         if read is not None:
             shape, literals, normalized = read
-            template = self._get(base + ("shape", shape))
-            if template is not None and template is not UNCACHEABLE:
-                try:
-                    decision = instantiate(template, literals, sql, normalized[:4000], ctx.tier.all_clear)
-                except LookupError:
-                    pass  # decided in full below, which marks the shape unusable
-                else:
-                    self._put(base + (sql,), decision)
-                    return decision
+            decision = self._from_template(base + ("shape", shape), literals, sql, normalized[:4000], ctx)
+            if decision is not None:
+                self._put(base + (sql,), decision)
+                return decision
         try:
             tokens = tokenize(sql)
         except SqlglotError:
@@ -512,19 +507,24 @@ class DecisionCache:
         self._put(base + (sql,), decision)
         return decision
 
+    def _from_template(self, key: tuple, literals: list, sql: str, normalized: str, ctx: Context) -> Decision | None:
+        """The decision of a shape decided before, with this statement's literals; None when the
+        shape is new or unusable."""
+        template = self._get(key)
+        if template is None or template is UNCACHEABLE:
+            return None
+        try:
+            return instantiate(template, literals, sql, normalized, ctx.tier.all_clear)
+        except LookupError:
+            self._put(key, UNCACHEABLE)
+            return None
+
     def _from_shape(self, base: tuple, shaped: tuple, sql: str, normalized: str, ctx: Context,
                     tokens: list) -> Decision | None:
         shape, literals = shaped
         key = base + ("shape", shape)
-        template = self._get(key)
-        if template is UNCACHEABLE:
-            return None
-        if template is not None:
-            try:
-                return instantiate(template, literals, sql, normalized, ctx.tier.all_clear)
-            except LookupError:
-                self._put(key, UNCACHEABLE)
-                return None
+        if key in self._entries:  # decided before, usable or not
+            return self._from_template(key, literals, sql, normalized, ctx)
         decided = decide(shape, ctx, self.templates)
         full = replace(decide(sql, ctx, self.templates, tokens), normalized=normalized)
         try:

@@ -32,15 +32,15 @@ GENESIS = "0" * 64
 FILE_RE = re.compile(r"^audit-(?P<stream>[A-Za-z0-9_]+)-(?P<seq>\d{12})\.jsonl$")
 
 
-def canonical(record: dict) -> str:
+def canonical(record: dict) -> bytes:
     """Keys sorted, no spaces, UTF-8 as is: what ``json.dumps(record, sort_keys=True,
     separators=(",", ":"), ensure_ascii=False)`` gives for records without floats."""
-    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
 
 def record_hash(prev: str, record: dict) -> str:
     body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256((prev + canonical(body)).encode()).hexdigest()
+    return hashlib.sha256(prev.encode() + canonical(body)).hexdigest()
 
 
 def stream_files(directory: Path, stream: str | None = None) -> dict[str, list[Path]]:
@@ -172,14 +172,13 @@ class Journal:
                 self._roll()
             path, size = self._file.name, self._size
             out = []
-            sha256, dumps, sort_keys = hashlib.sha256, orjson.dumps, orjson.OPT_SORT_KEYS
             for record in records:
                 self.seq += 1
                 record["seq"] = self.seq
                 record["stream"] = self.stream
                 record["prev"] = self.head
-                body = dumps(record, option=sort_keys)  # canonical(), once: the hash is of these bytes
-                self.head = sha256(self.head.encode() + body).hexdigest()
+                body = canonical(record)  # serialised once: the hash is of these bytes, then appended
+                self.head = hashlib.sha256(self.head.encode() + body).hexdigest()
                 record["hash"] = self.head
                 out += (body[:-1], b',"hash":"', self.head.encode(), b'"}\n')
             data = b"".join(out)
