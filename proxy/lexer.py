@@ -61,7 +61,7 @@ _PARAM = re.compile(r"\$([0-9]+)")
 _PAIR_ODD_SPACE = re.compile(rf"(?<![{_GLUE}])(?:{'|'.join(_PAIR_FIRST)})(?:[\t\r\n]|[ ][ \t\r\n])", re.I)
 _SPACE = re.compile(r"[ \t\r\n]+")
 _FIRST = re.compile(r"[ \t\r\n]*(\(|[A-Za-z_][A-Za-z0-9_]*)")
-_LIST = re.compile(r"\?(?:\s*,\s*\?)+")
+LIST = re.compile(r"\?(?:\s*,\s*\?)+")  # a list of literals, shown as one ? (the audit's text)
 STRING_MARK, NUMBER_MARK = 70000, 80000  # a literal's marker: $70000 + its index (policy.MARKER_BASE)
 _BLANK = " \t\r\n"
 
@@ -83,8 +83,12 @@ def quick(sql: str) -> tuple[str, list, str] | None:
     code = "\x00".join(codes)
     if _CODE.fullmatch(code) is None or not _COMMAND_WORDS.isdisjoint(_WORD.findall(code.upper())):
         return None
-    if "$" in code and any(int(n) > 65535 for n in _PARAM.findall(code)):
-        return None  # a "parameter" no server takes: it could be mistaken for a marker
+    if "$" in code:
+        params = _PARAM.findall(code)
+        if len(params) > 1 or int(params[0]) > 65535:
+            # sqlglot reads "$1,$2" or "$1=$1" as a dollar-quoted string, and a "parameter" above
+            # 65535 could be mistaken for a marker: left to sqlglot (exact texts are cached anyway)
+            return None
     if ";" in code and ";" in code.rstrip(_BLANK + ";"):
         return None  # more than one statement
     if word not in _FIRST_WORDS:
@@ -99,6 +103,8 @@ def quick(sql: str) -> tuple[str, list, str] | None:
         text = pieces[i]
         n = len(literals)
         if text[0] == "'":
+            if text.startswith("''") and "$" in code:
+                return None  # sqlglot cannot tokenize a string opening with '' after a $n parameter
             if n and literals[-1][0] == "STRING" and not pieces[i - 1].strip(_BLANK):
                 return None  # 'a' 'b': PostgreSQL joins strings split by a newline
             literals.append(("STRING", text[1:-1].replace("''", "'")))
@@ -112,5 +118,5 @@ def quick(sql: str) -> tuple[str, list, str] | None:
         codes = [_SPACE.sub(" ", c) for c in codes]
     normalized = "?".join(codes).strip(_BLANK)
     if literals:
-        normalized = _LIST.sub("?", normalized)
+        normalized = LIST.sub("?", normalized)
     return "".join(shape), literals, normalized

@@ -67,7 +67,8 @@ def test_policy_fixtures_and_pgbench_agree():
 
 @pytest.mark.parametrize("sql", ["SELECT 1 -- 2", "SELECT E'a'", "SELECT 'a' 'b'", "SELECT 'a\\b'", "SELECT 1e5",
                                  "SELECT 5.", "SELECT 1; SELECT 2", "SELECT $$x$$", "SELECT x'ff'", "SELECT 名前",
-                                 "SELECT $99999", "SELECT 'open", "SELECT /* c */ 1", "SELECT U&'d'", "SELECT 0x1F"])
+                                 "SELECT $99999", "SELECT 'open", "SELECT /* c */ 1", "SELECT U&'d'", "SELECT 0x1F",
+                                 "SELECT $1, ''", "SELECT $1 = ''''", "SELECT $1=$1", "SELECT $1,$2"])
 def test_gives_up_on_what_it_does_not_know(sql):
     assert quick(sql) is None
 

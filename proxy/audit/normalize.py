@@ -15,11 +15,10 @@ import functools
 import hashlib
 import re
 
-from ..lexer import quick
+from ..lexer import LIST as _LIST, quick
 from ..sql import SqlglotError, tokenize
 LITERALS = frozenset({"STRING", "NUMBER", "BYTE_STRING", "HEREDOC_STRING", "BIT_STRING", "HEX_STRING",
                       "NATIONAL_STRING", "RAW_STRING", "UNICODE_STRING"})
-_LIST = re.compile(r"\?(?:\s*,\s*\?)+")
 
 
 @functools.lru_cache(maxsize=8192)
