@@ -6,7 +6,8 @@ machines are shared and noisy, so ratios are the result, not absolute numbers.
 
 - pgbench ``-S`` and the default TPC-B-like script, ``-M simple/extended/prepared``: direct,
   PgBouncer (session mode), pgveil as a relay (audit strict, batched, off), pgveil with an
-  all-clear tier and with a masking tier (pgbench_accounts.filler protected);
+  all-clear tier and with a masking tier (pgbench_accounts.filler protected), each with strict
+  auditing (the default) and with batched auditing (the policy's cost without strict's wait);
 - streaming: a 1,000,000-row SELECT and a COPY TO STDOUT of it, direct vs pgveil;
 - decision time, in-process (bench/decision.py);
 - resident memory of pgveil holding 2,000 idle client sessions;
@@ -131,7 +132,7 @@ def run_pgbench(cluster, configs: dict, args) -> list[dict]:
                     tps = pgbench(cluster, configs[name], *extra, "-M", mode, "-c", str(args.clients), "-j", "2",
                                   "-T", str(args.seconds))
                     results.setdefault((script, mode, name), []).append(tps)
-                    print(f"round {round_no + 1} {script:6s} {mode:9s} {name:28s} {tps:10.0f} tps", flush=True)
+                    print(f"round {round_no + 1} {script:6s} {mode:9s} {name:36s} {tps:10.0f} tps", flush=True)
     table = []
     for (script, mode, name), values in results.items():
         direct = statistics.median(results[(script, mode, "direct")])
@@ -233,10 +234,10 @@ def print_tables(report: dict) -> None:
     if report.get("pgbench"):
         print(f"\npgbench, -c {report['clients']} -j 2, scale {report['scale']}, {report['seconds']}s x "
               f"{report['rounds']} rounds, pgveil with {report['workers']} workers ({when})")
-        print(f"{'script':8s}{'mode':10s}{'configuration':30s}{'median TPS':>12s}{'x direct':>10s}{'x PgBouncer':>13s}")
+        print(f"{'script':8s}{'mode':10s}{'configuration':38s}{'median TPS':>12s}{'x direct':>10s}{'x PgBouncer':>13s}")
         for row in report["pgbench"]:
             bouncer = f"{row['ratio_to_pgbouncer']:13.2f}" if row["ratio_to_pgbouncer"] is not None else ""
-            print(f"{row['script']:8s}{row['mode']:10s}{row['config']:30s}{row['tps_median']:12d}"
+            print(f"{row['script']:8s}{row['mode']:10s}{row['config']:38s}{row['tps_median']:12d}"
                   f"{row['ratio_to_direct']:10.2f}{bouncer}")
         print("\naudit cost (pgveil relay, same run)")
         print(f"{'script':8s}{'mode':10s}{'strict / off':>14s}{'batched / off':>15s}")
@@ -282,8 +283,9 @@ def main() -> int:
     parser.add_argument("--modes", default="simple,extended,prepared")
     parser.add_argument("--scripts", default="select,tpcb", help="select (-S) and/or tpcb (the default script)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--configs", default="pgbouncer,relay,audit,all-clear,masking",
-                        help="what runs beside direct: pgbouncer, relay, audit, all-clear, masking")
+    parser.add_argument("--configs", default="pgbouncer,relay,audit,all-clear,masking,all-clear-batched,masking-batched",
+                        help="what runs beside direct: pgbouncer, relay, audit, all-clear, masking, "
+                             "all-clear-batched, masking-batched")
     parser.add_argument("--sections", default="pgbench,streaming,decision,memory")
     parser.add_argument("--sessions", type=int, default=SESSIONS, help="idle sessions for the memory section")
     args = parser.parse_args()
@@ -326,6 +328,8 @@ def main() -> int:
             for tier in ("all-clear", "masking"):
                 if tier in wanted:
                     proxies[f"pgveil {tier} tier"] = tier_proxy(tier, *common)
+                if f"{tier}-batched" in wanted:  # the policy's cost without strict auditing's wait
+                    proxies[f"pgveil {tier} tier, audit batched"] = tier_proxy(tier, *common, "--audit-mode", "batched")
             configs = {"direct": cluster.port, **{name: p.port for name, p in proxies.items()}}
             if "pgbouncer" in wanted:
                 bouncer = start_pgbouncer(cluster, rules_dir)

@@ -14,7 +14,6 @@ import asyncio
 import os
 
 from bisect import bisect_left
-from collections import OrderedDict
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, multiprocess
@@ -83,9 +82,11 @@ RULES_INFO = Gauge("pgveil_rules_info", "The rules in force, by version (1 per w
                    registry=REGISTRY, multiprocess_mode="livesum")
 
 
-# statement id -> (tier, kind, decision, reaches sensitive columns, any in clear); a prepared
-# statement has one decision and an outcome per execution, so entries stay until pushed out
-_DECIDED: OrderedDict = OrderedDict()
+# statement id -> ((tier, kind, decision), reaches sensitive columns, any in clear); a prepared
+# statement has one decision and an outcome per execution, so entries stay until pushed out (the
+# oldest half at a time: a plain dict, cheaper per statement than an OrderedDict)
+_DECIDED: dict = {}
+_DECIDED_KEEP = 10_000
 
 
 # Counts taken from audit records wait here and reach the metrics in one go (:func:`flush`, from
@@ -127,34 +128,37 @@ def flush() -> None:
 def observe(record: dict) -> None:
     """Count what an audit record says happened: every count here has its record in the audit.
     Statements are counted per execution (at their outcome), columns per decision."""
+    global _DECIDED
     kind = record.get("type")
     tier = record.get("tier") or "none"
-    if kind == "statement":
+    if kind == "outcome":
+        if record.get("status") == "skipped":
+            return
+        decided = _DECIDED.get(record.get("statement")) or ((tier, "unknown", "allow"), False, False)
+        _count(STATEMENTS, decided[0])
+        _observe(STATEMENT_SECONDS, (tier,), record.get("duration_us", 0) / 1e6)
+        rows = record.get("rows") or 0
+        if rows:
+            _count(ROWS, (tier,), rows)
+            if decided[1]:
+                _count(SENSITIVE_ROWS, (tier, "yes" if decided[2] else "no"), rows)
+    elif kind == "statement":
         decision = record.get("decision", "allow")
+        reason = record.get("reason", "")
         if decision == "refuse":
-            _count(REFUSALS, (tier, reason_class(record.get("reason", ""))))
-        if record.get("unparsed") or "could not analyze" in record.get("reason", ""):
+            _count(REFUSALS, (tier, reason_class(reason)))
+        if record.get("unparsed") or reason and "could not analyze" in reason:
             _count(PARSE_FAILURES, (tier,))
         if record.get("decision_us"):
             _observe(DECISION_SECONDS, (tier,), record["decision_us"] / 1e6)
         columns = record.get("columns", ())
         for use in columns:
             _count(SENSITIVE, (tier, use["class"], use["action"]))
-        _DECIDED[record["id"]] = (tier, (record.get("kinds") or ["unknown"])[0], decision, bool(columns),
+        kinds = record.get("kinds")
+        _DECIDED[record["id"]] = ((tier, kinds[0] if kinds else "unknown", decision), bool(columns),
                                   any(c["action"] == "clear" for c in columns))
-        if len(_DECIDED) > 10_000:
-            _DECIDED.popitem(last=False)
-    elif kind == "outcome":
-        if record.get("status") == "skipped":
-            return
-        decided = _DECIDED.get(record.get("statement")) or (tier, "unknown", "allow", False, False)
-        _count(STATEMENTS, decided[:3])
-        _observe(STATEMENT_SECONDS, (tier,), record.get("duration_us", 0) / 1e6)
-        rows = record.get("rows") or 0
-        if rows:
-            _count(ROWS, (tier,), rows)
-            if decided[3]:
-                _count(SENSITIVE_ROWS, (tier, "yes" if decided[4] else "no"), rows)
+        if len(_DECIDED) > 2 * _DECIDED_KEEP:
+            _DECIDED = dict(list(_DECIDED.items())[-_DECIDED_KEEP:])
     elif kind == "connection":
         _count(CONNECTIONS, (record.get("result", "unknown"), tier))
     elif kind == "session_end":

@@ -192,6 +192,7 @@ class Session:
         self._last_server_fatal = False
         self._scram: ScramBridge | None = None
         self.tier = None  # the rules' tier for this identity, once authenticated
+        self._who_cache = None  # (tier, who) for the records, see _who
         self._ddl_seen = False
         self._filtering = False  # restricted tier: the server stream is inspected
         self._suppressing = False  # a result was stopped: drop until ReadyForQuery
@@ -623,10 +624,18 @@ class Session:
 
     # ------------------------------------------------------------------ audit
     def _who(self) -> dict:
+        """Who acts, as this session's records say: built once the session is active, again when
+        its tier changes.  Records copy it, never change it."""
+        cached = self._who_cache
+        if cached is not None and cached[0] is self.tier:
+            return cached[1]
         startup = self.startup
-        return {"session": self.id, "user": self.user, "tier": self.tier.name if self.tier else None,
-                "client_addr": self.peer[0], "client_port": self.peer[1], "database": self.database,
-                "application_name": startup.param("application_name") if startup else None}
+        who = {"session": self.id, "user": self.user, "tier": self.tier.name if self.tier else None,
+               "client_addr": self.peer[0], "client_port": self.peer[1], "database": self.database,
+               "application_name": startup.param("application_name") if startup else None}
+        if self.phase is Phase.ACTIVE:
+            self._who_cache = (self.tier, who)
+        return who
 
     def _connection_record(self, result: str, reason: str = "", sqlstate: str | None = None) -> list[Command]:
         if not self.config.audit:

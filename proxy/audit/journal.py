@@ -68,6 +68,7 @@ class Journal:
         self._size = 0
         self._opened_at = 0.0
         self._lock = None
+        self._unsynced_error: OSError | None = None
 
     # -- opening and recovery --------------------------------------------------------------
     def _claim_stream(self) -> None:
@@ -204,12 +205,28 @@ class Journal:
         if path is not None:
             try:
                 os.truncate(path, size)
-            except OSError:
-                pass
+                # the records written before the failed batch may still wait for a sync
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                self._unsynced_error = exc
+
+    @property
+    def file(self):
+        """The open file records are written to: None before the first write, and after a failed one."""
+        return self._file
 
     def sync(self) -> None:
+        # fdatasync is enough: the file only grows, and a new size is flushed with the data (it is
+        # needed to read them back); only timestamps are left out.  Cheaper under load than fsync.
+        error, self._unsynced_error = self._unsynced_error, None
+        if error is not None:  # records of an abandoned file could not be synced: their waiters hear it
+            raise error
         if self._file is not None:
-            os.fsync(self._file.fileno())
+            os.fdatasync(self._file.fileno())
 
     def close(self) -> None:
         if self._file is not None:

@@ -2,8 +2,9 @@
 
 Records submitted during one turn of the event loop are chained and written together, in the
 loop's own thread (page-cache writes are quick, and a thread per record would cost more in
-hand-offs than the writing itself).  Only ``fsync`` runs in an executor thread, where it
-releases the GIL.
+hand-offs than the writing itself).  In strict mode ``fdatasync`` runs in a helper process
+(:mod:`proxy.audit.syncer`, up to two requests queued there); in batched mode, or while no
+helper runs, in an executor thread, where it releases the GIL.
 
 ``strict`` (the default): a record submitted with ``on_durable`` has it called once an fsync that
 started after it was written has finished; everything written while one fsync runs
@@ -20,12 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 from .. import logs
 from . import records
 from .journal import Journal
+from .syncer import Syncer
 
 log = logs.get("pgveil.audit")
+
+HELPER_QUEUE = 2  # sync requests the helper may hold: the next fdatasync starts as one ends
+HELPER_RETRY = 5.0  # seconds before a helper that went away is started again
 
 
 class AuditWriter:
@@ -43,10 +49,13 @@ class AuditWriter:
         self._queue: list[dict] = []  # submitted, not yet written
         self._waiting: list = []  # callbacks of durable records still queued
         self._unsynced: list = []  # callbacks of records written, waiting for the next fsync
-        self._syncing = False
+        self._syncing = False  # an executor thread's fsync is running
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._syncer: Syncer | None = None
+        self._syncer_groups: deque = deque()  # (callbacks, started) per request the helper holds
+        self._syncer_lost_at: float | None = None
 
     @property
     def pending(self) -> int:
@@ -61,7 +70,20 @@ class AuditWriter:
             notes = [dict(records.base("journal", {}), event="opened")]
         for note in notes:
             self.submit(note)
+        if self.mode == "strict":
+            self._start_syncer()
         self._spawn(self._sync_periodically())
+
+    def _start_syncer(self) -> None:
+        syncer = Syncer(self._loop, self._syncer_answered, self._syncer_lost)
+        if syncer.start():
+            self._syncer = syncer
+            if self._syncer_lost_at is not None:
+                log.warning("audit_syncer_back", pid=syncer.pid)
+            self._syncer_lost_at = None
+        elif self._syncer_lost_at is None:
+            log.warning("audit_syncer_unavailable", detail="fdatasync runs in an executor thread")
+            self._syncer_lost_at = time.monotonic()
 
     def submit(self, record: dict, on_durable=None) -> None:
         """Queue a record; ``on_durable(error)`` is called once it is on disk (error None), or at
@@ -100,6 +122,15 @@ class AuditWriter:
             self._flush()
 
     def _start_sync(self) -> None:
+        """Sync what is written so far; the callbacks waiting for it are called after."""
+        syncer, file = self._syncer, self.journal.file
+        if syncer is not None and file is not None:
+            if syncer.in_flight >= HELPER_QUEUE:
+                return  # the records written meanwhile share a later fdatasync
+            group, self._unsynced = self._unsynced, []
+            self._syncer_groups.append((group, time.perf_counter()))
+            syncer.request(file)
+            return
         if self._syncing:
             return  # the records written meanwhile share the next fsync
         self._syncing = True
@@ -113,7 +144,31 @@ class AuditWriter:
             await self._loop.run_in_executor(None, self.journal.sync)
         except OSError as exc:
             error = exc
-            self._fail(exc)
+        self._synced(group, started, error)
+        self._syncing = False
+        if self._unsynced:
+            self._start_sync()
+
+    def _syncer_answered(self, error: str | None) -> None:
+        group, started = self._syncer_groups.popleft()
+        self._synced(group, started, None if error is None else OSError(error))
+        if self._unsynced:
+            self._start_sync()
+
+    def _syncer_lost(self) -> None:
+        """The helper went away: what it was asked is asked again, of the thread, until it is back."""
+        log.warning("audit_syncer_lost", detail="fdatasync runs in an executor thread meanwhile")
+        self._syncer = None
+        self._syncer_lost_at = time.monotonic()
+        asked = [callback for group, _ in self._syncer_groups for callback in group]
+        self._syncer_groups.clear()
+        self._unsynced = asked + self._unsynced
+        if self._unsynced:
+            self._start_sync()
+
+    def _synced(self, group: list, started: float, error: OSError | None) -> None:
+        if error is not None:
+            self._fail(error)
         else:
             self.last_fsync_seconds = time.perf_counter() - started
             self.fsyncs += 1
@@ -122,14 +177,18 @@ class AuditWriter:
                 log.warning("audit_journal_recovered")
         for callback in group:
             callback(None if error is None else OSError(self.error))
-        self._syncing = False
-        if self._unsynced:
-            self._start_sync()
+
+    @property
+    def _syncs_running(self) -> bool:
+        return self._syncing or bool(self._syncer_groups)
 
     async def _sync_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            if not self._syncing:
+            if self._syncer is None and self._syncer_lost_at is not None and \
+                    time.monotonic() - self._syncer_lost_at > HELPER_RETRY:
+                self._start_syncer()
+            if not self._syncs_running:
                 self._start_sync()
 
     def _spawn(self, coro) -> None:
@@ -139,8 +198,11 @@ class AuditWriter:
 
     async def close(self) -> None:
         self._flush()
-        while self._syncing:
+        while self._syncs_running:
             await asyncio.sleep(0.01)
+        if self._syncer is not None:
+            self._syncer.close()
+            self._syncer = None
         for task in list(self._tasks):
             task.cancel()
         try:
