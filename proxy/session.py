@@ -489,8 +489,9 @@ class Session:
                     body = out[start + 5:end]
                     if body[:1] == b"S":
                         self._prepared.statements.pop(codec._text(bytes(body[1:body.index(b"\0", 1)])), None)
-            if kind == Q and engine is not None and self.tier is not None:
-                reply = self._declare_purpose(out[start:end])
+            sql = codec.query_text(out[start:end]) if kind == Q and decide else None  # read once for both below
+            if sql is not None and engine is not None and self.tier is not None:
+                reply = self._declare_purpose(sql)
                 if reply is not None:
                     audits.append(SendToClient(reply))
                     pieces += (out[pos:start],)
@@ -498,7 +499,7 @@ class Session:
                     self._audit_purpose(audits)
                     continue
             if decide and (kind == Q or kind == P or kind == F):
-                replacement = self._decide_message(kind, out[start:end], audits)
+                replacement = self._decide_message(kind, out[start:end], audits, sql)
                 if replacement is not None:
                     pieces += (out[pos:start], replacement)
                     pos = end
@@ -682,8 +683,9 @@ class Session:
             self._search_path_parsed = policy.parse_search_path(value)
         return self._search_path_parsed
 
-    def _decide_message(self, kind: int, message: bytes, audits: list) -> bytes | None:
-        """Decide a Query, Parse or FunctionCall; the bytes to send instead, or None."""
+    def _decide_message(self, kind: int, message: bytes, audits: list, sql: str | None = None) -> bytes | None:
+        """Decide a Query (its text in ``sql`` when already read), Parse or FunctionCall; the bytes
+        to send instead, or None."""
         decoded = codec.decode_message(codec.FRONTEND, message) if kind != Q else None
         engine = self.config.engine
         if kind == F:
@@ -692,7 +694,8 @@ class Session:
                 "refuse", "", reason=f"the FunctionCall message is not allowed for tier {self.tier.name}",
                 sqlstate="42501")
         else:
-            sql = decoded.query if decoded is not None else codec.query_text(message)
+            if sql is None:
+                sql = decoded.query if decoded is not None else codec.query_text(message)
             if self._filtering and self.server_params.get("standard_conforming_strings", "on") != "on":
                 decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                     "the server reports standard_conforming_strings off: pgveil would read string literals "
@@ -751,10 +754,9 @@ class Session:
             audits.append(SendToClient(codec.encode(codec.NoticeResponse(
                 ((b"S", "NOTICE"), (b"V", "NOTICE"), (b"C", "01000"), (b"M", text))))))
 
-    def _declare_purpose(self, message: bytes) -> bytes | None:
-        """``SET pgveil.purpose = '...'`` / ``RESET pgveil.purpose``, answered here: the database
-        never sees it.  Returns the reply, or None if the Query is not such a statement."""
-        sql = codec.query_text(message)
+    def _declare_purpose(self, sql: str) -> bytes | None:
+        """``SET pgveil.purpose = '...'`` / ``RESET pgveil.purpose`` (a Query's text), answered here:
+        the database never sees it.  Returns the reply, or None if the Query is not such a statement."""
         if PURPOSE_WORD not in sql.lower():
             return None
         match = PURPOSE_SET.match(sql)
@@ -885,8 +887,7 @@ class Session:
         hidden = self.config.engine.hidden_columns(self.tier)
         if not hidden:
             return None
-        description = codec.decode_message(codec.BACKEND, message)
-        for name, table_oid, column, *_ in description.columns:
+        for name, table_oid, column in codec.row_sources(message):
             if table_oid and (table_oid, column) in hidden:
                 return f"{name} (table {table_oid}, column {column})"
         return None

@@ -179,3 +179,29 @@ def test_query_text_is_decode_message_without_the_message(text):
 def test_query_text_rejects_what_decode_message_rejects(data):
     with pytest.raises(ProtocolViolation):
         query_text(data)
+
+
+field = st.tuples(text, int32, int16, int32, int16, int32, int16)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(field, max_size=6))
+def test_row_sources_are_decode_message_without_the_message(columns):
+    data = encode(codec.RowDescription(tuple(columns)))
+    assert codec.row_sources(data) == [c[:3] for c in decode_message(codec.BACKEND, data).columns] == \
+        [c[:3] for c in columns]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(field, min_size=1, max_size=3), st.integers(0, 60), st.binary(max_size=3))
+def test_row_sources_reject_what_decode_message_rejects(columns, cut, extra):
+    data = encode(codec.RowDescription(tuple(columns)))
+    broken = data[:max(5, len(data) - cut)] + extra
+    broken = broken[:1] + struct.pack("!I", len(broken) - 1) + broken[5:]  # a consistent length, a wrong body
+    try:
+        expected = [c[:3] for c in decode_message(codec.BACKEND, broken).columns]
+    except ProtocolViolation:
+        with pytest.raises(ProtocolViolation):
+            codec.row_sources(broken)
+    else:
+        assert codec.row_sources(broken) == expected
