@@ -30,7 +30,8 @@ def markdown(report: dict) -> str:
             lines.append(f"| {script} | {r['mode']} | {r['strict_over_off']:.2f} | {r['batched_over_off']:.2f} |")
         lines.append("")
     if report.get("streaming"):
-        lines += [f"Streaming {report['streaming'][0]['rows']:,} rows (psql reading as fast as it can):", "",
+        lines += [f"Streaming {report['streaming'][0]['rows']:,} rows (psql reading as fast as it can; medians of "
+                  f"{report.get('stream_rounds', report['rounds'])} rounds):", "",
                   "| test | configuration | MB/s | rows/s | x direct |", "| --- | --- | ---: | ---: | ---: |"]
         for r in report["streaming"]:
             test = "SELECT" if r["test"] == "select" else "COPY TO STDOUT"

@@ -25,6 +25,7 @@ from .config import Settings, split_host_port
 from .audit import records as audit_records
 from .audit.writer import AuditWriter
 from .scram import tls_server_end_point
+from .tasks import Tasks
 from .tools import load_engine
 from .session import (Alert, Audit, Close, Phase, RefreshCatalog, ConnectUpstream, ForwardCancel, LookupVerifier, SendToClient,
                       SendToServer, Session, SessionConfig, StartClientTLS)
@@ -99,7 +100,7 @@ class ClientLink(asyncio.Protocol):
         self.started = time.monotonic()
         self.id = next(_session_ids)
         self.closed = False
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = Tasks()
         self._reading_paused = False
         self._start_logged = False
         # strict audit: while a statement waits for its record to reach the disk, what the client
@@ -211,13 +212,13 @@ class ClientLink(asyncio.Protocol):
             self.close(command.reason, command.error)
         elif kind is ConnectUpstream:
             self.pause_reading()
-            self._spawn(self._connect_upstream())
+            self._tasks.spawn(self._connect_upstream())
         elif kind is StartClientTLS:
-            self._spawn(self._start_tls())
+            self._tasks.spawn(self._start_tls())
         elif kind is ForwardCancel:
             self.proxy.spawn(self.proxy.forward_cancel(command.request))
         elif kind is LookupVerifier:
-            self._spawn(self._lookup_verifier(command.user))
+            self._tasks.spawn(self._lookup_verifier(command.user))
         elif kind is RefreshCatalog:
             self.proxy.catalog_changed()
         elif kind is Alert:
@@ -230,11 +231,6 @@ class ClientLink(asyncio.Protocol):
                 metrics.SECOND_LAYER.labels(tier).inc()
         else:  # pragma: no cover - a new command without a handler is a bug
             raise TypeError(f"unknown command {command!r}")
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _start_tls(self) -> None:
         loop = asyncio.get_running_loop()
@@ -284,9 +280,7 @@ class ClientLink(asyncio.Protocol):
             self.transport.close()
         if self.upstream and self.upstream.transport:
             self.upstream.transport.close()
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
+        self._tasks.cancel()
         self._finish()
 
     def _finish(self) -> None:
@@ -332,16 +326,14 @@ class Proxy:
         self.metrics_server = None
         self.metrics_seen: dict = {}
         self._auth_pool = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = Tasks()
         self.server: asyncio.base_events.Server | None = None
 
     def _audit_ok(self) -> bool:
         return self.audit.healthy
 
     def spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -467,8 +459,7 @@ class Proxy:
         if self._auth_pool is not None:
             await self._auth_pool.close()
         await self.audit.close()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         for shipper in getattr(self, "shippers", []):
             await shipper.sink.close()
 

@@ -24,6 +24,7 @@ import time
 from collections import deque
 
 from .. import logs
+from ..tasks import Tasks
 from . import records
 from .journal import Journal
 from .syncer import Syncer
@@ -52,7 +53,7 @@ class AuditWriter:
         self._syncing = False  # an executor thread's fsync is running
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = Tasks()
         self._syncer: Syncer | None = None
         self._syncer_groups: deque = deque()  # (callbacks, started) per request the helper holds
         self._syncer_lost_at: float | None = None
@@ -72,7 +73,7 @@ class AuditWriter:
             self.submit(note)
         if self.mode == "strict":
             self._start_syncer()
-        self._spawn(self._sync_periodically())
+        self._tasks.spawn(self._sync_periodically())
 
     def _start_syncer(self) -> None:
         syncer = Syncer(self._loop, self._syncer_answered, self._syncer_lost)
@@ -135,7 +136,7 @@ class AuditWriter:
             return  # the records written meanwhile share the next fsync
         self._syncing = True
         group, self._unsynced = self._unsynced, []
-        self._spawn(self._sync(group))
+        self._tasks.spawn(self._sync(group))
 
     async def _sync(self, group: list) -> None:
         started = time.perf_counter()
@@ -191,11 +192,6 @@ class AuditWriter:
             if not self._syncs_running:
                 self._start_sync()
 
-    def _spawn(self, coro) -> None:
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def close(self) -> None:
         self._flush()
         while self._syncs_running:
@@ -203,8 +199,7 @@ class AuditWriter:
         if self._syncer is not None:
             self._syncer.close()
             self._syncer = None
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         try:
             self.journal.close()
         except OSError:
