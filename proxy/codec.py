@@ -688,6 +688,9 @@ def error_response(sqlstate: str, message: str, *, severity: str = "ERROR",
 
 
 # --------------------------------------------------------------------------- splitting
+_LENGTH = struct.Struct("!I").unpack_from
+
+
 class Splitter:
     """Finds message boundaries in one direction of a stream, without copying what it passes.
 
@@ -739,11 +742,14 @@ class Splitter:
         pos = 0
         marks = []
         watch = self.watch
+        max_size = self.max_size
+        unpack = _LENGTH  # reads in place: half the time of slicing out four bytes (a COPY is a message per row)
         base = len(head)
-        while n - pos >= 5:
+        last = n - 5
+        while pos <= last:
             kind = buf[pos]
-            length = int.from_bytes(buf[pos + 1:pos + 5], "big")
-            if length < 4 or length > self.max_size:
+            length = unpack(buf, pos + 1)[0]
+            if length < 4 or length > max_size:
                 raise ProtocolViolation(f"invalid message length {length} for type {chr(kind)!r}")
             end = pos + 1 + length
             if kind in watch:
