@@ -82,8 +82,9 @@ class AuditWriter:
             if self._syncer_lost_at is not None:
                 log.warning("audit_syncer_back", pid=syncer.pid)
             self._syncer_lost_at = None
-        elif self._syncer_lost_at is None:
-            log.warning("audit_syncer_unavailable", detail="fdatasync runs in an executor thread")
+        else:  # tried again HELPER_RETRY seconds from now; said once
+            if self._syncer_lost_at is None:
+                log.warning("audit_syncer_unavailable", detail="fdatasync runs in an executor thread")
             self._syncer_lost_at = time.monotonic()
 
     def submit(self, record: dict, on_durable=None) -> None:
