@@ -166,3 +166,9 @@ def test_manifests_hold_what_they_need(tmp_path):
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert "USER 10001" in dockerfile and "ENTRYPOINT" in dockerfile
     assert "User=pgveil" in (DEPLOY / "systemd" / "pgveil.service").read_text()
+
+
+def test_compose_init_sql_is_what_the_demo_generates():
+    from proxy.demo import compose_init_sql
+    assert (DEPLOY / "compose" / "init.sql").read_text(encoding="utf-8") == compose_init_sql(), \
+        "deploy/compose/init.sql is out of date: write it again with `python -m proxy.demo`"
