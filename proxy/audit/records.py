@@ -36,35 +36,36 @@ def new_id() -> str:
     return f"{_PREFIX}{next(_counter):x}"
 
 
-def base(kind: str, who: dict) -> dict:
-    return {"v": SCHEMA_VERSION, "id": new_id(), "ts": now(), "type": kind, **who}
+def base(kind: str, who: dict, record_id: str | None = None) -> dict:
+    return {"v": SCHEMA_VERSION, "id": record_id or new_id(), "ts": now(), "type": kind, **who}
 
 
 def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, rules_version: str | None,
               purpose: str | None = None, grant: str | None = None) -> dict:
     """The decision on one statement: recorded before the statement reaches the database."""
-    if decision is None:
-        normalized = normalize(sql)
-        return {**who, "v": SCHEMA_VERSION, "id": statement_id, "ts": now(), "type": "statement",
-                "protocol": protocol, "sql": normalized, "fingerprint": fingerprint(normalized), "kinds": [],
-                "relations": [], "columns": [], "decision": "allow", "reason": "", "unparsed": False,
-                "rules_version": rules_version, "purpose": purpose, "grant": grant}
-    normalized = decision.normalized or normalize(sql)
-    return {**who, "v": SCHEMA_VERSION, "id": statement_id, "ts": now(), "type": "statement",
-            "protocol": protocol, "sql": normalized, "fingerprint": fingerprint(normalized),
-            "kinds": list(decision.kinds), "relations": list(decision.relations),
+    normalized = (decision.normalized if decision is not None else "") or normalize(sql)
+    return {**base("statement", who, statement_id),
+            "protocol": protocol,
+            "sql": normalized,
+            "fingerprint": fingerprint(normalized),
+            "kinds": list(decision.kinds) if decision else [],
+            "relations": list(decision.relations) if decision else [],
             "columns": [{"relation": c.relation, "column": c.column, "class": c.cls, "action": c.action}
-                        for c in decision.columns],
-            "decision": decision.verdict, "reason": decision.reason, "unparsed": bool(decision.unparsed),
-            "rules_version": rules_version, "purpose": purpose, "grant": grant}
+                        for c in (decision.columns if decision else ())],
+            "decision": decision.verdict if decision else "allow",
+            "reason": decision.reason if decision else "",
+            "unparsed": bool(decision.unparsed) if decision else False,
+            "rules_version": rules_version,
+            "purpose": purpose,
+            "grant": grant}
 
 
 def outcome(who: dict, statement_id: str, status: str, rows: int | None, seconds: float,
             sqlstate: str | None) -> dict:
     """What came of a statement: linked to its decision record by ``statement``.  Records hold no
     floats, so that their canonical JSON is the same in every JSON library."""
-    return {**who, "v": SCHEMA_VERSION, "id": new_id(), "ts": now(), "type": "outcome", "statement": statement_id,
-            "status": status, "rows": rows, "duration_us": int(seconds * 1_000_000), "sqlstate": sqlstate}
+    return {**base("outcome", who), "statement": statement_id, "status": status, "rows": rows,
+            "duration_us": int(seconds * 1_000_000), "sqlstate": sqlstate}
 
 
 def rows_of(tag: str) -> int | None:
