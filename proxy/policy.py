@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 from .audit.normalize import from_tokens as normalize_tokens
 from .audit.normalize import normalize
-from . import lexer
+from . import heads, lexer
 from .sql import SqlglotError, exp, parse_one, to_sql, tokenize
 
 from .rewrite import (FORBIDDEN_SETTINGS, PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of,
@@ -39,6 +39,11 @@ from .writes import rewrite_copy, rewrite_write
 TRANSACTION_WORDS = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"})
 CURSOR_WORDS = frozenset({"FETCH", "MOVE", "CLOSE"})
 SESSION_WORDS = frozenset({"LISTEN", "UNLISTEN", "NOTIFY", "EXECUTE"})
+# what each statement that carries a statement may carry (PostgreSQL's grammar)
+EXPLAINABLE = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "(", "INSERT", "UPDATE", "DELETE", "MERGE", "EXECUTE",
+                         "DECLARE", "CREATE"})
+PREPARABLE = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "(", "INSERT", "UPDATE", "DELETE", "MERGE"})
+CURSOR_QUERIES = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "("})
 HARMLESS_WORDS = frozenset({"DISCARD", "DEALLOCATE"})
 QUERY_WORDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "("})
 WRITE_WORDS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
@@ -58,6 +63,9 @@ class Decision:
     relations: tuple = ()
     columns: tuple = ()  # ColumnUse
     unparsed: bool = False
+    # SQL-level cursors and prepared statements, in order: (op, what, name) with op "declare" or
+    # "use" and what "cursor" or "statement"; the session checks each use against its declarations
+    names: tuple = ()
     normalized: str = ""  # the text with literals and comments removed, for the audit
 
     @property
@@ -73,11 +81,19 @@ class Segment:
 
     @property
     def word(self) -> str:
+        """The statement's leading keyword ("(" for a parenthesised query); "" when it does not
+        start with an unquoted word: a quoted name is never a keyword."""
         first = self.tokens[0]
-        return "(" if first.text == "(" else first.text.upper()
+        if first.token_type.name == "L_PAREN":
+            return "("
+        return heads.keyword(first, self.text, self.offset) or ""
 
     def words(self, n: int) -> list[str]:
-        return [t.text.upper() for t in self.tokens[:n]]
+        """The first ``n`` tokens as keywords ("" for a token that is not an unquoted word)."""
+        return [heads.keyword(t, self.text, self.offset) or "" for t in self.tokens[:n]]
+
+    def keyword(self, i: int) -> str | None:
+        return heads.keyword(self.tokens[i], self.text, self.offset) if i < len(self.tokens) else None
 
 
 def split_statements(sql: str, tokens: list | None = None) -> list[Segment]:
@@ -105,6 +121,7 @@ class Statement:
         self.ctx = ctx
         self.rw = rewriter
         self.kinds: list[str] = []
+        self.names: list[tuple[str, str, str]] = []
         self.rewritten = False
 
     @staticmethod
@@ -133,9 +150,13 @@ class Statement:
         if word == "SHOW":
             self.need("read", "SHOW")
             return self.passthrough(seg)
+        if word in ("FETCH", "MOVE"):
+            return self.fetch(seg)
         if word in CURSOR_WORDS:
             self.need("read", word)
             return self.passthrough(seg)
+        if word == "EXECUTE":
+            return self.execute(seg)
         if word in SESSION_WORDS:
             self.need("session", word)
             return self.passthrough(seg)
@@ -151,12 +172,13 @@ class Statement:
             raise Refusal(f"DO blocks are not allowed for tier {self.ctx.tier.name}")
         if word in DDL_WORDS:
             return self.ddl(seg)
-        self.need("admin", word)
+        self.need("admin", word or "a statement that does not start with a keyword")
         return self.passthrough(seg)
 
     # -- SET ------------------------------------------------------------------
     def setting(self, seg: Segment) -> str:
-        words = [w for w in seg.words(6) if w not in ("SESSION", "LOCAL")]
+        # setting names are case-insensitive and may be quoted: read by their text
+        words = [t.text.upper() for t in seg.tokens[:6] if t.text.upper() not in ("SESSION", "LOCAL")]
         name = words[1].lower() if len(words) > 1 else ""
         if name == "authorization":  # SET/RESET [SESSION] SESSION AUTHORIZATION (SESSION dropped above)
             name = "session_authorization"
@@ -191,58 +213,115 @@ class Statement:
             raise NotUnderstood(f"{seg.word} is not one statement")
         return seg.text[:cut], parts[0]
 
-    def inner(self, head: str, body: Segment, index: int) -> str:
+    def inner(self, head: str, body: Segment, index: int, allowed: frozenset) -> str:
         if index >= len(body.tokens):
             raise NotUnderstood("statement is incomplete")
         start = body.tokens[index].start - body.offset
         parts = split_statements(body.text[start:])  # fresh tokens: see body()
         if len(parts) != 1:
             raise NotUnderstood("the inner statement is not one statement")
+        if parts[0].word not in allowed:
+            raise NotUnderstood(f"{head.strip().split()[0].upper()} cannot carry {parts[0].word or 'this statement'}")
         return " ".join(p for p in (head.strip(), body.text[:start].strip(), self.run(parts[0])) if p)
 
     def explain(self, seg: Segment) -> str:
         head, body = self.body(seg)
         i, analyze, tokens = 0, False, body.tokens
-        if tokens[0].text == "(":
+        if tokens[0].token_type.name == "L_PAREN":
             depth = 0
             while i < len(tokens):
-                text = tokens[i].text
-                depth += text == "("
-                depth -= text == ")"
-                if text.upper() in ("ANALYZE", "ANALYSE") and i + 1 < len(tokens) \
+                kind = tokens[i].token_type.name
+                depth += kind == "L_PAREN"
+                depth -= kind == "R_PAREN"
+                # an option's name may be quoted ("analyze"): read by its text, the safe side
+                if tokens[i].text.upper() in ("ANALYZE", "ANALYSE") and i + 1 < len(tokens) \
                         and tokens[i + 1].text.upper() not in ("FALSE", "OFF", "0"):
                     analyze = True
                 i += 1
                 if depth == 0:
                     break
-        while i < len(tokens) and tokens[i].text.upper() in ("ANALYZE", "ANALYSE", "VERBOSE"):
-            analyze = analyze or tokens[i].text.upper() != "VERBOSE"
+        while i < len(tokens) and body.keyword(i) in ("ANALYZE", "ANALYSE", "VERBOSE"):
+            analyze = analyze or body.keyword(i) != "VERBOSE"
             i += 1
         if not analyze:
             self.need("read", "EXPLAIN")
         before = len(self.kinds)
-        text = self.inner(head, body, i)
+        text = self.inner(head, body, i, EXPLAINABLE)
         if not analyze:
             del self.kinds[before:]  # EXPLAIN without ANALYZE runs nothing
         return text
 
     def prepare(self, seg: Segment) -> str:
+        """``PREPARE name [(types)] AS statement``: the statement is analysed now, and its name
+        noted so that an EXECUTE of it can be checked (see :class:`proxy.sqlnames.SqlNames`)."""
         head, body = self.body(seg)
-        if body.tokens[0].text.upper() == "TRANSACTION":
+        if body.keyword(0) == "TRANSACTION" and body.tokens[1:2] and body.tokens[1].token_type.name == "STRING":
             self.need("admin", "PREPARE TRANSACTION")
             return self.passthrough(seg)
         self.need("session", "PREPARE")
-        for i, token in enumerate(body.tokens):
-            if token.text.upper() == "AS":
-                return self.inner(head, body, i + 1)
-        raise NotUnderstood("PREPARE without AS")
+        try:
+            name, index = heads.prepare(body.tokens, body.text, body.offset)
+        except heads.HeadError as exc:
+            raise NotUnderstood(f"PREPARE: {exc}") from None
+        text = self.inner(head, body, index, PREPARABLE)
+        self.names.append(("declare", "statement", name))
+        return text
 
     def declare(self, seg: Segment) -> str:
+        """``DECLARE name ... CURSOR ... FOR query``: the query is analysed now, the name noted."""
         head, body = self.body(seg)
-        for i, token in enumerate(body.tokens):
-            if token.text.upper() == "FOR":
-                return self.inner(head, body, i + 1)
-        raise NotUnderstood("DECLARE without FOR")
+        try:
+            name, index = heads.declare(body.tokens, body.text, body.offset)
+        except heads.HeadError as exc:
+            raise NotUnderstood(f"DECLARE: {exc}") from None
+        before = len(self.kinds)
+        text = self.inner(head, body, index, CURSOR_QUERIES)
+        if set(self.kinds[before:]) - {"read"}:
+            raise NotUnderstood("a cursor's query must only read")
+        self.names.append(("declare", "cursor", name))
+        return text
+
+    def fetch(self, seg: Segment) -> str:
+        """``FETCH``/``MOVE [direction] [FROM|IN] name``: reads a cursor declared before."""
+        self.need("read", seg.word)
+        _, body = self.body(seg)
+        try:
+            name = heads.fetch(body.tokens, body.text, body.offset)
+        except heads.HeadError as exc:
+            raise NotUnderstood(str(exc)) from None
+        self.names.append(("use", "cursor", name))
+        return self.passthrough(seg)
+
+    def execute(self, seg: Segment) -> str:
+        """``EXECUTE name [(expression, ...)]``: runs a statement prepared before; its parameters
+        are expressions, analysed like a query's (a function there could read data)."""
+        self.need("session", "EXECUTE")
+        if len(seg.tokens) < 2:
+            raise NotUnderstood("EXECUTE without a name")
+        head, body = self.body(seg)
+        try:
+            name, paren = heads.execute(body.tokens, body.text, body.offset)
+        except heads.HeadError as exc:
+            raise NotUnderstood(str(exc)) from None
+        self.names.append(("use", "statement", name))
+        if paren is None:
+            return self.passthrough(seg)
+        start = body.tokens[paren].start - body.offset
+        query = f"SELECT {body.text[start + 1:-1]}"  # the parameters, without their parentheses
+        parts = split_statements(query)
+        if len(parts) != 1:
+            raise NotUnderstood("EXECUTE's parameters are not one list")
+        try:
+            tree = parse_one(parts[0].text)
+        except SqlglotError as exc:
+            raise NotUnderstood(str(exc).splitlines()[0][:200]) from None
+        if not isinstance(tree, exp.Select) or any(v for k, v in tree.args.items() if k != "expressions"):
+            raise NotUnderstood("EXECUTE's parameters are not a list of expressions")
+        self.rw.rewrite(tree)
+        params = self.rw.substitute(generate(tree))
+        if not params.startswith("SELECT "):
+            raise NotUnderstood("EXECUTE's parameters did not generate as expected")
+        return f"{head.strip()} {body.text[:start].strip()}({params[len('SELECT '):]})"
 
     def ddl(self, seg: Segment) -> str:
         words = [w for w in seg.words(6) if w not in ("OR", "REPLACE", "TEMP", "TEMPORARY", "UNLOGGED",
@@ -250,7 +329,7 @@ class Statement:
         if seg.word == "CREATE" and len(words) > 1 and words[1] in CREATE_REFUSED:
             raise Refusal(f"CREATE {words[1]} is not allowed for tier {self.ctx.tier.name}")
         self.need("ddl", seg.word)
-        if seg.word == "CREATE" and any(t.text.upper() == "AS" for t in seg.tokens):
+        if seg.word == "CREATE" and any(seg.keyword(i) == "AS" for i in range(len(seg.tokens))):
             return self.parsed(seg, ddl=True)
         return self.passthrough(seg)
 
@@ -318,10 +397,12 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
     rw = Rewriter(ctx, templates)
     texts, kinds = [], []
     try:
+        names = []
         for seg in segments:
             statement = Statement(ctx, rw)
             texts.append(statement.run(seg))
             kinds += statement.kinds
+            names += statement.names
     except Refusal as exc:
         return _refuse(exc, rw)
     except (SqlglotError, RecursionError, ValueError, KeyError, AttributeError, TypeError) as exc:
@@ -330,7 +411,7 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
     masked = any(c.action != "clear" for c in columns) or any(
         ctx.tier.rows and rw.row_filter(ctx.catalog.by_name[tuple(r.split(".", 1))]) for r in rw.analysis.relations)
     return Decision("rewrite" if masked else "allow", "; ".join(texts), kinds=tuple(dict.fromkeys(kinds)),
-                    relations=tuple(rw.analysis.relations), columns=columns)
+                    relations=tuple(rw.analysis.relations), columns=columns, names=tuple(names))
 
 
 def _refuse(exc: Refusal, rw: Rewriter | None = None) -> Decision:
@@ -372,7 +453,10 @@ def shape_of(sql: str, tokens: list) -> tuple[str, list] | None:
     taken out; None when the statement is not of the kinds this applies to."""
     while tokens and tokens[-1].token_type.name == "SEMICOLON":
         tokens = tokens[:-1]  # one statement, as drivers often send it: "...;"
-    if not tokens or tokens[0].text.upper() not in QUERY_WORDS | WRITE_WORDS:
+    if not tokens:
+        return None
+    first = "(" if tokens[0].token_type.name == "L_PAREN" else heads.keyword(tokens[0], sql)
+    if first not in QUERY_WORDS | WRITE_WORDS:
         return None
     parts, literals, pos = [], [], 0
     for token in tokens:

@@ -40,6 +40,7 @@ from . import codec, policy
 from .audit import records
 from .audit.tracker import StatementTracker
 from .prepared import PreparedStatements
+from .sqlnames import SqlNames
 from .codec import ProtocolViolation
 from .scram import ScramBridge, ScramError
 
@@ -173,6 +174,7 @@ class Session:
         self.statements = 0
         self._tracker = StatementTracker()
         self._prepared = PreparedStatements()
+        self._sql_names = SqlNames()
         self._refused_ids: set[str] = set()
         self.phase = Phase.STARTUP
         self.client_tls = False
@@ -708,6 +710,8 @@ class Session:
                 started = time.perf_counter()
                 decision = engine.decide(sql, tier, self._search_path(), self.user or "")
                 self._decision_us = int((time.perf_counter() - started) * 1_000_000)
+                if decision.names and not decision.refused:
+                    decision = self._check_names(decision, tier)
                 if tier is not self.tier and decision.columns:
                     self._purpose_notice(decision, audits)
             else:
@@ -735,6 +739,16 @@ class Session:
         if kind == Q:
             return codec.encode(codec.Query(decision.sql))
         return codec.encode(codec.Parse(decoded.name, decision.sql, decoded.param_types))
+
+    def _check_names(self, decision, tier):
+        """Cursors and SQL-prepared statements: a use must name one declared through pgveil in
+        this session under the same access (see :mod:`proxy.sqlnames`)."""
+        access = (self._rules_version, tier.name, tier.needs_purpose, self._grants)
+        reason = self._sql_names.apply(decision.names, access, self._prepared.statements, self._rules_version)
+        if reason is None:
+            return decision
+        return policy.Decision("refuse", "", reason=f"{reason} (tier {tier.name})", sqlstate="42501",
+                               kinds=decision.kinds)
 
     def _audit_purpose(self, audits: list) -> None:
         if self.config.audit:

@@ -1,0 +1,78 @@
+"""Statement heads read by token types, never by a token's text alone (issue 12), without a network."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+from policy_fixture import HERE, fixture_catalog
+from proxy import heads, sqlnames
+from proxy.policy import Context, decide
+from proxy.rules import load_rules
+
+RULES = load_rules((HERE / "policy_rules.yaml").read_text().replace(
+    "    statements: [read]\n  production:", "    statements: [read, session, admin]\n  production:"))
+CATALOG = fixture_catalog()
+
+
+def run(sql: str, tier: str = "sales"):
+    return decide(sql, Context(RULES.tier(tier), RULES, CATALOG))
+
+
+def test_doctests():
+    for module in (heads, sqlnames):
+        assert doctest.testmod(module).failed == 0
+
+
+@pytest.mark.parametrize("sql", [
+    'DECLARE "for" CURSOR FOR SELECT (c.*)::text FROM customers c',
+    'DECLARE "cursor" SCROLL CURSOR WITH HOLD FOR SELECT id_number FROM customers',
+    'PREPARE "as" AS SELECT (c.*)::text FROM customers c',
+    'PREPARE "as" ("as") AS SELECT id_number FROM customers',
+    'EXPLAIN ANALYZE DECLARE "for" CURSOR FOR SELECT id_number FROM customers',
+])
+def test_quoted_keywords_do_not_end_a_head(sql):
+    decision = run(sql)
+    assert decision.verdict == "rewrite", decision.reason
+    assert "public.customers" in decision.relations and decision.columns
+    assert "pg_catalog." in decision.sql  # the inner statement was rewritten (masking expressions)
+
+
+@pytest.mark.parametrize("sql, reason", [
+    ('DECLARE c "cursor" FOR SELECT 1', "DECLARE: expected CURSOR"),
+    ('DECLARE c CURSOR "for" SELECT 1', "DECLARE: expected FOR"),
+    ("DECLARE c CURSOR FOR DELETE FROM customers", "DECLARE cannot carry DELETE"),
+    ('PREPARE p "as" SELECT 1', "PREPARE: expected AS"),
+    ("PREPARE p ('x') AS SELECT 1", "PREPARE's parameter types hold a literal"),
+    ("PREPARE p AS SET search_path = public", "PREPARE cannot carry SET"),
+    ("FETCH ALL FROM c d", "unexpected 'c' in FETCH"),
+    ("EXECUTE p(1) x", "EXECUTE's parameters must be one parenthesised list"),
+    ("EXECUTE p(query_to_xml('SELECT 1', true, true, ''))", "function query_to_xml is not allowed"),
+    ('"select" 1', "admin statements"),
+])
+def test_heads_pgveil_cannot_read_are_refused(sql, reason):
+    decision = run(sql, "customer_service" if "admin" in reason else "sales")
+    assert decision.refused and reason in decision.reason, decision.reason
+
+
+def test_names_are_folded_like_postgres():
+    assert run('FETCH 2 FROM "For"').names == (("use", "cursor", "For"),)
+    assert run("MOVE -1 IN Cur").names == (("use", "cursor", "cur"),)
+    assert run("EXECUTE P(1, 'a')").names == (("use", "statement", "p"),)
+    assert run("EXECUTE P(1, 'a')").sql == "EXECUTE P(1, 'a')"
+    assert run('PREPARE "as" AS SELECT 1').names == (("declare", "statement", "as"),)
+
+
+def test_use_is_checked_against_the_access_it_was_declared_under():
+    names = sqlnames.SqlNames()
+    assert names.apply((("declare", "cursor", "c"), ("use", "cursor", "c")), "a", {}) is None
+    assert names.apply((("use", "cursor", "c"),), "a", {}) is None
+    assert "other rules" in names.apply((("use", "cursor", "c"),), "b", {})
+    assert "not declared" in names.apply((("use", "cursor", "d"),), "a", {})
+    # a refused decision declares nothing
+    assert names.apply((("declare", "cursor", "e"), ("use", "cursor", "x")), "a", {}) is not None
+    assert "not declared" in names.apply((("use", "cursor", "e"),), "a", {})
+    # statements prepared with the Parse message: usable under the rules they were decided for
+    assert names.apply((("use", "statement", "s"),), "a", {"s": ("SELECT 1", (), "v1")}, "v1") is None
+    assert "other rules" in names.apply((("use", "statement", "s"),), "a", {"s": ("SELECT 1", (), "v0")}, "v1")
