@@ -32,8 +32,8 @@ from .audit.normalize import normalize
 from . import heads, lexer
 from .sql import SqlglotError, exp, parse_one, to_sql, tokenize
 
-from .rewrite import (FORBIDDEN_SETTINGS, PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of,
-                      search_path_is_safe)
+from . import settings
+from .rewrite import PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of
 from .writes import rewrite_copy, rewrite_write
 
 TRANSACTION_WORDS = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"})
@@ -48,6 +48,7 @@ HARMLESS_WORDS = frozenset({"DISCARD", "DEALLOCATE"})
 QUERY_WORDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "("})
 WRITE_WORDS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
 DDL_WORDS = frozenset({"CREATE", "ALTER", "DROP", "COMMENT"})
+ALTER_WITH_SETTINGS = frozenset({"ROLE", "USER", "DATABASE", "SYSTEM", "FUNCTION", "PROCEDURE", "ROUTINE"})
 CREATE_REFUSED = ("FUNCTION", "PROCEDURE", "RULE", "TRIGGER", "EVENT", "AGGREGATE", "OPERATOR", "LANGUAGE",
                   "EXTENSION", "CAST", "CONVERSION", "ROLE", "USER", "SERVER", "FOREIGN", "PUBLICATION",
                   "SUBSCRIPTION", "TRANSFORM")
@@ -177,25 +178,21 @@ class Statement:
 
     # -- SET ------------------------------------------------------------------
     def setting(self, seg: Segment) -> str:
-        # setting names are case-insensitive and may be quoted: read by their text
-        words = [t.text.upper() for t in seg.tokens[:6] if t.text.upper() not in ("SESSION", "LOCAL")]
-        name = words[1].lower() if len(words) > 1 else ""
-        if name == "authorization":  # SET/RESET [SESSION] SESSION AUTHORIZATION (SESSION dropped above)
-            name = "session_authorization"
-        if name == "client_encoding" and seg.word == "SET":
-            value = seg.tokens[-1].text.strip("'\"").upper().replace("-", "").replace("_", "")
-            if value not in ("UTF8", "UNICODE", "DEFAULT"):
-                raise Refusal(f"client_encoding {value} is not allowed for tier {self.ctx.tier.name}: "
-                              f"pgveil analyses statements as UTF8")
-        elif name in FORBIDDEN_SETTINGS:
-            raise Refusal(f"changing {name} is not allowed for tier {self.ctx.tier.name}: {FORBIDDEN_SETTINGS[name]}")
-        if name == "search_path" and seg.word == "SET":
-            value = seg.text[seg.tokens[2].start - seg.offset:] if len(seg.tokens) > 2 else ""
-            if seg.tokens[2:] and seg.tokens[2].text.upper() in ("TO", "="):
-                value = seg.text[seg.tokens[3].start - seg.offset:] if len(seg.tokens) > 3 else ""
-            if not search_path_is_safe(value):
-                raise Refusal(f"this search_path is not allowed for tier {self.ctx.tier.name}: "
-                              f"pg_catalog must come first")
+        """SET and RESET: each setting changed must be on the tier's allow list (:mod:`proxy.settings`)."""
+        reset = seg.word == "RESET"
+        if reset:  # sqlglot keeps RESET's arguments as one string: read them on their own
+            _, body = self.body(seg)
+            tokens, text, offset = body.tokens, body.text, body.offset
+        else:
+            tokens, text, offset = seg.tokens[1:], seg.text, seg.offset
+        try:
+            changes = settings.read_set(reset, tokens, text, offset)
+        except settings.Unreadable as exc:
+            raise NotUnderstood(f"{seg.word}: {exc}") from None
+        for name, values in changes:
+            problem = settings.check(name, values, self.ctx.tier.settings) if name != "all" else None
+            if problem:
+                raise Refusal(problem.replace("this tier", f"tier {self.ctx.tier.name}"))
         self.kinds.append("session")
         return self.passthrough(seg)
 
@@ -328,10 +325,33 @@ class Statement:
                                                       "CONSTRAINT", "DEFAULT", "TRUSTED", "PROCEDURAL")]
         if seg.word == "CREATE" and len(words) > 1 and words[1] in CREATE_REFUSED:
             raise Refusal(f"CREATE {words[1]} is not allowed for tier {self.ctx.tier.name}")
+        if seg.word == "ALTER" and len(words) > 1 and words[1] in ALTER_WITH_SETTINGS:
+            self.alter_settings(seg, words[1])
         self.need("ddl", seg.word)
         if seg.word == "CREATE" and any(seg.keyword(i) == "AS" for i in range(len(seg.tokens))):
             return self.parsed(seg, ddl=True)
         return self.passthrough(seg)
+
+    def alter_settings(self, seg: Segment, what: str) -> None:
+        """``ALTER ROLE/DATABASE/FUNCTION ... SET|RESET``: settings for later sessions or calls
+        are held to the same allow list as SET."""
+        if what == "SYSTEM":
+            raise Refusal(f"ALTER SYSTEM is not allowed for tier {self.ctx.tier.name}: it changes the server's settings")
+        for i in range(2, len(seg.tokens)):
+            word = seg.keyword(i)
+            if word in ("SET", "RESET"):
+                rest = split_statements(seg.text[seg.tokens[i].end + 1 - seg.offset:])  # fresh tokens: see body()
+                if len(rest) != 1:
+                    raise NotUnderstood(f"ALTER {what} ... {word} is incomplete")
+                try:
+                    changes = settings.read_set(word == "RESET", rest[0].tokens, rest[0].text, rest[0].offset)
+                except settings.Unreadable as exc:
+                    raise NotUnderstood(f"ALTER {what} ... {word}: {exc}") from None
+                for name, values in changes:
+                    problem = settings.check(name, values, self.ctx.tier.settings) if name != "all" else None
+                    if problem:
+                        raise Refusal(f"ALTER {what} ... {word}: " + problem.replace("this tier", f"tier {self.ctx.tier.name}"))
+                return
 
     # -- parsed statements -----------------------------------------------------------
     def parsed(self, seg: Segment, ddl: bool = False) -> str:

@@ -36,7 +36,7 @@ import re
 import time
 from typing import Callable
 
-from . import codec, policy
+from . import codec, policy, settings
 from .audit import records
 from .audit.tracker import StatementTracker
 from .prepared import PreparedStatements
@@ -367,6 +367,8 @@ class Session:
             message = bytes(out[start:end])
             if kind == R:
                 commands += self._server_authentication(message)
+                if self.phase is Phase.CLOSED:
+                    return commands  # refused at authentication: nothing after it reaches the client
                 continue
             if kind == K:
                 key = codec.decode_message(codec.BACKEND, message)
@@ -589,11 +591,22 @@ class Session:
                         self.database != catalog.database:
                     refusal = ("28000", f'pgveil: tier {self.tier.name} may only use database "{catalog.database}"',
                                "pgveil analyses statements against that database's catalog.")
+                elif self._filtering and self.startup is not None:
+                    refusal = self._startup_refusal()
         audit = self._connection_record("refused" if refusal else "accepted", refusal[1] if refusal else "")
         if refusal:
             return audit + self.fail(refusal[0], refusal[1], hint=refusal[2]), False
         self._active_watch = self._server_watch()
         return audit, True
+
+    def _startup_refusal(self) -> tuple | None:
+        """A restricted tier's start-up parameters (and ``options``) must stay within its allow
+        list of settings (see :mod:`proxy.settings`)."""
+        problem = settings.startup_problem(self.startup.params, self.tier.settings)
+        if problem is None:
+            return None
+        return ("28000", f"pgveil: {problem.replace('this tier', f'tier {self.tier.name}')} (a start-up parameter)",
+                "Connect without that parameter (check PGOPTIONS and the connection's options and settings).")
 
     def rules_changed(self) -> list[Command]:
         """The rules were reloaded: the identity's tier is resolved again, and an identity the new

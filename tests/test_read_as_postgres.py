@@ -7,6 +7,10 @@ both).  A statement of a restricted tier either is refused or gives no clear ID 
 
 from __future__ import annotations
 
+import asyncio
+import os
+
+import asyncpg
 import psycopg
 import pytest
 
@@ -20,7 +24,8 @@ CLEAR_IDS = [row[3] for row in sampledata.customers(500)]
 @pytest.fixture(scope="module")
 def veil(pg, tier_users, tmp_path_factory):
     text = RULES.read_text().replace("    statements: [read]\n    rows: {public.customers: \"grade = 'ordinary'\"}",
-                                     "    statements: [read, session]\n    rows: {public.customers: \"grade = 'ordinary'\"}")
+                                     "    statements: [read, session]\n    settings: [work_mem]\n"
+                                     "    rows: {public.customers: \"grade = 'ordinary'\"}")
     assert "[read, session]" in text
     proxy = start_with_rules(pg, tmp_path_factory.mktemp("rules") / "crm.yaml", text)
     yield proxy
@@ -85,3 +90,83 @@ def test_cursor_and_prepared_statement_work_with_masks(veil):
     rows = attempt(veil, "sales_li", "PREPARE q (int) AS SELECT id_number FROM customers WHERE id = $1",
                    "EXECUTE q(1)")
     assert rows and "*" in rows[0][0]
+
+
+# ----------------------------------------------------------------------------- settings: an allow list
+@pytest.mark.parametrize("user", RESTRICTED)
+def test_settings_outside_the_allow_list_are_refused_naming_them(veil, user):
+    for sql, name in (("SET cpu_operator_cost = 0", "cpu_operator_cost"),
+                      ('SET LOCAL "Random_Page_Cost" TO 0', "random_page_cost"),
+                      ("RESET enable_seqscan", "enable_seqscan"),
+                      ("SELECT set_config('cpu_operator_cost', '0', false)", "cpu_operator_cost"),
+                      ("SET backslash_quote = on", "backslash_quote"),
+                      ("SET NAMES 'SJIS'", "client_encoding SJIS")):
+        got = attempt(veil, user, sql)
+        assert isinstance(got, psycopg.errors.InsufficientPrivilege), (sql, got)
+        assert name in str(got), (sql, got)
+
+
+@pytest.mark.parametrize("user", RESTRICTED)
+def test_harmless_settings_still_work(veil, user):
+    got = attempt(veil, user, "SET application_name = 'crm-ui'", "SET TIME ZONE 'Asia/Shanghai'",
+                  "SET statement_timeout = '5s'", "SET LOCAL DateStyle TO 'ISO, DMY'", "RESET extra_float_digits",
+                  "SELECT current_setting('application_name'), current_setting('TimeZone')")
+    assert got == [("crm-ui", "Asia/Shanghai")]
+
+
+def test_a_tier_can_widen_the_allow_list(veil):
+    assert attempt(veil, "sales_li", "SET work_mem = '8MB'", "SHOW work_mem") == [("8MB",)]
+    assert isinstance(attempt(veil, "crm_app", "SET work_mem = '8MB'"), psycopg.errors.InsufficientPrivilege)
+
+
+@pytest.mark.parametrize("user", RESTRICTED)
+@pytest.mark.parametrize("params, words", [
+    ({"options": "-c cpu_operator_cost=0"}, "cpu_operator_cost"),
+    ({"options": "--cpu-operator-cost=0"}, "cpu_operator_cost"),
+    ({"options": "-c application_name=x -cbackslash_quote=on"}, "backslash_quote"),
+    ({"options": "-c application_name=a\\ b -f s"}, "only -c name=value"),
+    ({"client_encoding": "SJIS"}, "client_encoding SJIS"),
+])
+def test_startup_parameters_outside_the_allow_list_are_refused_at_connect(veil, user, params, words):
+    with pytest.raises(psycopg.OperationalError) as info:
+        psycopg.connect(veil.dsn(user, PASSWORD), **params)
+    assert words in str(info.value) and "start-up parameter" in str(info.value), info.value
+    assert info.value.sqlstate in (None, "28000")  # libpq keeps no SQLSTATE for a failed connect
+
+
+def test_pgoptions_is_the_options_parameter(veil, monkeypatch):
+    monkeypatch.setenv("PGOPTIONS", "-c enable_seqscan=off")
+    with pytest.raises(psycopg.OperationalError, match="changing enable_seqscan is not allowed for tier sales"):
+        psycopg.connect(veil.dsn("sales_li", PASSWORD))
+    monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=7s --application-name=from\\ options")
+    with psycopg.connect(veil.dsn("sales_li", PASSWORD)) as conn:
+        assert conn.execute("SELECT current_setting('statement_timeout'), current_setting('application_name')"
+                            ).fetchone() == ("7s", "from options")
+
+
+@pytest.mark.parametrize("user", ["crm_app", "it_zhou"])
+def test_settings_by_other_doors_are_refused(veil, user):
+    for sql, words in (("UPDATE pg_settings SET setting = 'on' WHERE name = 'backslash_quote'",
+                        ("system catalog", "write statements")),
+                       (f"ALTER ROLE {user} SET cpu_operator_cost = 0", ("cpu_operator_cost", "ddl statements")),
+                       ("ALTER DATABASE crm SET backslash_quote = on", ("backslash_quote", "ddl statements"))):
+        got = attempt(veil, user, sql)
+        assert isinstance(got, psycopg.errors.InsufficientPrivilege), (sql, got)
+        assert any(w in str(got) for w in words), (sql, got)
+
+
+def test_drivers_connect_through_a_restricted_tier(veil):
+    async def run():
+        conn = await asyncpg.connect(veil.dsn("sales_li", PASSWORD),
+                                     server_settings={"application_name": "asyncpg-app", "jit": "off",
+                                                      "DateStyle": "ISO, MDY", "TimeZone": "UTC"})
+        try:
+            return await conn.fetchrow("SELECT id_number, current_setting('application_name') FROM customers LIMIT 1")
+        finally:
+            await conn.close()
+    row = asyncio.run(run())
+    assert "*" in row[0] and row[1] == "asyncpg-app"
+    with psycopg.connect(veil.dsn("sales_li", PASSWORD), application_name="psycopg-app", client_encoding="UTF8",
+                         options="-c extra_float_digits=3 -c DateStyle=ISO,\\ MDY -c TimeZone=UTC") as conn:
+        row = conn.execute("SELECT id_number, current_setting('DateStyle') FROM customers LIMIT 1").fetchone()
+    assert "*" in row[0] and row[1] == "ISO, MDY"

@@ -12,6 +12,7 @@ from proxy.session import (Close, ConnectUpstream, ForwardCancel, LookupVerifier
                            SendToServer, Session, SessionConfig, StartClientTLS)
 
 STARTUP = codec.StartupMessage(codec.PROTOCOL_3_0, (("user", "app"), ("database", "crm"), ("odd_param", "x")))
+PLAIN_STARTUP = codec.StartupMessage(codec.PROTOCOL_3_0, STARTUP.params[:2])  # what a restricted tier may send
 AUTH_OK = codec.encode(codec.Authentication(0, b""))
 KEY = codec.encode(codec.BackendKeyData(4242, b"\x01\x02\x03\x04"))
 READY = codec.encode(codec.ReadyForQuery(b"I"))
@@ -266,10 +267,24 @@ def restricted_session():
     from proxy.rules import ClassAction, Tier
     tier = Tier("sales", {"id_number": ClassAction("mask")}, frozenset({"read"}))
     s = Session(SessionConfig(engine=BrokenFirstLayer(tier)))
-    s.client_data(codec.encode_startup(STARTUP))
+    s.client_data(codec.encode_startup(PLAIN_STARTUP))
     s.upstream_connected(tls=False)
     s.server_data(AUTH_OK + KEY + READY)
     return s
+
+
+def test_restricted_tier_start_up_parameter_outside_the_allow_list_ends_the_connection():
+    from proxy.rules import ClassAction, Tier
+    tier = Tier("sales", {"id_number": ClassAction("mask")}, frozenset({"read"}))
+    s = Session(SessionConfig(engine=BrokenFirstLayer(tier)))
+    s.client_data(codec.encode_startup(STARTUP))  # odd_param=x
+    s.upstream_connected(tls=False)
+    sent = sent_to_client(s.server_data(AUTH_OK + KEY + READY))
+    error = codec.decode_message(codec.BACKEND, sent[:1 + int.from_bytes(sent[1:5], "big")])
+    assert b"Z" not in sent[-6:-5]  # no ReadyForQuery: the client never gets a session
+    assert error.get(b"C") == "28000" and error.get(b"S") == "FATAL"
+    assert "changing odd_param is not allowed for tier sales" in error.get(b"M")
+    assert s.phase is Phase.CLOSED
 
 
 def test_second_layer_stops_a_result_naming_a_hidden_column():
@@ -308,7 +323,7 @@ def test_refusal_is_substituted_and_put_back():
 
     tier = Tier("sales", {"id_number": ClassAction("mask")}, frozenset({"read"}))
     s = Session(SessionConfig(engine=Refusing(tier)))
-    s.client_data(codec.encode_startup(STARTUP))
+    s.client_data(codec.encode_startup(PLAIN_STARTUP))
     s.upstream_connected(tls=False)
     s.server_data(AUTH_OK + KEY + READY)
     forwarded = codec.decode_message(codec.FRONTEND, sent_to_server(s.client_data(codec.encode(codec.Query("x")))))
