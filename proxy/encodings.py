@@ -36,7 +36,7 @@ CODECS = {
 }
 # what "SQL_ASCII" means as a client encoding: no conversion, the bytes are the server's
 SQL_ASCII = "SQL_ASCII"
-READABLE = frozenset({"UTF8"})
+READABLE = frozenset(CODECS) | {SQL_ASCII}
 
 # pg_encname_tbl (src/common/encnames.c): cleaned alias -> canonical name
 _ALIASES = {
@@ -69,5 +69,55 @@ def canonical(name: str) -> str | None:
 
 
 def listed() -> str:
-    return "UTF8" if READABLE == {"UTF8"} else "UTF8, SQL_ASCII (as the server's encoding) and the single-byte " \
-        "and EUC encodings PostgreSQL can use on the server"
+    return "UTF8, SQL_ASCII, LATIN1-10, ISO_8859_5-8, WIN866, WIN874, WIN1250-1258, KOI8R, KOI8U and EUC_JP/CN/KR"
+
+
+def reader(client_encoding: str | None, server_encoding: str | None) -> tuple[str | None, str | None]:
+    """The Python codec in which PostgreSQL reads a statement sent in ``client_encoding`` (as
+    the server reports it), or None and why pgveil cannot follow it.  SQL_ASCII as a client
+    encoding means no conversion: the bytes are read in the server's encoding (bytes of an
+    SQL_ASCII server are taken one by one, as latin-1 does).
+
+    >>> reader("UTF8", "UTF8"), reader("SQL_ASCII", "UTF8"), reader("SQL_ASCII", "SQL_ASCII")
+    (('utf-8', None), ('utf-8', None), ('iso8859-1', None))
+    >>> reader("SJIS", "UTF8")[1]
+    'the client encoding SJIS is not one pgveil reads (it reads UTF8, SQL_ASCII, LATIN1-10, ISO_8859_5-8, WIN866, WIN874, WIN1250-1258, KOI8R, KOI8U and EUC_JP/CN/KR)'
+    """
+    name = canonical(client_encoding or "UTF8")
+    if name == SQL_ASCII:
+        name = canonical(server_encoding or "UTF8")
+        if name == SQL_ASCII:
+            return "iso8859-1", None
+    if name in CODECS:
+        return CODECS[name], None
+    return None, f"the client encoding {client_encoding} is not one pgveil reads (it reads {listed()})"
+
+
+def decode(wire: str, codec: str) -> str:
+    """A statement's text as PostgreSQL reads it, from the text the wire codec gave (its bytes
+    as UTF-8 with surrogate escapes); UnicodeError when the bytes are not valid in ``codec``,
+    or a character would hide an ASCII byte (never for the encodings read here, checked anyway).
+
+    >>> decode(b"SELECT 'caf\\xe9'".decode("utf-8", "surrogateescape"), "iso8859-1")
+    "SELECT 'café'"
+    """
+    if codec == "utf-8":
+        if not wire.isascii():
+            wire.encode("utf-8")  # surrogates stand for bytes that are not UTF-8: refused
+        return wire
+    raw = wire.encode("utf-8", "surrogateescape")
+    text = raw.decode(codec)
+    if raw.translate(None, _HIGH) != text.encode("ascii", "ignore"):
+        raise UnicodeDecodeError(codec, raw, 0, len(raw), "a character holds an ASCII byte")
+    return text
+
+
+def to_wire(text: str, codec: str) -> str:
+    """``text`` as the wire codec writes it, so that its bytes are ``text`` in ``codec``;
+    UnicodeError when a character has no byte sequence in it."""
+    if codec == "utf-8":
+        return text
+    return text.encode(codec).decode("utf-8", "surrogateescape")
+
+
+_HIGH = bytes(range(128, 256))

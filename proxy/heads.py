@@ -142,3 +142,27 @@ def fetch(tokens: list, text: str, offset: int = 0) -> str:
         if kind not in ("NUMBER", "DASH", "PLUS") and keyword(token, text, offset) not in FETCH_WORDS:
             raise HeadError(f"unexpected {raw(token, text, offset)[:40]!r} in FETCH")
     return name(tokens[-1], text, offset)
+
+
+def odd_space(text: str, tokens: list) -> str | None:
+    """A non-ASCII character between tokens that sqlglot took for white space (U+00A0, U+3000,
+    U+2028 ...), where PostgreSQL reads it as part of a name; None if there is none.  Only
+    ASCII white space separates tokens for PostgreSQL.
+
+    >>> from proxy.sql import tokenize
+    >>> odd_space("SELECT\\u3000x", tokenize("SELECT\\u3000x"))
+    'U+3000'
+    >>> odd_space("SELECT '\\u3000'", tokenize("SELECT '\\u3000'")) is None
+    True
+    """
+    if text.isascii():
+        return None
+    end = 0
+    for token in tokens + [None]:
+        start = token.start if token is not None else len(text)
+        for ch in text[end:start]:
+            if not ch.isascii() and (ch.isspace() or ch in "\u200b\ufeff"):
+                return f"U+{ord(ch):04X}"
+        if token is not None:
+            end = max(end, token.end + 1)
+    return None

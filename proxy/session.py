@@ -36,10 +36,11 @@ import re
 import time
 from typing import Callable
 
-from . import codec, policy, settings
+from . import codec, encodings, policy, settings
 from .audit import records
 from .audit.tracker import StatementTracker
 from .prepared import PreparedStatements
+from .rules import STATEMENT_KINDS
 from .sqlnames import SqlNames
 from .codec import ProtocolViolation
 from .scram import ScramBridge, ScramError
@@ -134,6 +135,7 @@ PURPOSE_SET = re.compile(r"""^\s*(?:SET\s+(?:SESSION\s+)?pgveil\.purpose\s*(?:=|
 PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they answer
 PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
+ALL_KINDS = frozenset(STATEMENT_KINDS)
 
 Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p = (ord(c) for c in "ZESKRQXFNPTBCDp")
 C_, s_, I_ = (ord(c) for c in "CsI")
@@ -175,6 +177,8 @@ class Session:
         self._tracker = StatementTracker()
         self._prepared = PreparedStatements()
         self._sql_names = SqlNames()
+        self._reader_key: tuple = ()
+        self._reader: tuple = (None, "")
         self._refused_ids: set[str] = set()
         self.phase = Phase.STARTUP
         self.client_tls = False
@@ -711,7 +715,18 @@ class Session:
         else:
             if sql is None:
                 sql = decoded.query if decoded is not None else codec.query_text(message)
-            if self._filtering and self.server_params.get("standard_conforming_strings", "on") != "on":
+            wire, reading = sql, self._reading()
+            unreadable = self._unreadable(reading)
+            if unreadable is None and reading is not None:
+                try:
+                    sql = encodings.decode(wire, reading)
+                except UnicodeError:
+                    unreadable = ("22021", f"invalid byte sequence for encoding "
+                                           f"{self.server_params.get('client_encoding', 'UTF8')}: pgveil refuses "
+                                           f"statements that are not valid in the session's client encoding")
+            if unreadable is not None:
+                decision = policy.Decision("refuse", "", sqlstate=unreadable[0], reason=unreadable[1])
+            elif self._filtering and self.server_params.get("standard_conforming_strings", "on") != "on":
                 decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                     "the server reports standard_conforming_strings off: pgveil would read string literals "
                     "differently from the server"))
@@ -734,7 +749,7 @@ class Session:
                 "pgveil cannot write its audit journal, so it refuses statements until it can"))
         self._ddl_seen = self._ddl_seen or (decision is not None and "ddl" in decision.kinds)
         if kind == P and decoded.name and engine is not None:
-            self._prepared.statements[decoded.name] = (sql, decoded.param_types, self._rules_version)
+            self._prepared.statements[decoded.name] = (wire, decoded.param_types, self._rules_version)
         statement_id = self._audit_statement(kind, decoded, sql, decision, audits)
         if statement_id and decision is not None and decision.columns and self.tier is not None and \
                 self.tier.max_rows and not decision.refused:
@@ -749,9 +764,42 @@ class Session:
             return self._refusal(decision.reason, decision.sqlstate, parse=decoded if kind == P else None)
         if decision is None or decision.sql == sql:
             return None
+        try:
+            text = encodings.to_wire(decision.sql, reading) if reading is not None else decision.sql
+        except UnicodeError:
+            return self._refusal(f"the statement pgveil would send cannot be written in the client encoding "
+                                 f"{self.server_params.get('client_encoding')}", "22P05",
+                                 parse=decoded if kind == P else None)
         if kind == Q:
-            return codec.encode(codec.Query(decision.sql))
-        return codec.encode(codec.Parse(decoded.name, decision.sql, decoded.param_types))
+            return codec.encode(codec.Query(text))
+        return codec.encode(codec.Parse(decoded.name, text, decoded.param_types))
+
+    def _reading(self) -> str | None:
+        """The codec a statement is read in, for a tier whose decisions depend on reading it as
+        the server does (every tier but an all-clear one with every statement kind); None: the
+        text goes as it came."""
+        tier = self.tier
+        if tier is None or (tier.all_clear and tier.statements >= ALL_KINDS):
+            return None
+        key = (self.server_params.get("client_encoding"), self.server_params.get("server_encoding"))
+        if key != self._reader_key:
+            self._reader_key = key
+            self._reader = encodings.reader(*key)
+        return self._reader[0] or "unreadable"
+
+    def _unreadable(self, reading: str | None) -> tuple[str, str] | None:
+        """(SQLSTATE, reason) when the server's parameters are ones pgveil cannot follow."""
+        if reading is None:
+            return None
+        if reading == "unreadable":
+            return "42501", f"{self._reader[1]}; set client_encoding to UTF8"
+        path = self.server_params.get("search_path")
+        if self._filtering and path is not None:
+            names = settings.split_identifiers(path)
+            if names is None or settings.search_path_problem(names):
+                return "42501", f"the server reports a search_path pgveil cannot follow ({path[:60]}): " \
+                                f"{settings.search_path_problem(names) if names else 'it does not parse'}"
+        return None
 
     def _check_names(self, decision, tier):
         """Cursors and SQL-prepared statements: a use must name one declared through pgveil in

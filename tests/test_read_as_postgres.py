@@ -170,3 +170,60 @@ def test_drivers_connect_through_a_restricted_tier(veil):
                          options="-c extra_float_digits=3 -c DateStyle=ISO,\\ MDY -c TimeZone=UTC") as conn:
         row = conn.execute("SELECT id_number, current_setting('DateStyle') FROM customers LIMIT 1").fetchone()
     assert "*" in row[0] and row[1] == "ISO, MDY"
+
+
+# ----------------------------------------------------------------------------- one encoding, known to pgveil
+SJIS_ATTACK = (b"SET NAMES 'SJIS';\n"
+               b"SELECT E'\x83\\\\', ' || (SELECT array_agg(id_number)::text FROM customers) -- ';\n")
+
+
+def psql_bytes(psql: str, proxy, user: str, script: bytes, **env: str):
+    import subprocess
+    environment = dict(os.environ, PGPASSWORD=PASSWORD, PGSSLMODE="disable", PGCONNECT_TIMEOUT="10", **env)
+    return subprocess.run([psql, "-X", "-At", "-h", "127.0.0.1", "-p", str(proxy.port), "-U", user, "-d", "crm",
+                           "-f", "-"], input=script, capture_output=True, env=environment, timeout=60)
+
+
+@pytest.mark.parametrize("user", RESTRICTED)
+@pytest.mark.parametrize("env", [{"PGOPTIONS": "-c backslash_quote=on"}, {}, {"PGCLIENTENCODING": "SJIS"}],
+                         ids=["backslash_quote", "plain", "pgclientencoding"])
+def test_sjis_example_gives_no_clear_data(veil, psql_bin, user, env):
+    result = psql_bytes(psql_bin, veil, user, SJIS_ATTACK, **env)
+    out = result.stdout.decode("latin-1") + result.stderr.decode("latin-1")
+    assert not leaked(out), out
+    if env:  # refused at connect
+        assert "start-up parameter" in out, out
+    else:  # SET NAMES refused, then the bytes are not UTF-8
+        assert "client_encoding SJIS is not allowed" in out and "invalid byte sequence" in out, out
+
+
+def test_invalid_bytes_are_refused_by_pgveil_not_carried(veil, psql_bin):
+    result = psql_bytes(psql_bin, veil, "sales_li", b"SELECT 'caf\xe9' AS x, id_number FROM customers LIMIT 1;\n")
+    err = result.stderr.decode("latin-1")
+    assert "pgveil refuses statements that are not valid in the session's client encoding" in err, err
+
+
+@pytest.mark.parametrize("user", ["sales_li", "crm_app", "admin_chen"])
+def test_a_server_safe_encoding_is_read_in_that_encoding(veil, user):
+    with psycopg.connect(veil.dsn(user, PASSWORD), client_encoding="LATIN1") as conn:
+        rows = conn.execute("SELECT 'café', id_number, id FROM customers WHERE id_number IS NOT NULL "
+                            "ORDER BY id LIMIT 3").fetchall()
+        conn.execute("SET client_encoding = 'UTF8'")
+        again = conn.execute("SELECT '王', id_number FROM customers ORDER BY id LIMIT 1").fetchone()
+    assert rows and all(r[0] == "café" for r in rows) and not leaked(rows), rows
+    assert again[0] == "王" and not leaked([again])
+
+
+@pytest.mark.parametrize("user", RESTRICTED)
+@pytest.mark.parametrize("setting, words", [
+    ("client_encoding = 'SJIS'", "the client encoding SJIS is not one pgveil reads"),
+    ("search_path = public, pg_catalog", "the server reports a search_path pgveil cannot follow"),
+])
+def test_server_parameters_pgveil_cannot_follow_fail_closed(pg, veil, user, setting, words):
+    pg.psql(f"ALTER ROLE {user} SET {setting}")
+    try:
+        with psycopg.connect(veil.dsn(user, PASSWORD)) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=words):
+                conn.execute("SELECT count(*) FROM products")
+    finally:
+        pg.psql(f"ALTER ROLE {user} RESET {setting.split(' ')[0]}")

@@ -332,3 +332,32 @@ def test_refusal_is_substituted_and_put_back():
     server_error = codec.error_response("22P02", f'invalid input syntax for type integer: "{token}"')
     back = codec.decode_message(codec.BACKEND, sent_to_client(s.server_data(server_error))[:])
     assert back.get(b"C") == "42501" and back.get(b"M") == "no"
+
+
+def test_statements_are_read_strictly_in_the_reported_client_encoding():
+    from proxy.rules import ClassAction, Tier
+    from proxy.policy import Decision
+    seen = []
+
+    class Recording(BrokenFirstLayer):
+        def decide(self, sql, tier, search_path, user):
+            seen.append(sql)
+            return Decision("rewrite", sql.replace("x", "y"))
+
+    tier = Tier("sales", {"id_number": ClassAction("mask")}, frozenset({"read"}))
+    s = Session(SessionConfig(engine=Recording(tier)))
+    s.client_data(codec.encode_startup(PLAIN_STARTUP))
+    s.upstream_connected(tls=False)
+    latin1 = codec.encode(codec.ParameterStatus("client_encoding", "LATIN1"))
+    s.server_data(AUTH_OK + latin1 + KEY + READY)
+    query = b"Q" + (len(b"SELECT 'caf\xe9', x") + 5).to_bytes(4, "big") + b"SELECT 'caf\xe9', x\0"
+    sent = sent_to_server(s.client_data(query))
+    assert seen == ["SELECT 'café', x"]
+    assert sent.endswith(b"SELECT 'caf\xe9', y\0")  # the rewritten text goes in the client's encoding
+    s.server_data(READY)
+    s.server_data(codec.encode(codec.ParameterStatus("client_encoding", "UTF8")))
+    sent = sent_to_server(s.client_data(query))  # 0xE9 alone is not UTF-8
+    assert b"pgveil-refused-" in sent and len(seen) == 1
+    s.server_data(codec.encode(codec.ParameterStatus("client_encoding", "SJIS")))
+    sent = sent_to_server(s.client_data(codec.encode(codec.Query("SELECT 1"))))
+    assert b"pgveil-refused-" in sent and len(seen) == 1
