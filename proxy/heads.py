@@ -166,3 +166,63 @@ def odd_space(text: str, tokens: list) -> str | None:
         if token is not None:
             end = max(end, token.end + 1)
     return None
+
+
+_STRINGS = frozenset({"STRING", "BYTE_STRING", "HEREDOC_STRING", "BIT_STRING", "HEX_STRING", "NATIONAL_STRING",
+                      "RAW_STRING", "UNICODE_STRING"})
+_NEWLINE_SPACE = re.compile(r"[ \t\f\v]*[\n\r][ \t\n\r\f\v]*")
+
+
+def adjacent_strings(text: str, tokens: list) -> str | None:
+    """Two string literals in a row, unless PostgreSQL reads them as sqlglot does: two plain
+    ``'...'`` strings with only white space holding a newline between them (one string for
+    both).  Without a newline PostgreSQL refuses them, across a comment it may or may not join
+    them, and a continued ``E''`` string keeps its escapes, which sqlglot does not.
+
+    >>> from proxy.sql import tokenize
+    >>> adjacent_strings("SELECT 'a'\\n'b'", tokenize("SELECT 'a'\\n'b'")) is None
+    True
+    >>> adjacent_strings("SELECT 'a' 'b'", tokenize("SELECT 'a' 'b'"))
+    "'a' 'b'"
+    """
+    for first, second in zip(tokens, tokens[1:]):
+        if first.token_type.name in _STRINGS and second.token_type.name in _STRINGS:
+            gap = text[first.end + 1:second.start]
+            if not (raw(first, text).startswith("'") and raw(second, text).startswith("'")
+                    and _NEWLINE_SPACE.fullmatch(gap)):
+                return text[first.start:second.end + 1][:60]
+    return None
+
+
+def odd_number(text: str, tokens: list) -> str | None:
+    """A number PostgreSQL reads otherwise than sqlglot: ``0x1F``, ``0o17``, ``0b101`` and
+    ``1_000`` are integers for PostgreSQL 16 and later (sqlglot: a bit string, or a number and
+    an alias), and ``123abc`` is an error there (sqlglot: ``123 AS abc``).
+
+    >>> from proxy.sql import tokenize
+    >>> [odd_number(t, tokenize(t)) for t in ("SELECT 0x1F", "SELECT 1_000", "SELECT 1e3, 5.")]
+    ['0x1F', '1_000', None]
+    """
+    for i, token in enumerate(tokens):
+        written = raw(token, text)
+        if token.token_type.name in _STRINGS and written[:1].isdigit():
+            return written[:40]
+        if token.token_type.name == "NUMBER" and i + 1 < len(tokens) and tokens[i + 1].start == token.end + 1:
+            following = text[tokens[i + 1].start:tokens[i + 1].start + 1]
+            if following.isalnum() or following in ("_", "$", '"') or not following.isascii():
+                return text[token.start:tokens[i + 1].end + 1][:40]
+    return None
+
+
+def misread(text: str, tokens: list) -> str | None:
+    """Why PostgreSQL could read this text otherwise than sqlglot's tokens say, or None."""
+    odd = odd_space(text, tokens)
+    if odd is not None:
+        return f"{odd} between words is white space for pgveil but part of a name for PostgreSQL"
+    joined = adjacent_strings(text, tokens)
+    if joined is not None:
+        return f"string literals written one after the other ({joined}): write one string, or join them with ||"
+    number = odd_number(text, tokens)
+    if number is not None:
+        return f"the number {number} is read differently by PostgreSQL versions; write it in decimal"
+    return None

@@ -412,10 +412,9 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
         return _refuse(NotUnderstood(f"it does not tokenize: {str(exc)[:200]}"))
     if not segments:
         return Decision("allow", sql)
-    odd = heads.odd_space(sql, [t for seg in segments for t in seg.tokens])
-    if odd is not None:
-        return _refuse(NotUnderstood(f"{odd} between words is white space for pgveil but part of a name for "
-                                     f"PostgreSQL"))
+    misread = heads.misread(sql, [t for seg in segments for t in seg.tokens])
+    if misread is not None:
+        return _refuse(NotUnderstood(misread))
     if PLACEHOLDER in sql:
         return _refuse(NotUnderstood("the statement contains pgveil's internal names"))
     rw = Rewriter(ctx, templates)
@@ -449,10 +448,10 @@ def _decide_all_clear(sql: str, ctx: Context, tokens: list | None = None) -> Dec
         segments = split_statements(sql, tokens)
     except SqlglotError:
         return Decision("allow", sql, unparsed=True)
-    if heads.odd_space(sql, [t for seg in segments for t in seg.tokens]) is not None and \
-            not ctx.tier.statements >= frozenset({"read", "write", "ddl", "copy", "session", "admin"}):
-        return Decision("refuse", "", reason="a non-ASCII space between words: pgveil and PostgreSQL would read "
-                        "this statement differently", sqlstate="42501")
+    if not ctx.tier.statements >= frozenset({"read", "write", "ddl", "copy", "session", "admin"}):
+        misread = heads.misread(sql, [t for seg in segments for t in seg.tokens])
+        if misread is not None:
+            return _refuse(NotUnderstood(misread))
     kinds = []
     for seg in segments:
         word = seg.word

@@ -218,6 +218,7 @@ def test_a_server_safe_encoding_is_read_in_that_encoding(veil, user):
 @pytest.mark.parametrize("setting, words", [
     ("client_encoding = 'SJIS'", "the client encoding SJIS is not one pgveil reads"),
     ("search_path = public, pg_catalog", "the server reports a search_path pgveil cannot follow"),
+    ("standard_conforming_strings = off", "the server reports standard_conforming_strings off"),
 ])
 def test_server_parameters_pgveil_cannot_follow_fail_closed(pg, veil, user, setting, words):
     pg.psql(f"ALTER ROLE {user} SET {setting}")
