@@ -128,8 +128,9 @@ FILTER_WATCH = frozenset(b"ZESKNT")
 OUTCOME_WATCH = frozenset(b"CsI")  # what the audit's outcome records need besides
 OUTCOME_KINDS = frozenset(b"CsIEZ")
 PURPOSE_WORD = "pgveil.purpose"
-PURPOSE_SET = re.compile(r"""^\s*(?:SET\s+(?:SESSION\s+)?pgveil\.purpose\s*(?:=|TO)\s*'(?P<value>(?:[^']|'')*)'"""
-                         r"|RESET\s+pgveil\.purpose)\s*;?\s*$", re.IGNORECASE)
+# possessive throughout (linear in the text: nothing taken is given back to be tried again)
+PURPOSE_SET = re.compile(r"""^\s*+(?:SET\s++(?:SESSION\s++)?+pgveil\.purpose\s*+(?:=|TO)\s*+'(?P<value>(?:[^']++|'')*+)'"""
+                         r"|RESET\s++pgveil\.purpose)\s*+(?:;\s*+)?+$", re.IGNORECASE)
 PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they answer
 PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
