@@ -37,6 +37,7 @@ import time
 from typing import Callable
 
 from . import codec, policy
+from .access import Access, deciding_tier
 from .audit import records
 from .audit.tracker import StatementTracker
 from .prepared import PreparedStatements
@@ -149,17 +150,13 @@ class SessionConfig:
     audit: bool = False  # emit Audit commands
     audit_strict: bool = True  # a statement's decision is durable before the statement is sent
     audit_ok: Callable[[], bool] | None = None  # False: the journal cannot be written (fail closed)
+    clock: Callable[[], object] | None = None  # the server's UTC clock (datetime); None: no grant is in force
 
 
 @dataclass(slots=True)
 class Stats:
     bytes_from_client: int = 0
     bytes_from_server: int = 0
-
-
-def _utcnow():
-    from datetime import datetime, timezone
-    return datetime.now(timezone.utc)
 
 
 class Session:
@@ -201,6 +198,9 @@ class Session:
         self._active_watch = SERVER_WATCH
         self._rules_version: str | None = None
         self._grants: tuple = ()
+        self.access: Access | None = None  # the effective access, recomputed for every statement
+        self._access_until = None  # when a grant of this user begins or ends next (datetime)
+        self._access_catalog = None  # the catalog version the identity's roles were read from
         self._row_limits: dict[str, int] = {}  # statement id -> most rows it may return (max_rows)
         self._row_counts: dict[str, int] = {}
         self._decision_us = 0
@@ -474,10 +474,9 @@ class Session:
             if engine is not None:
                 if kind in PREPARE_CLIENT:
                     self._prepared.client(kind)
-                if (kind == Q or kind == P or kind == F or kind == B) and (
-                        self._rules_version != engine.rules.version or self._grants_may_change(engine)):
-                    # new rules, or a grant that began or ended: this identity's tier is decided again
-                    revoked = self.rules_changed()
+                if kind == Q or kind == P or kind == F or kind == B or kind == E:
+                    # new rules, a grant that began or ended, a purpose: the access of this statement
+                    revoked = self._access_now(engine)
                     if revoked:
                         return audits + revoked
                 if kind == B:
@@ -515,13 +514,13 @@ class Session:
         return commands
 
     def _prepare_again(self, out: bytes, start: int, end: int, audits: list) -> bytes | None:
-        """Before a Bind of a statement prepared under earlier rules: Close and Parse it again,
-        decided under the rules in force (see :mod:`proxy.prepared`)."""
+        """Before a Bind of a statement (named or unnamed) prepared under another effective access:
+        Close and Parse it again, decided under the access in force (see :mod:`proxy.prepared`)."""
         body = out[start + 5:end]
         portal_end = body.index(b"\0")
         name = codec._text(bytes(body[portal_end + 1:body.index(b"\0", portal_end + 1)]))
         known = self._prepared.statements.get(name)
-        if not name or known is None or known[2] == self._rules_version:
+        if known is None or known[2] == self.access:
             return None
         sql, types, _ = known
         parse = codec.encode(codec.Parse(name, sql, types))
@@ -575,8 +574,7 @@ class Session:
         engine = self.config.engine
         refusal = None
         if engine is not None:
-            self._rules_version = engine.rules.version
-            self.tier, self._grants = engine.identity(self.user or "", self.peer[0], _utcnow())
+            self._resolve(engine)
             if self.tier is None:
                 refusal = ("28000", f'pgveil: no access rule matches user "{self.user}" from {self.peer[0] or "here"}',
                            "Ask the administration office for access; the rule file decides who may connect.")
@@ -599,8 +597,7 @@ class Session:
         engine = self.config.engine
         if engine is None or self.phase is not Phase.ACTIVE:
             return []
-        self._rules_version = engine.rules.version
-        tier, self._grants = engine.identity(self.user or "", self.peer[0], _utcnow())
+        tier = self._resolve(engine)
         if tier is None:
             return self._connection_record("revoked", "the reloaded rules deny this identity") + self.fail(
                 "28000", f'pgveil: the rules (version {engine.rules.version}) no longer give user "{self.user}" '
@@ -610,9 +607,33 @@ class Session:
         self._from_server.watch = self._active_watch = self._server_watch()
         return []
 
-    def _grants_may_change(self, engine) -> bool:
-        """Does this user have grants whose window opens or closes over time?"""
-        return bool(engine.rules.grants) and any(g.user == self.user for g in engine.rules.grants)
+    def _resolve(self, engine):
+        """Resolve the identity at the server's clock: tier, grants and the effective access."""
+        resolved = engine.resolve(self.user or "", self.peer[0], self.config.clock() if self.config.clock else None,
+                                  self.purpose)
+        self._rules_version = resolved.access.rules_version
+        self._access_until = resolved.valid_until
+        self._access_catalog = getattr(engine.catalog, "version", None)
+        self.tier, self._grants, self.access = resolved.tier, resolved.grants, resolved.access
+        return resolved.tier
+
+    def _access_now(self, engine) -> list[Command]:
+        """Bring the effective access up to date before a statement (new rules or catalog roles,
+        a grant beginning or ending, a purpose declared or cleared).  Commands that end the
+        session when the identity is now denied."""
+        if self._rules_version != engine.rules.version or \
+                self._access_catalog != getattr(engine.catalog, "version", None) or \
+                (self._access_until is not None and self.config.clock() >= self._access_until):
+            revoked = self.rules_changed()
+            if revoked:
+                return revoked
+        if self.access is not None and self.access.purpose != self.purpose:
+            self.access = self.access.with_purpose(self.purpose)
+        return []
+
+    def deciding_tier(self):
+        """The tier statements are decided with now (purpose-bound classes masked until a purpose)."""
+        return deciding_tier(self.tier, self.purpose)
 
     def _server_watch(self) -> frozenset:
         """The server messages the relay must see, for this session's tier and features."""
@@ -704,9 +725,9 @@ class Session:
                 decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                     "declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'"))
             elif engine is not None and self.tier is not None:
-                tier = self.tier if self.purpose or not self.tier.needs_purpose else self.tier.without_purpose()
+                tier = self.deciding_tier()
                 started = time.perf_counter()
-                decision = engine.decide(sql, tier, self._search_path(), self.user or "")
+                decision = engine.decide(sql, tier, self._search_path(), self.user or "", self.access)
                 self._decision_us = int((time.perf_counter() - started) * 1_000_000)
                 if tier is not self.tier and decision.columns:
                     self._purpose_notice(decision, audits)
@@ -716,8 +737,8 @@ class Session:
             decision = policy.Decision("refuse", "", sqlstate="58030", reason=(
                 "pgveil cannot write its audit journal, so it refuses statements until it can"))
         self._ddl_seen = self._ddl_seen or (decision is not None and "ddl" in decision.kinds)
-        if kind == P and decoded.name and engine is not None:
-            self._prepared.statements[decoded.name] = (sql, decoded.param_types, self._rules_version)
+        if kind == P and engine is not None:  # the unnamed statement too: it can be bound again later
+            self._prepared.statements[decoded.name] = (sql, decoded.param_types, self.access)
         statement_id = self._audit_statement(kind, decoded, sql, decision, audits)
         if statement_id and decision is not None and decision.columns and self.tier is not None and \
                 self.tier.max_rows and not decision.refused:
@@ -763,7 +784,7 @@ class Session:
         if match is None or self.outstanding != 1:
             return None  # not alone: refused as any other statement naming it
         value = match.group("value")
-        self.purpose = value.replace("''", "'") if value is not None else None
+        self.purpose = value.replace("''", "'") or None if value is not None else None
         self.outstanding -= 1
         tag = "SET" if value is not None else "RESET"
         return codec.encode(codec.CommandComplete(tag)) + codec.encode(codec.ReadyForQuery(self.transaction_status))
@@ -884,7 +905,7 @@ class Session:
         return None
 
     def _leaking_column(self, message: bytes) -> str | None:
-        hidden = self.config.engine.hidden_columns(self.tier)
+        hidden = self.config.engine.hidden_columns(self.deciding_tier())
         if not hidden:
             return None
         for name, table_oid, column in codec.row_sources(message):
