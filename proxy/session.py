@@ -38,6 +38,7 @@ from typing import Callable
 
 from . import codec, policy
 from .access import Access, deciding_tier
+from .opened import Opened, segments
 from .audit import records
 from .audit.tracker import StatementTracker
 from .prepared import PreparedStatements
@@ -170,6 +171,7 @@ class Session:
         self.statements = 0
         self._tracker = StatementTracker()
         self._prepared = PreparedStatements()
+        self._opened = Opened()  # SQL prepared statements, cursors and portals, with their access
         self._refused_ids: set[str] = set()
         self.phase = Phase.STARTUP
         self.client_tls = False
@@ -484,6 +486,16 @@ class Session:
                     if again is not None:
                         pieces += (out[pos:start], again)
                         pos = start
+                    body = out[start + 5:end]
+                    self._opened.bind(codec._text(bytes(body[:body.index(b"\0")])), self.access)
+                elif kind == E and self._opened.portals:
+                    refused = self._refuse_execute(out, start, end)
+                    if refused is not None:
+                        pieces += (out[pos:start], refused)
+                        pos = end
+                        if self.config.audit:
+                            self._track_extended(kind, out, start, end)
+                        continue
                 elif kind == C:
                     body = out[start + 5:end]
                     if body[:1] == b"S":
@@ -527,6 +539,21 @@ class Session:
         decided = self._decide_message(P, parse, audits)  # records the new decision as well
         self._prepared.inject()
         return codec.encode(codec.Close(b"S", name)) + (decided if decided is not None else parse)
+
+    def _refuse_execute(self, out: bytes, start: int, end: int) -> bytes | None:
+        """An Execute of a portal opened under access that has since narrowed: in its place, a
+        Parse that fails (of a name no client uses, so no statement is replaced), put back as the
+        refusal; the server then skips to Sync as after any error."""
+        body = out[start + 5:end]
+        portal = codec._text(bytes(body[:body.index(b"\0")]))
+        reason = self._opened.execute(portal, self.access)
+        if reason is None:
+            return None
+        statement_id = self._tracker.portal_statement(portal)
+        if statement_id:
+            self._refused_ids.add(statement_id)
+            self._refusal_states[statement_id] = "42501"
+        return self._refusal(reason, "42501", parse=codec.Parse("pgveil_refused", "", ()))
 
     def _track_extended(self, kind: int, out: bytes, start: int, end: int) -> None:
         """Bind, Execute and Sync, for linking outcomes to statements (names read in place)."""
@@ -728,6 +755,8 @@ class Session:
                 tier = self.deciding_tier()
                 started = time.perf_counter()
                 decision = engine.decide(sql, tier, self._search_path(), self.user or "", self.access)
+                if not decision.refused and Opened.concerns(sql):
+                    decision = self._check_opened(sql, decision)
                 self._decision_us = int((time.perf_counter() - started) * 1_000_000)
                 if tier is not self.tier and decision.columns:
                     self._purpose_notice(decision, audits)
@@ -756,6 +785,15 @@ class Session:
         if kind == Q:
             return codec.encode(codec.Query(decision.sql))
         return codec.encode(codec.Parse(decoded.name, decision.sql, decoded.param_types))
+
+    def _check_opened(self, sql: str, decision):
+        """A statement that executes, fetches from or opens a prepared statement or cursor: refused
+        when what it uses was opened under other access (see :mod:`proxy.opened`)."""
+        reason = self._opened.query(segments(sql), self.access, not self.tier.all_clear)
+        if reason is None:
+            return decision
+        return policy.Decision("refuse", "", reason=reason, sqlstate="42501", kinds=decision.kinds,
+                               relations=decision.relations, normalized=decision.normalized)
 
     def _audit_purpose(self, audits: list) -> None:
         if self.config.audit:

@@ -98,3 +98,23 @@ def test_each_statement_is_decided_under_the_access_at_the_servers_clock():
     now[0] = T0 + timedelta(seconds=21)
     s.server_data(READY)
     assert sent(s.client_data(query)) == masked and s.access.grants == ()
+
+
+def test_the_unnamed_statement_is_parsed_again_when_the_access_changed():
+    now = [T0 + timedelta(seconds=11)]
+    s, _ = session_at(lambda: now[0])
+    parse = codec.encode(codec.Parse("", "SELECT id_number FROM customers", ()))
+    bind = codec.encode(codec.Bind("", "", (), (), ()))
+    execute = codec.encode(codec.Execute("", 0)) + codec.encode(codec.Sync())
+    first = sent(s.client_data(parse + bind + execute))
+    assert "CASE" not in first  # the grant is in force: clear
+    s.server_data(codec.encode(codec.ParseComplete()) + codec.encode(codec.BindComplete()) + READY)
+    now[0] = T0 + timedelta(seconds=21)  # the grant ended; the client binds the unnamed statement again
+    again = s.client_data(bind + execute)
+    wire = b"".join(c.data for c in again if isinstance(c, SendToServer))
+    messages = [m for m in codec.Splitter(frozenset(range(256))).feed(wire)[1]]
+    assert [chr(k) for k, _, _ in messages] == ["C", "P", "B", "E", "S"]
+    assert "CASE WHEN" in sent(again)  # decided again: masked
+    out = s.server_data(codec.encode(codec.CloseComplete()) + codec.encode(codec.ParseComplete())
+                        + codec.encode(codec.BindComplete()) + READY)
+    assert b"".join(c.data for c in out if hasattr(c, "data")).startswith(codec.encode(codec.BindComplete()))

@@ -1,0 +1,148 @@
+"""Access that changes mid-session reaches what the session prepared, through a live proxy with
+real drivers: asyncpg (its statement cache), psycopg (auto-prepare after prepare_threshold
+executions, and prepare=True) and SQL PREPARE/EXECUTE.
+
+Each test opens its connections while a grant is in force (or before it begins), waits for the
+grant's boundary once, and checks every connection after it."""
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+
+import asyncpg
+import psycopg
+import pytest
+
+from conftest import RULES, TIER_PASSWORD, start_with_rules
+from proxy.audit.journal import read_records
+
+# sales may PREPARE, DECLARE and SET in these tests
+BASE = RULES.read_text().replace(
+    "id_number: mask, bank_card: mask}\n    statements: [read]\n    rows: {public.customers: \"grade = 'ordinary'\"}",
+    "id_number: mask, bank_card: mask}\n    statements: [read, session]\n    rows: {public.customers: \"grade = 'ordinary'\"}", 1)
+assert BASE != RULES.read_text()
+SQL = "SELECT id_number FROM customers ORDER BY id LIMIT 1"
+WINDOW = 4.0  # seconds until a grant's boundary: long enough to prepare everything, short for the suite
+
+
+@pytest.fixture(scope="module")
+def grant_users(pg, tier_users):
+    """sales_end has a grant that ends, sales_begin one that begins (both sales: ID numbers masked)."""
+    users = ("sales_end", "sales_begin", "sales_cur")
+    pg.psql("\n".join(f"CREATE ROLE {u} LOGIN PASSWORD '{TIER_PASSWORD}';" for u in users))
+    pg.psql("\n".join(f"GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA public TO {u};" for u in users), "crm")
+    return users
+
+
+def grant(user: str, until: datetime, since: datetime | None = None, number: str = "CS-7") -> str:
+    begin = f'\n    from: "{since.isoformat()}"' if since else ""
+    return f"""  - user: {user}
+    see: {{id_number: clear}}{begin}
+    until: "{until.isoformat()}"
+    reason: "{number} refund check"
+    approved_by: [li_na]
+"""
+
+
+def masked(value: str) -> bool:
+    return "*" in value
+
+
+def records(proxy, kind):
+    return [r for _, _, r, _ in read_records(proxy.audit_dir) if r and r.get("type") == kind]
+
+
+class Clients:
+    """One connection per driver and way of preparing, each having run SQL once or more."""
+
+    def __init__(self, proxy, user: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.apg = self.loop.run_until_complete(asyncpg.connect(proxy.dsn(user, TIER_PASSWORD)))
+        self.auto = psycopg.connect(proxy.dsn(user, TIER_PASSWORD), autocommit=True)
+        self.auto.prepare_threshold = 2  # prepared server-side from the 2nd execution on
+        self.explicit = psycopg.connect(proxy.dsn(user, TIER_PASSWORD), autocommit=True)
+        self.simple = psycopg.connect(proxy.dsn(user, TIER_PASSWORD), autocommit=True)
+        self.simple.execute(f"PREPARE p AS {SQL}", prepare=False)
+
+    def run(self) -> dict:
+        values = {"asyncpg": self.loop.run_until_complete(self.apg.fetchval(SQL))}
+        for _ in range(3):
+            values["psycopg auto"] = self.auto.execute(SQL).fetchone()[0]
+        values["psycopg prepare=True"] = self.explicit.execute(SQL, prepare=True).fetchone()[0]
+        return values
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.apg.close())
+        self.loop.close()
+        for conn in (self.auto, self.explicit, self.simple):
+            conn.close()
+
+
+def test_a_grant_that_ends_ends_for_prepared_statements(pg, grant_users, tmp_path):
+    until = datetime.now(timezone.utc) + timedelta(seconds=WINDOW)
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", BASE + "grants:\n" + grant("sales_end", until),
+                             "--rules-poll", "0")
+    clients = None
+    try:
+        clients = Clients(proxy, "sales_end")
+        during = clients.run()
+        assert not any(masked(v) for v in during.values()), during
+        assert not masked(clients.simple.execute("EXECUTE p", prepare=False).fetchone()[0])
+        time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 0.3)
+        after = clients.run()
+        assert all(masked(v) for v in after.values()), after
+        with pytest.raises(psycopg.Error) as info:
+            clients.simple.execute("EXECUTE p", prepare=False)
+        assert info.value.sqlstate == "42501" and "prepared under other access" in str(info.value)
+        clients.simple.execute("DEALLOCATE p; PREPARE p AS " + SQL, prepare=False)
+        assert masked(clients.simple.execute("EXECUTE p", prepare=False).fetchone()[0])
+        statements = [r for r in records(proxy, "statement") if r["user"] == "sales_end"
+                      and r["sql"].startswith("SELECT id_number")]
+        assert statements[0]["grant"] and "CS-7" in statements[0]["grant"] and statements[-1]["grant"] is None
+    finally:
+        if clients:
+            clients.close()
+        proxy.stop()
+
+
+def test_a_grant_that_begins_reaches_prepared_statements(pg, grant_users, tmp_path):
+    since = datetime.now(timezone.utc) + timedelta(seconds=WINDOW)
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", BASE + "grants:\n" +
+                             grant("sales_begin", since + timedelta(hours=1), since), "--rules-poll", "0")
+    clients = None
+    try:
+        clients = Clients(proxy, "sales_begin")
+        assert all(masked(v) for v in clients.run().values())
+        time.sleep(max(0.0, (since - datetime.now(timezone.utc)).total_seconds()) + 0.3)
+        after = clients.run()
+        assert not any(masked(v) for v in after.values()), after
+    finally:
+        if clients:
+            clients.close()
+        proxy.stop()
+
+
+def test_a_reload_that_moves_the_identity_reaches_prepared_statements(pg, grant_users, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    text = BASE
+    moved = text.replace("identities:                               # first match wins\n",
+                         "identities:\n  - {user: sales_end, tier: dba}\n", 1)
+    assert moved != text
+    proxy = start_with_rules(pg, rules, moved, "--rules-poll", "0.2")
+    clients = None
+    try:
+        clients = Clients(proxy, "sales_end")
+        assert not any(masked(v) for v in clients.run().values())
+        assert not masked(clients.simple.execute("EXECUTE p", prepare=False).fetchone()[0])
+        rules.write_text(text)  # sales_end is sales again
+        deadline = time.monotonic() + 10
+        while "rules_reloaded" not in proxy.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        after = clients.run()
+        assert all(masked(v) for v in after.values()), after
+        with pytest.raises(psycopg.Error, match="prepared under other access"):
+            clients.simple.execute("EXECUTE p", prepare=False)
+    finally:
+        if clients:
+            clients.close()
+        proxy.stop()
