@@ -39,6 +39,7 @@ from typing import Callable
 from . import codec, policy
 from .access import Access, deciding_tier
 from .opened import Opened, segments
+from .purpose import PurposeSetting
 from .audit import records
 from .audit.tracker import StatementTracker
 from .prepared import PreparedStatements
@@ -130,8 +131,9 @@ FILTER_WATCH = frozenset(b"ZESKNT")
 OUTCOME_WATCH = frozenset(b"CsI")  # what the audit's outcome records need besides
 OUTCOME_KINDS = frozenset(b"CsIEZ")
 PURPOSE_WORD = "pgveil.purpose"
-PURPOSE_SET = re.compile(r"""^\s*(?:SET\s+(?:SESSION\s+)?pgveil\.purpose\s*(?:=|TO)\s*'(?P<value>(?:[^']|'')*)'"""
-                         r"|RESET\s+pgveil\.purpose)\s*;?\s*$", re.IGNORECASE)
+PURPOSE_SET = re.compile(r"""^\s*(?:SET\s+(?:(?P<scope>SESSION|LOCAL)\s+)?pgveil\.purpose\s*(?:=|TO)\s*"""
+                         r"""(?:'(?P<value>(?:[^']|'')*)'|DEFAULT)|RESET\s+pgveil\.purpose)\s*;?\s*$""", re.IGNORECASE)
+RESET_ALL = re.compile(r"\b(?:reset|discard)\s+all\b", re.IGNORECASE)  # a quick look; the statements decide
 PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they answer
 PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
@@ -206,7 +208,8 @@ class Session:
         self._row_limits: dict[str, int] = {}  # statement id -> most rows it may return (max_rows)
         self._row_counts: dict[str, int] = {}
         self._decision_us = 0
-        self.purpose: str | None = None  # declared with SET pgveil.purpose
+        self._purpose = PurposeSetting()  # declared with SET pgveil.purpose, kept as PostgreSQL keeps settings
+        self._purpose_statement = ""  # the last declaration, for its audit record
         self._refusal_seq = 0
         self._search_path_text: str | None = None
         self._search_path_parsed: tuple = ("$user", "public")
@@ -584,8 +587,12 @@ class Session:
                 self._prepared.server(kind)
             if kind == Z:
                 self.transaction_status = out[start + 5:start + 6]
+                self._purpose.ready(self.transaction_status)
                 if self.outstanding:
                     self.outstanding -= 1
+            elif kind == C_:
+                if self._purpose.watching:
+                    self._purpose.tag(codec._text(bytes(out[start + 5:end - 1])))
             elif kind == E:
                 self._note_error(out[start:end])
             elif kind == S:
@@ -668,7 +675,7 @@ class Session:
         if self.config.audit:
             watch |= OUTCOME_WATCH
         if self.config.engine is not None:
-            watch |= PREPARE_WATCH
+            watch |= PREPARE_WATCH | {C_}  # CommandComplete: how a block that set the purpose ended
         return watch
 
     # ------------------------------------------------------------------ audit
@@ -757,6 +764,8 @@ class Session:
                 decision = engine.decide(sql, tier, self._search_path(), self.user or "", self.access)
                 if not decision.refused and Opened.concerns(sql):
                     decision = self._check_opened(sql, decision)
+                if not decision.refused and RESET_ALL.search(sql):
+                    self._reset_all(sql)
                 self._decision_us = int((time.perf_counter() - started) * 1_000_000)
                 if tier is not self.tier and decision.columns:
                     self._purpose_notice(decision, audits)
@@ -801,7 +810,7 @@ class Session:
             decision = policy.Decision("allow", "", kinds=("session",))
             record = records.statement(self._who(), f"{self.id}-{self.statements}", "SET pgveil.purpose = ''",
                                        "simple", decision, self.config.engine.rules.version, purpose=self.purpose)
-            record["sql"] = "SET pgveil.purpose = ?" if self.purpose is not None else "RESET pgveil.purpose"
+            record["sql"] = self._purpose_statement
             audits.append(Audit(record))
 
     def _purpose_notice(self, decision, audits: list) -> None:
@@ -821,11 +830,35 @@ class Session:
         match = PURPOSE_SET.match(sql)
         if match is None or self.outstanding != 1:
             return None  # not alone: refused as any other statement naming it
-        value = match.group("value")
-        self.purpose = value.replace("''", "'") or None if value is not None else None
         self.outstanding -= 1
-        tag = "SET" if value is not None else "RESET"
-        return codec.encode(codec.CommandComplete(tag)) + codec.encode(codec.ReadyForQuery(self.transaction_status))
+        status = self.transaction_status
+        ready = codec.encode(codec.ReadyForQuery(status))
+        if status == b"E":
+            return codec.error_response("25P02", "current transaction is aborted, commands ignored until end of "
+                                                 "transaction block") + ready
+        value = match.group("value")
+        value = value.replace("''", "'") or None if value is not None else None
+        local = (match.group("scope") or "").upper() == "LOCAL"
+        tag = "RESET" if sql.lstrip()[:1] in "rR" else "SET"
+        self._purpose_statement = "RESET pgveil.purpose" if value is None else \
+            f"SET {'LOCAL ' if local else ''}pgveil.purpose = ?"
+        if local and status != b"T":
+            warning = codec.encode(codec.NoticeResponse(((b"S", "WARNING"), (b"V", "WARNING"), (b"C", "25P01"), (
+                b"M", "SET LOCAL can only be used in transaction blocks"))))
+            return warning + codec.encode(codec.CommandComplete(tag)) + ready
+        self._purpose.set(value, local=local, in_block=status == b"T")
+        return codec.encode(codec.CommandComplete(tag)) + ready
+
+    @property
+    def purpose(self) -> str | None:
+        """The purpose in force (see :mod:`proxy.purpose`)."""
+        return self._purpose.current
+
+    def _reset_all(self, sql: str) -> None:
+        """RESET ALL or DISCARD ALL clear the purpose as they clear every setting (at once, before
+        the server runs them: that only masks more)."""
+        if any(seg.words(2) in (["RESET", "ALL"], ["DISCARD", "ALL"]) for seg in segments(sql)):
+            self._purpose.set(None, local=False, in_block=self.transaction_status != b"I")
 
     def _grant_used(self, decision) -> str | None:
         """The grants that changed this statement: a tier grant always, a class grant when the

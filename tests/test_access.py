@@ -118,3 +118,36 @@ def test_the_unnamed_statement_is_parsed_again_when_the_access_changed():
     out = s.server_data(codec.encode(codec.CloseComplete()) + codec.encode(codec.ParseComplete())
                         + codec.encode(codec.BindComplete()) + READY)
     assert b"".join(c.data for c in out if hasattr(c, "data")).startswith(codec.encode(codec.BindComplete()))
+
+
+# ----------------------------------------------------------------------------- purpose as a setting
+def purpose_after(*steps):
+    from proxy.purpose import PurposeSetting
+    p = PurposeSetting()
+    for step in steps:
+        if step[0] == "set":
+            p.set(step[1], local=step[2], in_block=step[3])
+        elif step[0] == "tag":
+            p.tag(step[1])
+        else:
+            p.ready(step[1])
+    return p.current
+
+
+def test_purpose_follows_postgresqls_rules_for_settings():
+    assert purpose_after(("set", "A", False, False)) == "A"
+    assert purpose_after(("set", "A", True, False)) is None  # SET LOCAL outside a block: nothing
+    block = [("set", "A", False, False), ("ready", b"T"), ("set", "B", False, True)]
+    assert purpose_after(*block, ("tag", "COMMIT"), ("ready", b"I")) == "B"
+    assert purpose_after(*block, ("tag", "ROLLBACK"), ("ready", b"I")) == "A"
+    assert purpose_after(*block, ("ready", b"E"), ("tag", "ROLLBACK"), ("ready", b"I")) == "A"
+    local = [("set", "A", False, False), ("set", "L", True, True)]
+    assert purpose_after(*local) == "L"
+    assert purpose_after(*local, ("tag", "COMMIT"), ("ready", b"I")) == "A"  # SET LOCAL lasts for the block
+    assert purpose_after(("set", "L", True, True), ("set", "S", False, True), ("tag", "COMMIT"),
+                         ("ready", b"I")) == "S"
+    assert purpose_after(*block, ("set", None, False, True), ("tag", "COMMIT"), ("ready", b"I")) is None
+    # ambiguous endings clear it: ROLLBACK TO SAVEPOINT, another tag, two blocks in one Query
+    assert purpose_after(*block, ("tag", "ROLLBACK"), ("ready", b"T")) is None
+    assert purpose_after(*block, ("tag", "PREPARE TRANSACTION"), ("ready", b"I")) is None
+    assert purpose_after(*block, ("tag", "COMMIT"), ("tag", "ROLLBACK"), ("ready", b"I")) is None

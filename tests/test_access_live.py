@@ -146,3 +146,74 @@ def test_a_reload_that_moves_the_identity_reaches_prepared_statements(pg, grant_
         if clients:
             clients.close()
         proxy.stop()
+
+
+# purpose-bound ID numbers for sales
+PURPOSE_RULES = BASE.replace(
+    "id_number: mask, bank_card: mask}\n    statements: [read, session]",
+    "id_number: {clear: {purpose: required}}, bank_card: mask}\n    statements: [read, session]", 1)
+
+
+@pytest.fixture(scope="module")
+def purpose_proxy(pg, grant_users, tmp_path_factory):
+    assert PURPOSE_RULES != BASE
+    proxy = start_with_rules(pg, tmp_path_factory.mktemp("purpose") / "rules.yaml", PURPOSE_RULES)
+    yield proxy
+    proxy.stop()
+
+
+CLEARINGS = {  # each ends a purpose declared before it, the way PostgreSQL ends a setting
+    "RESET": (["SET pgveil.purpose = 'T-1'"], ["RESET pgveil.purpose"]),
+    "ROLLBACK": (["BEGIN", "SET pgveil.purpose = 'T-1'"], ["ROLLBACK"]),
+    "SET LOCAL then COMMIT": (["BEGIN", "SET LOCAL pgveil.purpose = 'T-1'"], ["COMMIT"]),
+    "RESET ALL": (["SET SESSION pgveil.purpose = 'T-1'"], ["RESET ALL"]),
+    "DISCARD ALL": (["SET pgveil.purpose TO 'T-1'"], ["DISCARD ALL"]),
+}
+
+
+@pytest.mark.parametrize("clearing", CLEARINGS)
+def test_a_purpose_cleared_like_a_setting_reaches_prepared_statements(purpose_proxy, clearing):
+    declare, clear = CLEARINGS[clearing]
+
+    async def with_asyncpg():
+        conn = await asyncpg.connect(purpose_proxy.dsn("sales_cur", TIER_PASSWORD))
+        try:
+            assert masked(await conn.fetchval(SQL))
+            for statement in declare:
+                await conn.execute(statement)
+            during = await conn.fetchval(SQL)  # the same cached statement
+            for statement in clear:
+                await conn.execute(statement)
+            return during, await conn.fetchval(SQL)
+        finally:
+            await conn.close()
+    during, after = asyncio.run(with_asyncpg())
+    assert not masked(during) and masked(after), (during, after)
+
+    with psycopg.connect(purpose_proxy.dsn("sales_cur", TIER_PASSWORD), autocommit=True) as conn:
+        assert masked(conn.execute(SQL, prepare=True).fetchone()[0])
+        for statement in declare:
+            conn.execute(statement, prepare=False)
+        assert not masked(conn.execute(SQL, prepare=True).fetchone()[0])
+        for statement in clear:
+            conn.execute(statement, prepare=False)
+        assert masked(conn.execute(SQL, prepare=True).fetchone()[0])
+
+
+def test_a_purpose_set_in_a_committed_block_stays(purpose_proxy):
+    with psycopg.connect(purpose_proxy.dsn("sales_cur", TIER_PASSWORD), autocommit=True) as conn:
+        notices = []
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary))
+        conn.execute("SET LOCAL pgveil.purpose = 'T-0'", prepare=False)  # outside a block: nothing, as in PostgreSQL
+        assert notices == ["SET LOCAL can only be used in transaction blocks"]
+        assert masked(conn.execute(SQL, prepare=True).fetchone()[0])
+        for statement in ("BEGIN", "SET pgveil.purpose = 'T-2'", "COMMIT"):
+            conn.execute(statement, prepare=False)
+        assert not masked(conn.execute(SQL, prepare=True).fetchone()[0])
+        for statement in ("BEGIN", "SAVEPOINT a", "RESET pgveil.purpose", "ROLLBACK TO SAVEPOINT a"):
+            conn.execute(statement, prepare=False)
+        # PostgreSQL would have the purpose back; pgveil cannot tell this ROLLBACK from a whole
+        # block's by its tag alone, and clears it (fail closed)
+        assert masked(conn.execute(SQL).fetchone()[0])
+        conn.execute("COMMIT", prepare=False)
+        assert masked(conn.execute(SQL).fetchone()[0])
