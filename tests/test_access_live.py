@@ -217,3 +217,50 @@ def test_a_purpose_set_in_a_committed_block_stays(purpose_proxy):
         assert masked(conn.execute(SQL).fetchone()[0])
         conn.execute("COMMIT", prepare=False)
         assert masked(conn.execute(SQL).fetchone()[0])
+
+
+def test_cursors_and_portals_opened_under_a_grant_return_no_more_rows_after_it_ends(pg, grant_users, tmp_path):
+    until = datetime.now(timezone.utc) + timedelta(seconds=WINDOW)
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", BASE + "grants:\n" + grant("sales_end", until),
+                             "--rules-poll", "0")
+    loop = asyncio.new_event_loop()
+    try:
+        dsn = proxy.dsn("sales_end", TIER_PASSWORD)
+        simple = psycopg.connect(dsn, autocommit=True)
+        simple.execute("BEGIN", prepare=False)
+        simple.execute(f"DECLARE c CURSOR FOR {SQL[:-8]}", prepare=False)
+        simple.execute(f"DECLARE h CURSOR WITH HOLD FOR {SQL[:-8]}", prepare=False)
+        assert not masked(simple.execute("FETCH 1 FROM c", prepare=False).fetchone()[0])
+        simple.execute("COMMIT", prepare=False)  # c is gone, h is held
+        assert not masked(simple.execute("FETCH 1 FROM h", prepare=False).fetchone()[0])
+        server_side = psycopg.connect(dsn)  # psycopg's named cursors: DECLARE and FETCH, extended protocol
+        named = server_side.cursor("named", withhold=True)
+        named.execute(SQL[:-8])
+        assert not masked(named.fetchone()[0])
+        apg = loop.run_until_complete(asyncpg.connect(dsn))
+        transaction = apg.transaction()
+        loop.run_until_complete(transaction.start())
+        portal = loop.run_until_complete(apg.cursor(SQL[:-8]))  # a portal, fetched with Execute
+        assert not masked(loop.run_until_complete(portal.fetch(1))[0][0])
+
+        time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 0.3)
+        for statement in ("FETCH 1 FROM h", "MOVE 1 IN h", "FETCH NEXT FROM h"):
+            with pytest.raises(psycopg.Error) as info:
+                simple.execute(statement, prepare=False)
+            assert info.value.sqlstate == "42501" and "access changed since it was opened" in str(info.value)
+        simple.execute("CLOSE h", prepare=False)
+        assert masked(simple.execute(SQL).fetchone()[0])  # the rest of the session goes on
+        with pytest.raises(psycopg.Error, match="access changed since it was opened"):
+            named.fetchone()
+        server_side.rollback()
+        with pytest.raises(asyncpg.PostgresError) as apg_info:
+            loop.run_until_complete(portal.fetch(1))
+        assert apg_info.value.sqlstate == "42501" and "access changed since it was opened" in str(apg_info.value)
+        loop.run_until_complete(transaction.rollback())
+        assert masked(loop.run_until_complete(apg.fetchval(SQL)))
+        loop.run_until_complete(apg.close())
+        server_side.close()
+        simple.close()
+    finally:
+        loop.close()
+        proxy.stop()
