@@ -131,9 +131,11 @@ FILTER_WATCH = frozenset(b"ZESKNT")
 OUTCOME_WATCH = frozenset(b"CsI")  # what the audit's outcome records need besides
 OUTCOME_KINDS = frozenset(b"CsIEZ")
 PURPOSE_WORD = "pgveil.purpose"
-PURPOSE_SET = re.compile(r"""^\s*(?:SET\s+(?:(?P<scope>SESSION|LOCAL)\s+)?pgveil\.purpose\s*(?:=|TO)\s*"""
-                         r"""(?:'(?P<value>(?:[^']|'')*)'|DEFAULT)|RESET\s+pgveil\.purpose)\s*;?\s*$""", re.IGNORECASE)
-RESET_ALL = re.compile(r"\b(?:reset|discard)\s+all\b", re.IGNORECASE)  # a quick look; the statements decide
+# possessive throughout (linear in the text: nothing taken is given back to be tried again)
+PURPOSE_SET = re.compile(r"""^\s*+(?:SET\s++(?:(?P<scope>SESSION|LOCAL)\s++)?+pgveil\.purpose\s*+(?:=|TO)\s*+"""
+                         r"""(?:'(?P<value>(?:[^']++|'')*+)'|DEFAULT)|RESET\s++pgveil\.purpose)\s*+(?:;\s*+)?+$""",
+                         re.IGNORECASE)
+RESET_ALL = re.compile(r"\b(?:reset|discard)\s++all\b", re.IGNORECASE)  # a quick look; the statements decide
 PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they answer
 PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
