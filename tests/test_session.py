@@ -254,7 +254,11 @@ class BrokenFirstLayer:
     def identity(self, user, address=None, now=None):
         return self.tier, ()
 
-    def decide(self, sql, tier, search_path, user):
+    def resolve(self, user, address, now, purpose):
+        from proxy.access import Access, Resolved
+        return Resolved(Access("v1", self.tier.name, (), purpose), self.tier, (), None)
+
+    def decide(self, sql, tier, search_path, user, access=None):
         from proxy.policy import Decision
         return Decision("allow", sql)
 
@@ -303,7 +307,7 @@ def test_refusal_is_substituted_and_put_back():
     from proxy.policy import Decision
 
     class Refusing(BrokenFirstLayer):
-        def decide(self, sql, tier, search_path, user):
+        def decide(self, sql, tier, search_path, user, access=None):
             return Decision("refuse", "", reason="no", sqlstate="42501")
 
     tier = Tier("sales", {"id_number": ClassAction("mask")}, frozenset({"read"}))
