@@ -139,6 +139,9 @@ class Statement:
         self.kinds.append(kind)
 
     def run(self, seg: Segment) -> str:
+        misread = heads.misread(seg.text, seg.tokens, seg.offset)
+        if misread is not None:
+            raise NotUnderstood(misread)
         word = seg.word
         if word in TRANSACTION_WORDS:
             self.kinds.append("session")
@@ -308,6 +311,9 @@ class Statement:
         parts = split_statements(query)
         if len(parts) != 1:
             raise NotUnderstood("EXECUTE's parameters are not one list")
+        misread = heads.misread(parts[0].text, parts[0].tokens, parts[0].offset)
+        if misread is not None:
+            raise NotUnderstood(misread)
         try:
             tree = parse_one(parts[0].text)
         except SqlglotError as exc:
@@ -412,9 +418,6 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
         return _refuse(NotUnderstood(f"it does not tokenize: {str(exc)[:200]}"))
     if not segments:
         return Decision("allow", sql)
-    misread = heads.misread(sql, [t for seg in segments for t in seg.tokens])
-    if misread is not None:
-        return _refuse(NotUnderstood(misread))
     if PLACEHOLDER in sql:
         return _refuse(NotUnderstood("the statement contains pgveil's internal names"))
     rw = Rewriter(ctx, templates)
@@ -449,9 +452,10 @@ def _decide_all_clear(sql: str, ctx: Context, tokens: list | None = None) -> Dec
     except SqlglotError:
         return Decision("allow", sql, unparsed=True)
     if not ctx.tier.statements >= frozenset({"read", "write", "ddl", "copy", "session", "admin"}):
-        misread = heads.misread(sql, [t for seg in segments for t in seg.tokens])
-        if misread is not None:
-            return _refuse(NotUnderstood(misread))
+        for seg in segments:
+            misread = heads.misread(seg.text, seg.tokens, seg.offset)
+            if misread is not None:
+                return _refuse(NotUnderstood(misread))
     kinds = []
     for seg in segments:
         word = seg.word
@@ -589,9 +593,12 @@ class DecisionCache:
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
-    def decide(self, sql: str, ctx: Context) -> Decision:
+    def decide(self, sql: str, ctx: Context, access=None) -> Decision:
+        """``access``: the session's effective access (:class:`proxy.access.Access`), the key of
+        its decisions; without a session (explain, tests) the tier's name stands in."""
         catalog_version = ctx.catalog.version if ctx.catalog is not None else None
-        base = (ctx.rules.version, catalog_version, ctx.tier.name, ctx.search_path, ctx.user)
+        base = (ctx.rules.version, catalog_version, access if access is not None else ("tier", ctx.tier.name),
+                ctx.search_path, ctx.user)
         found = self._get(base + (sql,))
         if found is not None:
             self.hits += 1
@@ -679,11 +686,17 @@ class Engine:
         roles = self.catalog.roles_of(user) if self.catalog is not None else frozenset()
         return self.rules.effective_tier(user, roles, address, now)
 
-    def decide(self, sql: str, tier, search_path: tuple, user: str) -> Decision:
+    def resolve(self, user: str, address: str | None, now, purpose: str | None):
+        """The identity's effective access at ``now`` (:func:`proxy.access.resolve`)."""
+        from .access import resolve
+        roles = self.catalog.roles_of(user) if self.catalog is not None else frozenset()
+        return resolve(self.rules, user, roles, address, now, purpose)
+
+    def decide(self, sql: str, tier, search_path: tuple, user: str, access=None) -> Decision:
         if self.catalog is None and not tier.all_clear:
             return Decision("refuse", "", reason="pgveil has not loaded the database catalog yet; try again shortly",
                             sqlstate="57P03")
-        return self.cache.decide(sql, Context(tier, self.rules, self.catalog, search_path, user))
+        return self.cache.decide(sql, Context(tier, self.rules, self.catalog, search_path, user), access)
 
     def hidden_columns(self, tier) -> frozenset:
         """(table oid, attnum) of every column this tier may not see in clear: the second,

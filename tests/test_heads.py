@@ -64,15 +64,14 @@ def test_names_are_folded_like_postgres():
     assert run('PREPARE "as" AS SELECT 1').names == (("declare", "statement", "as"),)
 
 
-def test_use_is_checked_against_the_access_it_was_declared_under():
+def test_use_must_name_what_pgveil_saw_declared():
     names = sqlnames.SqlNames()
-    assert names.apply((("declare", "cursor", "c"), ("use", "cursor", "c")), "a", {}) is None
-    assert names.apply((("use", "cursor", "c"),), "a", {}) is None
-    assert "other rules" in names.apply((("use", "cursor", "c"),), "b", {})
-    assert "not declared" in names.apply((("use", "cursor", "d"),), "a", {})
+    assert names.apply((("declare", "cursor", "c"), ("use", "cursor", "c")), {}, "a") is None
+    assert names.apply((("use", "cursor", "c"),), {}, "a") is None
+    assert "not declared" in names.apply((("use", "cursor", "d"),), {}, "a")
     # a refused decision declares nothing
-    assert names.apply((("declare", "cursor", "e"), ("use", "cursor", "x")), "a", {}) is not None
-    assert "not declared" in names.apply((("use", "cursor", "e"),), "a", {})
-    # statements prepared with the Parse message: usable under the rules they were decided for
-    assert names.apply((("use", "statement", "s"),), "a", {"s": ("SELECT 1", (), "v1")}, "v1") is None
-    assert "other rules" in names.apply((("use", "statement", "s"),), "a", {"s": ("SELECT 1", (), "v0")}, "v1")
+    assert names.apply((("declare", "cursor", "e"), ("use", "cursor", "x")), {}, "a") is not None
+    assert "not declared" in names.apply((("use", "cursor", "e"),), {}, "a")
+    # statements prepared with the Parse message: usable under the access they were decided for
+    assert names.apply((("use", "statement", "s"),), {"s": ("SELECT 1", (), "a")}, "a") is None
+    assert "other access" in names.apply((("use", "statement", "s"),), {"s": ("SELECT 1", (), "b")}, "a")
