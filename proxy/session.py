@@ -167,6 +167,21 @@ class Stats:
     bytes_from_server: int = 0
 
 
+def _clears_all(seg) -> bool:
+    """Is this statement RESET ALL or DISCARD ALL?  (sqlglot keeps a command's arguments as one
+    string: they are read on their own, by token types.)"""
+    if seg.word not in ("RESET", "DISCARD") or len(seg.tokens) < 2:
+        return False
+    from .heads import keyword
+    from .sql import SqlglotError, tokenize
+    rest = seg.text[seg.tokens[0].end + 1 - seg.offset:]
+    try:
+        tokens = tokenize(rest)
+    except SqlglotError:
+        return True  # unreadable: clear (that only masks more)
+    return len(tokens) == 1 and keyword(tokens[0], rest) == "ALL"
+
+
 class Session:
     """The state of one client connection; see the module docstring."""
 
@@ -933,7 +948,7 @@ class Session:
     def _reset_all(self, sql: str) -> None:
         """RESET ALL or DISCARD ALL clear the purpose as they clear every setting (at once, before
         the server runs them: that only masks more)."""
-        if any(seg.words(2) in (["RESET", "ALL"], ["DISCARD", "ALL"]) for seg in segments(sql)):
+        if any(_clears_all(seg) for seg in segments(sql)):
             self._purpose.set(None, local=False, in_block=self.transaction_status != b"I")
 
     def _grant_used(self, decision) -> str | None:
