@@ -75,3 +75,18 @@ def test_use_must_name_what_pgveil_saw_declared():
     # statements prepared with the Parse message: usable under the access they were decided for
     assert names.apply((("use", "statement", "s"),), {"s": ("SELECT 1", (), "a")}, "a") is None
     assert "other access" in names.apply((("use", "statement", "s"),), {"s": ("SELECT 1", (), "b")}, "a")
+
+
+def test_quoted_all_does_not_forget_what_was_opened():
+    """CLOSE "ALL" closes a cursor named ALL, DEALLOCATE "all" a statement named all: neither may
+    make pgveil forget the cursors and statements opened under other access."""
+    from proxy.access import Access
+    from proxy.opened import Opened, segments
+    opened = Opened()
+    wide, narrow = Access("v", "sales", (1,)), Access("v", "sales", ())
+    assert opened.query(segments("DECLARE c CURSOR WITH HOLD FOR SELECT 1; PREPARE p AS SELECT 1"), wide, True) is None
+    assert opened.query(segments('CLOSE "ALL"; DEALLOCATE "ALL"; DISCARD "all"'), narrow, True) is None
+    assert "access changed" in opened.query(segments("FETCH 1 FROM c"), narrow, True)
+    assert "prepared under other access" in opened.query(segments("EXECUTE p"), narrow, True)
+    assert opened.query(segments("CLOSE ALL; DEALLOCATE ALL"), narrow, True) is None
+    assert opened.query(segments("FETCH 1 FROM c"), narrow, True) is None  # forgotten: PostgreSQL closed it
