@@ -163,7 +163,8 @@ def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
 def rewrite_copy(rw: Rewriter, tree: exp.Copy) -> exp.Expression:
     tier = rw.ctx.tier
     files = tree.args.get("files") or []
-    to_client = len(files) == 1 and isinstance(files[0], exp.Identifier) and files[0].name.upper() in ("STDIN", "STDOUT")
+    to_client = len(files) == 1 and isinstance(files[0], exp.Identifier) and not files[0].quoted \
+        and files[0].name.upper() in ("STDIN", "STDOUT")  # a quoted "stdout" is a name, not the keyword
     if not to_client or tree.args.get("params") and any(
             name_of(p.this).upper() == "PROGRAM" for p in tree.args["params"] if isinstance(p.this, exp.Var)):
         raise Refusal(f"COPY to or from a file or program is not allowed for tier {tier.name}")
