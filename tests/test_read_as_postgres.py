@@ -228,3 +228,12 @@ def test_server_parameters_pgveil_cannot_follow_fail_closed(pg, veil, user, sett
                 conn.execute("SELECT count(*) FROM products")
     finally:
         pg.psql(f"ALTER ROLE {user} RESET {setting.split(' ')[0]}")
+
+
+@pytest.mark.parametrize("user", RESTRICTED)
+def test_asyncpg_server_settings_outside_the_allow_list_are_refused_at_connect(veil, user):
+    async def run():
+        conn = await asyncpg.connect(veil.dsn(user, PASSWORD), server_settings={"cpu_operator_cost": "0"})
+        await conn.close()
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="changing cpu_operator_cost"):
+        asyncio.run(run())
