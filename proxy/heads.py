@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import re
 
+from .sql import TokenType
+
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _LITERAL_TYPES = frozenset({"STRING", "NUMBER", "BYTE_STRING", "HEREDOC_STRING", "BIT_STRING", "HEX_STRING",
                             "NATIONAL_STRING", "RAW_STRING", "UNICODE_STRING", "IDENTIFIER"})
@@ -144,33 +146,37 @@ def fetch(tokens: list, text: str, offset: int = 0) -> str:
     return name(tokens[-1], text, offset)
 
 
+# characters Python (and so sqlglot) takes for white space that PostgreSQL does not: it reads
+# U+0080 and above as part of a name, and \x1c-\x1f as errors
+_ODD_SPACE = re.compile("[\x1c-\x1f\x85\xa0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]")
+_STRINGS = frozenset({"STRING", "BYTE_STRING", "HEREDOC_STRING", "BIT_STRING", "HEX_STRING", "NATIONAL_STRING",
+                      "RAW_STRING", "UNICODE_STRING"})
+_STRING_TYPES = frozenset(t for t in TokenType if t.name in _STRINGS)
+_NEWLINE_SPACE = re.compile(r"[ \t\f\v]*[\n\r][ \t\n\r\f\v]*")
+
+
 def odd_space(text: str, tokens: list, offset: int = 0) -> str | None:
-    """A non-ASCII character between tokens that sqlglot took for white space (U+00A0, U+3000,
-    U+2028 ...), where PostgreSQL reads it as part of a name; None if there is none.  Only
-    ASCII white space separates tokens for PostgreSQL.
+    """A character between tokens that sqlglot took for white space (U+00A0, U+3000, U+2028,
+    \x1c ...), where PostgreSQL reads it as part of a name or as an error; None if there is
+    none.  Only ASCII white space separates tokens for PostgreSQL.
 
     >>> from proxy.sql import tokenize
-    >>> odd_space("SELECT\\u3000x", tokenize("SELECT\\u3000x"))
+    >>> odd_space("SELECT\u3000x", tokenize("SELECT\u3000x"))
     'U+3000'
-    >>> odd_space("SELECT '\\u3000'", tokenize("SELECT '\\u3000'")) is None
+    >>> odd_space("SELECT '\u3000'", tokenize("SELECT '\u3000'")) is None
     True
     """
-    if text.isascii():
+    if _ODD_SPACE.search(text) is None:
         return None
     end = 0
     for token in tokens + [None]:
         start = token.start - offset if token is not None else len(text)
-        for ch in text[end:start]:
-            if not ch.isascii() and (ch.isspace() or ch in "\u200b\ufeff"):
-                return f"U+{ord(ch):04X}"
+        found = _ODD_SPACE.search(text, end, start) if start > end else None
+        if found is not None:
+            return f"U+{ord(found.group()):04X}"
         if token is not None:
             end = max(end, token.end + 1 - offset)
     return None
-
-
-_STRINGS = frozenset({"STRING", "BYTE_STRING", "HEREDOC_STRING", "BIT_STRING", "HEX_STRING", "NATIONAL_STRING",
-                      "RAW_STRING", "UNICODE_STRING"})
-_NEWLINE_SPACE = re.compile(r"[ \t\f\v]*[\n\r][ \t\n\r\f\v]*")
 
 
 def adjacent_strings(text: str, tokens: list, offset: int = 0) -> str | None:
@@ -185,12 +191,17 @@ def adjacent_strings(text: str, tokens: list, offset: int = 0) -> str | None:
     >>> adjacent_strings("SELECT 'a' 'b'", tokenize("SELECT 'a' 'b'"))
     "'a' 'b'"
     """
-    for first, second in zip(tokens, tokens[1:]):
-        if first.token_type.name in _STRINGS and second.token_type.name in _STRINGS:
-            gap = text[first.end + 1 - offset:second.start - offset]
-            if not (raw(first, text, offset).startswith("'") and raw(second, text, offset).startswith("'")
-                    and _NEWLINE_SPACE.fullmatch(gap)):
-                return text[first.start - offset:second.end + 1 - offset][:60]
+    previous = None
+    for token in tokens:
+        if token.token_type in _STRING_TYPES:
+            if previous is not None:
+                gap = text[previous.end + 1 - offset:token.start - offset]
+                if not (raw(previous, text, offset).startswith("'") and raw(token, text, offset).startswith("'")
+                        and _NEWLINE_SPACE.fullmatch(gap)):
+                    return text[previous.start - offset:token.end + 1 - offset][:60]
+            previous = token
+        else:
+            previous = None
     return None
 
 
@@ -203,11 +214,12 @@ def odd_number(text: str, tokens: list, offset: int = 0) -> str | None:
     >>> [odd_number(t, tokenize(t)) for t in ("SELECT 0x1F", "SELECT 1_000", "SELECT 1e3, 5.")]
     ['0x1F', '1_000', None]
     """
+    number = TokenType.NUMBER
     for i, token in enumerate(tokens):
-        written = raw(token, text, offset)
-        if token.token_type.name in _STRINGS and written[:1].isdigit():
-            return written[:40]
-        if token.token_type.name == "NUMBER" and i + 1 < len(tokens) and tokens[i + 1].start == token.end + 1:
+        kind = token.token_type
+        if kind in _STRING_TYPES and text[token.start - offset:token.start - offset + 1].isdigit():
+            return raw(token, text, offset)[:40]
+        if kind is number and i + 1 < len(tokens) and tokens[i + 1].start == token.end + 1:
             following = text[tokens[i + 1].start - offset:tokens[i + 1].start - offset + 1]
             if following.isalnum() or following in ("_", "$", '"') or not following.isascii():
                 return text[token.start - offset:tokens[i + 1].end + 1 - offset][:40]
