@@ -95,7 +95,7 @@ def u_string(draw) -> str:
 
 @st.composite
 def dollar(draw) -> str:
-    tag = draw(st.sampled_from(["", "a", "tag", "_x", "a1"]))
+    tag = draw(st.sampled_from(["", "a", "tag", "_x", "a1", "é", "A"]))
     body = draw(TEXT)
     return f"${tag}${body}${tag}$"
 
@@ -145,6 +145,11 @@ def test_generated_statements_read_as_postgres_reads_them(server, context):
     "SELECT E'\\'' || ';' ; SELECT 2",
     "SELECT 'x' -- ;\n, 'y'",
     "SELECT $1$x$1$",
+    "SELECT $é$a'b$é$, $a$x$a$y, $$a$$b$$",
+    "SELECT 'a' --c\n 'b'",
+    "SELECT E'a'\n'\\x41'",
+    "SELECT 1.e3, 1..2, .1e-2x",
+    "SELECT 1\x1c, 2",
 ])
 def test_known_hard_forms(server, context, sql):
     decision = decide(sql, context)
