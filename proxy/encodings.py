@@ -80,8 +80,8 @@ def reader(client_encoding: str | None, server_encoding: str | None) -> tuple[st
 
     >>> reader("UTF8", "UTF8"), reader("SQL_ASCII", "UTF8"), reader("SQL_ASCII", "SQL_ASCII")
     (('utf-8', None), ('utf-8', None), ('iso8859-1', None))
-    >>> reader("SJIS", "UTF8")[1]
-    'the client encoding SJIS is not one pgveil reads (it reads UTF8, SQL_ASCII, LATIN1-10, ISO_8859_5-8, WIN866, WIN874, WIN1250-1258, KOI8R, KOI8U and EUC_JP/CN/KR)'
+    >>> reader("SJIS", "UTF8")[1][:50]
+    'the client encoding SJIS is not one pgveil reads ('
     """
     name = canonical(client_encoding or "UTF8")
     if name == SQL_ASCII:

@@ -342,7 +342,8 @@ class Statement:
         """``ALTER ROLE/DATABASE/FUNCTION ... SET|RESET``: settings for later sessions or calls
         are held to the same allow list as SET."""
         if what == "SYSTEM":
-            raise Refusal(f"ALTER SYSTEM is not allowed for tier {self.ctx.tier.name}: it changes the server's settings")
+            raise Refusal(f"ALTER SYSTEM is not allowed for tier {self.ctx.tier.name}: "
+                          f"it changes the server's settings")
         for i in range(2, len(seg.tokens)):
             word = seg.keyword(i)
             if word in ("SET", "RESET"):
@@ -356,7 +357,8 @@ class Statement:
                 for name, values in changes:
                     problem = settings.check(name, values, self.ctx.tier.settings) if name != "all" else None
                     if problem:
-                        raise Refusal(f"ALTER {what} ... {word}: " + problem.replace("this tier", f"tier {self.ctx.tier.name}"))
+                        raise Refusal(f"ALTER {what} ... {word}: "
+                                      + problem.replace("this tier", f"tier {self.ctx.tier.name}"))
                 return
 
     # -- parsed statements -----------------------------------------------------------
