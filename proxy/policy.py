@@ -222,6 +222,8 @@ class Statement:
             raise NotUnderstood("the inner statement is not one statement")
         if parts[0].word not in allowed:
             raise NotUnderstood(f"{head.strip().split()[0].upper()} cannot carry {parts[0].word or 'this statement'}")
+        if ";" in body.text[:start]:  # the head goes as written: no second statement may hide in it
+            raise NotUnderstood(f"a ';' in the head of {head.strip().split()[0].upper()}")
         return " ".join(p for p in (head.strip(), body.text[:start].strip(), self.run(parts[0])) if p)
 
     def explain(self, seg: Segment) -> str:
