@@ -965,7 +965,7 @@ class Session:
 
     def _filter_error(self, message: bytes) -> bytes | None:
         error = codec.decode_message(codec.BACKEND, message)
-        text = error.get(b"M") or ""
+        text = next((value for code, value in error.fields if code == b"M"), None) or ""  # a notice has no get()
         if REFUSAL_MARK in text:
             token = text[text.index(REFUSAL_MARK):].split('"')[0]
             found = self._refusals.pop(token, None)

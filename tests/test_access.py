@@ -151,3 +151,20 @@ def test_purpose_follows_postgresqls_rules_for_settings():
     assert purpose_after(*block, ("tag", "ROLLBACK"), ("ready", b"T")) is None
     assert purpose_after(*block, ("tag", "PREPARE TRANSACTION"), ("ready", b"I")) is None
     assert purpose_after(*block, ("tag", "COMMIT"), ("tag", "ROLLBACK"), ("ready", b"I")) is None
+
+
+# ----------------------------------------------------------------------------- search_path within one Query
+def test_each_statement_of_a_query_is_decided_under_the_path_the_earlier_ones_leave():
+    from proxy.policy import Context, decide
+    rules = load_rules(RULES)
+    catalog = Catalog.from_spec({"public.customers": {"id": "integer", "id_number": "text"},
+                                 "staging.customers": {"id": "integer", "id_number": "text"},
+                                 "pg_catalog.pg_class": {"oid": "oid", "relname": "name"}})
+    ctx = Context(rules.tier("sales"), rules, catalog, ("staging", "public"), "sales_li")
+    plain = decide("SELECT id_number FROM customers", ctx)
+    assert plain.verdict == "allow" and "FROM staging.customers" in plain.sql  # unclassified, and qualified
+    moved = decide("SET search_path = public; SELECT id_number FROM customers", ctx)
+    assert moved.verdict == "rewrite" and '"public"."customers"' in moved.sql
+    lost = decide("BEGIN; SET search_path = public; ROLLBACK; SELECT id_number FROM customers", ctx)
+    assert lost.refused and "cannot follow" in lost.reason
+    assert "FROM pg_catalog.pg_class" in decide("SELECT relname FROM pg_class", ctx).sql

@@ -264,3 +264,62 @@ def test_cursors_and_portals_opened_under_a_grant_return_no_more_rows_after_it_e
     finally:
         loop.close()
         proxy.stop()
+
+
+# ----------------------------------------------------------------------------- search_path and qualified relations
+@pytest.fixture(scope="module")
+def staging(pg, grant_users):
+    """An unclassified staging.customers beside public.customers, and a top-secret customer's id."""
+    pg.psql("CREATE SCHEMA staging; CREATE TABLE staging.customers (LIKE public.customers);"
+            "GRANT USAGE ON SCHEMA staging TO crm_app, sales_cur;"
+            "GRANT ALL ON staging.customers TO crm_app, sales_cur;", "crm")
+    out = pg.psql("SELECT min(id) FROM customers WHERE grade = 'top_secret'", "crm")
+    return int(out.strip().splitlines()[-1].strip() if not out.strip().isdigit() else out.strip())
+
+
+def test_search_path_changed_inside_one_query_does_not_redirect_a_write(pg, tier_users, staging, tmp_path):
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", BASE)
+    try:
+        with psycopg.connect(proxy.dsn("crm_app", TIER_PASSWORD), autocommit=True) as conn:
+            conn.execute("SET search_path = staging, public")
+            query = (f"BEGIN; SET search_path = public;\n  UPDATE customers SET name = name WHERE id = {staging}\n"
+                     f"  RETURNING id_number || ' ', bank_card || ' ';\nROLLBACK")
+            rows = []
+            try:
+                cur = conn.execute(query)
+                while True:  # every result of the Query
+                    rows += cur.fetchall() if cur.description else []
+                    if not cur.nextset():
+                        break
+            except psycopg.Error as exc:
+                rows = []
+                assert exc.sqlstate == "42501" and "cannot be used in a write statement" in str(exc)
+                conn.execute("ROLLBACK")
+            assert rows == []  # nothing of the top-secret customer came back
+            with pytest.raises(psycopg.Error, match="cannot follow"):
+                conn.execute("RESET search_path; SELECT id_number FROM customers")
+            # following the path: the second statement reads public.customers, masked and filtered
+            cur = conn.execute("SET search_path = public; SELECT id_number FROM customers ORDER BY id LIMIT 1")
+            assert cur.nextset() and masked(cur.fetchone()[0])
+    finally:
+        proxy.stop()
+
+
+def test_a_temporary_view_cannot_stand_in_for_a_catalog_relation(pg, grant_users, tmp_path):
+    until = datetime.now(timezone.utc) + timedelta(seconds=WINDOW)
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", BASE + f"""grants:
+  - user: sales_end
+    tier: dba
+    until: "{until.isoformat()}"
+    reason: "CS-9 data fix"
+    approved_by: [li_na]
+""", "--rules-poll", "0")
+    try:
+        with psycopg.connect(proxy.dsn("sales_end", TIER_PASSWORD), autocommit=True) as conn:
+            conn.execute("CREATE TEMP VIEW pg_namespace AS SELECT id::oid AS oid, id_number::name AS nspname "
+                         "FROM public.customers")  # while the grant makes the session dba
+            time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 0.3)
+            names = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace ORDER BY 1").fetchall()]
+            assert "public" in names and not any(name[:1].isdigit() for name in names), names[:5]
+    finally:
+        proxy.stop()
