@@ -176,6 +176,7 @@ class Session:
         self._tracker = StatementTracker()
         self._prepared = PreparedStatements()
         self._opened = Opened()  # SQL prepared statements, cursors and portals, with their access
+        self._ran_under: dict[str, tuple] = {}  # statement id -> (grant, purpose) for its outcome records
         self._refused_ids: set[str] = set()
         self.phase = Phase.STARTUP
         self.client_tls = False
@@ -730,7 +731,9 @@ class Session:
                 self._refused_ids.discard(statement_id)
                 status, rows = "refused", None
                 sqlstate = self._refusal_states.pop(statement_id, "42501")
-            commands.append(Audit(records.outcome(self._who(), statement_id, status, rows, seconds, sqlstate)))
+            grant, purpose = self._ran_under.get(statement_id, (None, None))
+            commands.append(Audit(records.outcome(self._who(), statement_id, status, rows, seconds, sqlstate,
+                                                  purpose=purpose, grant=grant)))
         return commands
 
     def _search_path(self) -> tuple:
@@ -884,6 +887,11 @@ class Session:
         record["decision_us"] = self._decision_us
         self._decision_us = 0
         audits.append(Audit(record, durable=self.config.audit_strict and not (decision and decision.refused)))
+        # each execution's outcome names the access its statement was decided under: a change of
+        # access decides (and records) the statement again before it runs again
+        self._ran_under[statement_id] = (record["grant"], record["purpose"])
+        if len(self._ran_under) > 4096:
+            del self._ran_under[next(iter(self._ran_under))]
         if kind == P:
             self._tracker.parse(decoded.name, statement_id)
         else:

@@ -87,6 +87,7 @@ def test_a_grant_that_ends_ends_for_prepared_statements(pg, grant_users, tmp_pat
         clients = Clients(proxy, "sales_end")
         during = clients.run()
         assert not any(masked(v) for v in during.values()), during
+        assert clients.run() == during  # again: the drivers' prepared statements run
         assert not masked(clients.simple.execute("EXECUTE p", prepare=False).fetchone()[0])
         time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 0.3)
         after = clients.run()
@@ -96,13 +97,20 @@ def test_a_grant_that_ends_ends_for_prepared_statements(pg, grant_users, tmp_pat
         assert info.value.sqlstate == "42501" and "prepared under other access" in str(info.value)
         clients.simple.execute("DEALLOCATE p; PREPARE p AS " + SQL, prepare=False)
         assert masked(clients.simple.execute("EXECUTE p", prepare=False).fetchone()[0])
-        statements = [r for r in records(proxy, "statement") if r["user"] == "sales_end"
-                      and r["sql"].startswith("SELECT id_number")]
-        assert statements[0]["grant"] and "CS-7" in statements[0]["grant"] and statements[-1]["grant"] is None
     finally:
         if clients:
             clients.close()
-        proxy.stop()
+        proxy.stop()  # the journal is complete once the proxy has stopped
+    statements = [r for r in records(proxy, "statement") if r["user"] == "sales_end"
+                  and r["sql"].startswith("SELECT id_number")]
+    assert statements[0]["grant"] and "CS-7" in statements[0]["grant"] and statements[-1]["grant"] is None
+    # every execution's record names the grant it ran under: asyncpg and psycopg executed their
+    # prepared statements without a new statement record while the grant was in force
+    sql_of = {r["id"]: r["sql"] for r in statements}
+    outcomes = [r for r in records(proxy, "outcome") if r["statement"] in sql_of and r["status"] == "ok"]
+    granted = [o for o in outcomes if o["grant"] and "CS-7" in o["grant"]]
+    assert len({o["statement"] for o in granted}) < len(granted)
+    assert outcomes[-1]["grant"] is None
 
 
 def test_a_grant_that_begins_reaches_prepared_statements(pg, grant_users, tmp_path):
@@ -189,6 +197,10 @@ def test_a_purpose_cleared_like_a_setting_reaches_prepared_statements(purpose_pr
             await conn.close()
     during, after = asyncio.run(with_asyncpg())
     assert not masked(during) and masked(after), (during, after)
+    deadline = time.monotonic() + 5  # outcome records are written in batches: wait for them
+    while not any(o["user"] == "sales_cur" and o["purpose"] == "T-1" for o in records(purpose_proxy, "outcome")):
+        assert time.monotonic() < deadline, "no outcome record names the purpose"  # executions name it
+        time.sleep(0.1)
 
     with psycopg.connect(purpose_proxy.dsn("sales_cur", TIER_PASSWORD), autocommit=True) as conn:
         assert masked(conn.execute(SQL, prepare=True).fetchone()[0])
