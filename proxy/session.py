@@ -641,7 +641,9 @@ class Session:
                          f"access; the session is ended")
         self.tier = tier
         self._filtering = not tier.all_clear
-        self._from_server.watch = self._active_watch = self._server_watch()
+        self._active_watch = self._server_watch()
+        # a result still counted against a row limit keeps its rows watched
+        self._from_server.watch = self._active_watch | ({D} if self._row_limits else set())
         return []
 
     def _resolve(self, engine):

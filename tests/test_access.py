@@ -168,3 +168,20 @@ def test_each_statement_of_a_query_is_decided_under_the_path_the_earlier_ones_le
     lost = decide("BEGIN; SET search_path = public; ROLLBACK; SELECT id_number FROM customers", ctx)
     assert lost.refused and "cannot follow" in lost.reason
     assert "FROM pg_catalog.pg_class" in decide("SELECT relname FROM pg_class", ctx).sql
+
+
+def test_a_reload_mid_result_keeps_counting_rows_against_the_limit():
+    limited = RULES.replace("  sales:\n    see: {id_number: mask}", "  sales:\n    see: {id_number: mask}\n    max_rows: 2")
+    engine = Engine(load_rules(limited), CATALOG)
+    s = Session(SessionConfig(engine=engine, clock=lambda: T0, audit=True), peer=("10.1.2.3", 5000))
+    s.client_data(codec.encode_startup(STARTUP))
+    s.upstream_connected(tls=False)
+    s.server_data(codec.encode(codec.Authentication(0, b"")) + READY)
+    s.client_data(codec.encode(codec.Query("SELECT id_number FROM customers")))
+    row = codec.encode(codec.DataRow((b"110***0021",)))
+    s.server_data(codec.encode(codec.RowDescription((("id_number", 0, 0, 25, -1, -1, 0),))) + row)
+    engine.rules = load_rules(limited + "# edited\n")  # a reload while the result streams
+    s.client_data(codec.encode(codec.Query("SELECT 1")))  # pipelined: the access is decided again
+    out = s.server_data(row * 3 + codec.encode(codec.CommandComplete("SELECT 4")) + READY)
+    sent_back = b"".join(c.data for c in out if hasattr(c, "data"))
+    assert sent_back.count(row) == 1 and b"may read at most 2 rows" in sent_back
