@@ -26,6 +26,8 @@ True
 
 from __future__ import annotations
 
+import re
+
 UNKNOWN = "unknown"
 USES_RELATIONS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "(", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY",
                             "EXPLAIN", "DECLARE", "PREPARE", "CREATE", "ALTER", "DROP", "COMMENT"})
@@ -72,3 +74,17 @@ def _set(seg) -> tuple | str | None:
         else:
             return UNKNOWN
     return tuple(path)
+
+
+CHANGES = re.compile(r"\b(?:search_path|reset|discard|set_config|rollback|abort)\b", re.IGNORECASE)
+
+
+def after(segs: list, path: tuple | str) -> tuple | str:
+    """The path after these statements run, starting from ``path`` (or :data:`UNKNOWN`)."""
+    for seg in segs:
+        new = change(seg)
+        if new == UNKNOWN:
+            return UNKNOWN
+        if new is not None:
+            path = new
+    return path

@@ -40,6 +40,7 @@ from . import codec, policy
 from .access import Access, deciding_tier
 from .opened import Opened, segments
 from .purpose import PurposeSetting
+from . import searchpath
 from .audit import records
 from .audit.tracker import StatementTracker
 from .prepared import PreparedStatements
@@ -215,6 +216,7 @@ class Session:
         self._purpose_statement = ""  # the last declaration, for its audit record
         self._refusal_seq = 0
         self._search_path_text: str | None = None
+        self._pending_path = None  # the path statements sent but not yet run leave (searchpath.UNKNOWN: lost)
         self._search_path_parsed: tuple = ("$user", "public")
         self._held = bytearray()  # client messages that arrived before authentication ended
         self._auth_request_pending = False  # the server asked for a password or SASL step
@@ -593,6 +595,8 @@ class Session:
                 self._purpose.ready(self.transaction_status)
                 if self.outstanding:
                     self.outstanding -= 1
+                if not self.outstanding:
+                    self._pending_path = None  # all ran: the server's report is the path
             elif kind == C_:
                 if self._purpose.watching:
                     self._purpose.tag(codec._text(bytes(out[start + 5:end - 1])))
@@ -768,7 +772,18 @@ class Session:
             elif engine is not None and self.tier is not None:
                 tier = self.deciding_tier()
                 started = time.perf_counter()
-                decision = engine.decide(sql, tier, self._search_path(), self.user or "", self.access)
+                path = self._pending_path if self._pending_path is not None else self._search_path()
+                if path == searchpath.UNKNOWN and not tier.all_clear and any(
+                        seg.word in searchpath.USES_RELATIONS for seg in segments(sql)):
+                    decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
+                        "a statement sent before this one changes search_path in a way pgveil cannot follow; "
+                        "wait for its result before sending statements that use relations"))
+                else:
+                    decision = engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
+                                             self.user or "", self.access)
+                if not decision.refused and (self._pending_path is not None or searchpath.CHANGES.search(sql)):
+                    # statements sent before this one has run are decided under the path it leaves
+                    self._pending_path = searchpath.after(segments(sql), path)
                 if not decision.refused and Opened.concerns(sql):
                     decision = self._check_opened(sql, decision)
                 if not decision.refused and RESET_ALL.search(sql):

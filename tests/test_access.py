@@ -185,3 +185,26 @@ def test_a_reload_mid_result_keeps_counting_rows_against_the_limit():
     out = s.server_data(row * 3 + codec.encode(codec.CommandComplete("SELECT 4")) + READY)
     sent_back = b"".join(c.data for c in out if hasattr(c, "data"))
     assert sent_back.count(row) == 1 and b"may read at most 2 rows" in sent_back
+
+
+def test_statements_pipelined_after_a_search_path_change_are_decided_under_it():
+    engine = Engine(load_rules(RULES), Catalog.from_spec({"public.customers": {"id": "integer", "id_number": "text"},
+                                                          "staging.customers": {"id": "integer", "id_number": "text"}}))
+    s = Session(SessionConfig(engine=engine, clock=lambda: T0), peer=("10.1.2.3", 5000))
+    s.client_data(codec.encode_startup(STARTUP))
+    s.upstream_connected(tls=False)
+    s.server_data(codec.encode(codec.Authentication(0, b"")) + codec.encode(
+        codec.ParameterStatus("search_path", "staging, public")) + READY)
+
+    def extended(sql):
+        return (codec.encode(codec.Parse("", sql, ())) + codec.encode(codec.Bind("", "", (), (), ()))
+                + codec.encode(codec.Execute("", 0)))
+    wire = sent(s.client_data(extended("SET search_path = public") + extended("SELECT id_number FROM customers")
+                              + codec.encode(codec.Sync())))
+    assert '"public"."customers"' in wire and "CASE WHEN" in wire  # decided under public: masked
+    s.server_data(codec.encode(codec.ParameterStatus("search_path", "public")) + READY)
+    assert "CASE WHEN" in sent(s.client_data(codec.encode(codec.Query("SELECT id_number FROM customers"))))
+    s.server_data(READY)
+    lost = sent(s.client_data(extended("RESET search_path") + extended("SELECT id_number FROM customers")
+                              + codec.encode(codec.Sync())))
+    assert "pgveil-refused-" in lost and "CASE WHEN" not in lost
