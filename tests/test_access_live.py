@@ -22,14 +22,15 @@ BASE = RULES.read_text().replace(
     "id_number: mask, bank_card: mask}\n    statements: [read, session]\n    rows: {public.customers: \"grade = 'ordinary'\"}", 1)
 assert BASE != RULES.read_text()
 SQL = "SELECT id_number FROM customers ORDER BY id LIMIT 1"
-WINDOW = 4.0  # seconds until a grant's boundary: long enough to prepare everything, short for the suite
+WINDOW = 6.0  # seconds until a grant's boundary: long enough to prepare everything, short for the suite
 
 
 @pytest.fixture(scope="module")
 def grant_users(pg, tier_users):
     """sales_end has a grant that ends, sales_begin one that begins (both sales: ID numbers masked)."""
     users = ("sales_end", "sales_begin", "sales_cur")
-    pg.psql("\n".join(f"CREATE ROLE {u} LOGIN PASSWORD '{TIER_PASSWORD}';" for u in users))
+    pg.psql("\n".join(f"DO $$BEGIN CREATE ROLE {u} LOGIN PASSWORD '{TIER_PASSWORD}'; "
+                      f"EXCEPTION WHEN duplicate_object THEN NULL; END$$;" for u in users))  # another module may have
     pg.psql("\n".join(f"GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA public TO {u};" for u in users), "crm")
     return users
 
@@ -282,7 +283,7 @@ def test_cursors_and_portals_opened_under_a_grant_return_no_more_rows_after_it_e
 @pytest.fixture(scope="module")
 def staging(pg, grant_users):
     """An unclassified staging.customers beside public.customers, and a top-secret customer's id."""
-    pg.psql("CREATE SCHEMA staging; CREATE TABLE staging.customers (LIKE public.customers);"
+    pg.psql("CREATE SCHEMA IF NOT EXISTS staging; CREATE TABLE IF NOT EXISTS staging.customers (LIKE public.customers);"
             "GRANT USAGE ON SCHEMA staging TO crm_app, sales_cur;"
             "GRANT ALL ON staging.customers TO crm_app, sales_cur;", "crm")
     out = pg.psql("SELECT min(id) FROM customers WHERE grade = 'top_secret'", "crm")
