@@ -27,8 +27,9 @@ from .audit.writer import AuditWriter
 from .scram import tls_server_end_point
 from .tasks import Tasks
 from .tools import load_engine
-from .session import (Alert, Audit, Close, Phase, RefreshCatalog, ConnectUpstream, ForwardCancel, LookupVerifier, SendToClient,
-                      SendToServer, Session, SessionConfig, StartClientTLS)
+from .analyst import Analyst
+from .session import (Alert, Audit, Close, DecideApart, Phase, RefreshCatalog, ConnectUpstream, ForwardCancel, LookupVerifier,
+                      SendToClient, SendToServer, Session, SessionConfig, StartClientTLS)
 
 log = logs.get("pgveil.server")
 WRITE_HIGH_WATER = 256 * 1024
@@ -73,7 +74,7 @@ class DurableWait:
 
     def done(self, error: Exception | None) -> None:
         link = self.link
-        if self.remaining <= 0:
+        if self.remaining <= 0 or link.closed:
             return
         if error is not None:
             self.remaining = 0
@@ -109,6 +110,7 @@ class ClientLink(asyncio.Protocol):
         self._backlog: list[bytes] = []
         self._backlog_bytes = 0
         self._backlog_paused = False
+        self._apart_pending = False  # a statement's decision is being taken in a child process
 
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -126,7 +128,7 @@ class ClientLink(asyncio.Protocol):
             self.dispatch(self.session.fail, "08P01", "pgveil: timeout expired before the client authenticated")
 
     def data_received(self, data: bytes) -> None:
-        if self._durable_pending:
+        if self._durable_pending or self._apart_pending:
             self._backlog.append(data)
             self._backlog_bytes += len(data)
             if self._backlog_bytes > WRITE_HIGH_WATER and not self._backlog_paused:
@@ -139,11 +141,15 @@ class ClientLink(asyncio.Protocol):
         """The records a statement waited for are on disk (its commands are carried out): go
         on with what the client sent meanwhile."""
         self._durable_pending = False
-        while self._backlog and not self._durable_pending and not self.closed:
+        self._drain()
+
+    def _drain(self) -> None:
+        """Feed the session what the client sent while a statement waited."""
+        while self._backlog and not self._durable_pending and not self._apart_pending and not self.closed:
             data = self._backlog.pop(0)
             self._backlog_bytes -= len(data)
             self.dispatch(self.session.client_data, data)
-        if not self._durable_pending and self._backlog_paused:
+        if not self._durable_pending and not self._apart_pending and self._backlog_paused:
             self._backlog_paused = False
             self.resume_reading()
 
@@ -216,9 +222,12 @@ class ClientLink(asyncio.Protocol):
         elif kind is StartClientTLS:
             self._tasks.spawn(self._start_tls())
         elif kind is ForwardCancel:
-            self.proxy.spawn(self.proxy.forward_cancel(command.request))
+            self.proxy.cancels.spawn(self.proxy.forward_cancel(command.request))
         elif kind is LookupVerifier:
             self._tasks.spawn(self._lookup_verifier(command.user))
+        elif kind is DecideApart:
+            self._apart_pending = True
+            self.proxy.spawn(self._decide_apart(command))
         elif kind is RefreshCatalog:
             self.proxy.catalog_changed()
         elif kind is Alert:
@@ -231,6 +240,26 @@ class ClientLink(asyncio.Protocol):
                 metrics.SECOND_LAYER.labels(tier).inc()
         else:  # pragma: no cover - a new command without a handler is a bug
             raise TypeError(f"unknown command {command!r}")
+
+    async def _decide_apart(self, command: DecideApart) -> None:
+        """A large statement's cold decision, in one of the worker's child processes; the other
+        sessions go on meanwhile (see :mod:`proxy.analyst`)."""
+        engine = self.proxy.engine
+        decision = await self.proxy.analyst.decide(engine, command.sql, command.tier, command.search_path,
+                                                   command.user)
+        engine.cache.adopt(command.key, decision)
+        self._apart_pending = False
+        if self.closed:
+            return
+        self.dispatch(self.session.decided_apart, command.key, decision)
+        self._drain()
+
+    @property
+    def busy(self) -> bool:
+        """A statement is running or waiting (for its decision, its audit record or the server)."""
+        s = self.session
+        return s is not None and s.phase is Phase.ACTIVE and (
+            s.outstanding > 0 or self._durable_pending or self._apart_pending or bool(self._backlog))
 
     async def _start_tls(self) -> None:
         loop = asyncio.get_running_loop()
@@ -270,6 +299,15 @@ class ClientLink(asyncio.Protocol):
             self.dispatch(self.session.fail, "28000", "pgveil could not look up the role's credentials")
             return
         self.dispatch(self.session.verifier_found, verifier)
+
+    def terminate(self) -> None:
+        """pgveil is shutting down: end the session (FATAL 57P01), cancelling what runs upstream."""
+        if self.session is None or self.closed:
+            self.close("pgveil is shutting down")
+            return
+        self.dispatch(self.session.shutdown)
+        if not self.closed:
+            self.close("pgveil is shutting down")
 
     def close(self, reason: str, error: bool = False) -> None:
         if self.closed:
@@ -328,6 +366,8 @@ class Proxy:
         self._auth_pool = None
         self._tasks = Tasks()
         self.server: asyncio.base_events.Server | None = None
+        self.analyst = Analyst()
+        self.cancels = Tasks()  # CancelRequests on their way: stopping waits a moment for them
 
     def _audit_ok(self) -> bool:
         return self.audit.healthy
@@ -352,6 +392,7 @@ class Proxy:
             self.audit.submit(dict(audit_records.base("rules", {}), event="loaded", file=self.settings.rules,
                                    rules_version=self.engine.rules.version, sha256=self.engine.rules_sha256))
         if self.engine is not None:  # before listening, so that the first sessions find it
+            self.spawn(self.analyst.prestart())
             await self.refresh_catalog()
             self.spawn(self._refresh_periodically())
             if self.settings.rules_poll > 0:
@@ -448,16 +489,35 @@ class Proxy:
         assert self.server is not None
         return self.server.sockets[0].getsockname()[1]
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop accepting; let running statements finish for up to ``grace`` seconds, ending each
+        session as soon as it is idle, then end the rest, all with FATAL 57P01 as PostgreSQL's
+        fast shutdown does; then flush and sync the audit journal."""
         if self.server:
             self.server.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while True:
+            last = loop.time() >= deadline
+            for link in list(self.links):
+                if last or not link.busy:
+                    link.terminate()
+            if not self.links or last:
+                break
+            await asyncio.sleep(0.02)
+        self.analyst.close()
         metrics.process_exit()
         for link in list(self.links):
             link.close("pgveil is shutting down")
         if self._auth_pool is not None:
-            await self._auth_pool.close()
+            try:
+                await asyncio.wait_for(self._auth_pool.close(), 0.2)
+            except asyncio.TimeoutError:
+                self._auth_pool.terminate()
+        if self.cancels:
+            await asyncio.wait(list(self.cancels), timeout=0.3)
         await self.audit.close()
         self._tasks.cancel()
         for shipper in getattr(self, "shippers", []):
@@ -619,7 +679,16 @@ async def _serve_forever(settings: Settings, sock: socket.socket | None, ready=N
     if ready:
         ready()
     await stop.wait()
-    await proxy.stop()
+    log.info("shutting_down", grace_s=settings.shutdown_grace, sessions=len(proxy.links))
+    last_resort(settings.shutdown_grace)
+    await proxy.stop(settings.shutdown_grace)
+
+
+def last_resort(grace: float) -> None:
+    """Should stopping hang (it should not), SIGALRM's default action ends the process a second
+    after the grace period."""
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_REAL, grace + 1.0)
 
 
 def raise_file_limit() -> int:

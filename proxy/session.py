@@ -98,6 +98,17 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
+class DecideApart:
+    """Decide this statement in a child process (a cold decision that may take long), then report
+    back with ``decided_apart``; the client's further messages wait until then."""
+    key: tuple
+    sql: str
+    tier: object
+    search_path: tuple
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """Close both connections (after flushing what was queued)."""
     reason: str
@@ -105,7 +116,7 @@ class Close:
 
 
 Command = (SendToClient | SendToServer | StartClientTLS | ConnectUpstream | ForwardCancel | LookupVerifier | Alert
-           | RefreshCatalog | Audit | Close)
+           | RefreshCatalog | Audit | DecideApart | Close)
 
 
 class Phase(Enum):
@@ -211,6 +222,8 @@ class Session:
         self._held = bytearray()  # client messages that arrived before authentication ended
         self._auth_request_pending = False  # the server asked for a password or SASL step
         self._upstream_cert_hash: bytes | None = None
+        self._apart_held: tuple | None = None  # (out, marks) waiting for a decision taken apart
+        self._apart_ready: tuple | None = None  # (key, decision) of that decision, while it is used
 
     # ------------------------------------------------------------------ events
     def client_data(self, data: bytes) -> list[Command]:
@@ -458,11 +471,58 @@ class Session:
     # ------------------------------------------------------------------ relay
     def _client_active(self, data: bytes) -> list[Command]:
         out, marks = self._from_client.feed(data)
+        return self._client_messages(out, marks)
+
+    def decided_apart(self, key: tuple, decision) -> list[Command]:
+        """The decision a :class:`DecideApart` asked for: go on with the messages held since."""
+        if self.phase is Phase.CLOSED or self._apart_held is None:
+            return []
+        out, marks = self._apart_held
+        self._apart_held = None
+        self._apart_ready = (key, decision)
+        try:
+            return self._client_messages(out, marks, resumed=True)
+        except ProtocolViolation as exc:
+            return self.fail("08P01", str(exc))
+        finally:
+            self._apart_ready = None
+
+    def _apart(self, kind: int, out: bytes, start: int, end: int, sql: str | None) -> DecideApart | None:
+        """A DecideApart for this Query or Parse when its cold decision belongs in a child process
+        (see :mod:`proxy.limits`); None to decide it here."""
+        engine = self.config.engine
+        if engine is None or self.tier is None or kind == F:
+            return None
+        if sql is None:
+            sql = codec.decode_message(codec.FRONTEND, out[start:end]).query if kind == P else \
+                codec.query_text(out[start:end])
+        if PURPOSE_WORD in sql.lower() or self._filtering and \
+                self.server_params.get("standard_conforming_strings", "on") != "on":
+            return None  # refused at once by _decide_message
+        tier, path, user = self._decision_tier(), self._search_path(), self.user or ""
+        apart = getattr(engine, "apart", None)  # an engine that decides everything itself has none
+        key = apart(sql, tier, path, user) if apart is not None else None
+        return DecideApart(key, sql, tier, path, user) if key is not None else None
+
+    def _decision_tier(self):
+        """The tier statements are decided for: purpose-bound classes masked until a purpose is declared."""
+        return self.tier if self.purpose or not self.tier.needs_purpose else self.tier.without_purpose()
+
+    def _client_messages(self, out: bytes, marks: list, resumed: bool = False) -> list[Command]:
+        """The client's complete messages in ``out``.  ``resumed``: the first of them was held for
+        a decision taken apart, after everything before its decision had been done."""
         pieces: list[bytes] = []
         audits: list[Command] = []
-        pos = 0
+        pos = marks[0][1] if resumed else 0
         decide = self.tier is not None or self.config.audit
-        for kind, start, end in marks:
+        for index, (kind, start, end) in enumerate(marks):
+            if resumed and index == 0:
+                sql = codec.query_text(out[start:end]) if kind == Q else None
+                replacement = self._decide_message(kind, out[start:end], audits, sql)
+                if replacement is not None:
+                    pieces += (out[pos:start], replacement)
+                    pos = end
+                continue
             if kind not in ACTIVE_FRONTEND:
                 raise ProtocolViolation(f"invalid frontend message type {kind}")
             if kind == Q or kind == SYNC or kind == F:
@@ -499,6 +559,12 @@ class Session:
                     self._audit_purpose(audits)
                     continue
             if decide and (kind == Q or kind == P or kind == F):
+                apart = self._apart(kind, out, start, end, sql)
+                if apart is not None:  # the rest waits for the child's answer (decided_apart)
+                    self._apart_held = (out, marks[index:])
+                    pieces.append(out[pos:start])
+                    sent = b"".join(pieces)
+                    return audits + ([SendToServer(sent)] if sent else []) + [apart]
                 replacement = self._decide_message(kind, out[start:end], audits, sql)
                 if replacement is not None:
                     pieces += (out[pos:start], replacement)
@@ -704,9 +770,10 @@ class Session:
                 decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                     "declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'"))
             elif engine is not None and self.tier is not None:
-                tier = self.tier if self.purpose or not self.tier.needs_purpose else self.tier.without_purpose()
+                tier = self._decision_tier()
                 started = time.perf_counter()
-                decision = engine.decide(sql, tier, self._search_path(), self.user or "")
+                ready = () if self._apart_ready is None else (self._apart_ready,)
+                decision = engine.decide(sql, tier, self._search_path(), self.user or "", *ready)
                 self._decision_us = int((time.perf_counter() - started) * 1_000_000)
                 if tier is not self.tier and decision.columns:
                     self._purpose_notice(decision, audits)
@@ -901,6 +968,17 @@ class Session:
         self.server_params[status.name] = status.value
 
     # ------------------------------------------------------------------ ending
+    def shutdown(self) -> list[Command]:
+        """pgveil is shutting down: a statement still running upstream is cancelled, the server
+        session ended, and the client told as PostgreSQL tells it (FATAL 57P01)."""
+        if self.phase is Phase.CLOSED:
+            return []
+        busy = self.outstanding > 0 or self._from_server.mid_message
+        commands: list[Command] = [ForwardCancel(self.backend_key)] if busy and self.backend_key else []
+        if self.phase is Phase.ACTIVE:
+            commands.append(SendToServer(codec.encode(codec.Terminate())))
+        return commands + self.fail("57P01", "terminating connection due to administrator command")
+
     def fail(self, sqlstate: str, message: str, *, detail: str | None = None,
              hint: str | None = None) -> list[Command]:
         """End the session with a FATAL error to the client (when the stream allows one)."""
