@@ -41,6 +41,8 @@ from .policy import Decision, decide, failed_analysis
 log = logs.get("pgveil.analyst")
 ROOT = Path(__file__).resolve().parent.parent
 RETIRE_RSS = 512 << 20
+CHILD_NICENESS = 10
+SAME_TEXT = "\x00same"  # in an answer: the decision's SQL is the statement's own text (no Query holds a NUL)
 DEFAULT_TIMEOUT = 30.0
 _HEADER = struct.Struct(">I")
 _CHILD = ("import sys; sys.path.insert(0, {root!r}); from proxy.analyst import child_main; "
@@ -75,6 +77,7 @@ def child_main() -> int:
 
     from .rewrite import Context
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the worker decides
+    os.nice(CHILD_NICENESS)  # on a busy machine, the event loops of the workers come first
     read, write = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing printed may corrupt the frames
     snapshot_key, rules, catalog, templates = None, None, None, {}
@@ -92,6 +95,8 @@ def child_main() -> int:
             decision = decide_cold(sql, Context(tier, rules, catalog, search_path, user), templates)
         except Exception as exc:  # noqa: BLE001 - the statement is refused (or relayed), the child goes on
             decision = failed_analysis(sql, tier, exc)
+        if decision.sql is sql:  # an all-clear tier's text goes as it is: not sent back
+            decision = replace(decision, sql=SAME_TEXT)
         answer = pickle.dumps((decision, _rss() > RETIRE_RSS), protocol=pickle.HIGHEST_PROTOCOL)
         write.write(_HEADER.pack(len(answer)) + answer)
         write.flush()
@@ -158,33 +163,44 @@ class Analyst:
     async def decide(self, engine, sql: str, tier, search_path: tuple, user: str) -> Decision:
         """The decision of ``sql`` for ``tier``, taken in a child process."""
         async with self._slots:
-            if self._closed:
-                return failed_analysis(sql, tier, "pgveil is shutting down")
-            child = self._idle.pop() if self._idle else await self._start()
-            started = time.monotonic()
-            try:
-                decision, retire = await asyncio.wait_for(
-                    child.ask(self._frame(engine, child, sql, tier, search_path, user)), self.timeout)
-            except asyncio.CancelledError:
-                child.kill()  # mid-request: its answer would reach the next statement
-                self._all.discard(child)
-                raise
-            except (asyncio.TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, pickle.PickleError) as exc:
-                child.kill()
-                self._all.discard(child)
-                self.failed += 1
-                why = (f"the analysis took longer than {self.timeout:g} s" if isinstance(exc, asyncio.TimeoutError)
-                       else "the analysing process ended")
-                log.warning("analysis_failed", error=why, seconds=round(time.monotonic() - started, 3),
-                            size=len(sql), tier=tier.name)
-                return failed_analysis(sql, tier, why)
-            self.decided += 1
-            if retire or self._closed:
-                child.kill()
-                self._all.discard(child)
-            else:
-                self._idle.append(child)
-            return decision
+            for attempt in (1, 2):
+                if self._closed:
+                    return failed_analysis(sql, tier, "pgveil is shutting down")
+                reused = bool(self._idle)
+                child = self._idle.pop() if reused else await self._start()
+                started = time.monotonic()
+                try:
+                    decision, retire = await asyncio.wait_for(
+                        child.ask(self._frame(engine, child, sql, tier, search_path, user)), self.timeout)
+                except asyncio.CancelledError:
+                    self._discard(child)  # mid-request: its answer would reach the next statement
+                    raise
+                except asyncio.TimeoutError:
+                    self._discard(child)
+                    return self._failed(sql, tier, f"the analysis took longer than {self.timeout:g} s", started)
+                except (OSError, EOFError, asyncio.IncompleteReadError, pickle.PickleError):
+                    self._discard(child)
+                    if reused and attempt == 1 and time.monotonic() - started < 0.1:
+                        continue  # an idle child that had died meanwhile: a fresh one is asked
+                    return self._failed(sql, tier, "the analysing process ended", started)
+                self.decided += 1
+                if decision.sql == SAME_TEXT:
+                    decision = replace(decision, sql=sql)
+                if retire or self._closed:
+                    self._discard(child)
+                else:
+                    self._idle.append(child)
+                return decision
+
+    def _discard(self, child: _Child) -> None:
+        child.kill()
+        self._all.discard(child)
+
+    def _failed(self, sql: str, tier, why: str, started: float) -> Decision:
+        self.failed += 1
+        log.warning("analysis_failed", error=why, seconds=round(time.monotonic() - started, 3), size=len(sql),
+                    tier=tier.name)
+        return failed_analysis(sql, tier, why)
 
     def close(self) -> None:
         """Kill every child now (a statement waiting for one gets a failed analysis)."""

@@ -36,7 +36,7 @@ import re
 import time
 from typing import Callable
 
-from . import codec, policy
+from . import codec, limits, policy
 from .audit import records
 from .audit.tracker import StatementTracker
 from .prepared import PreparedStatements
@@ -504,6 +504,13 @@ class Session:
         key = apart(sql, tier, path, user) if apart is not None else None
         return DecideApart(key, sql, tier, path, user) if key is not None else None
 
+    def _hold(self, out: bytes, marks: list, index: int, pieces: list, audits: list,
+              apart: DecideApart) -> list[Command]:
+        """Send what precedes message ``index``, keep it and the rest until ``decided_apart``."""
+        self._apart_held = (out, marks[index:])
+        sent = b"".join(pieces)
+        return audits + ([SendToServer(sent)] if sent else []) + [apart]
+
     def _decision_tier(self):
         """The tier statements are decided for: purpose-bound classes masked until a purpose is declared."""
         return self.tier if self.purpose or not self.tier.needs_purpose else self.tier.without_purpose()
@@ -518,6 +525,9 @@ class Session:
         for index, (kind, start, end) in enumerate(marks):
             if resumed and index == 0:
                 sql = codec.query_text(out[start:end]) if kind == Q else None
+                apart = self._apart(kind, out, start, end, sql)
+                if apart is not None and apart.key != self._apart_ready[0]:  # the rules changed meanwhile
+                    return self._hold(out, marks, index, pieces + [out[pos:start]], audits, apart)
                 replacement = self._decide_message(kind, out[start:end], audits, sql)
                 if replacement is not None:
                     pieces += (out[pos:start], replacement)
@@ -548,7 +558,7 @@ class Session:
                 elif kind == C:
                     body = out[start + 5:end]
                     if body[:1] == b"S":
-                        self._prepared.statements.pop(codec._text(bytes(body[1:body.index(b"\0", 1)])), None)
+                        self._prepared.forget(codec._text(bytes(body[1:body.index(b"\0", 1)])))
             sql = codec.query_text(out[start:end]) if kind == Q and decide else None  # read once for both below
             if sql is not None and engine is not None and self.tier is not None:
                 reply = self._declare_purpose(sql)
@@ -561,10 +571,7 @@ class Session:
             if decide and (kind == Q or kind == P or kind == F):
                 apart = self._apart(kind, out, start, end, sql)
                 if apart is not None:  # the rest waits for the child's answer (decided_apart)
-                    self._apart_held = (out, marks[index:])
-                    pieces.append(out[pos:start])
-                    sent = b"".join(pieces)
-                    return audits + ([SendToServer(sent)] if sent else []) + [apart]
+                    return self._hold(out, marks, index, pieces + [out[pos:start]], audits, apart)
                 replacement = self._decide_message(kind, out[start:end], audits, sql)
                 if replacement is not None:
                     pieces += (out[pos:start], replacement)
@@ -779,12 +786,18 @@ class Session:
                     self._purpose_notice(decision, audits)
             else:
                 decision = None
+        kept = kind == P and decoded.name and engine is not None
+        if kept and not self._prepared.fits(decoded.name, sql, limits.PREPARED_BYTES):
+            kept = False
+            decision = policy.Decision("refuse", "", sqlstate="54000", reason=(
+                f"pgveil keeps at most {limits.PREPARED_BYTES >> 20} MB of prepared statement text per session; "
+                f"close (DEALLOCATE) prepared statements before preparing more"))
         if self.config.audit and self.config.audit_ok is not None and not self.config.audit_ok():
             decision = policy.Decision("refuse", "", sqlstate="58030", reason=(
                 "pgveil cannot write its audit journal, so it refuses statements until it can"))
         self._ddl_seen = self._ddl_seen or (decision is not None and "ddl" in decision.kinds)
-        if kind == P and decoded.name and engine is not None:
-            self._prepared.statements[decoded.name] = (sql, decoded.param_types, self._rules_version)
+        if kept:
+            self._prepared.remember(decoded.name, sql, decoded.param_types, self._rules_version)
         statement_id = self._audit_statement(kind, decoded, sql, decision, audits)
         if statement_id and decision is not None and decision.columns and self.tier is not None and \
                 self.tier.max_rows and not decision.refused:
