@@ -75,39 +75,60 @@ def worst_during(pings: list, start: float, end: float) -> tuple[float, int]:
 
 
 # ----------------------------------------------------------------------------- the costly session
-async def _costly(port: int, user: str, sql: str) -> tuple[str, float, float]:
+async def _costly(port: int, user: str, sql: str) -> tuple[str, float, float, float, float]:
     import asyncpg
     conn = await asyncpg.connect(host="127.0.0.1", port=port, user=user, password=TIER_PASSWORD,
                                  database="crm", ssl=False, timeout=60)
-    started = time.monotonic()
+    started, wall_started = time.monotonic(), time.time()
     try:
         await conn.execute(sql)
         outcome = "answered"
     except asyncpg.PostgresError as exc:
         outcome = f"error {exc.sqlstate}"
-    ended = time.monotonic()
+    ended, wall_ended = time.monotonic(), time.time()
     await conn.close()
-    return outcome, started, ended
+    return outcome, started, ended, wall_started, wall_ended
 
 
-def measure_stalls(port: int, tiers: list[str]) -> list[dict]:
+SLOW_EVENT_MS = 5  # the worker logs events that hold its loop longer (PGVEIL_SLOW_EVENT_MS)
+
+
+def slow_events(log: str, start: float, end: float) -> tuple[float, float]:
+    """The worker's longest event between two time.time() stamps, from its slow_event lines:
+    (wall ms, its own CPU ms); the difference is time the machine gave to other processes."""
+    from datetime import datetime
+    worst = (0.0, 0.0)
+    for line in log.splitlines():
+        if '"slow_event"' not in line:
+            continue
+        record = json.loads(line)
+        stamp = datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+        if start <= stamp <= end + 0.5 and record["wall_ms"] > worst[0]:
+            worst = (record["wall_ms"], record["cpu_ms"])
+    return worst
+
+
+def measure_stalls(proxy, tiers: list[str]) -> list[dict]:
     rows = []
     cases = pathological()
     for tier in tiers:
         for name, sql in cases.items():
-            pinger = Pinger(port)
+            pinger = Pinger(proxy.port)
             time.sleep(0.3)
-            outcome, start, end = asyncio.run(_costly(port, TIERS[tier], sql))
+            outcome, start, end, wall_start, wall_end = asyncio.run(_costly(proxy.port, TIERS[tier], sql))
             time.sleep(0.1)
             pings = pinger.stop()
             worst, count = worst_during(pings, start, end)
             baseline = max(((b - a) * 1000 for a, b in pings if b < start), default=float("nan"))
+            event_wall, event_cpu = slow_events(proxy.log(), wall_start, wall_end)
             row = {"statement": name, "tier": tier, "outcome": outcome, "seconds": round(end - start, 3),
                    "worst_ms": round(worst, 1), "pings": count, "baseline_worst_ms": round(baseline, 1),
+                   "worker_event_wall_ms": event_wall, "worker_event_cpu_ms": event_cpu,
                    "target_ms": STALL_TARGET_MS}
             rows.append(row)
             print(f"stall {tier:9s} {name:32s} {outcome:12s} {end - start:7.2f} s  worst SELECT 1 "
-                  f"{worst:7.1f} ms over {count} pings", flush=True)
+                  f"{worst:7.1f} ms over {count} pings; worker's longest event {event_wall} ms "
+                  f"({event_cpu} ms CPU)", flush=True)
     return rows
 
 
@@ -195,10 +216,14 @@ def run(cluster, tiers: list[str], flood: int, flood_tiers: list[str]) -> dict:
                            for u in TIER_USERS), "crm")
     rules = Path(tempfile.mkdtemp(prefix="pgveil-stall-")) / "crm.yaml"
     rules.write_text(RULES.read_text())
-    proxy = start_proxy(cluster.port, "--upstream-sslmode", "disable", "--rules", str(rules), "--catalog-dsn",
-                        cluster.dsn(database="crm"), "--log-level", "warning", "--workers", "1")
+    os.environ["PGVEIL_SLOW_EVENT_MS"] = str(SLOW_EVENT_MS)
     try:
-        stalls = measure_stalls(proxy.port, tiers)
+        proxy = start_proxy(cluster.port, "--upstream-sslmode", "disable", "--rules", str(rules), "--catalog-dsn",
+                            cluster.dsn(database="crm"), "--log-level", "warning", "--workers", "1")
+    finally:
+        del os.environ["PGVEIL_SLOW_EVENT_MS"]
+    try:
+        stalls = measure_stalls(proxy, tiers)
     finally:
         proxy.stop()
     memory = [measure_memory(cluster, rules, tier, flood) for tier in flood_tiers]
@@ -207,11 +232,16 @@ def run(cluster, tiers: list[str], flood: int, flood_tiers: list[str]) -> dict:
 
 def print_table(section: dict) -> None:
     print("\nstall: the other session's worst SELECT 1 latency while one statement runs (one worker)")
-    print(f"{'statement':32s}{'tier':11s}{'outcome':13s}{'took s':>8s}{'worst ms':>10s}{'target':>8s}")
+    print("(worker event: the worker's longest event meanwhile, wall and its own CPU, from PGVEIL_SLOW_EVENT_MS "
+          f"logging; under {SLOW_EVENT_MS} ms when none was logged)")
+    print(f"{'statement':32s}{'tier':11s}{'outcome':13s}{'took s':>8s}{'worst ms':>10s}{'target':>8s}"
+          f"{'idle worst':>12s}{'worker event ms':>17s}")
     for r in section["stalls"]:
         flag = "" if r["worst_ms"] <= r["target_ms"] else "  over"
+        event = (f"{r['worker_event_wall_ms']:.0f} ({r['worker_event_cpu_ms']:.0f} CPU)"
+                 if r.get("worker_event_wall_ms") else f"< {SLOW_EVENT_MS}")
         print(f"{r['statement']:32s}{r['tier']:11s}{r['outcome']:13s}{r['seconds']:8.2f}{r['worst_ms']:10.1f}"
-              f"{r['target_ms']:8.0f}{flag}")
+              f"{r['target_ms']:8.0f}{r['baseline_worst_ms']:12.1f}{event:>17s}{flag}")
     for m in section["memory"]:
         flag = "" if m["growth_mb"] <= m["target_mb"] else "  over"
         print(f"memory after {m['statements']:,} distinct 64 KB statements ({m['tier']} tier): worker RSS "

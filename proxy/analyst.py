@@ -36,7 +36,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import logs
-from .policy import Decision, decide, failed_analysis
+from .policy import Decision, DecisionCache, Template, failed_analysis
 
 log = logs.get("pgveil.analyst")
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,17 +50,15 @@ _CHILD = ("import sys; sys.path.insert(0, {root!r}); from proxy.analyst import c
 
 
 # ----------------------------------------------------------------------------- the child
-def decide_cold(sql: str, ctx, templates: dict) -> Decision:
-    """A first decision of ``sql``, with its audit text: what :class:`proxy.policy.DecisionCache`
-    decides on a miss, without the shape step (the child keeps no shapes)."""
-    from .audit.normalize import from_tokens, normalize
-    from .sql import SqlglotError, tokenize
-    try:
-        tokens = tokenize(sql)
-    except SqlglotError:
-        tokens = None
-    normalized = from_tokens(sql, tokens) if tokens is not None else normalize.__wrapped__(sql)
-    return replace(decide(sql, ctx, templates, tokens), normalized=normalized)
+def decide_cold(sql: str, ctx, templates: dict) -> tuple[Decision, tuple | None]:
+    """A first decision of ``sql``, as :class:`proxy.policy.DecisionCache` takes it on a miss, and
+    the decision of its shape when one was made and can be reused ((key, template), for the
+    worker's cache: statements of the same shape are then decided there, cheaply)."""
+    cache = DecisionCache()
+    cache.templates = templates
+    decision = cache.decide(sql, ctx)
+    shapes = [(k, v) for k, v in cache._entries.items() if len(k) > 6 and k[-2] == "shape" and isinstance(v, Template)]
+    return decision, (shapes[0] if shapes else None)
 
 
 def _rss() -> int:
@@ -92,12 +90,12 @@ def child_main() -> int:
         try:
             if key != snapshot_key:
                 raise LookupError("the child has another rules and catalog snapshot")
-            decision = decide_cold(sql, Context(tier, rules, catalog, search_path, user), templates)
+            decision, shape = decide_cold(sql, Context(tier, rules, catalog, search_path, user), templates)
         except Exception as exc:  # noqa: BLE001 - the statement is refused (or relayed), the child goes on
-            decision = failed_analysis(sql, tier, exc)
+            decision, shape = failed_analysis(sql, tier, exc), None
         if decision.sql is sql:  # an all-clear tier's text goes as it is: not sent back
             decision = replace(decision, sql=SAME_TEXT)
-        answer = pickle.dumps((decision, _rss() > RETIRE_RSS), protocol=pickle.HIGHEST_PROTOCOL)
+        answer = pickle.dumps((decision, shape, _rss() > RETIRE_RSS), protocol=pickle.HIGHEST_PROTOCOL)
         write.write(_HEADER.pack(len(answer)) + answer)
         write.flush()
 
@@ -110,7 +108,7 @@ class _Child:
         self.proc = proc
         self.snapshot = None
 
-    async def ask(self, frame: bytes) -> tuple[Decision, bool]:
+    async def ask(self, frame: bytes) -> tuple:
         self.proc.stdin.write(frame)
         await self.proc.stdin.drain()
         size = _HEADER.unpack(await self.proc.stdout.readexactly(_HEADER.size))[0]
@@ -170,7 +168,7 @@ class Analyst:
                 child = self._idle.pop() if reused else await self._start()
                 started = time.monotonic()
                 try:
-                    decision, retire = await asyncio.wait_for(
+                    decision, shape, retire = await asyncio.wait_for(
                         child.ask(self._frame(engine, child, sql, tier, search_path, user)), self.timeout)
                 except asyncio.CancelledError:
                     self._discard(child)  # mid-request: its answer would reach the next statement
@@ -184,6 +182,8 @@ class Analyst:
                         continue  # an idle child that had died meanwhile: a fresh one is asked
                     return self._failed(sql, tier, "the analysing process ended", started)
                 self.decided += 1
+                if shape is not None:  # the next statements of this shape are decided in the worker
+                    engine.cache.adopt(*shape)
                 if decision.sql == SAME_TEXT:
                     decision = replace(decision, sql=sql)
                 if retire or self._closed:

@@ -367,6 +367,7 @@ _OTHER_LITERALS = frozenset({"BYTE_STRING", "HEREDOC_STRING", "BIT_STRING", "HEX
 UNCACHEABLE = object()
 CACHE_BYTES = 64 << 20  # what a process's decision cache may hold: texts, rewritten texts, shapes
 MAX_TEMPLATES = 4096
+SHAPE_READ_LIMIT = 16 * 1024  # a large statement's shape is looked up when the quick reading costs little
 ENTRY_OVERHEAD = 600  # the tuple, the Decision, the dict slots: measured about 500 bytes
 
 
@@ -651,7 +652,13 @@ class Engine:
         if not decided_apart(sql) or (self.catalog is None and not tier.all_clear):
             return None
         key = self.cache.key(sql, Context(tier, self.rules, self.catalog, search_path, user))
-        return None if self.cache.cached(key) is not None else key
+        if self.cache.cached(key) is not None:
+            return None
+        if len(sql) <= SHAPE_READ_LIMIT:  # a shape decided before is reused here, cheaply
+            read = lexer.quick(sql)
+            if read is not None and isinstance(self.cache.cached(key[:-1] + ("shape", read[0])), Template):
+                return None
+        return key
 
     def hidden_columns(self, tier) -> frozenset:
         """(table oid, attnum) of every column this tier may not see in clear: the second,

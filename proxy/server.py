@@ -33,6 +33,8 @@ from .session import (Alert, Audit, Close, DecideApart, Phase, RefreshCatalog, C
 
 log = logs.get("pgveil.server")
 WRITE_HIGH_WATER = 256 * 1024
+# a diagnosis aid (bench/stall.py sets it): events that hold the event loop longer are logged
+SLOW_EVENT_S = float(os.environ.get("PGVEIL_SLOW_EVENT_MS") or 0) / 1000
 _session_ids = count(1)
 
 
@@ -182,6 +184,24 @@ class ClientLink(asyncio.Protocol):
     # -- commands -----------------------------------------------------------------
     def dispatch(self, event, *args) -> None:
         """Feed one event to the session and carry out what it asks."""
+        if SLOW_EVENT_S:
+            self._timed(event, *args)
+            return
+        self._dispatch(event, *args)
+
+    def _timed(self, event, *args) -> None:
+        """:meth:`dispatch`, logging an event that held the loop longer than PGVEIL_SLOW_EVENT_MS,
+        with the CPU time this thread spent on it (the rest: the machine ran something else)."""
+        cpu, wall = time.thread_time(), time.perf_counter()
+        try:
+            self._dispatch(event, *args)
+        finally:
+            wall = time.perf_counter() - wall
+            if wall > SLOW_EVENT_S:
+                log.warning("slow_event", session=self.id, what=event.__name__, wall_ms=round(wall * 1000, 1),
+                            cpu_ms=round((time.thread_time() - cpu) * 1000, 1))
+
+    def _dispatch(self, event, *args) -> None:
         try:
             commands = event(*args)
         except Exception:  # a bug in the session must cost this connection only

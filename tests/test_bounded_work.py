@@ -102,7 +102,7 @@ def test_the_session_holds_what_follows_a_statement_decided_apart():
     assert len(apart) == 1 and apart[0].sql == big
     assert sent_to_server(commands) == first, "the statements before it go now, nothing after it"
     e = s.config.engine
-    decision = decide_cold(big, Context(apart[0].tier, e.rules, e.catalog, apart[0].search_path, apart[0].user), {})
+    decision, _ = decide_cold(big, Context(apart[0].tier, e.rules, e.catalog, apart[0].search_path, apart[0].user), {})
     assert decision.verdict == "rewrite"
     commands = s.decided_apart(apart[0].key, decision)
     assert sent_to_server(commands) == codec.encode(codec.Query(decision.sql)) + after
@@ -117,6 +117,20 @@ def test_a_decision_taken_apart_for_other_rules_is_not_used():
     commands = s.decided_apart(wrong_key, policy.Decision("allow", big))
     again = [c for c in commands if isinstance(c, DecideApart)]
     assert again and not sent_to_server(commands), "decided apart again, never sent on a stale decision"
+
+
+def test_a_shape_decided_apart_decides_its_next_statements_in_the_worker():
+    e, sales = engine(), CRM.tier("sales")
+    ctx = Context(sales, CRM, e.catalog, ("public",), "u")
+    key = e.apart(UNION, sales, ("public",), "u")
+    decision, shape = decide_cold(UNION, ctx, {})
+    assert shape is not None and shape[0][:-2] == key[:-1], "the shape's key, in the same context"
+    e.cache.adopt(key, decision)
+    e.cache.adopt(*shape)
+    other = UNION.replace("= 1\n", "= 100001\n").replace("= 7\n", "= 77\n")
+    assert e.apart(other, sales, ("public",), "u") is None, "a new statement of a known shape: decided here"
+    assert e.decide(other, sales, ("public",), "u") == DecisionCache().decide(other, ctx)
+    assert "100001" in e.decide(other, sales, ("public",), "u").sql
 
 
 # ----------------------------------------------------------------------------- the child processes
@@ -149,7 +163,7 @@ def test_the_analyst_decides_as_the_engine_does_and_survives_its_children():
     for tier in ("sales", "dba"):
         for name in ("3,000 nested parentheses", "3,000 statements in one Query", "4 MB string literal"):
             ctx = Context(CRM.tier(tier), CRM, e.catalog, ("$user", "public"), "u")
-            inline = decide_cold(cases[name], ctx, {})
+            inline = decide_cold(cases[name], ctx, {})[0]
             if "RecursionError" in inline.reason:  # its text names where the stack ran out
                 assert out[tier, name].reason.startswith(inline.reason.split(":")[0] + ": RecursionError")
                 inline = replace(inline, reason=out[tier, name].reason)
