@@ -213,3 +213,23 @@ def test_prepared_statement_text_per_session_is_bounded(monkeypatch):
     refused = s.client_data(codec.encode(codec.Parse("s2", "SELECT " + "2, " * 200 + "2", ())))
     assert b"pgveil-refused" in sent_to_server(refused), "beyond the bound: refused, not kept"
     assert set(s._prepared.statements) == {"s1"}
+
+
+def test_a_long_message_in_pieces_is_appended_not_joined_again():
+    import random
+    rng = random.Random(13)
+    messages = [codec.Query("x" * (1 << 20)), codec.Query("SELECT 1"), codec.Sync(), codec.Query("y" * 70_000)]
+    wire = b"".join(codec.encode(m) for m in messages)
+    for _ in range(20):
+        splitter, got, pos = codec.Splitter(b"QS"), [], 0
+        while pos < len(wire):
+            step = rng.choice((1, 3, 4096, 65536, 300_000))
+            out, marks = splitter.feed(wire[pos:pos + step])
+            got += [bytes(out[s:e]) for _, s, e in marks]
+            pos += step
+        assert got == [codec.encode(m) for m in messages]
+    splitter = codec.Splitter(b"Q")
+    splitter.feed(codec.encode(messages[0])[:100])
+    held = splitter._buf
+    splitter.feed(b"x" * 1000)
+    assert splitter._buf is held, "the held part grows in place"
