@@ -50,13 +50,13 @@ _CHILD = ("import sys; sys.path.insert(0, {root!r}); from proxy.analyst import c
 
 
 # ----------------------------------------------------------------------------- the child
-def decide_cold(sql: str, ctx, templates: dict) -> tuple[Decision, tuple | None]:
+def decide_cold(sql: str, ctx, templates: dict, access=None) -> tuple[Decision, tuple | None]:
     """A first decision of ``sql``, as :class:`proxy.policy.DecisionCache` takes it on a miss, and
     the decision of its shape when one was made and can be reused ((key, template), for the
     worker's cache: statements of the same shape are then decided there, cheaply)."""
     cache = DecisionCache()
     cache.templates = templates
-    decision = cache.decide(sql, ctx)
+    decision = cache.decide(sql, ctx, access)
     shapes = [(k, v) for k, v in cache._entries.items() if len(k) > 6 and k[-2] == "shape" and isinstance(v, Template)]
     return decision, (shapes[0] if shapes else None)
 
@@ -83,14 +83,14 @@ def child_main() -> int:
         header = read.read(_HEADER.size)
         if len(header) < _HEADER.size:
             return 0
-        key, blob, sql, tier, search_path, user = pickle.loads(read.read(_HEADER.unpack(header)[0]))
+        key, blob, sql, tier, search_path, user, access = pickle.loads(read.read(_HEADER.unpack(header)[0]))
         if blob is not None:
             rules, catalog = pickle.loads(blob)
             snapshot_key, templates = key, {}
         try:
             if key != snapshot_key:
                 raise LookupError("the child has another rules and catalog snapshot")
-            decision, shape = decide_cold(sql, Context(tier, rules, catalog, search_path, user), templates)
+            decision, shape = decide_cold(sql, Context(tier, rules, catalog, search_path, user), templates, access)
         except Exception as exc:  # noqa: BLE001 - the statement is refused (or relayed), the child goes on
             decision, shape = failed_analysis(sql, tier, exc), None
         if decision.sql is sql:  # an all-clear tier's text goes as it is: not sent back
@@ -149,17 +149,18 @@ class Analyst:
             if not self._idle and not self._closed:
                 self._idle.append(await self._start())
 
-    def _frame(self, engine, child: _Child, sql: str, tier, search_path: tuple, user: str) -> bytes:
+    def _frame(self, engine, child: _Child, sql: str, tier, search_path: tuple, user: str, access) -> bytes:
         key = (engine.rules.version, engine.catalog.version if engine.catalog is not None else None)
         if self._snapshot is None or self._snapshot[0] != key:
             self._snapshot = (key, pickle.dumps((engine.rules, engine.catalog), protocol=pickle.HIGHEST_PROTOCOL))
         blob = self._snapshot[1] if child.snapshot != key else None
         child.snapshot = key
-        body = pickle.dumps((key, blob, sql, tier, search_path, user), protocol=pickle.HIGHEST_PROTOCOL)
+        body = pickle.dumps((key, blob, sql, tier, search_path, user, access), protocol=pickle.HIGHEST_PROTOCOL)
         return _HEADER.pack(len(body)) + body
 
-    async def decide(self, engine, sql: str, tier, search_path: tuple, user: str) -> Decision:
-        """The decision of ``sql`` for ``tier``, taken in a child process."""
+    async def decide(self, engine, sql: str, tier, search_path: tuple, user: str, access=None) -> Decision:
+        """The decision of ``sql`` for ``tier`` (and the session's effective ``access``), taken in a
+        child process."""
         async with self._slots:
             for attempt in (1, 2):
                 if self._closed:
@@ -169,7 +170,7 @@ class Analyst:
                 started = time.monotonic()
                 try:
                     decision, shape, retire = await asyncio.wait_for(
-                        child.ask(self._frame(engine, child, sql, tier, search_path, user)), self.timeout)
+                        child.ask(self._frame(engine, child, sql, tier, search_path, user, access)), self.timeout)
                 except asyncio.CancelledError:
                     self._discard(child)  # mid-request: its answer would reach the next statement
                     raise

@@ -512,10 +512,11 @@ class DecisionCache:
         if len(self.templates) > MAX_TEMPLATES:  # masking subqueries of rules and catalogs gone by
             self.templates.clear()
 
-    def key(self, sql: str, ctx: Context) -> tuple:
-        """The exact text's cache key in this context."""
+    def key(self, sql: str, ctx: Context, access=None) -> tuple:
+        """The exact text's cache key in this context (as :meth:`decide` makes it)."""
         catalog_version = ctx.catalog.version if ctx.catalog is not None else None
-        return (ctx.rules.version, catalog_version, ctx.tier.name, ctx.search_path, ctx.user, sql)
+        return (ctx.rules.version, catalog_version, access if access is not None else ("tier", ctx.tier.name),
+                ctx.search_path, ctx.user, sql)
 
     def cached(self, key: tuple) -> Decision | None:
         return self._entries.get(key)
@@ -524,9 +525,12 @@ class DecisionCache:
         """A decision taken elsewhere (a child process) for this exact key."""
         self._put(key, decision)
 
-    def decide(self, sql: str, ctx: Context) -> Decision:
+    def decide(self, sql: str, ctx: Context, access=None) -> Decision:
+        """``access``: the session's effective access (:class:`proxy.access.Access`), the key of
+        its decisions; without a session (explain, tests) the tier's name stands in."""
         catalog_version = ctx.catalog.version if ctx.catalog is not None else None
-        base = (ctx.rules.version, catalog_version, ctx.tier.name, ctx.search_path, ctx.user)
+        base = (ctx.rules.version, catalog_version, access if access is not None else ("tier", ctx.tier.name),
+                ctx.search_path, ctx.user)
         found = self._get(base + (sql,))
         if found is not None:
             self.hits += 1
@@ -630,7 +634,14 @@ class Engine:
         roles = self.catalog.roles_of(user) if self.catalog is not None else frozenset()
         return self.rules.effective_tier(user, roles, address, now)
 
-    def decide(self, sql: str, tier, search_path: tuple, user: str, ready: tuple | None = None) -> Decision:
+    def resolve(self, user: str, address: str | None, now, purpose: str | None):
+        """The identity's effective access at ``now`` (:func:`proxy.access.resolve`)."""
+        from .access import resolve
+        roles = self.catalog.roles_of(user) if self.catalog is not None else frozenset()
+        return resolve(self.rules, user, roles, address, now, purpose)
+
+    def decide(self, sql: str, tier, search_path: tuple, user: str, access=None,
+               ready: tuple | None = None) -> Decision:
         """The decision for one statement.  ``ready``: (key, decision) taken in a child process
         (see :meth:`apart`), used when the key is still this statement's.  Any failure of the
         analysis (a RecursionError on deep nesting, a parser bug) is a refusal for a restricted
@@ -639,19 +650,19 @@ class Engine:
             return Decision("refuse", "", reason="pgveil has not loaded the database catalog yet; try again shortly",
                             sqlstate="57P03")
         ctx = Context(tier, self.rules, self.catalog, search_path, user)
-        if ready is not None and ready[0] == self.cache.key(sql, ctx):
+        if ready is not None and ready[0] == self.cache.key(sql, ctx, access):
             return ready[1]
         try:
-            return self.cache.decide(sql, ctx)
+            return self.cache.decide(sql, ctx, access)
         except Exception as exc:  # noqa: BLE001 - whatever the analysis raises, the session goes on
             return failed_analysis(sql, tier, exc)
 
-    def apart(self, sql: str, tier, search_path: tuple, user: str) -> tuple | None:
+    def apart(self, sql: str, tier, search_path: tuple, user: str, access=None) -> tuple | None:
         """The cache key of a statement to decide in a child process (a large or deeply nested
         text not decided before: see :mod:`proxy.limits`), or None to decide it here."""
         if not decided_apart(sql) or (self.catalog is None and not tier.all_clear):
             return None
-        key = self.cache.key(sql, Context(tier, self.rules, self.catalog, search_path, user))
+        key = self.cache.key(sql, Context(tier, self.rules, self.catalog, search_path, user), access)
         if self.cache.cached(key) is not None:
             return None
         if len(sql) <= SHAPE_READ_LIMIT:  # a shape decided before is reused here, cheaply

@@ -266,7 +266,7 @@ class ClientLink(asyncio.Protocol):
         sessions go on meanwhile (see :mod:`proxy.analyst`)."""
         engine = self.proxy.engine
         decision = await self.proxy.analyst.decide(engine, command.sql, command.tier, command.search_path,
-                                                   command.user)
+                                                   command.user, command.access)
         engine.cache.adopt(command.key, decision)
         self._apart_pending = False
         if self.closed:
@@ -377,6 +377,7 @@ class Proxy:
             audit=settings.audit_mode != "off",
             audit_strict=settings.audit_mode == "strict",
             audit_ok=self._audit_ok,
+            clock=_utc_clock,
         )
         self.audit = AuditWriter(settings.audit_dir, settings.audit_mode, str(settings.worker_index),
                                  settings.audit_interval)
@@ -628,6 +629,11 @@ class Proxy:
         if self._auth_pool is None:
             self._auth_pool = await asyncpg.create_pool(self.settings.auth_dsn, min_size=0, max_size=2)
         return await self._auth_pool.fetchval(self.settings.auth_query, user)
+
+
+def _utc_clock() -> datetime:
+    """The clock sessions decide grants by (they read none themselves)."""
+    return datetime.now(timezone.utc)
 
 
 def _file_stamp(path: str) -> tuple:
