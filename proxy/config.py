@@ -45,6 +45,7 @@ class Settings:
     audit_mode: str = "strict"  # strict | batched
     audit_sink: list = field(default_factory=list)  # postgresql://... or stdout, repeatable
     audit_interval: float = 0.2  # batched mode: seconds between fsyncs
+    shutdown_grace: float = 1.5  # seconds running statements get to finish on SIGTERM/SIGINT
     worker_index: int = 0  # set for each worker process; names its journal stream
     extra: dict = field(default_factory=dict)
 
@@ -90,6 +91,8 @@ class Settings:
         for sink in self.audit_sink:
             if sink != "stdout" and not str(sink).startswith(("postgresql://", "postgres://")):
                 raise ConfigError(f"audit_sink: expected stdout or postgresql://..., got {sink!r}")
+        if not isinstance(self.shutdown_grace, (int, float)) or self.shutdown_grace < 0:
+            raise ConfigError(f"shutdown_grace: must be a number of seconds >= 0, got {self.shutdown_grace!r}")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"log_format: must be auto, json or console, got {self.log_format!r}")
         return self
