@@ -72,8 +72,12 @@ class ConnectUpstream:
 
 @dataclass(frozen=True, slots=True)
 class ForwardCancel:
-    """Open a fresh upstream connection and send this CancelRequest on it."""
+    """Open a fresh upstream connection and send this CancelRequest on it.  With ``client_waits``
+    the client's own cancel connection is closed only once the server has closed that one (the
+    backend has been signalled), as PostgreSQL does: clients wait for that close before they send
+    their next statement, which an early close would let the cancel hit."""
     request: codec.CancelRequest
+    client_waits: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +351,7 @@ class Session:
         if isinstance(message, codec.GSSENCRequest):
             return [SendToClient(b"N")] + (self._client_startup(rest) if rest else [])
         if isinstance(message, codec.CancelRequest):
-            return [ForwardCancel(message)] + self._close("cancel request forwarded")
+            return [ForwardCancel(message, client_waits=True)] + self._close("cancel request forwarded")
         return self._startup_message(message, rest)
 
     def _startup_message(self, message: codec.StartupMessage, rest: bytes) -> list[Command]:
