@@ -219,3 +219,15 @@ def test_new_records_follow_the_published_schema(tmp_path):
             if key == "sealed":
                 assert set(spec["required"]) <= set(value)
     assert {"seal_key", "bind", "copy_data", "investigation", "statement"} <= seen
+
+
+def test_the_setting_wants_a_public_key_and_rules(tmp_path):
+    from proxy.config import ConfigError, build_settings
+    private, public = write_key_pair(tmp_path / "k")
+    rules = str(ROOT / "rules" / "crm.yaml")
+    flags = {"rules": rules, "catalog_dsn": "postgresql://x@h/crm"}
+    assert build_settings({"audit_seal_key": str(public)}, flags).audit_seal_key == str(public)  # the YAML key
+    with pytest.raises(ConfigError, match="it is a private key"):
+        build_settings({}, dict(flags, audit_seal_key=str(private)))
+    with pytest.raises(ConfigError, match="needs rules"):
+        build_settings({}, {"audit_seal_key": str(public)})
