@@ -262,6 +262,7 @@ class Investigation:
     _executions: dict = field(default_factory=dict)  # statement id -> deque of [hit or None, rows]
     _copies: dict = field(default_factory=dict)  # statement id -> (CopyReader, column index, line count)
     _literal_ids: set = field(default_factory=set)  # extended statements whose text holds the value
+    _copy_hits: dict = field(default_factory=dict)  # statement id -> the hit in its COPY data
 
     def add(self, record: dict) -> None:
         kind = record.get("type")
@@ -339,17 +340,16 @@ class Investigation:
         for fields in reader.lines(base64.b64decode(payload.get("b", ""))):
             count += 1
             values = fields if at is None else fields[at:at + 1]
-            if any(self.wanted.text_matches(v) for v in values):
-                if not any(h.statement is statement and h.how.startswith("copy") for h in self.hits):
-                    self.hits.append(Hit(statement, f"copy line {count}", record["ts"]))
+            if statement["id"] not in self._copy_hits and any(self.wanted.text_matches(v) for v in values):
+                hit = self._copy_hits[statement["id"]] = Hit(statement, f"copy line {count}", record["ts"])
+                self.hits.append(hit)
         self._copies[statement["id"]] = (reader, at, count)
 
     def _outcome(self, record: dict) -> None:
         statement_id = record.get("statement")
         queue = self._executions.get(statement_id)
-        hit = next((h for h in self.hits if h.statement.get("id") == statement_id and h.how.startswith("copy")
-                    and h.outcome is None), None)
-        if hit is not None:  # a COPY's outcome: its one execution
+        hit = self._copy_hits.get(statement_id)
+        if hit is not None and hit.outcome is None:  # a COPY's outcome: its one execution
             hit.outcome, hit.rows = record, record.get("rows")
         if not queue:
             return
