@@ -374,6 +374,10 @@ class Proxy:
             if self.settings.rules_poll > 0:
                 self.spawn(self._watch_rules())
         self.server = await loop.create_server(lambda: ClientLink(self), sock=sock)
+        self.started = time.monotonic()
+        if self.settings.console:
+            from .console_server import start_console
+            self.console = await start_console(self, *split_host_port(self.settings.console, "console"))
         self.spawn(self._update_metrics())
         if self.sealer is not None:
             self.spawn(self._expire_seal_key())
@@ -472,6 +476,8 @@ class Proxy:
             self.server.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if getattr(self, "console", None) is not None:
+            self.console.close()
         metrics.process_exit()
         for link in list(self.links):
             link.close("pgveil is shutting down")

@@ -221,6 +221,7 @@ class Session:
         self._auth_request_pending = False  # the server asked for a password or SASL step
         self._upstream_cert_hash: bytes | None = None
         self._seals = self.config.sealing.session() if self.config.sealing is not None else None
+        self.last_statement: tuple | None = None  # (fingerprint, monotonic time) of the latest, for the console
 
     # ------------------------------------------------------------------ events
     def client_data(self, data: bytes) -> list[Command]:
@@ -894,6 +895,7 @@ class Session:
             if sealed is not None:
                 record["sealed"] = sealed
         audits.append(Audit(record, durable=self.config.audit_strict and not (decision and decision.refused)))
+        self.last_statement = (record["fingerprint"], time.monotonic())
         if kind == P:
             self._tracker.parse(decoded.name, statement_id)
         else:
