@@ -73,8 +73,10 @@ class ConsoleConnection:
             if startup is not None and await self._authenticate(startup):
                 accepted = True
                 await self._serve()
-        except (asyncio.IncompleteReadError, ConnectionError, codec.ProtocolError, asyncio.TimeoutError) as exc:
+        except (asyncio.IncompleteReadError, OSError, codec.ProtocolError, asyncio.TimeoutError) as exc:
             log.info("console_closed", session=self.id, reason=str(exc) or type(exc).__name__)
+            if not accepted and isinstance(exc, OSError) and not isinstance(exc, asyncio.IncompleteReadError):
+                self._fatal("08006", f"pgveil could not reach the database to check the password: {exc}")
         finally:
             if accepted:
                 record = records.base("session_end", self.who())
