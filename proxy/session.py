@@ -159,6 +159,7 @@ REFUSAL_MARK = "pgveil-refused-"
 
 Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p = (ord(c) for c in "ZESKRQXFNPTBCDp")
 C_, s_, I_ = (ord(c) for c in "CsI")
+SEALED_MESSAGES = frozenset(b"Bdcf")  # Bind, CopyData, CopyDone, CopyFail (see proxy.sealing)
 SYNC = ord("S")
 
 
@@ -173,6 +174,7 @@ class SessionConfig:
     audit_strict: bool = True  # a statement's decision is durable before the statement is sent
     audit_ok: Callable[[], bool] | None = None  # False: the journal cannot be written (fail closed)
     clock: Callable[[], object] | None = None  # the server's UTC clock (datetime); None: no grant is in force
+    sealing: object = None  # proxy.sealing.Sealing: values sealed for the investigators (--audit-seal-key)
 
 
 @dataclass(slots=True)
@@ -237,6 +239,8 @@ class Session:
         self._held = bytearray()  # client messages that arrived before authentication ended
         self._auth_request_pending = False  # the server asked for a password or SASL step
         self._upstream_cert_hash: bytes | None = None
+        self._seals = self.config.sealing.session() if self.config.sealing is not None else None
+        self.last_statement: tuple | None = None  # (fingerprint, monotonic time) of the latest, for the console
         self._apart_held: tuple | None = None  # (out, marks) waiting for a decision taken apart
         self._apart_ready: tuple | None = None  # (key, decision) of that decision, while it is used
 
@@ -604,6 +608,9 @@ class Session:
                     pos = end
             elif self.config.audit:
                 self._track_extended(kind, out, start, end)
+                if self._seals is not None and kind in SEALED_MESSAGES:  # Bind values, COPY data
+                    audits += [Audit(r, durable=kind == B and self.config.audit_strict)
+                               for r in self._seals.message(kind, out[start:end], self._who())]
         if pieces:
             pieces.append(out[pos:])
             out = b"".join(pieces)
@@ -990,7 +997,12 @@ class Session:
         # strict: a statement that will reach the database waits for its record; a refusal reaches nothing
         record["decision_us"] = self._decision_us
         self._decision_us = 0
+        if self._seals is not None:
+            sealed = self._seals.statement(decoded.name if kind == P else None, statement_id, sql, decision, self.tier)
+            if sealed is not None:
+                record["sealed"] = sealed
         audits.append(Audit(record, durable=self.config.audit_strict and not (decision and decision.refused)))
+        self.last_statement = (record["fingerprint"], time.monotonic())
         # each execution's outcome names the access its statement was decided under: a change of
         # access decides (and records) the statement again before it runs again
         self._ran_under[statement_id] = (record["grant"], record["purpose"])
