@@ -28,7 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from .audit.normalize import from_tokens as normalize_tokens
-from . import lexer
+from . import lexer, searchpath
 from .limits import decided_apart, normalize_bounded
 from .sql import SqlglotError, exp, parse_one, to_sql, tokenize
 
@@ -317,11 +317,20 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
         return _refuse(NotUnderstood("the statement contains pgveil's internal names"))
     rw = Rewriter(ctx, templates)
     texts, kinds = [], []
+    unknown_path = None  # the statement after which the Query's search_path cannot be followed
     try:
         for seg in segments:
+            if unknown_path and seg.word in searchpath.USES_RELATIONS:
+                raise Refusal(f"this Query changes search_path with {unknown_path} in a way pgveil cannot follow "
+                              f"and then uses relations; send the statements as separate queries")
             statement = Statement(ctx, rw)
             texts.append(statement.run(seg))
             kinds += statement.kinds
+            path = searchpath.change(seg) if len(segments) > 1 else None
+            if path == searchpath.UNKNOWN:
+                unknown_path = unknown_path or " ".join(seg.words(3))
+            elif path is not None:  # later statements run under the path this one leaves
+                ctx = rw.ctx = replace(ctx, search_path=path)
     except Refusal as exc:
         return _refuse(exc, rw)
     except (SqlglotError, RecursionError, ValueError, KeyError, AttributeError, TypeError) as exc:

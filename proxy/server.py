@@ -113,6 +113,7 @@ class ClientLink(asyncio.Protocol):
         self._backlog_bytes = 0
         self._backlog_paused = False
         self._apart_pending = False  # a statement's decision is being taken in a child process
+        self._cancel_forward: asyncio.Task | None = None  # this is a cancel connection: its forward
 
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -235,14 +236,19 @@ class ClientLink(asyncio.Protocol):
             if self.transport and not self.transport.is_closing():
                 self.transport.write(command.data)
         elif kind is Close:
-            self.close(command.reason, command.error)
+            if self._cancel_forward is not None:  # closed once the server has taken the cancel
+                self._cancel_forward.add_done_callback(lambda _: self.close(command.reason, command.error))
+            else:
+                self.close(command.reason, command.error)
         elif kind is ConnectUpstream:
             self.pause_reading()
             self._tasks.spawn(self._connect_upstream())
         elif kind is StartClientTLS:
             self._tasks.spawn(self._start_tls())
         elif kind is ForwardCancel:
-            self.proxy.cancels.spawn(self.proxy.forward_cancel(command.request))
+            forward = self.proxy.cancels.spawn(self.proxy.forward_cancel(command.request))
+            if command.client_waits:
+                self._cancel_forward = forward
         elif kind is LookupVerifier:
             self._tasks.spawn(self._lookup_verifier(command.user))
         elif kind is DecideApart:
@@ -381,6 +387,7 @@ class Proxy:
         )
         self.audit = AuditWriter(settings.audit_dir, settings.audit_mode, str(settings.worker_index),
                                  settings.audit_interval)
+        self.sealer = self._make_sealer()
         self._catalog_refresh_pending = False
         self.metrics_server = None
         self.metrics_seen: dict = {}
@@ -390,11 +397,26 @@ class Proxy:
         self.analyst = Analyst()
         self.cancels = Tasks()  # CancelRequests on their way: stopping waits a moment for them
 
+    def _make_sealer(self):
+        """With --audit-seal-key: this worker's sealer, its data keys journaled like any record."""
+        if not self.settings.audit_seal_key or self.engine is None or not self.session_config.audit:
+            return None
+        from .audit.seal import PUBLIC_TAG, Sealer, read_key
+        from .sealing import Sealing
+        sealer = Sealer(read_key(self.settings.audit_seal_key, PUBLIC_TAG), lambda record: self.audit.submit(record))
+        self.session_config.sealing = Sealing(self.engine, sealer)
+        return sealer
+
+    async def _expire_seal_key(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.sealer.expire()
+
     def _audit_ok(self) -> bool:
         return self.audit.healthy
 
-    def spawn(self, coro) -> None:
-        self._tasks.spawn(coro)
+    def spawn(self, coro) -> asyncio.Task:
+        return self._tasks.spawn(coro)
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -419,7 +441,13 @@ class Proxy:
             if self.settings.rules_poll > 0:
                 self.spawn(self._watch_rules())
         self.server = await loop.create_server(lambda: ClientLink(self), sock=sock)
+        self.started = time.monotonic()
+        if self.settings.console:
+            from .console_server import start_console
+            self.console = await start_console(self, *split_host_port(self.settings.console, "console"))
         self.spawn(self._update_metrics())
+        if self.sealer is not None:
+            self.spawn(self._expire_seal_key())
 
     async def _update_metrics(self) -> None:
         while True:
@@ -518,6 +546,8 @@ class Proxy:
             self.server.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if getattr(self, "console", None) is not None:
+            self.console.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while True:

@@ -40,6 +40,7 @@ from . import codec, limits, policy
 from .access import Access, deciding_tier
 from .opened import Opened, segments
 from .purpose import PurposeSetting
+from . import searchpath
 from .audit import records
 from .audit.tracker import StatementTracker
 from .prepared import PreparedStatements
@@ -71,8 +72,12 @@ class ConnectUpstream:
 
 @dataclass(frozen=True, slots=True)
 class ForwardCancel:
-    """Open a fresh upstream connection and send this CancelRequest on it."""
+    """Open a fresh upstream connection and send this CancelRequest on it.  With ``client_waits``
+    the client's own cancel connection is closed only once the server has closed that one (the
+    backend has been signalled), as PostgreSQL does: clients wait for that close before they send
+    their next statement, which an early close would let the cancel hit."""
     request: codec.CancelRequest
+    client_waits: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,7 @@ REFUSAL_MARK = "pgveil-refused-"
 
 Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p = (ord(c) for c in "ZESKRQXFNPTBCDp")
 C_, s_, I_ = (ord(c) for c in "CsI")
+SEALED_MESSAGES = frozenset(b"Bdcf")  # Bind, CopyData, CopyDone, CopyFail (see proxy.sealing)
 SYNC = ord("S")
 
 
@@ -168,6 +174,7 @@ class SessionConfig:
     audit_strict: bool = True  # a statement's decision is durable before the statement is sent
     audit_ok: Callable[[], bool] | None = None  # False: the journal cannot be written (fail closed)
     clock: Callable[[], object] | None = None  # the server's UTC clock (datetime); None: no grant is in force
+    sealing: object = None  # proxy.sealing.Sealing: values sealed for the investigators (--audit-seal-key)
 
 
 @dataclass(slots=True)
@@ -188,6 +195,7 @@ class Session:
         self._tracker = StatementTracker()
         self._prepared = PreparedStatements()
         self._opened = Opened()  # SQL prepared statements, cursors and portals, with their access
+        self._ran_under: dict[str, tuple] = {}  # statement id -> (grant, purpose) for its outcome records
         self._refused_ids: set[str] = set()
         self.phase = Phase.STARTUP
         self.client_tls = False
@@ -226,10 +234,13 @@ class Session:
         self._purpose_statement = ""  # the last declaration, for its audit record
         self._refusal_seq = 0
         self._search_path_text: str | None = None
+        self._pending_path = None  # the path statements sent but not yet run leave (searchpath.UNKNOWN: lost)
         self._search_path_parsed: tuple = ("$user", "public")
         self._held = bytearray()  # client messages that arrived before authentication ended
         self._auth_request_pending = False  # the server asked for a password or SASL step
         self._upstream_cert_hash: bytes | None = None
+        self._seals = self.config.sealing.session() if self.config.sealing is not None else None
+        self.last_statement: tuple | None = None  # (fingerprint, monotonic time) of the latest, for the console
         self._apart_held: tuple | None = None  # (out, marks) waiting for a decision taken apart
         self._apart_ready: tuple | None = None  # (key, decision) of that decision, while it is used
 
@@ -344,7 +355,7 @@ class Session:
         if isinstance(message, codec.GSSENCRequest):
             return [SendToClient(b"N")] + (self._client_startup(rest) if rest else [])
         if isinstance(message, codec.CancelRequest):
-            return [ForwardCancel(message)] + self._close("cancel request forwarded")
+            return [ForwardCancel(message, client_waits=True)] + self._close("cancel request forwarded")
         return self._startup_message(message, rest)
 
     def _startup_message(self, message: codec.StartupMessage, rest: bytes) -> list[Command]:
@@ -507,7 +518,10 @@ class Session:
         if PURPOSE_WORD in sql.lower() or self._filtering and \
                 self.server_params.get("standard_conforming_strings", "on") != "on":
             return None  # refused at once by _decide_message
-        tier, path, user = self.deciding_tier(), self._search_path(), self.user or ""
+        path = self._pending_path if self._pending_path is not None else self._search_path()
+        tier, user = self.deciding_tier(), self.user or ""
+        if path == searchpath.UNKNOWN:
+            return None  # refused at once by _decide_message
         apart = getattr(engine, "apart", None)  # an engine that decides everything itself has none
         key = apart(sql, tier, path, user, self.access) if apart is not None else None
         return DecideApart(key, sql, tier, path, user, self.access) if key is not None else None
@@ -594,6 +608,9 @@ class Session:
                     pos = end
             elif self.config.audit:
                 self._track_extended(kind, out, start, end)
+                if self._seals is not None and kind in SEALED_MESSAGES:  # Bind values, COPY data
+                    audits += [Audit(r, durable=kind == B and self.config.audit_strict)
+                               for r in self._seals.message(kind, out[start:end], self._who())]
         if pieces:
             pieces.append(out[pos:])
             out = b"".join(pieces)
@@ -665,6 +682,8 @@ class Session:
                 self._purpose.ready(self.transaction_status)
                 if self.outstanding:
                     self.outstanding -= 1
+                if not self.outstanding:
+                    self._pending_path = None  # all ran: the server's report is the path
             elif kind == C_:
                 if self._purpose.watching:
                     self._purpose.tag(codec._text(bytes(out[start + 5:end - 1])))
@@ -713,7 +732,9 @@ class Session:
                          f"access; the session is ended")
         self.tier = tier
         self._filtering = not tier.all_clear
-        self._from_server.watch = self._active_watch = self._server_watch()
+        self._active_watch = self._server_watch()
+        # a result still counted against a row limit keeps its rows watched
+        self._from_server.watch = self._active_watch | ({D} if self._row_limits else set())
         return []
 
     def _resolve(self, engine):
@@ -803,7 +824,9 @@ class Session:
                 self._refused_ids.discard(statement_id)
                 status, rows = "refused", None
                 sqlstate = self._refusal_states.pop(statement_id, "42501")
-            commands.append(Audit(records.outcome(self._who(), statement_id, status, rows, seconds, sqlstate)))
+            grant, purpose = self._ran_under.get(statement_id, (None, None))
+            commands.append(Audit(records.outcome(self._who(), statement_id, status, rows, seconds, sqlstate,
+                                                  purpose=purpose, grant=grant)))
         return commands
 
     def _search_path(self) -> tuple:
@@ -836,8 +859,19 @@ class Session:
             elif engine is not None and self.tier is not None:
                 tier = self.deciding_tier()
                 started = time.perf_counter()
-                ready = () if self._apart_ready is None else (self._apart_ready,)
-                decision = engine.decide(sql, tier, self._search_path(), self.user or "", self.access, *ready)
+                path = self._pending_path if self._pending_path is not None else self._search_path()
+                if path == searchpath.UNKNOWN and not tier.all_clear and any(
+                        seg.word in searchpath.USES_RELATIONS for seg in segments(sql)):
+                    decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
+                        "a statement sent before this one changes search_path in a way pgveil cannot follow; "
+                        "wait for its result before sending statements that use relations"))
+                else:
+                    ready = () if self._apart_ready is None else (self._apart_ready,)  # decided apart
+                    decision = engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
+                                             self.user or "", self.access, *ready)
+                if not decision.refused and (self._pending_path is not None or searchpath.CHANGES.search(sql)):
+                    # statements sent before this one has run are decided under the path it leaves
+                    self._pending_path = searchpath.after(segments(sql), path)
                 if not decision.refused and Opened.concerns(sql):
                     decision = self._check_opened(sql, decision)
                 if not decision.refused and RESET_ALL.search(sql):
@@ -963,7 +997,17 @@ class Session:
         # strict: a statement that will reach the database waits for its record; a refusal reaches nothing
         record["decision_us"] = self._decision_us
         self._decision_us = 0
+        if self._seals is not None:
+            sealed = self._seals.statement(decoded.name if kind == P else None, statement_id, sql, decision, self.tier)
+            if sealed is not None:
+                record["sealed"] = sealed
         audits.append(Audit(record, durable=self.config.audit_strict and not (decision and decision.refused)))
+        self.last_statement = (record["fingerprint"], time.monotonic())
+        # each execution's outcome names the access its statement was decided under: a change of
+        # access decides (and records) the statement again before it runs again
+        self._ran_under[statement_id] = (record["grant"], record["purpose"])
+        if len(self._ran_under) > 4096:
+            del self._ran_under[next(iter(self._ran_under))]
         if kind == P:
             self._tracker.parse(decoded.name, statement_id)
         else:
@@ -1045,7 +1089,7 @@ class Session:
 
     def _filter_error(self, message: bytes) -> bytes | None:
         error = codec.decode_message(codec.BACKEND, message)
-        text = error.get(b"M") or ""
+        text = next((value for code, value in error.fields if code == b"M"), None) or ""  # a notice has no get()
         if REFUSAL_MARK in text:
             token = text[text.index(REFUSAL_MARK):].split('"')[0]
             found = self._refusals.pop(token, None)
