@@ -773,17 +773,15 @@ class Session:
                 tier = self.deciding_tier()
                 started = time.perf_counter()
                 path = self._pending_path if self._pending_path is not None else self._search_path()
-                if path == searchpath.UNKNOWN and not tier.all_clear and any(
-                        seg.word in searchpath.USES_RELATIONS for seg in segments(sql)):
+                decision = engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
+                                         self.user or "", self.access)
+                if path == searchpath.UNKNOWN and not tier.all_clear and decision.relations:
                     decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                         "a statement sent before this one changes search_path in a way pgveil cannot follow; "
                         "wait for its result before sending statements that use relations"))
-                else:
-                    decision = engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
-                                             self.user or "", self.access)
                 if not decision.refused and (self._pending_path is not None or searchpath.CHANGES.search(sql)):
                     # statements sent before this one has run are decided under the path it leaves
-                    self._pending_path = searchpath.after(segments(sql), path)
+                    self._pending_path = searchpath.after(segments(sql), path, self._pending_path not in (None, self._search_path()))
                 if not decision.refused and Opened.concerns(sql):
                     decision = self._check_opened(sql, decision)
                 if not decision.refused and RESET_ALL.search(sql):
