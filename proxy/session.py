@@ -597,6 +597,8 @@ class Session:
             if kind == Z:
                 self.transaction_status = out[start + 5:start + 6]
                 self._purpose.ready(self.transaction_status)
+                if self.transaction_status == b"I" and self._opened.portals:
+                    self._opened.portals.clear()  # no transaction: no portal is left open
                 if self.outstanding:
                     self.outstanding -= 1
                 if not self.outstanding:
