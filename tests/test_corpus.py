@@ -95,7 +95,7 @@ class Session:
     async def replay(self, entry: Entry) -> None:
         """Run one statement; a timeout or a dead session is recorded, and a new session started.
         After a few timeouts the proxy is taken as hung and the session gives up (the rest not run)."""
-        if sum("TimeoutError" in what for _, what in self.broken) >= GIVE_UP:
+        if self.conn is None or sum("TimeoutError" in what for _, what in self.broken) >= GIVE_UP:
             self.broken.append((entry, "not run: the proxy stopped answering"))
             self.answers.append(("broken", "not run"))
             return
@@ -104,10 +104,12 @@ class Session:
         except (TimeoutError, asyncio.TimeoutError, psycopg.Error, AssertionError) as exc:
             self.broken.append((entry, f"{type(exc).__name__}: {exc}"))
             self.answers.append(("broken", type(exc).__name__))
+            await self.conn.close()
+            self.conn = None
             try:
-                await self.conn.close()
-            finally:
                 await self.connect()
+            except psycopg.Error as exc:
+                self.broken.append((entry, f"no new session: {exc}"))
             return
         self.answers.append(answer)
 

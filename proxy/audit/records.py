@@ -11,7 +11,8 @@ import re
 import time
 
 from . import SCHEMA_VERSION
-from .normalize import fingerprint, normalize
+from .normalize import fingerprint
+from ..limits import normalize_bounded
 
 _COUNT = re.compile(r"(\d+)\s*$")
 
@@ -43,7 +44,7 @@ def base(kind: str, who: dict, record_id: str | None = None) -> dict:
 def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, rules_version: str | None,
               purpose: str | None = None, grant: str | None = None) -> dict:
     """The decision on one statement: recorded before the statement reaches the database."""
-    normalized = (decision.normalized if decision is not None else "") or normalize(sql)
+    normalized = (decision.normalized if decision is not None else "") or normalize_bounded(sql)
     return {**base("statement", who, statement_id),
             "protocol": protocol,
             "sql": normalized,
