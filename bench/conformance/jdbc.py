@@ -15,6 +15,18 @@ HERE = Path(__file__).resolve().parent
 DEBIAN_JAR = Path("/usr/share/java/postgresql.jar")
 
 
+def jar_version(jar: Path) -> str:
+    import zipfile
+    try:
+        with zipfile.ZipFile(jar) as z:
+            for line in z.read("META-INF/MANIFEST.MF").decode().splitlines():
+                if line.startswith("Implementation-Version:"):
+                    return line.split(":", 1)[1].strip()
+    except (OSError, KeyError, zipfile.BadZipFile):
+        pass
+    return jar.name
+
+
 class JdbcSuite:
     name = "jdbc"
 
@@ -22,7 +34,7 @@ class JdbcSuite:
         self.work = work / self.name
         self.jar = Path(jar if jar not in ("", "debian") else DEBIAN_JAR)
         self.test_timeout = test_timeout
-        self.version = "pgjdbc " + self.jar.resolve().name.removeprefix("postgresql-").removesuffix(".jar")
+        self.version = "pgjdbc " + jar_version(self.jar)
 
     def prepare(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)

@@ -148,12 +148,19 @@ class PytestSuite:
     def command(self, target: Target, junit: Path) -> tuple[list, Path, dict]:
         raise NotImplementedError
 
-    def run(self, target: Target, label: str, deadline: float) -> Run:
+    def rerun(self, target: Target, label: str, names: list[str], deadline: float) -> Run:
+        """Only the tests ``names`` (ids as in :class:`Run`) again."""
+        functions = sorted({name.split("::")[-1].split("[")[0] for name in names})
+        return self.run(target, label, deadline, ["-k", " or ".join(functions)])
+
+    def run(self, target: Target, label: str, deadline: float, extra: list | None = None) -> Run:
         junit = self.work / f"junit-{label}.xml"
         junit.unlink(missing_ok=True)
         cmd, cwd, extra_env = self.command(target, junit)
+        cmd += extra or []
         env = dict(os.environ, **target.env(), **extra_env)
         env.pop("PYTHONPATH", None)
+        env["PATH"] = f"{self.venv_python.parent}:{env.get('PATH', '')}"  # tools the tests start (pproxy)
         log = self.work / f"run-{label}.log"
         note = ""
         started = time.monotonic()
@@ -234,6 +241,8 @@ class PsycopgSuite(PytestSuite):
 
     def command(self, target: Target, junit: Path) -> tuple[list, Path, dict]:
         dsn = f"host={target.host} port={target.port} user={target.user} dbname={target.database} sslmode=disable"
+        # its conftest refuses to run after a run that did not finish ("segfault"), which a time limit may cause
+        shutil.rmtree(self.work / "cache", ignore_errors=True)
         present = [f"tests/{f}" for f in self.files if (self.work / "src" / "tests" / f).exists()]
         return ([self.venv_python, "-m", "pytest", "-q", "-p", "no:randomly", "-o", f"cache_dir={self.work / 'cache'}",
                  f"--timeout={self.test_timeout}", f"--junitxml={junit}", "--test-dsn", dsn, "-m", "not mypy",
