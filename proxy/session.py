@@ -340,7 +340,12 @@ class Session:
     # ------------------------------------------------------------------ start-up
     def _client_startup(self, data: bytes) -> list[Command]:
         self._startup_buf += data
-        length = codec.startup_length(self._startup_buf)
+        try:
+            length = codec.startup_length(self._startup_buf)
+        except ProtocolViolation as exc:
+            # PostgreSQL only logs a bad start-up length (COMMERROR) and closes, with no answer: a
+            # client that wrote something else first (node-postgres' end() before connect) expects none
+            return self._close(str(exc), error=True)
         if length is None or len(self._startup_buf) < length:
             return []
         packet = bytes(self._startup_buf[:length])
