@@ -41,7 +41,10 @@ ALLOWED = frozenset({
     "default_transaction_isolation", "default_transaction_read_only", "default_transaction_deferrable",
     "transaction_isolation", "transaction_read_only", "transaction_deferrable",
     "search_path", "client_encoding",
+    # what pg_dump and restore scripts set: RLS errors instead of filtering, scan order only
+    "row_security", "synchronize_seqscans",
 })
+_ON = frozenset({"on", "true", "yes", "1"})
 # never allowed, whatever a tier's ``settings`` say: they change how the server reads statements
 # or whose rights apply, which pgveil's analysis relies on
 NEVER = {
@@ -65,6 +68,8 @@ def check(name: str, values: list | None, extra: tuple = ()) -> str | None:
     """Why changing ``name`` to ``values`` (the value's items as PostgreSQL's SET lists them;
     None for RESET or a value pgveil could not read) is refused, or None."""
     name = name.lower()
+    if name == "standard_conforming_strings" and (values is None or (values and set(values) <= _ON)):
+        return None  # on is how pgveil reads strings (psql and pg_dump scripts set it); off is refused
     if name in NEVER:
         return f"changing {name} is not allowed for this tier: {NEVER[name]}"
     if not allowed(name, extra):

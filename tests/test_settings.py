@@ -69,3 +69,11 @@ def test_unsafe_encodings_are_known_by_every_alias():
     for name in ("UTF8", "utf-8", "unicode", "LATIN1", "iso-8859-15", "WIN1252", "windows-1251", "KOI8-R", "EUC_JP",
                  "SQL_ASCII"):
         assert encodings.canonical(name) in encodings.READABLE, name
+
+
+def test_what_dump_scripts_set_is_allowed_but_not_what_pgveil_cannot_read():
+    assert settings.check("standard_conforming_strings", ["on"]) is None
+    assert settings.check("standard_conforming_strings", None) is None  # RESET: the server reports the result
+    assert "not allowed" in settings.check("standard_conforming_strings", ["off"])
+    assert settings.check("row_security", ["off"]) is None
+    assert "not allowed" in settings.check("backslash_quote", ["safe_encoding"])
