@@ -25,7 +25,7 @@ DEMO_USERS = {
 }
 RULES = Path(__file__).resolve().parent.parent / "rules" / "crm.yaml"
 DEMO_PASSWORD = "demo"
-DEMO_GRACE = 1.0  # seconds running statements get on Ctrl-C; PostgreSQL's stop follows, all within 2 s
+DEMO_GRACE = 0.5  # seconds running statements get on Ctrl-C; PostgreSQL's own stop follows, all within 2 s
 
 
 def _cache_dir() -> Path:

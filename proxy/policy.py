@@ -318,15 +318,18 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
     rw = Rewriter(ctx, templates)
     texts, kinds = [], []
     unknown_path = None  # the statement after which the Query's search_path cannot be followed
+    changed = False  # an earlier statement of the Query changed the path
     try:
         for seg in segments:
-            if unknown_path and seg.word in searchpath.USES_RELATIONS:
+            statement = Statement(ctx, rw)
+            reached = len(rw.analysis.relations)
+            texts.append(statement.run(seg))
+            if unknown_path and len(rw.analysis.relations) > reached:
                 raise Refusal(f"this Query changes search_path with {unknown_path} in a way pgveil cannot follow "
                               f"and then uses relations; send the statements as separate queries")
-            statement = Statement(ctx, rw)
-            texts.append(statement.run(seg))
             kinds += statement.kinds
-            path = searchpath.change(seg) if len(segments) > 1 else None
+            path = searchpath.change(seg, changed) if len(segments) > 1 else None
+            changed = changed or path is not None
             if path == searchpath.UNKNOWN:
                 unknown_path = unknown_path or " ".join(seg.words(3))
             elif path is not None:  # later statements run under the path this one leaves

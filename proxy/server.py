@@ -113,6 +113,7 @@ class ClientLink(asyncio.Protocol):
         self._backlog_bytes = 0
         self._backlog_paused = False
         self._apart_pending = False  # a statement's decision is being taken in a child process
+        self._cancel_forward: asyncio.Task | None = None  # this is a cancel connection: its forward
 
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -235,14 +236,19 @@ class ClientLink(asyncio.Protocol):
             if self.transport and not self.transport.is_closing():
                 self.transport.write(command.data)
         elif kind is Close:
-            self.close(command.reason, command.error)
+            if self._cancel_forward is not None:  # closed once the server has taken the cancel
+                self._cancel_forward.add_done_callback(lambda _: self.close(command.reason, command.error))
+            else:
+                self.close(command.reason, command.error)
         elif kind is ConnectUpstream:
             self.pause_reading()
             self._tasks.spawn(self._connect_upstream())
         elif kind is StartClientTLS:
             self._tasks.spawn(self._start_tls())
         elif kind is ForwardCancel:
-            self.proxy.cancels.spawn(self.proxy.forward_cancel(command.request))
+            forward = self.proxy.cancels.spawn(self.proxy.forward_cancel(command.request))
+            if command.client_waits:
+                self._cancel_forward = forward
         elif kind is LookupVerifier:
             self._tasks.spawn(self._lookup_verifier(command.user))
         elif kind is DecideApart:
@@ -409,8 +415,8 @@ class Proxy:
     def _audit_ok(self) -> bool:
         return self.audit.healthy
 
-    def spawn(self, coro) -> None:
-        self._tasks.spawn(coro)
+    def spawn(self, coro) -> asyncio.Task:
+        return self._tasks.spawn(coro)
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()

@@ -72,8 +72,12 @@ class ConnectUpstream:
 
 @dataclass(frozen=True, slots=True)
 class ForwardCancel:
-    """Open a fresh upstream connection and send this CancelRequest on it."""
+    """Open a fresh upstream connection and send this CancelRequest on it.  With ``client_waits``
+    the client's own cancel connection is closed only once the server has closed that one (the
+    backend has been signalled), as PostgreSQL does: clients wait for that close before they send
+    their next statement, which an early close would let the cancel hit."""
     request: codec.CancelRequest
+    client_waits: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,10 @@ PURPOSE_SET = re.compile(r"""^\s*+(?:SET\s++(?:(?P<scope>SESSION|LOCAL)\s++)?+pg
                          r"""(?:'(?P<value>(?:[^']++|'')*+)'|DEFAULT)|RESET\s++pgveil\.purpose)\s*+(?:;\s*+)?+$""",
                          re.IGNORECASE)
 RESET_ALL = re.compile(r"\b(?:reset|discard)\s++all\b", re.IGNORECASE)  # a quick look; the statements decide
+# words after which the session's state needs a closer look (see _state_after); substrings of the
+# lower-cased text, a third of a regular expression's time
+STATE_WORDS = ("prepare", "execute", "declare", "fetch", "move", "close", "deallocate", "discard", "reset",
+               "search_path", "set_config", "rollback", "abort")
 PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they answer
 PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
@@ -332,7 +340,12 @@ class Session:
     # ------------------------------------------------------------------ start-up
     def _client_startup(self, data: bytes) -> list[Command]:
         self._startup_buf += data
-        length = codec.startup_length(self._startup_buf)
+        try:
+            length = codec.startup_length(self._startup_buf)
+        except ProtocolViolation as exc:
+            # PostgreSQL only logs a bad start-up length (COMMERROR) and closes, with no answer: a
+            # client that wrote something else first (node-postgres' end() before connect) expects none
+            return self._close(str(exc), error=True)
         if length is None or len(self._startup_buf) < length:
             return []
         packet = bytes(self._startup_buf[:length])
@@ -351,7 +364,7 @@ class Session:
         if isinstance(message, codec.GSSENCRequest):
             return [SendToClient(b"N")] + (self._client_startup(rest) if rest else [])
         if isinstance(message, codec.CancelRequest):
-            return [ForwardCancel(message)] + self._close("cancel request forwarded")
+            return [ForwardCancel(message, client_waits=True)] + self._close("cancel request forwarded")
         return self._startup_message(message, rest)
 
     def _startup_message(self, message: codec.StartupMessage, rest: bytes) -> list[Command]:
@@ -517,7 +530,7 @@ class Session:
         path = self._pending_path if self._pending_path is not None else self._search_path()
         tier, user = self.deciding_tier(), self.user or ""
         if path == searchpath.UNKNOWN:
-            return None  # refused at once by _decide_message
+            return None  # decided here, and refused if it reaches relations (_decide_message)
         apart = getattr(engine, "apart", None)  # an engine that decides everything itself has none
         key = apart(sql, tier, path, user, self.access) if apart is not None else None
         return DecideApart(key, sql, tier, path, user, self.access) if key is not None else None
@@ -676,6 +689,8 @@ class Session:
             if kind == Z:
                 self.transaction_status = out[start + 5:start + 6]
                 self._purpose.ready(self.transaction_status)
+                if self.transaction_status == b"I" and self._opened.portals:
+                    self._opened.portals.clear()  # no transaction: no portal is left open
                 if self.outstanding:
                     self.outstanding -= 1
                 if not self.outstanding:
@@ -849,29 +864,22 @@ class Session:
                 decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                     "the server reports standard_conforming_strings off: pgveil would read string literals "
                     "differently from the server"))
-            elif engine is not None and self.tier is not None and PURPOSE_WORD in sql.lower():
+            elif engine is not None and self.tier is not None and PURPOSE_WORD in (low := sql.lower()):
                 decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                     "declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'"))
             elif engine is not None and self.tier is not None:
                 tier = self.deciding_tier()
                 started = time.perf_counter()
                 path = self._pending_path if self._pending_path is not None else self._search_path()
-                if path == searchpath.UNKNOWN and not tier.all_clear and any(
-                        seg.word in searchpath.USES_RELATIONS for seg in segments(sql)):
+                ready = () if self._apart_ready is None else (self._apart_ready,)  # decided apart
+                decision = engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
+                                         self.user or "", self.access, *ready)
+                if path == searchpath.UNKNOWN and not tier.all_clear and decision.relations:
                     decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                         "a statement sent before this one changes search_path in a way pgveil cannot follow; "
                         "wait for its result before sending statements that use relations"))
-                else:
-                    ready = () if self._apart_ready is None else (self._apart_ready,)  # decided apart
-                    decision = engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
-                                             self.user or "", self.access, *ready)
-                if not decision.refused and (self._pending_path is not None or searchpath.CHANGES.search(sql)):
-                    # statements sent before this one has run are decided under the path it leaves
-                    self._pending_path = searchpath.after(segments(sql), path)
-                if not decision.refused and Opened.concerns(sql):
-                    decision = self._check_opened(sql, decision)
-                if not decision.refused and RESET_ALL.search(sql):
-                    self._reset_all(sql)
+                if not decision.refused and (self._pending_path is not None or any(w in low for w in STATE_WORDS)):
+                    decision = self._state_after(sql, decision, path)
                 self._decision_us = int((time.perf_counter() - started) * 1_000_000)
                 if tier is not self.tier and decision.columns:
                     self._purpose_notice(decision, audits)
@@ -906,6 +914,20 @@ class Session:
         if kind == Q:
             return codec.encode(codec.Query(decision.sql))
         return codec.encode(codec.Parse(decoded.name, decision.sql, decoded.param_types))
+
+    def _state_after(self, sql: str, decision, path):
+        """A statement allowed to go that may change what later ones run under: the search_path
+        statements sent after it are decided under, the prepared statements and cursors it uses
+        or opens, a purpose cleared by RESET ALL or DISCARD ALL."""
+        if self._pending_path is not None or searchpath.CHANGES.search(sql):
+            # statements sent before this one has run are decided under the path it leaves
+            changed = self._pending_path not in (None, self._search_path())
+            self._pending_path = searchpath.after(segments(sql), path, changed)
+        if Opened.concerns(sql):
+            decision = self._check_opened(sql, decision)
+        if not decision.refused and RESET_ALL.search(sql):
+            self._reset_all(sql)
+        return decision
 
     def _check_opened(self, sql: str, decision):
         """A statement that executes, fetches from or opens a prepared statement or cursor: refused
