@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from .sql import exp, parse_one, to_sql
 
+from . import settings
 from .catalog import Catalog, Relation
 from .masks import MaskError, mask_sql, null_of
 from .rules import BLOCK, CLEAR, ClassAction, RuleSet, Tier
@@ -50,15 +51,6 @@ DENIED_FUNCTIONS = frozenset({
 DENIED_PREFIXES = ("dblink", "lo_", "pg_read_", "pg_ls_", "xpath_table")
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 STRICTNESS = {"clear": 0, "mask": 1, "block": 2}
-# Settings a restricted tier may not change, by SET or by set_config().
-FORBIDDEN_SETTINGS = {
-    "role": "SET ROLE changes whose privileges apply",
-    "session_authorization": "SET SESSION AUTHORIZATION changes the session's identity",
-    "standard_conforming_strings": "it changes how the server reads string literals",
-    "backslash_quote": "it changes how the server reads string literals",
-    "session_replication_role": "it disables triggers and rules",
-    "client_encoding": "pgveil analyses statements as UTF8",
-}
 # Names no client can guess: they stand for masking subqueries until the text is generated.
 PLACEHOLDER = f"pgveil_{os.urandom(8).hex()}_"
 
@@ -370,19 +362,21 @@ class Rewriter:
                           f"(only built-in functions, or those listed in the tier's 'functions')")
 
     def check_set_config(self, call: exp.Anonymous) -> None:
-        """set_config() is what SET is, as a function: the same settings are off limits, and the
-        setting must be named by a literal the engine can read."""
+        """set_config() is what SET is, as a function: the same allow list of settings holds, and
+        the setting (and a checked setting's value) must be literals the engine can read."""
         args = call.expressions
         if not args or not isinstance(args[0], exp.Literal) or not args[0].is_string:
             raise Refusal(f"set_config with a computed setting name is not allowed for tier {self.ctx.tier.name}")
         setting = args[0].this.lower()
-        if setting in FORBIDDEN_SETTINGS:
-            raise Refusal(f"changing {setting} is not allowed for tier {self.ctx.tier.name}: "
-                          f"{FORBIDDEN_SETTINGS[setting]}")
-        if setting == "search_path" and (len(args) < 2 or not isinstance(args[1], exp.Literal)
-                                         or not search_path_is_safe(args[1].this)):
-            raise Refusal(f"this search_path is not allowed for tier {self.ctx.tier.name}: "
-                          f"pg_catalog must come first, and the value must be a literal")
+        value = args[1] if len(args) > 1 else None
+        if isinstance(value, exp.Literal) and value.is_string:
+            values = settings.split_identifiers(value.this) if setting == "search_path" else [value.this]
+            values = values if values is not None else [None]
+        else:
+            values = [None]
+        problem = settings.check(setting, values, self.ctx.tier.settings)
+        if problem:
+            raise Refusal(problem.replace("this tier", f"tier {self.ctx.tier.name}"))
 
     def check_columns(self, tree: exp.Expression, sources: list[Source]) -> None:
         """Refuse explicit references to blocked columns; note the sensitive ones used."""
@@ -422,9 +416,3 @@ def qualify(table: exp.Table, rel: Relation) -> None:
         schema = rel.schema
         table.set("db", exp.to_identifier(schema, quoted=schema != schema.lower() or not schema.isidentifier()))
 
-
-def search_path_is_safe(value: str) -> bool:
-    """pg_catalog, when named, must come first: otherwise a schema before it could hold
-    functions and operators that stand in for the built-in ones the analysis relies on."""
-    names = [part.strip().strip('"').lower() for part in value.split(",") if part.strip()]
-    return "pg_catalog" not in names or names[0] == "pg_catalog"

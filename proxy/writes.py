@@ -14,7 +14,7 @@ from __future__ import annotations
 from .sql import exp, parse_one, to_sql
 
 from .masks import mask_sql, null_of
-from .rewrite import Refusal, Rewriter, Source, name_of, qualify, quote
+from .rewrite import SYSTEM_SCHEMAS, Refusal, Rewriter, Source, name_of, qualify, quote
 
 
 def _target_table(node) -> tuple[exp.Table, list[str] | None]:
@@ -109,6 +109,9 @@ def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
     """INSERT, UPDATE, DELETE and MERGE."""
     table, listed = _target_table(tree.this)
     target = rw.source(table)
+    if target.relation.schema in SYSTEM_SCHEMAS:  # UPDATE pg_settings is SET; the catalogs are the server's
+        raise Refusal(f"writing {target.relation.qualified} is not allowed for tier {rw.ctx.tier.name}: "
+                      f"it is a system catalog")
     all_columns = [col.name for col, _, _ in target.actions]
     if isinstance(tree, exp.Insert):
         check_written(rw, target, listed or all_columns)
@@ -161,7 +164,8 @@ def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
 def rewrite_copy(rw: Rewriter, tree: exp.Copy) -> exp.Expression:
     tier = rw.ctx.tier
     files = tree.args.get("files") or []
-    to_client = len(files) == 1 and isinstance(files[0], exp.Identifier) and files[0].name.upper() in ("STDIN", "STDOUT")
+    to_client = len(files) == 1 and isinstance(files[0], exp.Identifier) and not files[0].quoted \
+        and files[0].name.upper() in ("STDIN", "STDOUT")  # a quoted "stdout" is a name, not the keyword
     if not to_client or tree.args.get("params") and any(
             name_of(p.this).upper() == "PROGRAM" for p in tree.args["params"] if isinstance(p.this, exp.Var)):
         raise Refusal(f"COPY to or from a file or program is not allowed for tier {tier.name}")
