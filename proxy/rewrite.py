@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from .sql import exp, parse_one, to_sql
 
+from .barrier import FENCE, fenced, index_copies
 from .catalog import Catalog, Relation
 from .masks import MaskError, mask_sql, null_of
 from .rules import BLOCK, CLEAR, ClassAction, RuleSet, Tier
@@ -288,7 +289,8 @@ class Rewriter:
         """
         only = bool(table.args.get("only"))
         token = f"{PLACEHOLDER}{len(self.substitutions)}"
-        self.substitutions[token] = self.template_sql(source, only)
+        self.substitutions[token] = fenced(self.template_sql(source, only), index_copies(table, source)) \
+            if source.row_filter else self.template_sql(source, only)
         alias = table.args.get("alias")
         if alias is None or alias.this is None:
             alias_node = exp.TableAlias(this=exp.to_identifier(source.alias, quoted=True),
@@ -332,8 +334,8 @@ class Rewriter:
                 columns.append(f"{null_of(col.type)} AS {q}")
         rel = source.relation
         sql = f"SELECT {', '.join(columns)} FROM {'ONLY ' if only else ''}{quote(rel.schema)}.{quote(rel.name)}"
-        if source.row_filter:
-            sql += f" WHERE {source.row_filter}"
+        if source.row_filter:  # a fence the planner cannot cross: see proxy/barrier.py
+            sql += f" WHERE ({source.row_filter}){FENCE}"
         return parse_one(sql)
 
     def template_sql(self, source: Source, only: bool) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .sql import exp, parse_one, to_sql
 
+from .barrier import guard_write
 from .masks import mask_sql, null_of
 from .rewrite import Refusal, Rewriter, Source, name_of, quote
 
@@ -93,16 +94,10 @@ def expand_returning(target: Source, returning, has_other_sources: bool):
         yield from target_uses
 
 
-def add_row_filter(tree: exp.Expression, target: Source) -> None:
-    if not target.row_filter:
-        return
-    condition = parse_one(f"SELECT 1 WHERE {target.row_filter}").args["where"].this
-    for col in condition.find_all(exp.Column):
-        if col.args.get("table") is None:
-            col.set("table", exp.to_identifier(target.alias, quoted=True))
-    where = tree.args.get("where")
-    combined = exp.and_(exp.paren(where.this), exp.paren(condition)) if where else condition
-    tree.set("where", exp.Where(this=combined))
+def add_row_filter(tree: exp.Expression, target: Source, unqualified: bool = True) -> None:
+    """The row filter, evaluated before the client's own conditions (see proxy/barrier.py)."""
+    if target.row_filter:
+        guard_write(tree, target, target.alias, unqualified)
 
 
 def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
@@ -127,11 +122,11 @@ def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
         parts = [eq.expression for eq in sets] + [tree.args.get("where"), tree.args.get("from_"),
                                                   tree.args.get("returning")]
         others = tree.args.get("from_") is not None
-        add_row_filter(tree, target)
+        add_row_filter(tree, target, not others)
     elif isinstance(tree, exp.Delete):
         parts = [tree.args.get("where"), tree.args.get("returning"), *(tree.args.get("using") or [])]
         others = bool(tree.args.get("using"))
-        add_row_filter(tree, target)
+        add_row_filter(tree, target, not others)
     elif isinstance(tree, exp.Merge):
         if target.row_filter:
             raise Refusal(f"MERGE into {target.relation.name} is not allowed for tier {rw.ctx.tier.name}: "
