@@ -118,6 +118,8 @@ def _rules_parsers(sub) -> None:
     p.add_argument("--catalog-dsn", help="per column instead of per class")
     p.add_argument("--format", choices=["markdown", "csv"], default="markdown")
     p.set_defaults(func=cmd_report)
+    from .audit.cli import add_usage_parser
+    add_usage_parser(kinds)
 
 
 def main(argv: list[str] | None = None) -> int:

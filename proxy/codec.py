@@ -428,8 +428,10 @@ class ErrorResponse(Message):
 
 @_message(b"N", (("fields", FIELDLIST),))
 class NoticeResponse(Message):
-    """NoticeResponse (B)."""
+    """NoticeResponse (B): fields as in ErrorResponse (a WARNING, NOTICE, INFO ...)."""
     fields: tuple
+
+    get = ErrorResponse.get
 
 
 @_message(b"V", (("value", NBYTES),))

@@ -42,26 +42,31 @@ _FIRST_WORDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "(", "INSERT", "U
 _ALONE_WORDS = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK"})  # only as the whole statement
 
 _GLUE = r"\w$\"'"  # what may not touch a name, number, parameter or string
-# each alternative starts with the character it needs, so the engine skips ahead to those;
-# the look-behind then checks the character before it
+# Every quantifier over client text below is possessive (``*+``, ``++``): what it took is never
+# given back, so the engine cannot try a text two ways, and each expression runs in time linear in
+# the text (tests/test_linear.py checks the patterns' structure and counts the work).  Within one
+# repetition the alternatives start with different characters, or are operators of one or two
+# characters, so a position is read once.  In _LITERAL each alternative starts with the character
+# it needs, so the engine skips ahead to those; the look-behind then checks the character before
+# it, which also keeps the scan from starting again inside a number or a run of quotes.
 _LITERAL = re.compile(rf"""
-    ('(?<![{_GLUE}]')(?:[^'\\]|'')*'(?![{_GLUE}])                    # a plain string, no prefix, no backslash
-    |[0-9](?<![{_GLUE}.][0-9])[0-9]*(?:\.[0-9]+)?(?![{_GLUE}.]))     # a plain number
+    ('(?<![{_GLUE}]')(?:[^'\\]++|'')*+'(?![{_GLUE}])                 # a plain string, no prefix, no backslash
+    |[0-9](?<![{_GLUE}.][0-9])[0-9]*+(?:\.[0-9]++)?+(?![{_GLUE}.]))  # a plain number
 """, re.X)
 # the code between literals; NUL stands for a literal (a Query's text cannot hold one)
 _CODE = re.compile(rf"""(?:
-    [ \t\r\n]+ | \x00
-  | "(?:[^"]|"")+"(?![{_GLUE}])
-  | [A-Za-z_][A-Za-z0-9_]*(?![{_GLUE}])
-  | \$[0-9]{{1,5}}(?![{_GLUE}])
+    [ \t\r\n]++ | \x00
+  | "(?:[^"]++|"")++"(?![{_GLUE}])
+  | [A-Za-z_][A-Za-z0-9_]*+(?![{_GLUE}])
+  | \$[0-9]{{1,5}}+(?![{_GLUE}])
   | ::|<=|>=|<>|!=|\|\||[=<>+*%,().;\[\]]|-(?!-)|/(?![*/])
-)*""", re.X)
-_WORD = re.compile(r"[A-Z_][A-Z0-9_]*")
-_PARAM = re.compile(r"\$([0-9]+)")
+)*+""", re.X)
+_WORD = re.compile(r"[A-Z_][A-Z0-9_]*+")
+_PARAM = re.compile(r"\$([0-9]++)")
 _PAIR_ODD_SPACE = re.compile(rf"(?<![{_GLUE}])(?:{'|'.join(_PAIR_FIRST)})(?:[\t\r\n]|[ ][ \t\r\n])", re.I)
-_SPACE = re.compile(r"[ \t\r\n]+")
-_FIRST = re.compile(r"[ \t\r\n]*(\(|[A-Za-z_][A-Za-z0-9_]*)")
-LIST = re.compile(r"\?(?:\s*,\s*\?)+")  # a list of literals, shown as one ? (the audit's text)
+_SPACE = re.compile(r"[ \t\r\n]++")
+_FIRST = re.compile(r"[ \t\r\n]*+(\(|[A-Za-z_][A-Za-z0-9_]*+)")
+LIST = re.compile(r"\?(?:\s*+,\s*+\?)++")  # a list of literals, shown as one ? (the audit's text)
 STRING_MARK, NUMBER_MARK = 70000, 80000  # a literal's marker: $70000 + its index (policy.MARKER_BASE)
 _BLANK = " \t\r\n"
 

@@ -478,9 +478,12 @@ class DecisionCache:
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
-    def decide(self, sql: str, ctx: Context) -> Decision:
+    def decide(self, sql: str, ctx: Context, access=None) -> Decision:
+        """``access``: the session's effective access (:class:`proxy.access.Access`), the key of
+        its decisions; without a session (explain, tests) the tier's name stands in."""
         catalog_version = ctx.catalog.version if ctx.catalog is not None else None
-        base = (ctx.rules.version, catalog_version, ctx.tier.name, ctx.search_path, ctx.user)
+        base = (ctx.rules.version, catalog_version, access if access is not None else ("tier", ctx.tier.name),
+                ctx.search_path, ctx.user)
         found = self._get(base + (sql,))
         if found is not None:
             self.hits += 1
@@ -568,11 +571,17 @@ class Engine:
         roles = self.catalog.roles_of(user) if self.catalog is not None else frozenset()
         return self.rules.effective_tier(user, roles, address, now)
 
-    def decide(self, sql: str, tier, search_path: tuple, user: str) -> Decision:
+    def resolve(self, user: str, address: str | None, now, purpose: str | None):
+        """The identity's effective access at ``now`` (:func:`proxy.access.resolve`)."""
+        from .access import resolve
+        roles = self.catalog.roles_of(user) if self.catalog is not None else frozenset()
+        return resolve(self.rules, user, roles, address, now, purpose)
+
+    def decide(self, sql: str, tier, search_path: tuple, user: str, access=None) -> Decision:
         if self.catalog is None and not tier.all_clear:
             return Decision("refuse", "", reason="pgveil has not loaded the database catalog yet; try again shortly",
                             sqlstate="57P03")
-        return self.cache.decide(sql, Context(tier, self.rules, self.catalog, search_path, user))
+        return self.cache.decide(sql, Context(tier, self.rules, self.catalog, search_path, user), access)
 
     def hidden_columns(self, tier) -> frozenset:
         """(table oid, attnum) of every column this tier may not see in clear: the second,

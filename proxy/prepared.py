@@ -1,6 +1,7 @@
-"""Named prepared statements of one session, prepared again when the rules change.
+"""Prepared statements of one session (named and unnamed), prepared again when the session's
+effective access changes (:mod:`proxy.access`: rules, tier, grants, purpose, network).
 
-A statement prepared under earlier rules keeps the SQL decided then; its next Bind would run
+A statement prepared under another access keeps the SQL decided then; its next Bind would run
 it.  So before such a Bind, the session sends ``Close`` and ``Parse`` for the same name with
 the text decided under the rules in force, and the server's replies to those two messages
 (CloseComplete, ParseComplete) must not reach the client, which never asked for them.
@@ -27,7 +28,7 @@ PARSE_COMPLETE, CLOSE_COMPLETE, ERROR, READY = (ord(c) for c in "13EZ")
 
 class PreparedStatements:
     def __init__(self) -> None:
-        self.statements: dict[str, tuple] = {}  # name -> (sql, param types, rules version)
+        self.statements: dict[str, tuple] = {}  # name -> (sql, param types, Access decided under)
         self._owed: deque = deque()  # (kind, injected) for Parse/Close; (SYNC, False) for sync points
         self._injected = 0
         self._skipping = False

@@ -319,6 +319,7 @@ class Proxy:
             audit=settings.audit_mode != "off",
             audit_strict=settings.audit_mode == "strict",
             audit_ok=self._audit_ok,
+            clock=_utc_clock,
         )
         self.audit = AuditWriter(settings.audit_dir, settings.audit_mode, str(settings.worker_index),
                                  settings.audit_interval)
@@ -546,6 +547,11 @@ class Proxy:
         if self._auth_pool is None:
             self._auth_pool = await asyncpg.create_pool(self.settings.auth_dsn, min_size=0, max_size=2)
         return await self._auth_pool.fetchval(self.settings.auth_query, user)
+
+
+def _utc_clock() -> datetime:
+    """The clock sessions decide grants by (they read none themselves)."""
+    return datetime.now(timezone.utc)
 
 
 def _file_stamp(path: str) -> tuple:

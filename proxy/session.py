@@ -37,6 +37,9 @@ import time
 from typing import Callable
 
 from . import codec, policy
+from .access import Access, deciding_tier
+from .opened import Opened, segments
+from .purpose import PurposeSetting
 from .audit import records
 from .audit.tracker import StatementTracker
 from .prepared import PreparedStatements
@@ -128,8 +131,11 @@ FILTER_WATCH = frozenset(b"ZESKNT")
 OUTCOME_WATCH = frozenset(b"CsI")  # what the audit's outcome records need besides
 OUTCOME_KINDS = frozenset(b"CsIEZ")
 PURPOSE_WORD = "pgveil.purpose"
-PURPOSE_SET = re.compile(r"""^\s*(?:SET\s+(?:SESSION\s+)?pgveil\.purpose\s*(?:=|TO)\s*'(?P<value>(?:[^']|'')*)'"""
-                         r"|RESET\s+pgveil\.purpose)\s*;?\s*$", re.IGNORECASE)
+# possessive throughout (linear in the text: nothing taken is given back to be tried again)
+PURPOSE_SET = re.compile(r"""^\s*+(?:SET\s++(?:(?P<scope>SESSION|LOCAL)\s++)?+pgveil\.purpose\s*+(?:=|TO)\s*+"""
+                         r"""(?:'(?P<value>(?:[^']++|'')*+)'|DEFAULT)|RESET\s++pgveil\.purpose)\s*+(?:;\s*+)?+$""",
+                         re.IGNORECASE)
+RESET_ALL = re.compile(r"\b(?:reset|discard)\s++all\b", re.IGNORECASE)  # a quick look; the statements decide
 PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they answer
 PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
@@ -149,17 +155,13 @@ class SessionConfig:
     audit: bool = False  # emit Audit commands
     audit_strict: bool = True  # a statement's decision is durable before the statement is sent
     audit_ok: Callable[[], bool] | None = None  # False: the journal cannot be written (fail closed)
+    clock: Callable[[], object] | None = None  # the server's UTC clock (datetime); None: no grant is in force
 
 
 @dataclass(slots=True)
 class Stats:
     bytes_from_client: int = 0
     bytes_from_server: int = 0
-
-
-def _utcnow():
-    from datetime import datetime, timezone
-    return datetime.now(timezone.utc)
 
 
 class Session:
@@ -173,6 +175,7 @@ class Session:
         self.statements = 0
         self._tracker = StatementTracker()
         self._prepared = PreparedStatements()
+        self._opened = Opened()  # SQL prepared statements, cursors and portals, with their access
         self._refused_ids: set[str] = set()
         self.phase = Phase.STARTUP
         self.client_tls = False
@@ -201,10 +204,14 @@ class Session:
         self._active_watch = SERVER_WATCH
         self._rules_version: str | None = None
         self._grants: tuple = ()
+        self.access: Access | None = None  # the effective access, recomputed for every statement
+        self._access_until = None  # when a grant of this user begins or ends next (datetime)
+        self._access_catalog = None  # the catalog version the identity's roles were read from
         self._row_limits: dict[str, int] = {}  # statement id -> most rows it may return (max_rows)
         self._row_counts: dict[str, int] = {}
         self._decision_us = 0
-        self.purpose: str | None = None  # declared with SET pgveil.purpose
+        self._purpose = PurposeSetting()  # declared with SET pgveil.purpose, kept as PostgreSQL keeps settings
+        self._purpose_statement = ""  # the last declaration, for its audit record
         self._refusal_seq = 0
         self._search_path_text: str | None = None
         self._search_path_parsed: tuple = ("$user", "public")
@@ -474,10 +481,9 @@ class Session:
             if engine is not None:
                 if kind in PREPARE_CLIENT:
                     self._prepared.client(kind)
-                if (kind == Q or kind == P or kind == F or kind == B) and (
-                        self._rules_version != engine.rules.version or self._grants_may_change(engine)):
-                    # new rules, or a grant that began or ended: this identity's tier is decided again
-                    revoked = self.rules_changed()
+                if kind == Q or kind == P or kind == F or kind == B or kind == E:
+                    # new rules, a grant that began or ended, a purpose: the access of this statement
+                    revoked = self._access_now(engine)
                     if revoked:
                         return audits + revoked
                 if kind == B:
@@ -485,6 +491,16 @@ class Session:
                     if again is not None:
                         pieces += (out[pos:start], again)
                         pos = start
+                    body = out[start + 5:end]
+                    self._opened.bind(codec._text(bytes(body[:body.index(b"\0")])), self.access)
+                elif kind == E and self._opened.portals:
+                    refused = self._refuse_execute(out, start, end)
+                    if refused is not None:
+                        pieces += (out[pos:start], refused)
+                        pos = end
+                        if self.config.audit:
+                            self._track_extended(kind, out, start, end)
+                        continue
                 elif kind == C:
                     body = out[start + 5:end]
                     if body[:1] == b"S":
@@ -515,19 +531,34 @@ class Session:
         return commands
 
     def _prepare_again(self, out: bytes, start: int, end: int, audits: list) -> bytes | None:
-        """Before a Bind of a statement prepared under earlier rules: Close and Parse it again,
-        decided under the rules in force (see :mod:`proxy.prepared`)."""
+        """Before a Bind of a statement (named or unnamed) prepared under another effective access:
+        Close and Parse it again, decided under the access in force (see :mod:`proxy.prepared`)."""
         body = out[start + 5:end]
         portal_end = body.index(b"\0")
         name = codec._text(bytes(body[portal_end + 1:body.index(b"\0", portal_end + 1)]))
         known = self._prepared.statements.get(name)
-        if not name or known is None or known[2] == self._rules_version:
+        if known is None or known[2] == self.access:
             return None
         sql, types, _ = known
         parse = codec.encode(codec.Parse(name, sql, types))
         decided = self._decide_message(P, parse, audits)  # records the new decision as well
         self._prepared.inject()
         return codec.encode(codec.Close(b"S", name)) + (decided if decided is not None else parse)
+
+    def _refuse_execute(self, out: bytes, start: int, end: int) -> bytes | None:
+        """An Execute of a portal opened under access that has since narrowed: in its place, a
+        Parse that fails (of a name no client uses, so no statement is replaced), put back as the
+        refusal; the server then skips to Sync as after any error."""
+        body = out[start + 5:end]
+        portal = codec._text(bytes(body[:body.index(b"\0")]))
+        reason = self._opened.execute(portal, self.access)
+        if reason is None:
+            return None
+        statement_id = self._tracker.portal_statement(portal)
+        if statement_id:
+            self._refused_ids.add(statement_id)
+            self._refusal_states[statement_id] = "42501"
+        return self._refusal(reason, "42501", parse=codec.Parse("pgveil_refused", "", ()))
 
     def _track_extended(self, kind: int, out: bytes, start: int, end: int) -> None:
         """Bind, Execute and Sync, for linking outcomes to statements (names read in place)."""
@@ -558,8 +589,12 @@ class Session:
                 self._prepared.server(kind)
             if kind == Z:
                 self.transaction_status = out[start + 5:start + 6]
+                self._purpose.ready(self.transaction_status)
                 if self.outstanding:
                     self.outstanding -= 1
+            elif kind == C_:
+                if self._purpose.watching:
+                    self._purpose.tag(codec._text(bytes(out[start + 5:end - 1])))
             elif kind == E:
                 self._note_error(out[start:end])
             elif kind == S:
@@ -575,8 +610,7 @@ class Session:
         engine = self.config.engine
         refusal = None
         if engine is not None:
-            self._rules_version = engine.rules.version
-            self.tier, self._grants = engine.identity(self.user or "", self.peer[0], _utcnow())
+            self._resolve(engine)
             if self.tier is None:
                 refusal = ("28000", f'pgveil: no access rule matches user "{self.user}" from {self.peer[0] or "here"}',
                            "Ask the administration office for access; the rule file decides who may connect.")
@@ -599,8 +633,7 @@ class Session:
         engine = self.config.engine
         if engine is None or self.phase is not Phase.ACTIVE:
             return []
-        self._rules_version = engine.rules.version
-        tier, self._grants = engine.identity(self.user or "", self.peer[0], _utcnow())
+        tier = self._resolve(engine)
         if tier is None:
             return self._connection_record("revoked", "the reloaded rules deny this identity") + self.fail(
                 "28000", f'pgveil: the rules (version {engine.rules.version}) no longer give user "{self.user}" '
@@ -610,9 +643,33 @@ class Session:
         self._from_server.watch = self._active_watch = self._server_watch()
         return []
 
-    def _grants_may_change(self, engine) -> bool:
-        """Does this user have grants whose window opens or closes over time?"""
-        return bool(engine.rules.grants) and any(g.user == self.user for g in engine.rules.grants)
+    def _resolve(self, engine):
+        """Resolve the identity at the server's clock: tier, grants and the effective access."""
+        resolved = engine.resolve(self.user or "", self.peer[0], self.config.clock() if self.config.clock else None,
+                                  self.purpose)
+        self._rules_version = resolved.access.rules_version
+        self._access_until = resolved.valid_until
+        self._access_catalog = getattr(engine.catalog, "version", None)
+        self.tier, self._grants, self.access = resolved.tier, resolved.grants, resolved.access
+        return resolved.tier
+
+    def _access_now(self, engine) -> list[Command]:
+        """Bring the effective access up to date before a statement (new rules or catalog roles,
+        a grant beginning or ending, a purpose declared or cleared).  Commands that end the
+        session when the identity is now denied."""
+        if self._rules_version != engine.rules.version or \
+                self._access_catalog != getattr(engine.catalog, "version", None) or \
+                (self._access_until is not None and self.config.clock() >= self._access_until):
+            revoked = self.rules_changed()
+            if revoked:
+                return revoked
+        if self.access is not None and self.access.purpose != self.purpose:
+            self.access = self.access.with_purpose(self.purpose)
+        return []
+
+    def deciding_tier(self):
+        """The tier statements are decided with now (purpose-bound classes masked until a purpose)."""
+        return deciding_tier(self.tier, self.purpose)
 
     def _server_watch(self) -> frozenset:
         """The server messages the relay must see, for this session's tier and features."""
@@ -620,7 +677,7 @@ class Session:
         if self.config.audit:
             watch |= OUTCOME_WATCH
         if self.config.engine is not None:
-            watch |= PREPARE_WATCH
+            watch |= PREPARE_WATCH | {C_}  # CommandComplete: how a block that set the purpose ended
         return watch
 
     # ------------------------------------------------------------------ audit
@@ -704,9 +761,13 @@ class Session:
                 decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                     "declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'"))
             elif engine is not None and self.tier is not None:
-                tier = self.tier if self.purpose or not self.tier.needs_purpose else self.tier.without_purpose()
+                tier = self.deciding_tier()
                 started = time.perf_counter()
-                decision = engine.decide(sql, tier, self._search_path(), self.user or "")
+                decision = engine.decide(sql, tier, self._search_path(), self.user or "", self.access)
+                if not decision.refused and Opened.concerns(sql):
+                    decision = self._check_opened(sql, decision)
+                if not decision.refused and RESET_ALL.search(sql):
+                    self._reset_all(sql)
                 self._decision_us = int((time.perf_counter() - started) * 1_000_000)
                 if tier is not self.tier and decision.columns:
                     self._purpose_notice(decision, audits)
@@ -716,8 +777,8 @@ class Session:
             decision = policy.Decision("refuse", "", sqlstate="58030", reason=(
                 "pgveil cannot write its audit journal, so it refuses statements until it can"))
         self._ddl_seen = self._ddl_seen or (decision is not None and "ddl" in decision.kinds)
-        if kind == P and decoded.name and engine is not None:
-            self._prepared.statements[decoded.name] = (sql, decoded.param_types, self._rules_version)
+        if kind == P and engine is not None:  # the unnamed statement too: it can be bound again later
+            self._prepared.statements[decoded.name] = (sql, decoded.param_types, self.access)
         statement_id = self._audit_statement(kind, decoded, sql, decision, audits)
         if statement_id and decision is not None and decision.columns and self.tier is not None and \
                 self.tier.max_rows and not decision.refused:
@@ -736,13 +797,22 @@ class Session:
             return codec.encode(codec.Query(decision.sql))
         return codec.encode(codec.Parse(decoded.name, decision.sql, decoded.param_types))
 
+    def _check_opened(self, sql: str, decision):
+        """A statement that executes, fetches from or opens a prepared statement or cursor: refused
+        when what it uses was opened under other access (see :mod:`proxy.opened`)."""
+        reason = self._opened.query(segments(sql), self.access, not self.tier.all_clear)
+        if reason is None:
+            return decision
+        return policy.Decision("refuse", "", reason=reason, sqlstate="42501", kinds=decision.kinds,
+                               relations=decision.relations, normalized=decision.normalized)
+
     def _audit_purpose(self, audits: list) -> None:
         if self.config.audit:
             self.statements += 1
             decision = policy.Decision("allow", "", kinds=("session",))
             record = records.statement(self._who(), f"{self.id}-{self.statements}", "SET pgveil.purpose = ''",
                                        "simple", decision, self.config.engine.rules.version, purpose=self.purpose)
-            record["sql"] = "SET pgveil.purpose = ?" if self.purpose is not None else "RESET pgveil.purpose"
+            record["sql"] = self._purpose_statement
             audits.append(Audit(record))
 
     def _purpose_notice(self, decision, audits: list) -> None:
@@ -762,11 +832,35 @@ class Session:
         match = PURPOSE_SET.match(sql)
         if match is None or self.outstanding != 1:
             return None  # not alone: refused as any other statement naming it
-        value = match.group("value")
-        self.purpose = value.replace("''", "'") if value is not None else None
         self.outstanding -= 1
-        tag = "SET" if value is not None else "RESET"
-        return codec.encode(codec.CommandComplete(tag)) + codec.encode(codec.ReadyForQuery(self.transaction_status))
+        status = self.transaction_status
+        ready = codec.encode(codec.ReadyForQuery(status))
+        if status == b"E":
+            return codec.error_response("25P02", "current transaction is aborted, commands ignored until end of "
+                                                 "transaction block") + ready
+        value = match.group("value")
+        value = value.replace("''", "'") or None if value is not None else None
+        local = (match.group("scope") or "").upper() == "LOCAL"
+        tag = "RESET" if sql.lstrip()[:1] in "rR" else "SET"
+        self._purpose_statement = "RESET pgveil.purpose" if value is None else \
+            f"SET {'LOCAL ' if local else ''}pgveil.purpose = ?"
+        if local and status != b"T":
+            warning = codec.encode(codec.NoticeResponse(((b"S", "WARNING"), (b"V", "WARNING"), (b"C", "25P01"), (
+                b"M", "SET LOCAL can only be used in transaction blocks"))))
+            return warning + codec.encode(codec.CommandComplete(tag)) + ready
+        self._purpose.set(value, local=local, in_block=status == b"T")
+        return codec.encode(codec.CommandComplete(tag)) + ready
+
+    @property
+    def purpose(self) -> str | None:
+        """The purpose in force (see :mod:`proxy.purpose`)."""
+        return self._purpose.current
+
+    def _reset_all(self, sql: str) -> None:
+        """RESET ALL or DISCARD ALL clear the purpose as they clear every setting (at once, before
+        the server runs them: that only masks more)."""
+        if any(seg.words(2) in (["RESET", "ALL"], ["DISCARD", "ALL"]) for seg in segments(sql)):
+            self._purpose.set(None, local=False, in_block=self.transaction_status != b"I")
 
     def _grant_used(self, decision) -> str | None:
         """The grants that changed this statement: a tier grant always, a class grant when the
@@ -884,7 +978,7 @@ class Session:
         return None
 
     def _leaking_column(self, message: bytes) -> str | None:
-        hidden = self.config.engine.hidden_columns(self.tier)
+        hidden = self.config.engine.hidden_columns(self.deciding_tier())
         if not hidden:
             return None
         for name, table_oid, column in codec.row_sources(message):

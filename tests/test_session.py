@@ -254,7 +254,11 @@ class BrokenFirstLayer:
     def identity(self, user, address=None, now=None):
         return self.tier, ()
 
-    def decide(self, sql, tier, search_path, user):
+    def resolve(self, user, address, now, purpose):
+        from proxy.access import Access, Resolved
+        return Resolved(Access("v1", self.tier.name, (), purpose), self.tier, (), None)
+
+    def decide(self, sql, tier, search_path, user, access=None):
         from proxy.policy import Decision
         return Decision("allow", sql)
 
@@ -298,12 +302,25 @@ def test_second_layer_lets_masked_and_other_columns_through():
     assert sent_to_client(s.server_data(reply)) == reply
 
 
+def test_notice_reaches_a_restricted_tier():
+    """psycopg's BEGIN inside its own transaction: the server's WARNING 25001 is a NoticeResponse,
+    relayed (without a detail, as for errors), and the session goes on."""
+    s = restricted_session()
+    s.client_data(codec.encode(codec.Query("BEGIN")))
+    fields = ((b"S", "WARNING"), (b"C", "25001"), (b"M", "there is already a transaction in progress"))
+    notice = codec.encode(codec.NoticeResponse((*fields, (b"D", "a detail"))))
+    rest = codec.encode(codec.CommandComplete("BEGIN")) + codec.encode(codec.ReadyForQuery(b"T"))
+    sent = sent_to_client(s.server_data(notice + rest))
+    assert sent == codec.encode(codec.NoticeResponse(fields)) + rest
+    assert codec.decode_message(codec.BACKEND, notice).get(b"C") == "25001"
+
+
 def test_refusal_is_substituted_and_put_back():
     from proxy.rules import ClassAction, Tier
     from proxy.policy import Decision
 
     class Refusing(BrokenFirstLayer):
-        def decide(self, sql, tier, search_path, user):
+        def decide(self, sql, tier, search_path, user, access=None):
             return Decision("refuse", "", reason="no", sqlstate="42501")
 
     tier = Tier("sales", {"id_number": ClassAction("mask")}, frozenset({"read"}))

@@ -33,8 +33,13 @@ def normalize(sql: str, limit: int = 4000) -> str:
     return from_tokens(sql, tokens, limit)
 
 
-def from_tokens(sql: str, tokens: list, limit: int = 4000) -> str:
-    """:func:`normalize` for text already tokenized (the policy engine's tokens, reused)."""
+def from_tokens(sql: str, tokens: list, limit: int = 4000, nested: bool = False) -> str:
+    """:func:`normalize` for text already tokenized (the policy engine's tokens, reused).
+
+    A command's arguments (one string token) are tokenized and normalised once more; within them
+    a further command's arguments get the rough reading, so ``SHOW SHOW SHOW ...`` costs two
+    passes over the text, not one per word (and no recursion as deep as the text is long).
+    """
     parts: list[str] = []
     previous_end = None
     for i, token in enumerate(tokens):
@@ -44,7 +49,12 @@ def from_tokens(sql: str, tokens: list, limit: int = 4000) -> str:
             # a command's arguments arrive as one string token: normalise them on their own
             start = tokens[i - 1].end + 1
             rest = sql[start:token.end + 1]
-            text = normalize(rest, limit) if rest.strip() != sql.strip() else "?"
+            if rest.strip() == sql.strip():
+                text = "?"
+            elif nested:
+                text = _rough(rest, limit, "")
+            else:
+                text = _normalize_nested(rest, limit)
         elif kind == "NUMBER" and token.start > 0 and sql[token.start - 1] == "$":
             text = sql[token.start:token.end + 1]  # $1: a parameter, not a value
         elif kind in LITERALS:
@@ -58,11 +68,28 @@ def from_tokens(sql: str, tokens: list, limit: int = 4000) -> str:
     return _LIST.sub("?", "".join(parts))[:limit]
 
 
-def _rough(sql: str, limit: int) -> str:
+def _normalize_nested(sql: str, limit: int) -> str:
+    read = quick(sql)
+    if read is not None:
+        return read[2][:limit]
+    try:
+        tokens = tokenize(sql)
+    except (SqlglotError, ValueError, IndexError):
+        return _rough(sql, limit)
+    return from_tokens(sql, tokens, limit, nested=True)
+
+
+# Linear over any text: a quote run is taken possessively and never retried inside itself; a
+# dollar tag, a comment or an unclosed quote swallows the rest of the text at once; a number is
+# taken whole, so the scan goes on after it.
+_ROUGH_VALUE = re.compile(r"'(?:[^']++|'')*+'?+|\$[A-Za-z_0-9]*+\$.*|--.*|/\*.*", re.S)
+_ROUGH_NUMBER = re.compile(r"\b\d[\d.eE+-]*+")
+
+
+def _rough(sql: str, limit: int, prefix: str = "unreadable: ") -> str:
     """No tokens: keep words and punctuation, drop everything that could be a value."""
-    text = re.sub(r"'(?:[^']|'')*'?|\$[A-Za-z_0-9]*\$.*|--.*|/\*.*", "?", sql, flags=re.S)
-    text = re.sub(r"\b\d[\d.eE+-]*\b", "?", text)
-    return ("unreadable: " + " ".join(text.split()))[:limit]
+    text = _ROUGH_NUMBER.sub("?", _ROUGH_VALUE.sub("?", sql))
+    return (prefix + " ".join(text.split()))[:limit]
 
 
 @functools.lru_cache(maxsize=8192)

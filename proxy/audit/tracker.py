@@ -41,6 +41,10 @@ class StatementTracker:
     def bind(self, portal: str, statement: str) -> None:
         self._portals[portal] = self._statements.get(statement, "")
 
+    def portal_statement(self, portal: str) -> str:
+        """The statement id a portal was bound from ('' if unknown)."""
+        return self._portals.get(portal, "")
+
     def execute(self, portal: str, started: float) -> None:
         self._queue.append(["E", self._portals.get(portal, ""), started, None, None])
 

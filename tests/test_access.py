@@ -1,0 +1,153 @@
+"""The session's effective access as one value (pure: no network, a fake clock)."""
+
+from datetime import datetime, timedelta, timezone
+
+from proxy import codec
+from proxy.access import Access, resolve
+from proxy.catalog import Catalog
+from proxy.policy import Engine
+from proxy.rules import load_rules
+from proxy.session import Session, SessionConfig, SendToServer
+
+T0 = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
+RULES = f"""
+version: 1
+classes:
+  id_number: {{mask: {{fn: partial, keep_first: 3, keep_last: 4}}}}
+columns:
+  public.customers.id_number: id_number
+tiers:
+  sales:
+    see: {{id_number: mask}}
+  lawyers:
+    see: {{id_number: clear}}
+identities:
+  - {{user: sales_li, tier: sales, networks: [10.0.0.0/8]}}
+  - {{user: sales_li, tier: lawyers}}
+grants:
+  - {{user: sales_li, see: {{id_number: clear}}, from: "{(T0 + timedelta(seconds=10)).isoformat()}",
+     until: "{(T0 + timedelta(seconds=20)).isoformat()}", reason: CS-1, approved_by: [li_na]}}
+default: deny
+"""
+CATALOG = Catalog.from_spec({"public.customers": {"id": "integer", "id_number": "text"}})
+STARTUP = codec.StartupMessage(codec.PROTOCOL_3_0, (("user", "sales_li"), ("database", "crm")))
+READY = codec.encode(codec.ReadyForQuery(b"I"))
+
+
+def test_a_grant_begins_and_ends_in_the_access_with_its_boundaries():
+    rules = load_rules(RULES)
+    before = resolve(rules, "sales_li", frozenset(), "10.1.2.3", T0, None)
+    during = resolve(rules, "sales_li", frozenset(), "10.1.2.3", T0 + timedelta(seconds=12), None)
+    after = resolve(rules, "sales_li", frozenset(), "10.1.2.3", T0 + timedelta(seconds=20), None)
+    assert before.access.grants == () and during.access.grants == (1,) and after.access.grants == ()
+    assert before.valid_until == T0 + timedelta(seconds=10) and during.valid_until == T0 + timedelta(seconds=20)
+    assert after.valid_until is None
+    assert during.tier.action("id_number").action == "clear" and after.tier.action("id_number").action == "mask"
+    assert during.access.narrowed_to(after.access) and not before.access.narrowed_to(during.access)
+
+
+def test_the_network_match_is_part_of_the_access():
+    rules = load_rules(RULES)
+    inside = resolve(rules, "sales_li", frozenset(), "10.1.2.3", T0, None).access
+    outside = resolve(rules, "sales_li", frozenset(), "192.0.2.1", T0, None).access
+    assert (inside.tier, inside.rule) == ("sales", 0) and (outside.tier, outside.rule) == ("lawyers", 1)
+    assert inside.narrowed_to(outside) and outside.narrowed_to(inside)
+
+
+def test_purpose_declared_widens_and_cleared_narrows():
+    a = Access("v1", "sales", (1,), None, 0)
+    assert not a.narrowed_to(a.with_purpose("T-1")) and a.with_purpose("T-1").narrowed_to(a)
+    assert a.with_purpose("T-1").narrowed_to(a.with_purpose("T-2"))
+    assert a.narrowed_to(Access("v2", "sales", (1,), None, 0))  # a reload: decide again
+    assert not a.narrowed_to(Access("v1", "sales", (1, 2), None, 0))
+
+
+def test_the_decision_cache_is_keyed_by_the_access_not_the_tier_name():
+    engine = Engine(load_rules(RULES), CATALOG)
+    tier = engine.rules.tier("sales")
+    sql = "SELECT id_number FROM customers"
+    engine.decide(sql, tier, ("public",), "sales_li", Access("v", "sales", (), None, 0))
+    engine.decide(sql, tier, ("public",), "sales_li", Access("v", "sales", (), "T-1", 0))
+    engine.decide(sql, tier, ("public",), "sales_li", Access("v", "sales", (), None, 0))
+    assert (engine.cache.misses, engine.cache.hits) == (2, 1)
+
+
+def session_at(clock) -> tuple[Session, Engine]:
+    engine = Engine(load_rules(RULES), CATALOG)
+    s = Session(SessionConfig(engine=engine, clock=clock), peer=("10.1.2.3", 5000))
+    s.client_data(codec.encode_startup(STARTUP))
+    s.upstream_connected(tls=False)
+    s.server_data(codec.encode(codec.Authentication(0, b"")) + READY)
+    return s, engine
+
+
+def sent(commands) -> str:
+    return b"".join(c.data for c in commands if isinstance(c, SendToServer)).decode("utf-8", "replace")
+
+
+def test_each_statement_is_decided_under_the_access_at_the_servers_clock():
+    now = [T0]
+    s, _ = session_at(lambda: now[0])
+    query = codec.encode(codec.Query("SELECT id_number FROM customers"))
+    masked = sent(s.client_data(query))
+    assert "CASE WHEN \"id_number\" IS NULL" in masked  # sales masks id_number
+    s.server_data(READY)
+    now[0] = T0 + timedelta(seconds=11)
+    clear = sent(s.client_data(query))
+    assert s.access.grants == (1,) and clear != masked and "CASE" not in clear
+    now[0] = T0 + timedelta(seconds=21)
+    s.server_data(READY)
+    assert sent(s.client_data(query)) == masked and s.access.grants == ()
+
+
+def test_the_unnamed_statement_is_parsed_again_when_the_access_changed():
+    now = [T0 + timedelta(seconds=11)]
+    s, _ = session_at(lambda: now[0])
+    parse = codec.encode(codec.Parse("", "SELECT id_number FROM customers", ()))
+    bind = codec.encode(codec.Bind("", "", (), (), ()))
+    execute = codec.encode(codec.Execute("", 0)) + codec.encode(codec.Sync())
+    first = sent(s.client_data(parse + bind + execute))
+    assert "CASE" not in first  # the grant is in force: clear
+    s.server_data(codec.encode(codec.ParseComplete()) + codec.encode(codec.BindComplete()) + READY)
+    now[0] = T0 + timedelta(seconds=21)  # the grant ended; the client binds the unnamed statement again
+    again = s.client_data(bind + execute)
+    wire = b"".join(c.data for c in again if isinstance(c, SendToServer))
+    messages = [m for m in codec.Splitter(frozenset(range(256))).feed(wire)[1]]
+    assert [chr(k) for k, _, _ in messages] == ["C", "P", "B", "E", "S"]
+    assert "CASE WHEN" in sent(again)  # decided again: masked
+    out = s.server_data(codec.encode(codec.CloseComplete()) + codec.encode(codec.ParseComplete())
+                        + codec.encode(codec.BindComplete()) + READY)
+    assert b"".join(c.data for c in out if hasattr(c, "data")).startswith(codec.encode(codec.BindComplete()))
+
+
+# ----------------------------------------------------------------------------- purpose as a setting
+def purpose_after(*steps):
+    from proxy.purpose import PurposeSetting
+    p = PurposeSetting()
+    for step in steps:
+        if step[0] == "set":
+            p.set(step[1], local=step[2], in_block=step[3])
+        elif step[0] == "tag":
+            p.tag(step[1])
+        else:
+            p.ready(step[1])
+    return p.current
+
+
+def test_purpose_follows_postgresqls_rules_for_settings():
+    assert purpose_after(("set", "A", False, False)) == "A"
+    assert purpose_after(("set", "A", True, False)) is None  # SET LOCAL outside a block: nothing
+    block = [("set", "A", False, False), ("ready", b"T"), ("set", "B", False, True)]
+    assert purpose_after(*block, ("tag", "COMMIT"), ("ready", b"I")) == "B"
+    assert purpose_after(*block, ("tag", "ROLLBACK"), ("ready", b"I")) == "A"
+    assert purpose_after(*block, ("ready", b"E"), ("tag", "ROLLBACK"), ("ready", b"I")) == "A"
+    local = [("set", "A", False, False), ("set", "L", True, True)]
+    assert purpose_after(*local) == "L"
+    assert purpose_after(*local, ("tag", "COMMIT"), ("ready", b"I")) == "A"  # SET LOCAL lasts for the block
+    assert purpose_after(("set", "L", True, True), ("set", "S", False, True), ("tag", "COMMIT"),
+                         ("ready", b"I")) == "S"
+    assert purpose_after(*block, ("set", None, False, True), ("tag", "COMMIT"), ("ready", b"I")) is None
+    # ambiguous endings clear it: ROLLBACK TO SAVEPOINT, another tag, two blocks in one Query
+    assert purpose_after(*block, ("tag", "ROLLBACK"), ("ready", b"T")) is None
+    assert purpose_after(*block, ("tag", "PREPARE TRANSACTION"), ("ready", b"I")) is None
+    assert purpose_after(*block, ("tag", "COMMIT"), ("tag", "ROLLBACK"), ("ready", b"I")) is None
