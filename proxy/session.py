@@ -36,7 +36,7 @@ import re
 import time
 from typing import Callable
 
-from . import codec, policy
+from . import codec, errors, policy
 from .access import Access, deciding_tier
 from .opened import Opened, segments
 from .purpose import PurposeSetting
@@ -972,9 +972,9 @@ class Session:
             if found is not None:
                 reason, sqlstate = found
                 return codec.error_response(sqlstate, reason)
-        if self._filtering and any(code == b"D" for code, _ in error.fields):  # details can print row values
-            fields = tuple((code, value) for code, value in error.fields if code != b"D")
-            return codec.encode(type(error)(fields))
+        if self._filtering:  # errors can print values: see proxy/errors.py
+            fields = errors.scrub(error.fields, self.tier.name)
+            return codec.encode(type(error)(fields)) if fields != error.fields else None
         return None
 
     def _leaking_column(self, message: bytes) -> str | None:
