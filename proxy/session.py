@@ -126,8 +126,9 @@ ACTIVE_FRONTEND = frozenset(t for t in codec.FRONTEND if t != ord("p"))
 # Server messages the relay must look at; everything else (rows above all) passes as bytes.
 SERVER_WATCH = frozenset(b"ZESK")
 ALL_BYTES = frozenset(range(256))
-# For a restricted tier, also errors and notices (details stripped) and RowDescription.
-FILTER_WATCH = frozenset(b"ZESKNT")
+# For a restricted tier, also errors and notices (details stripped), RowDescription and
+# NotificationResponse (payloads written by other sessions are outputs pgveil cannot mask).
+FILTER_WATCH = frozenset(b"ZESKNTA")
 OUTCOME_WATCH = frozenset(b"CsI")  # what the audit's outcome records need besides
 OUTCOME_KINDS = frozenset(b"CsIEZ")
 PURPOSE_WORD = "pgveil.purpose"
@@ -140,7 +141,7 @@ PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they a
 PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
 
-Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p = (ord(c) for c in "ZESKRQXFNPTBCDp")
+Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p, A = (ord(c) for c in "ZESKRQXFNPTBCDpA")
 C_, s_, I_ = (ord(c) for c in "CsI")
 SYNC = ord("S")
 
@@ -923,6 +924,10 @@ class Session:
                 replacement = b""  # the reply to a Close or Parse the client never sent
             elif kind == E or kind == N:
                 replacement = self._filter_error(message)
+            elif kind == A and self._filtering:
+                note = codec.decode_message(codec.BACKEND, message)
+                if note.payload:  # any session's pg_notify() can carry any value: the payload is dropped
+                    replacement = codec.encode(codec.NotificationResponse(note.pid, note.channel, ""))
             elif kind == D and self._row_limits:
                 replacement = self._count_row(commands)
             elif kind == T and self._filtering:
