@@ -34,6 +34,7 @@ from .sql import SqlglotError, exp, parse_one, to_sql, tokenize
 
 from .rewrite import (FORBIDDEN_SETTINGS, PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of,
                       search_path_is_safe)
+from .rowlimits import cursor_ref
 from .writes import rewrite_copy, rewrite_write
 
 TRANSACTION_WORDS = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"})
@@ -59,6 +60,7 @@ class Decision:
     columns: tuple = ()  # ColumnUse
     unparsed: bool = False
     normalized: str = ""  # the text with literals and comments removed, for the audit
+    cursors: tuple = ()  # (verb, name) of cursors and SQL prepared statements: see proxy/rowlimits.py
 
     @property
     def refused(self) -> bool:
@@ -316,21 +318,27 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
     if PLACEHOLDER in sql:
         return _refuse(NotUnderstood("the statement contains pgveil's internal names"))
     rw = Rewriter(ctx, templates)
-    texts, kinds = [], []
+    texts, kinds, cursors = [], [], []
     try:
         for seg in segments:
             statement = Statement(ctx, rw)
             texts.append(statement.run(seg))
             kinds += statement.kinds
+            ref = cursor_ref(seg.text, seg.tokens[0])
+            if ref is not None:
+                cursors.append(ref)
     except Refusal as exc:
         return _refuse(exc, rw)
     except (SqlglotError, RecursionError, ValueError, KeyError, AttributeError, TypeError) as exc:
         return _refuse(NotUnderstood(f"{type(exc).__name__}: {str(exc)[:200]}"), rw)
     columns = tuple(rw.analysis.columns.values())
+    if rw.analysis.packs and columns and ctx.tier.row_limit({c.cls for c in columns}) is not None:
+        return _refuse(Refusal(f"{rw.analysis.packs} packs many rows into one value: tier {ctx.tier.name} has "
+                               f"max_rows, so it may not use it over sensitive columns"), rw)
     masked = any(c.action != "clear" for c in columns) or any(
         ctx.tier.rows and rw.row_filter(ctx.catalog.by_name[tuple(r.split(".", 1))]) for r in rw.analysis.relations)
     return Decision("rewrite" if masked else "allow", "; ".join(texts), kinds=tuple(dict.fromkeys(kinds)),
-                    relations=tuple(rw.analysis.relations), columns=columns)
+                    relations=tuple(rw.analysis.relations), columns=columns, cursors=tuple(cursors))
 
 
 def _refuse(exc: Refusal, rw: Rewriter | None = None) -> Decision:

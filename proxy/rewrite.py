@@ -28,6 +28,7 @@ from .sql import exp, parse_one, to_sql
 from .barrier import FENCE, fenced, index_copies
 from .catalog import Catalog, Relation
 from .masks import MaskError, mask_sql, null_of
+from .rowlimits import packs_rows
 from .rules import BLOCK, CLEAR, ClassAction, RuleSet, Tier
 
 # Relations that expose other sessions' statements, column statistics (sampled values) or
@@ -112,12 +113,14 @@ class Source:
     actions: list  # [(Column, class or None, ClassAction)]
     row_filter: str | None
     alias: str
+    renames: dict = field(default_factory=dict)  # FROM t AS c(i, n, p): p -> phone
 
     @property
     def protected(self) -> bool:
         return self.row_filter is not None or any(a.action != "clear" for _, _, a in self.actions)
 
     def action(self, column: str) -> tuple[str | None, ClassAction] | None:
+        column = self.renames.get(column, column)
         for col, cls, act in self.actions:
             if col.name == column:
                 return cls, act
@@ -129,9 +132,11 @@ class Analysis:
     """What one statement reaches; filled while it is rewritten."""
     relations: list = field(default_factory=list)
     columns: dict = field(default_factory=dict)  # (relation, column) -> ColumnUse
+    packs: str | None = None  # a construct that packs rows into one value (proxy/rowlimits.py)
 
     def use(self, source: Source, column: str, cls: str | None, act: ClassAction) -> None:
         if cls is not None:
+            column = source.renames.get(column, column)
             key = (source.relation.qualified, column)
             self.columns[key] = ColumnUse(source.relation.qualified, column, cls, act.action)
 
@@ -212,7 +217,11 @@ class Rewriter:
             self.check_view_rows(rel)
         alias = name_of(table.args["alias"].this) if table.args.get("alias") and table.args["alias"].this \
             else name_of(table.this)
-        return self.source_for_relation(rel, alias)
+        source = self.source_for_relation(rel, alias)
+        listed = table.args["alias"].args.get("columns") if table.args.get("alias") else None
+        for new, col in zip(listed or (), rel.columns):  # an alias list renames the first columns
+            source.renames[name_of(new.this if isinstance(new, exp.ColumnDef) else new)] = col.name
+        return source
 
     def check_view_rows(self, view: Relation, depth: int = 0) -> None:
         """A view shows rows of its base tables; where the tier may see only some of a base
@@ -270,6 +279,8 @@ class Rewriter:
         """Replace every protected relation reference in ``tree`` (except ``skip``)."""
         tables = self.relation_tables(tree, skip or set())
         sources = [(table, self.source(table)) for table in tables]
+        if self.ctx.tier.max_rows and self.analysis.packs is None:
+            self.analysis.packs = packs_rows(tree)
         self.check_functions(tree)
         self.check_columns(tree, [s for _, s in sources])
         for table, source in sources:
@@ -407,7 +418,8 @@ class Rewriter:
                     continue
                 cls, act = found
                 if act.action == "block":
-                    raise Refusal(f"column {s.relation.name}.{column} is not visible to tier {self.ctx.tier.name}")
+                    raise Refusal(f"column {s.relation.name}.{s.renames.get(column, column)} is not visible to tier "
+                                  f"{self.ctx.tier.name}")
                 self.analysis.use(s, column, cls, act)
         star = tree.find(exp.Star) is not None
         for s in sources:  # a star or a whole row reaches every column, masked or nulled

@@ -40,6 +40,7 @@ from . import codec, errors, policy
 from .access import Access, deciding_tier
 from .opened import Opened, segments
 from .purpose import PurposeSetting
+from .rowlimits import RowLimits
 from .audit import records
 from .audit.tracker import StatementTracker
 from .prepared import PreparedStatements
@@ -142,6 +143,7 @@ PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
 
 Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p, A = (ord(c) for c in "ZESKRQXFNPTBCDpA")
+COPY_DATA = ord("d")
 C_, s_, I_ = (ord(c) for c in "CsI")
 SYNC = ord("S")
 
@@ -208,8 +210,7 @@ class Session:
         self.access: Access | None = None  # the effective access, recomputed for every statement
         self._access_until = None  # when a grant of this user begins or ends next (datetime)
         self._access_catalog = None  # the catalog version the identity's roles were read from
-        self._row_limits: dict[str, int] = {}  # statement id -> most rows it may return (max_rows)
-        self._row_counts: dict[str, int] = {}
+        self._row_limits = RowLimits()  # max_rows: limits, counts, cursor names
         self._decision_us = 0
         self._purpose = PurposeSetting()  # declared with SET pgveil.purpose, kept as PostgreSQL keeps settings
         self._purpose_statement = ""  # the last declaration, for its audit record
@@ -713,18 +714,15 @@ class Session:
                        "bytes_out": self.stats.bytes_from_server})
         return [Audit(record)]
 
-    def _prepared_ids(self) -> set:
-        """Statement ids of named prepared statements: their limits last for every execution."""
-        return self._tracker.named_ids()
-
     def _outcomes(self, kind: int, body: bytes) -> list[Command]:
+        result = self._tracker.running_result() if self._row_limits else None
         ended = self._tracker.server(kind, body, time.monotonic())
         commands: list[Command] = []
+        if kind == Z and body[:1] == b"I":
+            self._row_limits.idle()  # no transaction: no portal is left to resume
         for statement_id, status, rows, seconds, sqlstate in ended:
-            if status != "suspended":  # a portal fetched in pieces counts as one result
-                self._row_counts.pop(statement_id, None)  # each execution counts from zero
-            if statement_id in self._row_limits and statement_id not in self._prepared_ids():
-                del self._row_limits[statement_id]
+            if self._row_limits and result is not None and statement_id == result[0]:
+                self._row_limits.ended(result, status, self._tracker.live_ids())  # (suspended: one result)
                 if not self._row_limits:
                     self._from_server.watch = self._active_watch
             if statement_id in self._refused_ids:
@@ -781,12 +779,12 @@ class Session:
         if kind == P and engine is not None:  # the unnamed statement too: it can be bound again later
             self._prepared.statements[decoded.name] = (sql, decoded.param_types, self.access)
         statement_id = self._audit_statement(kind, decoded, sql, decision, audits)
-        if statement_id and decision is not None and decision.columns and self.tier is not None and \
-                self.tier.max_rows and not decision.refused:
-            limit = self.tier.row_limit({c.cls for c in decision.columns})
-            if limit is not None:
-                self._row_limits[statement_id] = limit
-                self._from_server.watch = self._active_watch | {D}
+        if statement_id and decision is not None and self.tier is not None and self.tier.max_rows \
+                and not decision.refused:
+            limit = self.tier.row_limit({c.cls for c in decision.columns}) if decision.columns else None
+            self._row_limits.decided(statement_id, limit, decision.cursors)
+            if self._row_limits:
+                self._from_server.watch = self._active_watch | {D, COPY_DATA}
         if decision is not None and decision.refused:
             if statement_id:
                 self._refused_ids.add(statement_id)
@@ -928,7 +926,7 @@ class Session:
                 note = codec.decode_message(codec.BACKEND, message)
                 if note.payload:  # any session's pg_notify() can carry any value: the payload is dropped
                     replacement = codec.encode(codec.NotificationResponse(note.pid, note.channel, ""))
-            elif kind == D and self._row_limits:
+            elif (kind == D or kind == COPY_DATA) and self._row_limits:  # a row, or a COPY TO line
                 replacement = self._count_row(commands)
             elif kind == T and self._filtering:
                 leak = self._leaking_column(message)
@@ -953,13 +951,11 @@ class Session:
 
     def _count_row(self, commands: list) -> bytes | None:
         """A row of a statement with a row limit: past the limit, the result stops here."""
-        statement_id = self._tracker.running()
-        limit = self._row_limits.get(statement_id)
+        result = self._tracker.running_result()
+        limit = self._row_limits.row(result) if result is not None else None
         if limit is None:
             return None
-        count = self._row_counts[statement_id] = self._row_counts.get(statement_id, 0) + 1
-        if count <= limit:
-            return None
+        statement_id = result[0]
         self._suppressing = True
         self._tracker.stop(statement_id, limit, "54000")
         commands.append(Alert("max_rows_stop", f"tier {self.tier.name} reached max_rows {limit}"))
