@@ -34,6 +34,7 @@ from .sql import SqlglotError, exp, parse_one, to_sql, tokenize
 
 from .rewrite import (FORBIDDEN_SETTINGS, PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of,
                       search_path_is_safe)
+from .ddl import check_ddl
 from .rowlimits import cursor_ref
 from .writes import rewrite_copy, rewrite_write
 
@@ -254,6 +255,11 @@ class Statement:
         self.need("ddl", seg.word)
         if seg.word == "CREATE" and any(t.text.upper() == "AS" for t in seg.tokens):
             return self.parsed(seg, ddl=True)
+        catalog, ctx = self.ctx.catalog, self.ctx
+        why = check_ddl(seg.tokens, lambda schema, name: catalog.resolve(schema, name, ctx.search_path, ctx.user)
+                        if name else None, self.rw.ddl_protected)
+        if why:
+            raise Refusal(f"{why} for tier {ctx.tier.name}")
         return self.passthrough(seg)
 
     # -- parsed statements -----------------------------------------------------------
@@ -317,6 +323,9 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
         return Decision("allow", sql)
     if PLACEHOLDER in sql:
         return _refuse(NotUnderstood("the statement contains pgveil's internal names"))
+    if len(segments) > 1 and any(seg.word in DDL_WORDS for seg in segments):
+        return _refuse(Refusal(f"DDL must be sent alone for tier {ctx.tier.name}: the statements after it would be "
+                               f"decided against the catalog as it was before it ran"))
     rw = Rewriter(ctx, templates)
     texts, kinds, cursors = [], [], []
     try:

@@ -210,6 +210,17 @@ class Rewriter:
         actions = [(col, *self.class_action(rel, col.name)) for col in rel.columns]
         return Source(rel, actions, self.row_filter(rel), alias or rel.name)
 
+    def ddl_protected(self, rel: Relation) -> set | None:
+        """Columns of ``rel`` a DDL expression may not name (see proxy/ddl.py): every column of a
+        row-filtered relation, else those the tier may not see in clear; None when it sees all."""
+        if rel.schema in SYSTEM_SCHEMAS:
+            return None
+        source = self.source_for_relation(rel)
+        if source.row_filter:
+            return {col.name for col in rel.columns}
+        hidden = {col.name for col, _, act in source.actions if act.action != "clear"}
+        return hidden or None
+
     def source(self, table: exp.Table) -> Source:
         rel = self.resolve(table)
         self.gate_relation(rel)
