@@ -575,10 +575,23 @@ class Engine:
 
     def __init__(self, rules, catalog=None) -> None:
         self.rules = rules
+        self._catalog = None
         self.catalog = catalog
         self.cache = DecisionCache()
         self.rules_sha256 = ""
         self._hidden: dict = {}
+
+    @property
+    def catalog(self):
+        return self._catalog
+
+    @catalog.setter
+    def catalog(self, new) -> None:
+        """A newly read catalog: columns renamed since the last one keep their class (pinned by
+        relation and attnum, for as long as this process runs)."""
+        if new is not None and self._catalog is not None and new is not self._catalog:
+            new.pinned = carried_classes(self.rules, self._catalog, new)
+        self._catalog = new
 
     def tier_for(self, user: str, address: str | None = None, now=None):
         return self.identity(user, address, now)[0]
@@ -614,6 +627,24 @@ class Engine:
                               for col in rel.columns if rw.class_action(rel, col.name)[1].action != "clear")
             self._hidden = {key: found}
         return found
+
+
+def carried_classes(rules, old, new) -> dict:
+    """(oid, attnum) -> class for the columns of ``new`` that had a class in ``old`` (by name or
+    pinned) and have none by their name now: renamed columns, or columns of renamed relations."""
+    pinned = {}
+    for oid, rel in new.by_oid.items():
+        before = old.by_oid.get(oid)
+        if before is None or rel.schema in ("pg_catalog", "information_schema"):
+            continue
+        for col in rel.columns:
+            prior = next((c for c in before.columns if c.attnum == col.attnum), None)
+            if prior is None:
+                continue
+            cls = rules.class_of(before.schema, before.name, prior.name) or old.pinned.get((oid, col.attnum))
+            if cls is not None and rules.class_of(rel.schema, rel.name, col.name) is None:
+                pinned[(oid, col.attnum)] = cls
+    return pinned
 
 
 __all__ = ["Engine", "Decision", "DecisionCache", "Context", "decide", "split_statements", "parse_search_path", "name_of"]

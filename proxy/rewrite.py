@@ -153,6 +153,9 @@ class Rewriter:
         """Class of a column and what the tier sees of it, through inheritance and views."""
         rules, tier = self.ctx.rules, self.ctx.tier
         cls = rules.class_of(rel.schema, rel.name, column)
+        if cls is None and self.ctx.catalog.pinned:  # renamed since the rules named it: by attnum
+            col = rel.column(column)
+            cls = self.ctx.catalog.pinned.get((rel.oid, col.attnum)) if col is not None else None
         if cls is None:
             for parent in self.ctx.catalog.ancestors(rel):
                 cls = rules.class_of(parent.schema, parent.name, column)
@@ -237,7 +240,7 @@ class Rewriter:
     def check_view_rows(self, view: Relation, depth: int = 0) -> None:
         """A view shows rows of its base tables; where the tier may see only some of a base
         table's rows, the view cannot be filtered the same way, so it is refused."""
-        for base_oid in {oid for refs in view.sources.values() for oid, _ in refs}:
+        for base_oid in {oid for refs in view.sources.values() for oid, _ in refs} - {view.oid}:
             base = self.ctx.catalog.by_oid.get(base_oid)
             if base is None:
                 continue
