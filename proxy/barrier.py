@@ -165,24 +165,94 @@ def equalities(condition, source, qualifiers: set, unqualified: bool, qualify: s
     return copies
 
 
-def index_copies(table: exp.Table, source) -> list[str]:
+def _alias_name(table: exp.Table) -> str:
+    alias = table.args.get("alias")
+    name = alias.this if alias is not None and alias.this is not None else table.this
+    return name.this if name.quoted else name.this.lower()
+
+
+def index_copies(table: exp.Table, source, others: list | None = None) -> list[str]:
     """Copies for the fenced subquery that stands where ``table`` stood, from the WHERE of the
-    SELECT whose FROM or JOIN names it directly."""
+    SELECT whose FROM or JOIN names it directly; and, through an inner join with a relation the
+    tier sees whole, a semi-join on that relation's own copies (:func:`join_copies`)."""
     holder = table.parent
     if not isinstance(holder, (exp.From, exp.Join)) or not isinstance(holder.parent, exp.Select):
         return []
     select = holder.parent
-    where = select.args.get("where")
-    if where is None:
-        return []
     alias = table.args.get("alias")
-    name = alias.this if alias is not None and alias.this is not None else table.this
     if alias is not None and alias.args.get("columns"):
         return []  # an alias list renames the columns; not worth following here
-    qualifiers = {name.this if name.quoted else name.this.lower()}
+    where = select.args.get("where")
+    qualifiers = {_alias_name(table)}
     single = isinstance(select.args.get("from_"), exp.From) and not select.args.get("joins") \
         and select.args["from_"].this is table
-    return equalities(where.this, source, qualifiers, single)
+    copies = equalities(where.this, source, qualifiers, single) if where is not None else []
+    return copies + join_copies(select, table, source, others or [])
+
+
+def join_copies(select: exp.Select, table: exp.Table, source, others: list) -> list[str]:
+    """``FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = $1``: the fence
+    around c gets ``"id" IN (SELECT CAST("customer_id" AS integer) FROM "public"."orders"
+    WHERE "id" = CAST($1 AS integer))``.  Every row of c the statement can return joins such a
+    row of o, so the copy holds for all of them; it reads only o, which the tier sees whole, and
+    compares c's clear column with a leakproof ``=``.  Only when every join of the SELECT is an
+    inner one, and o has a copy of its own (else the semi-join would read o whole)."""
+    joins = select.args.get("joins") or []
+    if any(j.args.get("side") or (j.args.get("kind") or "").upper() not in ("", "INNER", "CROSS") for j in joins):
+        return []
+    conditions = [select.args["where"].this] if select.args.get("where") is not None else []
+    conditions += [j.args["on"] for j in joins if j.args.get("on") is not None]
+    mine = _alias_name(table)
+    copies = []
+    for other_table, other in others:
+        holder = other_table.parent
+        if other.protected or other_table is table or not isinstance(holder, (exp.From, exp.Join)) \
+                or holder.parent is not select or other_table.args.get("alias") is not None \
+                and other_table.args["alias"].args.get("columns") or not isinstance(other_table.this, exp.Identifier):
+            continue
+        theirs = _alias_name(other_table)
+        own = [c for cond in conditions for c in equalities(cond, other, {theirs}, False)]
+        if not own:
+            continue
+        for cond in conditions:
+            for node in _conjuncts(cond):
+                pair = _join_pair(node, mine, theirs)
+                if pair is None:
+                    continue
+                column, other_column = pair
+                found = source.action(column)
+                col = source.relation.column(column)
+                if found is None or found[1].action != "clear" or col is None or _cast_type(col.type) is None \
+                        or other.relation.column(other_column) is None:
+                    continue
+                relation = f"{_quote(other.relation.schema)}.{_quote(other.relation.name)}"
+                copies.append(to_sql(parse_one(
+                    f"SELECT 1 WHERE {_quote(column)} IN (SELECT CAST({_quote(other_column)} AS "
+                    f"{_cast_type(col.type)}) FROM {relation} WHERE {' AND '.join(own)})").args["where"].this))
+    return copies
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _join_pair(node, mine: str, theirs: str) -> tuple[str, str] | None:
+    """(my column, their column) of ``mine.a = theirs.b`` (either way round)."""
+    if not isinstance(node, exp.EQ):
+        return None
+    sides = []
+    for side in (node.this, node.expression):
+        if not isinstance(side, exp.Column) or not isinstance(side.this, exp.Identifier) \
+                or side.args.get("table") is None or side.args.get("db") is not None:
+            return None
+        table, name = side.args["table"], side.this
+        sides.append((table.this if table.quoted else table.this.lower(), name.this if name.quoted else name.this.lower()))
+    (qa, ca), (qb, cb) = sides
+    if qa == mine and qb == theirs:
+        return ca, cb
+    if qa == theirs and qb == mine:
+        return cb, ca
+    return None
 
 
 def guard_write(tree: exp.Expression, target, alias: str, unqualified: bool) -> None:

@@ -299,13 +299,13 @@ class Rewriter:
         self.check_columns(tree, [s for _, s in sources])
         for table, source in sources:
             if source.protected:
-                self.replace(table, source)
+                self.replace(table, source, sources)
             elif table.args.get("db") is None and source.relation.schema not in SYSTEM_SCHEMAS:
                 # the server must read exactly the relation analysed, whatever its search_path
                 table.set("db", exp.to_identifier(source.relation.schema))
         return tree
 
-    def replace(self, table: exp.Table, source: Source) -> None:
+    def replace(self, table: exp.Table, source: Source, others: list | None = None) -> None:
         """Put the masking subquery where the relation was.
 
         The subquery's text is spliced in after generation (see :meth:`substitute`): the tree
@@ -314,7 +314,7 @@ class Rewriter:
         """
         only = bool(table.args.get("only"))
         token = f"{PLACEHOLDER}{len(self.substitutions)}"
-        self.substitutions[token] = fenced(self.template_sql(source, only), index_copies(table, source)) \
+        self.substitutions[token] = fenced(self.template_sql(source, only), index_copies(table, source, others)) \
             if source.row_filter else self.template_sql(source, only)
         alias = table.args.get("alias")
         if alias is None or alias.this is None:

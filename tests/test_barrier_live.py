@@ -133,3 +133,18 @@ def test_point_lookup_through_the_fence_uses_the_index(crm):
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN SELECT name FROM customers WHERE id = %s", (7,)))
         assert "Index Scan using customers_pkey" in plan, plan
         assert conn.execute("SELECT id FROM customers WHERE id = %s", (1,)).fetchall() in ([(1,)], [])
+
+
+def test_join_into_the_fence_uses_the_index_and_keeps_the_rows(pg, crm):
+    """The semi-join copy (o's own copies, through c.id = o.customer_id) goes inside the fence."""
+    sql = ("SELECT o.id, c.name, c.phone FROM orders o JOIN customers c ON c.id = o.customer_id "
+           "WHERE o.id = %s ORDER BY o.id")
+    with psycopg.connect(crm.dsn("sales_li", PASSWORD)) as conn:
+        conn.execute("SET enable_seqscan = off")  # (500 customers: a scan would be cheaper; can it use the index?)
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql, (3,)))
+        assert "Index Scan using customers_pkey" in plan and "Seq Scan on customers" not in plan, plan
+        got = [conn.execute(sql, (i,)).fetchall() for i in range(1, 60)]
+    with psycopg.connect(pg.dsn(database="crm")) as conn:
+        want = [conn.execute(sql.replace("JOIN customers c", "JOIN (SELECT * FROM customers "
+                                         "WHERE grade = 'ordinary') c"), (i,)).fetchall() for i in range(1, 60)]
+    assert got == want and sum(map(len, got)) > 10
