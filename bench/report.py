@@ -48,7 +48,33 @@ def markdown(report: dict) -> str:
         lines += [f"Memory: {m['held']:,} of {m['sessions']:,} idle sessions held, {m['errors']} errors; pgveil's "
                   f"RSS {m['rss_before_kb'] / 1024:.0f} MB -> {m['rss_during_kb'] / 1024:.0f} MB, "
                   f"{m['per_session_kb']:.1f} KB per session.", ""]
+    if report.get("stall"):
+        lines += stall_markdown(report["stall"])
     return "\n".join(lines)
+
+
+def stall_markdown(section: dict) -> list[str]:
+    """The stall table: the other session's worst SELECT 1 latency beside its 50 ms target, and
+    memory after the flood of distinct statements beside its 150 MB target."""
+    lines = ["Stall (one worker; another session runs `SELECT 1` in a loop while one session sends the "
+             "statement; its worst latency meanwhile):", "",
+             "| statement | tier | outcome | took s | worst SELECT 1 ms | target ms | idle worst ms "
+             "| worker's longest event ms (its CPU) |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in section["stalls"]:
+        event = (f"{r['worker_event_wall_ms']:.0f} ({r['worker_event_cpu_ms']:.0f})"
+                 if r.get("worker_event_wall_ms") else "< 5")
+        lines.append(f"| {r['statement']} | {r['tier']} | {r['outcome']} | {r['seconds']:.2f} | "
+                     f"{r['worst_ms']:.1f} | {r['target_ms']:.0f} | {r.get('baseline_worst_ms', float('nan')):.1f} | "
+                     f"{event} |")
+    lines.append("")
+    for m in section["memory"]:
+        lines += [f"Memory after {m['statements']:,} distinct 64 KB statements ({m['tier']} tier): the worker's RSS "
+                  f"{m['rss_before_mb']:.0f} MB -> {m['rss_after_mb']:.0f} MB, +{m['growth_mb']:.0f} MB (target "
+                  f"{m['target_mb']:.0f} MB); its decision cache holds {m['decision_cache_mb']:.0f} MB in "
+                  f"{m['decision_cache_entries']:,} entries; the analysing child {m['children_rss_after_mb']:.0f} MB.",
+                  ""]
+    return lines
 
 
 if __name__ == "__main__":

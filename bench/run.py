@@ -12,10 +12,12 @@ machines are shared and noisy, so ratios are the result, not absolute numbers.
 - decision time, in-process (bench/decision.py);
 - resident memory of pgveil holding 2,000 idle client sessions;
 - audit cost: strict and batched against audit off;
-- the row-filter barrier's cost, directly against PostgreSQL (bench/barrier.py).
+- the row-filter barrier's cost, directly against PostgreSQL (bench/barrier.py);
+- stall (bench/stall.py): the other session's worst ``SELECT 1`` latency while one session's
+  pathological statement runs, per tier, and memory after 3,000 distinct 64 KB statements.
 
     python bench/run.py [--seconds 10] [--rounds 3] [--modes simple,extended,prepared]
-                        [--scripts select,tpcb] [--sections pgbench,streaming,decision,memory,barrier]
+                        [--scripts select,tpcb] [--sections pgbench,streaming,decision,memory,stall,barrier]
 
 Prints the tables and writes bench/results/bench.json.
 """
@@ -116,7 +118,8 @@ pidfile = {directory / "pgbouncer.pid"}
 
 TARGETS = "masking tier >= 0.9 x PgBouncer, all-clear >= 1.0 x PgBouncer (pgbench -S, every mode); " \
           "streaming >= 0.9 x direct; decision warm < 20 us, cold median < 1 ms; < 50 KB per idle session; " \
-          "audit strict >= 0.85 x audit off"
+          "audit strict >= 0.85 x audit off; stall: other sessions' worst latency < 50 ms, " \
+          "memory after 3,000 distinct 64 KB statements within 150 MB"
 STREAM_SQL = "SELECT aid, bid, abalance, filler FROM pgbench_accounts"
 SESSIONS = 2000
 STREAM_ROUNDS = 5  # at least: one transfer takes about a second, and a single slow one moved the ratio by 0.2
@@ -259,6 +262,9 @@ def print_tables(report: dict) -> None:
         print("\nrow-filter barrier (sales tier, 50,000 customers; direct, microseconds per execution)")
         from barrier import print_table as barrier_table
         barrier_table(report["barrier"])
+    if report.get("stall"):
+        import stall
+        stall.print_table(report["stall"])
     if report.get("memory"):
         m = report["memory"]
         print(f"\nmemory: {m['held']} of {m['sessions']} idle sessions held ({m['errors']} errors), pgveil RSS "
@@ -292,7 +298,8 @@ def main() -> int:
     parser.add_argument("--configs", default="pgbouncer,relay,audit,all-clear,masking,all-clear-batched,masking-batched",
                         help="what runs beside direct: pgbouncer, relay, audit, all-clear, masking, "
                              "all-clear-batched, masking-batched")
-    parser.add_argument("--sections", default="pgbench,streaming,decision,memory,barrier")
+    parser.add_argument("--sections", default="pgbench,streaming,decision,memory,stall,barrier")
+    parser.add_argument("--flood", type=int, default=3000, help="distinct 64 KB statements for the stall section")
     parser.add_argument("--sessions", type=int, default=SESSIONS, help="idle sessions for the memory section")
     args = parser.parse_args()
     sections = args.sections.split(",")
@@ -364,6 +371,12 @@ def main() -> int:
                                 "--workers", "1")
             proxies["memory"] = holder
             report["memory"] = run_memory(cluster, holder.port, holder.proc.pid, args.sessions)
+            holder.stop()
+            proxies.pop("memory")
+        if "stall" in sections:
+            print("stall: pathological statements beside SELECT 1 ...", flush=True)
+            import stall
+            report["stall"] = stall.run(cluster, list(stall.TIERS), args.flood, ["masking"])
     finally:
         for p in proxies.values():
             p.stop()

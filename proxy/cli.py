@@ -32,7 +32,13 @@ def _serve_parser(sub) -> None:
     p.add_argument("--audit-mode", choices=["strict", "batched", "off"],
                    help="strict (default): decisions on disk first; off exists only to measure the cost")
     p.add_argument("--audit-sink", action="append", help="postgresql://... or stdout (repeatable)")
+    p.add_argument("--console", help="HOST:PORT of the admin console (psql -p PORT pgveil; tiers with 'console')")
+    p.add_argument("--audit-seal-key", help="investigators' public key (pgveil audit keygen): the values of "
+                   "statements reaching classified relations are recorded sealed to it")
     p.add_argument("--startup-timeout", type=float, help="seconds a client has to authenticate (default 60)")
+    p.add_argument("--shutdown-grace", type=float,
+                   help="on SIGTERM/SIGINT, seconds running statements get to finish before their sessions are "
+                        "ended with FATAL 57P01 (default 1.5)")
     p.add_argument("--log-format", choices=["auto", "json", "console"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
@@ -44,7 +50,8 @@ def cmd_serve(args) -> int:
     flags = {k: getattr(args, k) for k in ("listen", "upstream", "rules", "tls_cert", "tls_key", "upstream_sslmode",
                                             "upstream_ca", "workers", "metrics", "auth_dsn", "auth_query",
                                             "log_format", "log_level", "startup_timeout", "catalog_dsn",
-                                            "catalog_refresh", "audit_dir", "audit_mode", "audit_sink", "rules_poll")}
+                                            "catalog_refresh", "audit_dir", "audit_mode", "audit_sink", "rules_poll",
+                                            "audit_seal_key", "console", "shutdown_grace")}
     try:
         file_values = load_config_file(args.config) if args.config else {}
         settings = build_settings(file_values, flags)

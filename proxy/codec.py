@@ -710,11 +710,12 @@ class Splitter:
     ([(90, 0, 6)], b'Z\\x00\\x00\\x00\\x05I')
     """
 
-    __slots__ = ("_buf", "_skip", "watch", "max_size")
+    __slots__ = ("_buf", "_skip", "_need", "watch", "max_size")
 
     def __init__(self, watch: bytes | frozenset[int], max_size: int = MAX_MESSAGE_SIZE) -> None:
         self._buf = bytearray()
         self._skip = 0  # bytes still to pass of an unwatched message already started
+        self._need = 0  # length of the watched message held back in _buf, once its header is in
         self.watch = frozenset(watch)
         self.max_size = max_size
 
@@ -738,6 +739,9 @@ class Splitter:
             self._skip = 0
         else:
             head = b""
+            if self._need > len(self._buf) + len(data):
+                self._buf += data  # a long message arriving in pieces: appended, not joined again each time
+                return b"", []
         # scan the caller's bytes in place; only a held-back partial message is joined
         buf = (bytes(self._buf) + data) if self._buf else data
         n = len(buf)
@@ -748,6 +752,7 @@ class Splitter:
         unpack = _LENGTH  # reads in place: half the time of slicing out four bytes (a COPY is a message per row)
         base = len(head)
         last = n - 5
+        need = 0
         while pos <= last:
             kind = buf[pos]
             length = unpack(buf, pos + 1)[0]
@@ -756,6 +761,7 @@ class Splitter:
             end = pos + 1 + length
             if kind in watch:
                 if end > n:
+                    need = end - pos
                     break
                 marks.append((kind, base + pos, base + end))
             elif end > n:
@@ -765,5 +771,6 @@ class Splitter:
                 break
             pos = end
         self._buf = bytearray(buf[pos:]) if pos < n else bytearray()
+        self._need = need
         out = buf if pos == n else buf[:pos]
         return (head + out) if head else out, marks

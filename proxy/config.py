@@ -45,6 +45,9 @@ class Settings:
     audit_mode: str = "strict"  # strict | batched
     audit_sink: list = field(default_factory=list)  # postgresql://... or stdout, repeatable
     audit_interval: float = 0.2  # batched mode: seconds between fsyncs
+    console: str | None = None  # HOST:PORT of the admin console (virtual database pgveil)
+    audit_seal_key: str | None = None  # investigators' X25519 public key: values sealed to it
+    shutdown_grace: float = 1.5  # seconds running statements get to finish on SIGTERM/SIGINT
     worker_index: int = 0  # set for each worker process; names its journal stream
     extra: dict = field(default_factory=dict)
 
@@ -90,6 +93,21 @@ class Settings:
         for sink in self.audit_sink:
             if sink != "stdout" and not str(sink).startswith(("postgresql://", "postgres://")):
                 raise ConfigError(f"audit_sink: expected stdout or postgresql://..., got {sink!r}")
+        if self.console:
+            split_host_port(self.console, "console")
+            if not self.rules:
+                raise ConfigError("console needs rules: only tiers with the console statement kind may use it")
+        if self.audit_seal_key:
+            from .audit.seal import PUBLIC_TAG, SealKeyError, read_key
+            if not self.rules:
+                raise ConfigError("audit_seal_key needs rules: values are sealed for statements that reach "
+                                  "relations with classified columns")
+            try:
+                read_key(self.audit_seal_key, PUBLIC_TAG)
+            except SealKeyError as exc:
+                raise ConfigError(f"audit_seal_key: {exc}") from None
+        if not isinstance(self.shutdown_grace, (int, float)) or self.shutdown_grace < 0:
+            raise ConfigError(f"shutdown_grace: must be a number of seconds >= 0, got {self.shutdown_grace!r}")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"log_format: must be auto, json or console, got {self.log_format!r}")
         return self

@@ -25,6 +25,7 @@ DEMO_USERS = {
 }
 RULES = Path(__file__).resolve().parent.parent / "rules" / "crm.yaml"
 DEMO_PASSWORD = "demo"
+DEMO_GRACE = 0.5  # seconds running statements get on Ctrl-C; PostgreSQL's own stop follows, all within 2 s
 
 
 def _cache_dir() -> Path:
@@ -71,6 +72,7 @@ def run_demo(args) -> int:
     from .server import install_event_loop_policy
 
     logs.configure("console", "warning")
+    signal.signal(signal.SIGTERM, _interrupted)  # until the proxy runs: stop PostgreSQL too
     data_dir = Path(args.data_dir) if args.data_dir else _cache_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -87,7 +89,8 @@ def run_demo(args) -> int:
         apply_privileges(cluster, rules)
         settings = Settings(listen=args.listen, upstream=f"postgresql://127.0.0.1:{cluster.port}",
                             upstream_sslmode="disable", rules=rules,
-                            catalog_dsn=cluster.dsn(database="crm")).validate()
+                            catalog_dsn=cluster.dsn(database="crm"),
+                            shutdown_grace=DEMO_GRACE).validate()
         install_event_loop_policy()
         return asyncio.run(_serve(settings, cluster))
     except KeyboardInterrupt:
@@ -98,7 +101,7 @@ def run_demo(args) -> int:
 
 
 async def _serve(settings: Settings, cluster: Cluster) -> int:
-    from .server import Proxy
+    from .server import Proxy, last_resort
 
     proxy = Proxy(settings)
     await proxy.start()
@@ -121,8 +124,14 @@ async def _serve(settings: Settings, cluster: Cluster) -> int:
     try:
         await stop.wait()
     finally:
-        await proxy.stop()
+        last_resort(settings.shutdown_grace)
+        await proxy.stop(settings.shutdown_grace)
+        signal.setitimer(signal.ITIMER_REAL, 0)  # stopped: PostgreSQL's own stop follows
     return 0
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -59,6 +59,14 @@ AUDIT_SHIPPED = Gauge("pgveil_audit_records_shipped", "Audit records delivered, 
                       registry=REGISTRY, multiprocess_mode="livesum")
 AUDIT_SINK_ERRORS = Gauge("pgveil_audit_sink_errors", "Failed deliveries, by sink", ["sink"], registry=REGISTRY,
                           multiprocess_mode="livesum")
+CACHE_BYTES = Gauge("pgveil_cache_bytes", "Client text held by a cache: decisions (texts, rewritten texts, "
+                    "shapes) and prepared (statement texts kept per session)", ["cache"], registry=REGISTRY,
+                    multiprocess_mode="livesum")
+CACHE_ENTRIES = Gauge("pgveil_cache_entries", "Entries of a cache (normalized: audit texts of short statements)",
+                      ["cache"], registry=REGISTRY, multiprocess_mode="livesum")
+DECIDED_APART = Gauge("pgveil_decisions_apart", "Cold decisions of large statements taken in a child process, "
+                      "by result (decided; failed: refused, or relayed for an all-clear tier)", ["result"],
+                      registry=REGISTRY, multiprocess_mode="livesum")
 STATEMENT_SECONDS = Histogram("pgveil_statement_duration_seconds", "Statement duration, first message to end",
                               ["tier"], registry=REGISTRY,
                               buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
@@ -193,7 +201,15 @@ def update(proxy) -> None:
     for shipper in getattr(proxy, "shippers", []):
         AUDIT_SHIPPED.labels(shipper.sink.name).set(shipper.shipped)
         AUDIT_SINK_ERRORS.labels(shipper.sink.name).set(shipper.errors)
+    from .audit.normalize import normalize
+    CACHE_ENTRIES.labels("normalized").set(normalize.cache_info().currsize)
+    CACHE_BYTES.labels("prepared").set(sum(link.session._prepared.bytes for link in proxy.links
+                                           if link.session is not None))
+    DECIDED_APART.labels("decided").set(proxy.analyst.decided)
+    DECIDED_APART.labels("failed").set(proxy.analyst.failed)
     if proxy.engine is not None:
+        CACHE_BYTES.labels("decisions").set(proxy.engine.cache.bytes)
+        CACHE_ENTRIES.labels("decisions").set(len(proxy.engine.cache))
         CATALOG_LOADED.set(1 if proxy.engine.catalog is not None else 0)
         RULES_INFO.clear()
         RULES_INFO.labels(proxy.engine.rules.version).set(1)

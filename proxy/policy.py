@@ -28,8 +28,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from .audit.normalize import from_tokens as normalize_tokens
-from .audit.normalize import normalize
-from . import lexer
+from . import lexer, searchpath
+from .limits import decided_apart, normalize_bounded
 from .sql import SqlglotError, exp, parse_one, to_sql, tokenize
 
 from .rewrite import (FORBIDDEN_SETTINGS, PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of,
@@ -328,14 +328,26 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
                                f"decided against the catalog as it was before it ran"))
     rw = Rewriter(ctx, templates)
     texts, kinds, cursors = [], [], []
+    unknown_path = None  # the statement after which the Query's search_path cannot be followed
+    changed = False  # an earlier statement of the Query changed the path
     try:
         for seg in segments:
             statement = Statement(ctx, rw)
+            reached = len(rw.analysis.relations)
             texts.append(statement.run(seg))
+            if unknown_path and len(rw.analysis.relations) > reached:
+                raise Refusal(f"this Query changes search_path with {unknown_path} in a way pgveil cannot follow "
+                              f"and then uses relations; send the statements as separate queries")
             kinds += statement.kinds
             ref = cursor_ref(seg.text, seg.tokens[0])
             if ref is not None:
                 cursors.append(ref)
+            path = searchpath.change(seg, changed) if len(segments) > 1 else None
+            changed = changed or path is not None
+            if path == searchpath.UNKNOWN:
+                unknown_path = unknown_path or " ".join(seg.words(3))
+            elif path is not None:  # later statements run under the path this one leaves
+                ctx = rw.ctx = replace(ctx, search_path=path)
     except Refusal as exc:
         return _refuse(exc, rw)
     except (SqlglotError, RecursionError, ValueError, KeyError, AttributeError, TypeError) as exc:
@@ -382,6 +394,21 @@ _MARKER = re.compile(r"\$([78]\d{4})(?!\d)")
 _OTHER_LITERALS = frozenset({"BYTE_STRING", "HEREDOC_STRING", "BIT_STRING", "HEX_STRING", "NATIONAL_STRING",
                              "RAW_STRING", "UNICODE_STRING", "COMMAND", "SEMICOLON"})
 UNCACHEABLE = object()
+CACHE_BYTES = 64 << 20  # what a process's decision cache may hold: texts, rewritten texts, shapes
+MAX_TEMPLATES = 4096
+SHAPE_READ_LIMIT = 16 * 1024  # a large statement's shape is looked up when the quick reading costs little
+ENTRY_OVERHEAD = 600  # the tuple, the Decision, the dict slots: measured about 500 bytes
+
+
+def entry_bytes(key: tuple, value) -> int:
+    """What a cache entry holds, counted in characters of its texts plus a fixed overhead (an
+    all-clear decision shares its text with the key, and is still counted twice: an upper bound)."""
+    size = ENTRY_OVERHEAD + sum(len(part) for part in key if isinstance(part, str))
+    if isinstance(value, Template):
+        size += sum(map(len, value.texts)) + len(value.decision.normalized)
+    elif isinstance(value, Decision):
+        size += len(value.sql) + len(value.normalized) + len(value.reason)
+    return size
 
 
 def shape_of(sql: str, tokens: list) -> tuple[str, list] | None:
@@ -477,12 +504,18 @@ class DecisionCache:
     same statement; a shape whose results differ in anything is never used.
     """
 
-    def __init__(self, size: int = 20_000) -> None:
+    def __init__(self, size: int = 20_000, max_bytes: int = CACHE_BYTES) -> None:
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the entries hold, by :func:`entry_bytes`
         self._entries: OrderedDict = OrderedDict()
+        self._sizes: dict = {}
         self.templates: dict = {}
         self.hits = 0
         self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def _get(self, key):
         found = self._entries.get(key)
@@ -491,9 +524,35 @@ class DecisionCache:
         return found
 
     def _put(self, key, value) -> None:
+        """Keep ``value``, dropping the least recently used entries beyond the entry and byte
+        bounds; an entry larger than a sixteenth of the byte bound is not kept at all."""
+        size = entry_bytes(key, value)
+        if key in self._entries:
+            self.bytes -= self._sizes.pop(key)
+            del self._entries[key]
+        if size > self.max_bytes // 16:
+            return
         self._entries[key] = value
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        self._sizes[key] = size
+        self.bytes += size
+        while len(self._entries) > self.size or self.bytes > self.max_bytes:
+            old, _ = self._entries.popitem(last=False)
+            self.bytes -= self._sizes.pop(old)
+        if len(self.templates) > MAX_TEMPLATES:  # masking subqueries of rules and catalogs gone by
+            self.templates.clear()
+
+    def key(self, sql: str, ctx: Context, access=None) -> tuple:
+        """The exact text's cache key in this context (as :meth:`decide` makes it)."""
+        catalog_version = ctx.catalog.version if ctx.catalog is not None else None
+        return (ctx.rules.version, catalog_version, access if access is not None else ("tier", ctx.tier.name),
+                ctx.search_path, ctx.user, sql)
+
+    def cached(self, key: tuple) -> Decision | None:
+        return self._entries.get(key)
+
+    def adopt(self, key: tuple, decision: Decision) -> None:
+        """A decision taken elsewhere (a child process) for this exact key."""
+        self._put(key, decision)
 
     def decide(self, sql: str, ctx: Context, access=None) -> Decision:
         """``access``: the session's effective access (:class:`proxy.access.Access`), the key of
@@ -517,7 +576,7 @@ class DecisionCache:
             tokens = tokenize(sql)
         except SqlglotError:
             tokens = None
-        normalized = normalize_tokens(sql, tokens) if tokens is not None else normalize(sql)
+        normalized = normalize_tokens(sql, tokens) if tokens is not None else normalize_bounded(sql)
         shaped = shape_of(sql, tokens) if tokens is not None else None
         decision = None
         if shaped is not None:
@@ -554,6 +613,22 @@ class DecisionCache:
             same = False
         self._put(key, template if same and not decided.unparsed else UNCACHEABLE)
         return full
+
+
+def failed_analysis(sql: str, tier, exc: BaseException | str) -> Decision:
+    """The analysis of ``sql`` failed (an exception, a child process that died or took too long):
+    refused for a restricted tier; for an all-clear tier relayed unanalysed, as a text its
+    tokenizer cannot read is, unless the tier lacks a statement kind (then nothing proves the
+    statement is of a kind it has)."""
+    why = exc if isinstance(exc, str) else f"{type(exc).__name__}: {str(exc)[:200]}"
+    normalized = normalize_bounded(sql)
+    if tier.all_clear and set(KINDS) <= set(tier.statements):
+        return Decision("allow", sql, unparsed=True, normalized=normalized)
+    return Decision("refuse", "", reason=f"pgveil could not analyze this statement: {why}", sqlstate="42501",
+                    unparsed=True, normalized=normalized)
+
+
+KINDS = ("read", "write", "ddl", "copy", "session", "admin")
 
 
 def parse_search_path(value: str | None) -> tuple:
@@ -607,11 +682,36 @@ class Engine:
         roles = self.catalog.roles_of(user) if self.catalog is not None else frozenset()
         return resolve(self.rules, user, roles, address, now, purpose)
 
-    def decide(self, sql: str, tier, search_path: tuple, user: str, access=None) -> Decision:
+    def decide(self, sql: str, tier, search_path: tuple, user: str, access=None,
+               ready: tuple | None = None) -> Decision:
+        """The decision for one statement.  ``ready``: (key, decision) taken in a child process
+        (see :meth:`apart`), used when the key is still this statement's.  Any failure of the
+        analysis (a RecursionError on deep nesting, a parser bug) is a refusal for a restricted
+        tier and a relay for an all-clear tier, never an exception."""
         if self.catalog is None and not tier.all_clear:
             return Decision("refuse", "", reason="pgveil has not loaded the database catalog yet; try again shortly",
                             sqlstate="57P03")
-        return self.cache.decide(sql, Context(tier, self.rules, self.catalog, search_path, user), access)
+        ctx = Context(tier, self.rules, self.catalog, search_path, user)
+        if ready is not None and ready[0] == self.cache.key(sql, ctx, access):
+            return ready[1]
+        try:
+            return self.cache.decide(sql, ctx, access)
+        except Exception as exc:  # noqa: BLE001 - whatever the analysis raises, the session goes on
+            return failed_analysis(sql, tier, exc)
+
+    def apart(self, sql: str, tier, search_path: tuple, user: str, access=None) -> tuple | None:
+        """The cache key of a statement to decide in a child process (a large or deeply nested
+        text not decided before: see :mod:`proxy.limits`), or None to decide it here."""
+        if not decided_apart(sql) or (self.catalog is None and not tier.all_clear):
+            return None
+        key = self.cache.key(sql, Context(tier, self.rules, self.catalog, search_path, user), access)
+        if self.cache.cached(key) is not None:
+            return None
+        if len(sql) <= SHAPE_READ_LIMIT:  # a shape decided before is reused here, cheaply
+            read = lexer.quick(sql)
+            if read is not None and isinstance(self.cache.cached(key[:-1] + ("shape", read[0])), Template):
+                return None
+        return key
 
     def hidden_columns(self, tier) -> frozenset:
         """(table oid, attnum) of every column this tier may not see in clear: the second,

@@ -29,9 +29,25 @@ PARSE_COMPLETE, CLOSE_COMPLETE, ERROR, READY = (ord(c) for c in "13EZ")
 class PreparedStatements:
     def __init__(self) -> None:
         self.statements: dict[str, tuple] = {}  # name -> (sql, param types, Access decided under)
+        self.bytes = 0  # characters of statement text kept (proxy.limits.PREPARED_BYTES bounds it)
         self._owed: deque = deque()  # (kind, injected) for Parse/Close; (SYNC, False) for sync points
         self._injected = 0
         self._skipping = False
+
+    def remember(self, name: str, sql: str, types: tuple, access) -> None:
+        self.forget(name)
+        self.statements[name] = (sql, types, access)
+        self.bytes += len(sql)
+
+    def forget(self, name: str) -> None:
+        known = self.statements.pop(name, None)
+        if known is not None:
+            self.bytes -= len(known[0])
+
+    def fits(self, name: str, sql: str, limit: int) -> bool:
+        """Whether keeping ``sql`` under ``name`` stays within ``limit`` characters in all."""
+        known = self.statements.get(name)
+        return self.bytes - (len(known[0]) if known else 0) + len(sql) <= limit
 
     @property
     def swallowing(self) -> bool:

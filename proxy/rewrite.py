@@ -300,9 +300,8 @@ class Rewriter:
         for table, source in sources:
             if source.protected:
                 self.replace(table, source, sources)
-            elif table.args.get("db") is None and source.relation.schema not in SYSTEM_SCHEMAS:
-                # the server must read exactly the relation analysed, whatever its search_path
-                table.set("db", exp.to_identifier(source.relation.schema))
+            else:
+                qualify(table, source.relation)
         return tree
 
     def replace(self, table: exp.Table, source: Source, others: list | None = None) -> None:
@@ -442,6 +441,14 @@ class Rewriter:
             for col, cls, act in s.actions:
                 if cls is not None and (s.relation.qualified, col.name) not in self.analysis.columns:
                     self.analysis.use(s, col.name, cls, act)
+
+
+def qualify(table: exp.Table, rel: Relation) -> None:
+    """Name the relation's schema (catalog relations included): the server must reach exactly the
+    relation analysed, whatever its search_path or a temporary object of the same name."""
+    if table.args.get("db") is None:
+        schema = rel.schema
+        table.set("db", exp.to_identifier(schema, quoted=schema != schema.lower() or not schema.isidentifier()))
 
 
 def search_path_is_safe(value: str) -> bool:

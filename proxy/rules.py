@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 import yaml
 
-STATEMENT_KINDS = ("read", "write", "ddl", "copy", "session", "admin")
+STATEMENT_KINDS = ("read", "write", "ddl", "copy", "session", "admin", "console")  # console: pgveil's own
 MASK_FUNCTIONS = ("partial", "redact", "null", "hash")
 ACTIONS = ("clear", "mask", "block")
 

@@ -27,11 +27,14 @@ from .audit.writer import AuditWriter
 from .scram import tls_server_end_point
 from .tasks import Tasks
 from .tools import load_engine
-from .session import (Alert, Audit, Close, Phase, RefreshCatalog, ConnectUpstream, ForwardCancel, LookupVerifier, SendToClient,
-                      SendToServer, Session, SessionConfig, StartClientTLS)
+from .analyst import Analyst
+from .session import (Alert, Audit, Close, DecideApart, Phase, RefreshCatalog, ConnectUpstream, ForwardCancel, LookupVerifier,
+                      SendToClient, SendToServer, Session, SessionConfig, StartClientTLS)
 
 log = logs.get("pgveil.server")
 WRITE_HIGH_WATER = 256 * 1024
+# a diagnosis aid (bench/stall.py sets it): events that hold the event loop longer are logged
+SLOW_EVENT_S = float(os.environ.get("PGVEIL_SLOW_EVENT_MS") or 0) / 1000
 _session_ids = count(1)
 
 
@@ -73,7 +76,7 @@ class DurableWait:
 
     def done(self, error: Exception | None) -> None:
         link = self.link
-        if self.remaining <= 0:
+        if self.remaining <= 0 or link.closed:
             return
         if error is not None:
             self.remaining = 0
@@ -109,6 +112,8 @@ class ClientLink(asyncio.Protocol):
         self._backlog: list[bytes] = []
         self._backlog_bytes = 0
         self._backlog_paused = False
+        self._apart_pending = False  # a statement's decision is being taken in a child process
+        self._cancel_forward: asyncio.Task | None = None  # this is a cancel connection: its forward
 
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -126,7 +131,7 @@ class ClientLink(asyncio.Protocol):
             self.dispatch(self.session.fail, "08P01", "pgveil: timeout expired before the client authenticated")
 
     def data_received(self, data: bytes) -> None:
-        if self._durable_pending:
+        if self._durable_pending or self._apart_pending:
             self._backlog.append(data)
             self._backlog_bytes += len(data)
             if self._backlog_bytes > WRITE_HIGH_WATER and not self._backlog_paused:
@@ -139,11 +144,15 @@ class ClientLink(asyncio.Protocol):
         """The records a statement waited for are on disk (its commands are carried out): go
         on with what the client sent meanwhile."""
         self._durable_pending = False
-        while self._backlog and not self._durable_pending and not self.closed:
+        self._drain()
+
+    def _drain(self) -> None:
+        """Feed the session what the client sent while a statement waited."""
+        while self._backlog and not self._durable_pending and not self._apart_pending and not self.closed:
             data = self._backlog.pop(0)
             self._backlog_bytes -= len(data)
             self.dispatch(self.session.client_data, data)
-        if not self._durable_pending and self._backlog_paused:
+        if not self._durable_pending and not self._apart_pending and self._backlog_paused:
             self._backlog_paused = False
             self.resume_reading()
 
@@ -176,6 +185,24 @@ class ClientLink(asyncio.Protocol):
     # -- commands -----------------------------------------------------------------
     def dispatch(self, event, *args) -> None:
         """Feed one event to the session and carry out what it asks."""
+        if SLOW_EVENT_S:
+            self._timed(event, *args)
+            return
+        self._dispatch(event, *args)
+
+    def _timed(self, event, *args) -> None:
+        """:meth:`dispatch`, logging an event that held the loop longer than PGVEIL_SLOW_EVENT_MS,
+        with the CPU time this thread spent on it (the rest: the machine ran something else)."""
+        cpu, wall = time.thread_time(), time.perf_counter()
+        try:
+            self._dispatch(event, *args)
+        finally:
+            wall = time.perf_counter() - wall
+            if wall > SLOW_EVENT_S:
+                log.warning("slow_event", session=self.id, what=event.__name__, wall_ms=round(wall * 1000, 1),
+                            cpu_ms=round((time.thread_time() - cpu) * 1000, 1))
+
+    def _dispatch(self, event, *args) -> None:
         try:
             commands = event(*args)
         except Exception:  # a bug in the session must cost this connection only
@@ -211,16 +238,24 @@ class ClientLink(asyncio.Protocol):
             if self.transport and not self.transport.is_closing():
                 self.transport.write(command.data)
         elif kind is Close:
-            self.close(command.reason, command.error)
+            if self._cancel_forward is not None:  # closed once the server has taken the cancel
+                self._cancel_forward.add_done_callback(lambda _: self.close(command.reason, command.error))
+            else:
+                self.close(command.reason, command.error)
         elif kind is ConnectUpstream:
             self.pause_reading()
             self._tasks.spawn(self._connect_upstream())
         elif kind is StartClientTLS:
             self._tasks.spawn(self._start_tls())
         elif kind is ForwardCancel:
-            self.proxy.spawn(self.proxy.forward_cancel(command.request))
+            forward = self.proxy.cancels.spawn(self.proxy.forward_cancel(command.request))
+            if command.client_waits:
+                self._cancel_forward = forward
         elif kind is LookupVerifier:
             self._tasks.spawn(self._lookup_verifier(command.user))
+        elif kind is DecideApart:
+            self._apart_pending = True
+            self.proxy.spawn(self._decide_apart(command))
         elif kind is RefreshCatalog:
             self.proxy.catalog_changed()
         elif kind is Alert:
@@ -233,6 +268,26 @@ class ClientLink(asyncio.Protocol):
                 metrics.SECOND_LAYER.labels(tier).inc()
         else:  # pragma: no cover - a new command without a handler is a bug
             raise TypeError(f"unknown command {command!r}")
+
+    async def _decide_apart(self, command: DecideApart) -> None:
+        """A large statement's cold decision, in one of the worker's child processes; the other
+        sessions go on meanwhile (see :mod:`proxy.analyst`)."""
+        engine = self.proxy.engine
+        decision = await self.proxy.analyst.decide(engine, command.sql, command.tier, command.search_path,
+                                                   command.user, command.access)
+        engine.cache.adopt(command.key, decision)
+        self._apart_pending = False
+        if self.closed:
+            return
+        self.dispatch(self.session.decided_apart, command.key, decision)
+        self._drain()
+
+    @property
+    def busy(self) -> bool:
+        """A statement is running or waiting (for its decision, its audit record or the server)."""
+        s = self.session
+        return s is not None and s.phase is Phase.ACTIVE and (
+            s.outstanding > 0 or self._durable_pending or self._apart_pending or bool(self._backlog))
 
     async def _start_tls(self) -> None:
         loop = asyncio.get_running_loop()
@@ -272,6 +327,15 @@ class ClientLink(asyncio.Protocol):
             self.dispatch(self.session.fail, "28000", "pgveil could not look up the role's credentials")
             return
         self.dispatch(self.session.verifier_found, verifier)
+
+    def terminate(self) -> None:
+        """pgveil is shutting down: end the session (FATAL 57P01), cancelling what runs upstream."""
+        if self.session is None or self.closed:
+            self.close("pgveil is shutting down")
+            return
+        self.dispatch(self.session.shutdown)
+        if not self.closed:
+            self.close("pgveil is shutting down")
 
     def close(self, reason: str, error: bool = False) -> None:
         if self.closed:
@@ -325,6 +389,7 @@ class Proxy:
         )
         self.audit = AuditWriter(settings.audit_dir, settings.audit_mode, str(settings.worker_index),
                                  settings.audit_interval)
+        self.sealer = self._make_sealer()
         self._catalog_refresh_pending = False
         self._privileges_checked: set = set()  # (user, tier, rules version, catalog version) checked
         self.metrics_server = None
@@ -332,12 +397,29 @@ class Proxy:
         self._auth_pool = None
         self._tasks = Tasks()
         self.server: asyncio.base_events.Server | None = None
+        self.analyst = Analyst()
+        self.cancels = Tasks()  # CancelRequests on their way: stopping waits a moment for them
+
+    def _make_sealer(self):
+        """With --audit-seal-key: this worker's sealer, its data keys journaled like any record."""
+        if not self.settings.audit_seal_key or self.engine is None or not self.session_config.audit:
+            return None
+        from .audit.seal import PUBLIC_TAG, Sealer, read_key
+        from .sealing import Sealing
+        sealer = Sealer(read_key(self.settings.audit_seal_key, PUBLIC_TAG), lambda record: self.audit.submit(record))
+        self.session_config.sealing = Sealing(self.engine, sealer)
+        return sealer
+
+    async def _expire_seal_key(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.sealer.expire()
 
     def _audit_ok(self) -> bool:
         return self.audit.healthy
 
-    def spawn(self, coro) -> None:
-        self._tasks.spawn(coro)
+    def spawn(self, coro) -> asyncio.Task:
+        return self._tasks.spawn(coro)
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -356,12 +438,19 @@ class Proxy:
             self.audit.submit(dict(audit_records.base("rules", {}), event="loaded", file=self.settings.rules,
                                    rules_version=self.engine.rules.version, sha256=self.engine.rules_sha256))
         if self.engine is not None:  # before listening, so that the first sessions find it
+            self.spawn(self.analyst.prestart())
             await self.refresh_catalog()
             self.spawn(self._refresh_periodically())
             if self.settings.rules_poll > 0:
                 self.spawn(self._watch_rules())
         self.server = await loop.create_server(lambda: ClientLink(self), sock=sock)
+        self.started = time.monotonic()
+        if self.settings.console:
+            from .console_server import start_console
+            self.console = await start_console(self, *split_host_port(self.settings.console, "console"))
         self.spawn(self._update_metrics())
+        if self.sealer is not None:
+            self.spawn(self._expire_seal_key())
 
     async def _update_metrics(self) -> None:
         while True:
@@ -496,17 +585,40 @@ class Proxy:
         assert self.server is not None
         return self.server.sockets[0].getsockname()[1]
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop accepting; let running statements finish for up to ``grace`` seconds, ending each
+        session as soon as it is idle, then end the rest, all with FATAL 57P01 as PostgreSQL's
+        fast shutdown does; then flush and sync the audit journal."""
         if self.server:
             self.server.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if getattr(self, "console", None) is not None:
+            self.console.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while True:
+            last = loop.time() >= deadline
+            for link in list(self.links):
+                if last or not link.busy:
+                    link.terminate()
+            if not self.links or last:
+                break
+            await asyncio.sleep(0.02)
+        self.analyst.close()
         metrics.process_exit()
         for link in list(self.links):
             link.close("pgveil is shutting down")
         if self._auth_pool is not None:
-            await self._auth_pool.close()
-        await self.audit.close()
+            try:
+                await asyncio.wait_for(self._auth_pool.close(), 0.2)
+            except asyncio.TimeoutError:
+                self._auth_pool.terminate()
+        # the cancels of statements still running upstream, and the journal's last sync, together
+        waits = [asyncio.ensure_future(self.audit.close())]
+        if self.cancels:
+            waits.append(asyncio.ensure_future(asyncio.wait(list(self.cancels), timeout=0.2)))
+        await asyncio.gather(*waits)
         self._tasks.cancel()
         for shipper in getattr(self, "shippers", []):
             await shipper.sink.close()
@@ -672,7 +784,28 @@ async def _serve_forever(settings: Settings, sock: socket.socket | None, ready=N
     if ready:
         ready()
     await stop.wait()
-    await proxy.stop()
+    log.info("shutting_down", grace_s=settings.shutdown_grace, sessions=len(proxy.links))
+    last_resort(settings.shutdown_grace)
+    await proxy.stop(settings.shutdown_grace)
+
+
+def last_resort(grace: float) -> None:
+    """Should stopping hang (it should not), SIGALRM's default action ends the process a second
+    after the grace period."""
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_REAL, grace + 1.0)
+
+
+def _exit_now(status: int) -> None:
+    """The journal is synced and closed, the sessions ended: exit without the interpreter's
+    teardown of every module (a few tenths of a second of the 2 s a stop may take)."""
+    import sys
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def raise_file_limit() -> int:
@@ -696,7 +829,7 @@ def serve(settings: Settings) -> int:
     host, port = settings.listen_address
     if settings.workers == 1:
         asyncio.run(_serve_forever(settings, None))
-        return 0
+        _exit_now(0)
     # bind once here so a bad address fails early; each worker binds its own SO_REUSEPORT socket
     probe = listen_socket(host, port, reuse_port=True, listen=False)
     children = []
@@ -726,4 +859,4 @@ def serve(settings: Settings) -> int:
     for child in children:
         _, code = os.waitpid(child, 0)
         status = status or os.waitstatus_to_exitcode(code)
-    return status
+    _exit_now(status)

@@ -36,11 +36,12 @@ import re
 import time
 from typing import Callable
 
-from . import codec, errors, policy
+from . import codec, errors, limits, policy
 from .access import Access, deciding_tier
 from .opened import Opened, segments
 from .purpose import PurposeSetting
 from .rowlimits import RowLimits
+from . import searchpath
 from .audit import records
 from .audit.tracker import StatementTracker
 from .prepared import PreparedStatements
@@ -72,8 +73,12 @@ class ConnectUpstream:
 
 @dataclass(frozen=True, slots=True)
 class ForwardCancel:
-    """Open a fresh upstream connection and send this CancelRequest on it."""
+    """Open a fresh upstream connection and send this CancelRequest on it.  With ``client_waits``
+    the client's own cancel connection is closed only once the server has closed that one (the
+    backend has been signalled), as PostgreSQL does: clients wait for that close before they send
+    their next statement, which an early close would let the cancel hit."""
     request: codec.CancelRequest
+    client_waits: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,18 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
+class DecideApart:
+    """Decide this statement in a child process (a cold decision that may take long), then report
+    back with ``decided_apart``; the client's further messages wait until then."""
+    key: tuple
+    sql: str
+    tier: object
+    search_path: tuple
+    user: str
+    access: object = None  # proxy.access.Access: part of the decision's key
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """Close both connections (after flushing what was queued)."""
     reason: str
@@ -109,7 +126,7 @@ class Close:
 
 
 Command = (SendToClient | SendToServer | StartClientTLS | ConnectUpstream | ForwardCancel | LookupVerifier | Alert
-           | RefreshCatalog | Audit | Close)
+           | RefreshCatalog | Audit | DecideApart | Close)
 
 
 class Phase(Enum):
@@ -138,6 +155,10 @@ PURPOSE_SET = re.compile(r"""^\s*+(?:SET\s++(?:(?P<scope>SESSION|LOCAL)\s++)?+pg
                          r"""(?:'(?P<value>(?:[^']++|'')*+)'|DEFAULT)|RESET\s++pgveil\.purpose)\s*+(?:;\s*+)?+$""",
                          re.IGNORECASE)
 RESET_ALL = re.compile(r"\b(?:reset|discard)\s++all\b", re.IGNORECASE)  # a quick look; the statements decide
+# words after which the session's state needs a closer look (see _state_after); substrings of the
+# lower-cased text, a third of a regular expression's time
+STATE_WORDS = ("prepare", "execute", "declare", "fetch", "move", "close", "deallocate", "discard", "reset",
+               "search_path", "set_config", "rollback", "abort")
 PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they answer
 PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
@@ -145,6 +166,7 @@ REFUSAL_MARK = "pgveil-refused-"
 Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p, A = (ord(c) for c in "ZESKRQXFNPTBCDpA")
 COPY_DATA = ord("d")
 C_, s_, I_ = (ord(c) for c in "CsI")
+SEALED_MESSAGES = frozenset(b"Bdcf")  # Bind, CopyData, CopyDone, CopyFail (see proxy.sealing)
 SYNC = ord("S")
 
 
@@ -159,6 +181,7 @@ class SessionConfig:
     audit_strict: bool = True  # a statement's decision is durable before the statement is sent
     audit_ok: Callable[[], bool] | None = None  # False: the journal cannot be written (fail closed)
     clock: Callable[[], object] | None = None  # the server's UTC clock (datetime); None: no grant is in force
+    sealing: object = None  # proxy.sealing.Sealing: values sealed for the investigators (--audit-seal-key)
 
 
 @dataclass(slots=True)
@@ -179,6 +202,7 @@ class Session:
         self._tracker = StatementTracker()
         self._prepared = PreparedStatements()
         self._opened = Opened()  # SQL prepared statements, cursors and portals, with their access
+        self._ran_under: dict[str, tuple] = {}  # statement id -> (grant, purpose) for its outcome records
         self._refused_ids: set[str] = set()
         self.phase = Phase.STARTUP
         self.client_tls = False
@@ -216,10 +240,15 @@ class Session:
         self._purpose_statement = ""  # the last declaration, for its audit record
         self._refusal_seq = 0
         self._search_path_text: str | None = None
+        self._pending_path = None  # the path statements sent but not yet run leave (searchpath.UNKNOWN: lost)
         self._search_path_parsed: tuple = ("$user", "public")
         self._held = bytearray()  # client messages that arrived before authentication ended
         self._auth_request_pending = False  # the server asked for a password or SASL step
         self._upstream_cert_hash: bytes | None = None
+        self._seals = self.config.sealing.session() if self.config.sealing is not None else None
+        self.last_statement: tuple | None = None  # (fingerprint, monotonic time) of the latest, for the console
+        self._apart_held: tuple | None = None  # (out, marks) waiting for a decision taken apart
+        self._apart_ready: tuple | None = None  # (key, decision) of that decision, while it is used
 
     # ------------------------------------------------------------------ events
     def client_data(self, data: bytes) -> list[Command]:
@@ -313,7 +342,12 @@ class Session:
     # ------------------------------------------------------------------ start-up
     def _client_startup(self, data: bytes) -> list[Command]:
         self._startup_buf += data
-        length = codec.startup_length(self._startup_buf)
+        try:
+            length = codec.startup_length(self._startup_buf)
+        except ProtocolViolation as exc:
+            # PostgreSQL only logs a bad start-up length (COMMERROR) and closes, with no answer: a
+            # client that wrote something else first (node-postgres' end() before connect) expects none
+            return self._close(str(exc), error=True)
         if length is None or len(self._startup_buf) < length:
             return []
         packet = bytes(self._startup_buf[:length])
@@ -332,7 +366,7 @@ class Session:
         if isinstance(message, codec.GSSENCRequest):
             return [SendToClient(b"N")] + (self._client_startup(rest) if rest else [])
         if isinstance(message, codec.CancelRequest):
-            return [ForwardCancel(message)] + self._close("cancel request forwarded")
+            return [ForwardCancel(message, client_waits=True)] + self._close("cancel request forwarded")
         return self._startup_message(message, rest)
 
     def _startup_message(self, message: codec.StartupMessage, rest: bytes) -> list[Command]:
@@ -467,11 +501,70 @@ class Session:
     # ------------------------------------------------------------------ relay
     def _client_active(self, data: bytes) -> list[Command]:
         out, marks = self._from_client.feed(data)
+        return self._client_messages(out, marks)
+
+    def decided_apart(self, key: tuple, decision) -> list[Command]:
+        """The decision a :class:`DecideApart` asked for: go on with the messages held since."""
+        if self.phase is Phase.CLOSED or self._apart_held is None:
+            return []
+        out, marks = self._apart_held
+        self._apart_held = None
+        self._apart_ready = (key, decision)
+        try:
+            return self._client_messages(out, marks, resumed=True)
+        except ProtocolViolation as exc:
+            return self.fail("08P01", str(exc))
+        finally:
+            self._apart_ready = None
+
+    def _apart(self, kind: int, out: bytes, start: int, end: int, sql: str | None) -> DecideApart | None:
+        """A DecideApart for this Query or Parse when its cold decision belongs in a child process
+        (see :mod:`proxy.limits`); None to decide it here."""
+        engine = self.config.engine
+        if engine is None or self.tier is None or kind == F:
+            return None
+        if sql is None:
+            sql = codec.decode_message(codec.FRONTEND, out[start:end]).query if kind == P else \
+                codec.query_text(out[start:end])
+        if PURPOSE_WORD in sql.lower() or self._filtering and \
+                self.server_params.get("standard_conforming_strings", "on") != "on":
+            return None  # refused at once by _decide_message
+        path = self._pending_path if self._pending_path is not None else self._search_path()
+        tier, user = self.deciding_tier(), self.user or ""
+        if path == searchpath.UNKNOWN:
+            return None  # decided here, and refused if it reaches relations (_decide_message)
+        apart = getattr(engine, "apart", None)  # an engine that decides everything itself has none
+        key = apart(sql, tier, path, user, self.access) if apart is not None else None
+        return DecideApart(key, sql, tier, path, user, self.access) if key is not None else None
+
+    def _hold(self, out: bytes, marks: list, index: int, pieces: list, audits: list,
+              apart: DecideApart) -> list[Command]:
+        """Send what precedes message ``index``, keep it and the rest until ``decided_apart``."""
+        self._apart_held = (out, marks[index:])
+        sent = b"".join(pieces)
+        return audits + ([SendToServer(sent)] if sent else []) + [apart]
+
+    def _client_messages(self, out: bytes, marks: list, resumed: bool = False) -> list[Command]:
+        """The client's complete messages in ``out``.  ``resumed``: the first of them was held for
+        a decision taken apart, after everything before its decision had been done."""
         pieces: list[bytes] = []
         audits: list[Command] = []
-        pos = 0
+        pos = marks[0][1] if resumed else 0
         decide = self.tier is not None or self.config.audit
-        for kind, start, end in marks:
+        for index, (kind, start, end) in enumerate(marks):
+            if resumed and index == 0:
+                revoked = self._access_now(self.config.engine)  # a grant may have ended meanwhile
+                if revoked:
+                    return audits + revoked
+                sql = codec.query_text(out[start:end]) if kind == Q else None
+                apart = self._apart(kind, out, start, end, sql)
+                if apart is not None and apart.key != self._apart_ready[0]:  # the rules changed meanwhile
+                    return self._hold(out, marks, index, pieces + [out[pos:start]], audits, apart)
+                replacement = self._decide_message(kind, out[start:end], audits, sql)
+                if replacement is not None:
+                    pieces += (out[pos:start], replacement)
+                    pos = end
+                continue
             if kind not in ACTIVE_FRONTEND:
                 raise ProtocolViolation(f"invalid frontend message type {kind}")
             if kind == Q or kind == SYNC or kind == F:
@@ -506,7 +599,7 @@ class Session:
                 elif kind == C:
                     body = out[start + 5:end]
                     if body[:1] == b"S":
-                        self._prepared.statements.pop(codec._text(bytes(body[1:body.index(b"\0", 1)])), None)
+                        self._prepared.forget(codec._text(bytes(body[1:body.index(b"\0", 1)])))
             sql = codec.query_text(out[start:end]) if kind == Q and decide else None  # read once for both below
             if sql is not None and engine is not None and self.tier is not None:
                 reply = self._declare_purpose(sql)
@@ -517,12 +610,18 @@ class Session:
                     self._audit_purpose(audits)
                     continue
             if decide and (kind == Q or kind == P or kind == F):
+                apart = self._apart(kind, out, start, end, sql)
+                if apart is not None:  # the rest waits for the child's answer (decided_apart)
+                    return self._hold(out, marks, index, pieces + [out[pos:start]], audits, apart)
                 replacement = self._decide_message(kind, out[start:end], audits, sql)
                 if replacement is not None:
                     pieces += (out[pos:start], replacement)
                     pos = end
             elif self.config.audit:
                 self._track_extended(kind, out, start, end)
+                if self._seals is not None and kind in SEALED_MESSAGES:  # Bind values, COPY data
+                    audits += [Audit(r, durable=kind == B and self.config.audit_strict)
+                               for r in self._seals.message(kind, out[start:end], self._who())]
         if pieces:
             pieces.append(out[pos:])
             out = b"".join(pieces)
@@ -592,8 +691,12 @@ class Session:
             if kind == Z:
                 self.transaction_status = out[start + 5:start + 6]
                 self._purpose.ready(self.transaction_status)
+                if self.transaction_status == b"I" and self._opened.portals:
+                    self._opened.portals.clear()  # no transaction: no portal is left open
                 if self.outstanding:
                     self.outstanding -= 1
+                if not self.outstanding:
+                    self._pending_path = None  # all ran: the server's report is the path
             elif kind == C_:
                 if self._purpose.watching:
                     self._purpose.tag(codec._text(bytes(out[start + 5:end - 1])))
@@ -642,7 +745,9 @@ class Session:
                          f"access; the session is ended")
         self.tier = tier
         self._filtering = not tier.all_clear
-        self._from_server.watch = self._active_watch = self._server_watch()
+        self._active_watch = self._server_watch()
+        # a result still counted against a row limit keeps its rows watched
+        self._from_server.watch = self._active_watch | ({D} if self._row_limits else set())
         return []
 
     def _resolve(self, engine):
@@ -729,7 +834,9 @@ class Session:
                 self._refused_ids.discard(statement_id)
                 status, rows = "refused", None
                 sqlstate = self._refusal_states.pop(statement_id, "42501")
-            commands.append(Audit(records.outcome(self._who(), statement_id, status, rows, seconds, sqlstate)))
+            grant, purpose = self._ran_under.get(statement_id, (None, None))
+            commands.append(Audit(records.outcome(self._who(), statement_id, status, rows, seconds, sqlstate,
+                                                  purpose=purpose, grant=grant)))
         return commands
 
     def _search_path(self) -> tuple:
@@ -756,28 +863,39 @@ class Session:
                 decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                     "the server reports standard_conforming_strings off: pgveil would read string literals "
                     "differently from the server"))
-            elif engine is not None and self.tier is not None and PURPOSE_WORD in sql.lower():
+            elif engine is not None and self.tier is not None and PURPOSE_WORD in (low := sql.lower()):
                 decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                     "declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'"))
             elif engine is not None and self.tier is not None:
                 tier = self.deciding_tier()
                 started = time.perf_counter()
-                decision = engine.decide(sql, tier, self._search_path(), self.user or "", self.access)
-                if not decision.refused and Opened.concerns(sql):
-                    decision = self._check_opened(sql, decision)
-                if not decision.refused and RESET_ALL.search(sql):
-                    self._reset_all(sql)
+                path = self._pending_path if self._pending_path is not None else self._search_path()
+                ready = () if self._apart_ready is None else (self._apart_ready,)  # decided apart
+                decision = engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
+                                         self.user or "", self.access, *ready)
+                if path == searchpath.UNKNOWN and not tier.all_clear and decision.relations:
+                    decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
+                        "a statement sent before this one changes search_path in a way pgveil cannot follow; "
+                        "wait for its result before sending statements that use relations"))
+                if not decision.refused and (self._pending_path is not None or any(w in low for w in STATE_WORDS)):
+                    decision = self._state_after(sql, decision, path)
                 self._decision_us = int((time.perf_counter() - started) * 1_000_000)
                 if tier is not self.tier and decision.columns:
                     self._purpose_notice(decision, audits)
             else:
                 decision = None
+        kept = kind == P and engine is not None  # the unnamed statement too: it can be bound again later
+        if kept and not self._prepared.fits(decoded.name, sql, limits.PREPARED_BYTES):
+            kept = False
+            decision = policy.Decision("refuse", "", sqlstate="54000", reason=(
+                f"pgveil keeps at most {limits.PREPARED_BYTES >> 20} MB of prepared statement text per session; "
+                f"close (DEALLOCATE) prepared statements before preparing more"))
         if self.config.audit and self.config.audit_ok is not None and not self.config.audit_ok():
             decision = policy.Decision("refuse", "", sqlstate="58030", reason=(
                 "pgveil cannot write its audit journal, so it refuses statements until it can"))
         self._ddl_seen = self._ddl_seen or (decision is not None and "ddl" in decision.kinds)
-        if kind == P and engine is not None:  # the unnamed statement too: it can be bound again later
-            self._prepared.statements[decoded.name] = (sql, decoded.param_types, self.access)
+        if kept:
+            self._prepared.remember(decoded.name, sql, decoded.param_types, self.access)
         statement_id = self._audit_statement(kind, decoded, sql, decision, audits)
         if statement_id and decision is not None and self.tier is not None and self.tier.max_rows \
                 and not decision.refused:
@@ -795,6 +913,20 @@ class Session:
         if kind == Q:
             return codec.encode(codec.Query(decision.sql))
         return codec.encode(codec.Parse(decoded.name, decision.sql, decoded.param_types))
+
+    def _state_after(self, sql: str, decision, path):
+        """A statement allowed to go that may change what later ones run under: the search_path
+        statements sent after it are decided under, the prepared statements and cursors it uses
+        or opens, a purpose cleared by RESET ALL or DISCARD ALL."""
+        if self._pending_path is not None or searchpath.CHANGES.search(sql):
+            # statements sent before this one has run are decided under the path it leaves
+            changed = self._pending_path not in (None, self._search_path())
+            self._pending_path = searchpath.after(segments(sql), path, changed)
+        if Opened.concerns(sql):
+            decision = self._check_opened(sql, decision)
+        if not decision.refused and RESET_ALL.search(sql):
+            self._reset_all(sql)
+        return decision
 
     def _check_opened(self, sql: str, decision):
         """A statement that executes, fetches from or opens a prepared statement or cursor: refused
@@ -882,7 +1014,17 @@ class Session:
         # strict: a statement that will reach the database waits for its record; a refusal reaches nothing
         record["decision_us"] = self._decision_us
         self._decision_us = 0
+        if self._seals is not None:
+            sealed = self._seals.statement(decoded.name if kind == P else None, statement_id, sql, decision, self.tier)
+            if sealed is not None:
+                record["sealed"] = sealed
         audits.append(Audit(record, durable=self.config.audit_strict and not (decision and decision.refused)))
+        self.last_statement = (record["fingerprint"], time.monotonic())
+        # each execution's outcome names the access its statement was decided under: a change of
+        # access decides (and records) the statement again before it runs again
+        self._ran_under[statement_id] = (record["grant"], record["purpose"])
+        if len(self._ran_under) > 4096:
+            del self._ran_under[next(iter(self._ran_under))]
         if kind == P:
             self._tracker.parse(decoded.name, statement_id)
         else:
@@ -966,7 +1108,7 @@ class Session:
 
     def _filter_error(self, message: bytes) -> bytes | None:
         error = codec.decode_message(codec.BACKEND, message)
-        text = error.get(b"M") or ""
+        text = next((value for code, value in error.fields if code == b"M"), None) or ""  # a notice has no get()
         if REFUSAL_MARK in text:
             token = text[text.index(REFUSAL_MARK):].split('"')[0]
             found = self._refusals.pop(token, None)
@@ -996,6 +1138,17 @@ class Session:
         self.server_params[status.name] = status.value
 
     # ------------------------------------------------------------------ ending
+    def shutdown(self) -> list[Command]:
+        """pgveil is shutting down: a statement still running upstream is cancelled, the server
+        session ended, and the client told as PostgreSQL tells it (FATAL 57P01)."""
+        if self.phase is Phase.CLOSED:
+            return []
+        busy = self.outstanding > 0 or self._from_server.mid_message
+        commands: list[Command] = [ForwardCancel(self.backend_key)] if busy and self.backend_key else []
+        if self.phase is Phase.ACTIVE:
+            commands.append(SendToServer(codec.encode(codec.Terminate())))
+        return commands + self.fail("57P01", "terminating connection due to administrator command")
+
     def fail(self, sqlstate: str, message: str, *, detail: str | None = None,
              hint: str | None = None) -> list[Command]:
         """End the session with a FATAL error to the client (when the stream allows one)."""

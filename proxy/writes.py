@@ -15,7 +15,7 @@ from .sql import exp, parse_one, to_sql
 
 from .barrier import guard_write
 from .masks import mask_sql, null_of
-from .rewrite import Refusal, Rewriter, Source, name_of, quote
+from .rewrite import Refusal, Rewriter, Source, name_of, qualify, quote
 
 
 def _target_table(node) -> tuple[exp.Table, list[str] | None]:
@@ -191,6 +191,7 @@ def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
     for column, cls, act in expand_returning(target, tree.args.get("returning"), others):
         rw.analysis.use(target, column, cls, act)
     rw.rewrite(tree, skip={id(table)})
+    qualify(table, target.relation)
     return tree
 
 
@@ -208,6 +209,7 @@ def rewrite_copy(rw: Rewriter, tree: exp.Copy) -> exp.Expression:
         table, listed = _target_table(node)
         target = rw.source(table)
         check_written(rw, target, listed or [c.name for c, _, _ in target.actions])
+        qualify(table, target.relation)
         return tree
     if isinstance(node, (exp.Subquery, exp.Query)):
         rw.rewrite(node)
@@ -221,6 +223,7 @@ def rewrite_copy(rw: Rewriter, tree: exp.Copy) -> exp.Expression:
         if found:
             rw.analysis.use(source, column, *found)
     if not source.protected:
+        qualify(table, source.relation)
         return tree
     for col, cls, act in source.actions:
         if listed is None or col.name in listed:

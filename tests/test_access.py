@@ -151,3 +151,60 @@ def test_purpose_follows_postgresqls_rules_for_settings():
     assert purpose_after(*block, ("tag", "ROLLBACK"), ("ready", b"T")) is None
     assert purpose_after(*block, ("tag", "PREPARE TRANSACTION"), ("ready", b"I")) is None
     assert purpose_after(*block, ("tag", "COMMIT"), ("tag", "ROLLBACK"), ("ready", b"I")) is None
+
+
+# ----------------------------------------------------------------------------- search_path within one Query
+def test_each_statement_of_a_query_is_decided_under_the_path_the_earlier_ones_leave():
+    from proxy.policy import Context, decide
+    rules = load_rules(RULES)
+    catalog = Catalog.from_spec({"public.customers": {"id": "integer", "id_number": "text"},
+                                 "staging.customers": {"id": "integer", "id_number": "text"},
+                                 "pg_catalog.pg_class": {"oid": "oid", "relname": "name"}})
+    ctx = Context(rules.tier("sales"), rules, catalog, ("staging", "public"), "sales_li")
+    plain = decide("SELECT id_number FROM customers", ctx)
+    assert plain.verdict == "allow" and "FROM staging.customers" in plain.sql  # unclassified, and qualified
+    moved = decide("SET search_path = public; SELECT id_number FROM customers", ctx)
+    assert moved.verdict == "rewrite" and '"public"."customers"' in moved.sql
+    lost = decide("BEGIN; SET search_path = public; ROLLBACK; SELECT id_number FROM customers", ctx)
+    assert lost.refused and "cannot follow" in lost.reason
+    assert "FROM pg_catalog.pg_class" in decide("SELECT relname FROM pg_class", ctx).sql
+
+
+def test_a_reload_mid_result_keeps_counting_rows_against_the_limit():
+    limited = RULES.replace("  sales:\n    see: {id_number: mask}", "  sales:\n    see: {id_number: mask}\n    max_rows: 2")
+    engine = Engine(load_rules(limited), CATALOG)
+    s = Session(SessionConfig(engine=engine, clock=lambda: T0, audit=True), peer=("10.1.2.3", 5000))
+    s.client_data(codec.encode_startup(STARTUP))
+    s.upstream_connected(tls=False)
+    s.server_data(codec.encode(codec.Authentication(0, b"")) + READY)
+    s.client_data(codec.encode(codec.Query("SELECT id_number FROM customers")))
+    row = codec.encode(codec.DataRow((b"110***0021",)))
+    s.server_data(codec.encode(codec.RowDescription((("id_number", 0, 0, 25, -1, -1, 0),))) + row)
+    engine.rules = load_rules(limited + "# edited\n")  # a reload while the result streams
+    s.client_data(codec.encode(codec.Query("SELECT 1")))  # pipelined: the access is decided again
+    out = s.server_data(row * 3 + codec.encode(codec.CommandComplete("SELECT 4")) + READY)
+    sent_back = b"".join(c.data for c in out if hasattr(c, "data"))
+    assert sent_back.count(row) == 1 and b"may read at most 2 rows" in sent_back
+
+
+def test_statements_pipelined_after_a_search_path_change_are_decided_under_it():
+    engine = Engine(load_rules(RULES), Catalog.from_spec({"public.customers": {"id": "integer", "id_number": "text"},
+                                                          "staging.customers": {"id": "integer", "id_number": "text"}}))
+    s = Session(SessionConfig(engine=engine, clock=lambda: T0), peer=("10.1.2.3", 5000))
+    s.client_data(codec.encode_startup(STARTUP))
+    s.upstream_connected(tls=False)
+    s.server_data(codec.encode(codec.Authentication(0, b"")) + codec.encode(
+        codec.ParameterStatus("search_path", "staging, public")) + READY)
+
+    def extended(sql):
+        return (codec.encode(codec.Parse("", sql, ())) + codec.encode(codec.Bind("", "", (), (), ()))
+                + codec.encode(codec.Execute("", 0)))
+    wire = sent(s.client_data(extended("SET search_path = public") + extended("SELECT id_number FROM customers")
+                              + codec.encode(codec.Sync())))
+    assert '"public"."customers"' in wire and "CASE WHEN" in wire  # decided under public: masked
+    s.server_data(codec.encode(codec.ParameterStatus("search_path", "public")) + READY)
+    assert "CASE WHEN" in sent(s.client_data(codec.encode(codec.Query("SELECT id_number FROM customers"))))
+    s.server_data(READY)
+    lost = sent(s.client_data(extended("RESET search_path") + extended("SELECT id_number FROM customers")
+                              + codec.encode(codec.Sync())))
+    assert "pgveil-refused-" in lost and "CASE WHEN" not in lost

@@ -77,7 +77,10 @@ def test_sales_reads_never_see_filtered_rows_or_clear_masked_values(pg, crm, set
     hidden = hidden_values(pg, ("ordinary",))
     with psycopg.connect(crm.dsn("sales_li", PASSWORD), autocommit=True) as conn:
         for statement in setting.split("; "):
-            conn.execute(statement)
+            try:
+                conn.execute(statement)
+            except psycopg.errors.InsufficientPrivilege:
+                pass  # (a settings allow list may refuse it: the reads below must hold either way)
         for sql in SALES_READS:
             assert_nothing_of(hidden, outcome(conn, sql))
 
@@ -111,8 +114,11 @@ def test_writes_apply_the_row_filter_before_the_client(pg, crm, setting):
                  f"INSERT INTO customers AS c (id, name, grade, created_at) VALUES ({top_secret}, 'x', 'ordinary', "
                  f"now()) ON CONFLICT (id) DO UPDATE SET name = c.address::regclass::text"]
     with psycopg.connect(crm.dsn("crm_app", PASSWORD)) as conn:
-        conn.execute(setting)
-        conn.commit()
+        try:
+            conn.execute(setting)
+            conn.commit()
+        except psycopg.errors.InsufficientPrivilege:
+            conn.rollback()  # (a settings allow list may refuse it)
         for sql in WRITES + conflicts:
             assert_nothing_of(hidden, outcome(conn, sql))
     assert pg.psql(f"SELECT name <> 'x' FROM customers WHERE id = {top_secret}", "crm").strip() == "t"

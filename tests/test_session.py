@@ -65,7 +65,7 @@ def test_cancel_request_forwarded_with_the_servers_key():
     s = Session()
     request = codec.CancelRequest(4242, b"k" * 32)  # protocol 3.2 key length
     commands = s.client_data(codec.encode_startup(request))
-    assert commands[0] == ForwardCancel(request)
+    assert commands[0] == ForwardCancel(request, client_waits=True)
     assert isinstance(commands[1], Close)
 
 

@@ -1,4 +1,4 @@
-"""``pgveil audit verify|search|tail``: the journal for investigators."""
+"""``pgveil audit verify|search|tail|keygen|investigate``: the journal for investigators."""
 
 from __future__ import annotations
 
@@ -35,6 +35,17 @@ def add_parsers(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--seconds", type=float, help="stop after this long (default: until interrupted)")
     p.set_defaults(func=cmd_tail)
+    p = verbs.add_parser("keygen", help="write the investigators' key pair: OUT (private, keep it offline) and OUT.pub")
+    p.add_argument("out", help="private key file to write (mode 0600); the public key goes to OUT.pub")
+    p.set_defaults(func=cmd_keygen)
+    p = verbs.add_parser("investigate", help="which executions used a value (opens the sealed values)")
+    p.add_argument("dir")
+    p.add_argument("--key", required=True, help="the investigators' private key (pgveil audit keygen)")
+    p.add_argument("--value", required=True, help="the value looked for, e.g. a customer id or an ID number")
+    p.add_argument("--param-of", metavar="SCHEMA.TABLE.COLUMN",
+                   help="only where the value is used against this column (compared, assigned, inserted)")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.set_defaults(func=cmd_investigate)
 
 
 def cmd_verify(args) -> int:
@@ -228,4 +239,87 @@ def cmd_usage(args) -> int:
         sys.stdout.write(orjson.dumps(as_dict(report), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         sys.stdout.write(render_table(report) if fmt == "table" else render_csv(report))
+    return 0
+
+
+# -- sealed values: keygen and investigate ----------------------------------------------------
+def cmd_keygen(args) -> int:
+    from .seal import write_key_pair
+
+    try:
+        private, public = write_key_pair(args.out)
+    except FileExistsError:
+        print(f"{args.out}: already exists; pgveil never overwrites a key", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"private key: {private} (mode 0600: keep it offline, with the investigators)")
+    print(f"public key:  {public} (give it to pgveil: --audit-seal-key {public})")
+    return 0
+
+
+def _record_investigation(directory: str, opener, args, found: int) -> None:
+    """The investigation's own record, in a stream of its own, chained like any other.  What was
+    looked for is sealed to the same key pair: the journal never holds the value in clear."""
+    import getpass
+    import socket
+
+    from .journal import Journal
+    from .records import base
+    from .seal import seal_once
+
+    journal = Journal(directory, "investigate")
+    notes = journal.open()
+    record = dict(base("investigation", {}), os_user=getpass.getuser(), host=socket.gethostname(),
+                  recipient=opener.recipient, keys_opened=opener.keys_opened, found=found,
+                  sealed_query=seal_once(opener.public, {"value": args.value, "param_of": args.param_of}))
+    try:
+        journal.append(notes + [record])
+    finally:
+        journal.close()
+
+
+def cmd_investigate(args) -> int:
+    from .investigate import Investigation, Wanted
+    from .seal import PRIVATE_TAG, Opener, SealKeyError, read_key
+
+    if not Path(args.dir).is_dir():
+        print(f"{args.dir}: no such directory", file=sys.stderr)
+        return 1
+    if args.param_of and args.param_of.count(".") != 2:
+        print("--param-of: expected schema.table.column, e.g. public.customers.id", file=sys.stderr)
+        return 2
+    try:
+        opener = Opener(read_key(args.key, PRIVATE_TAG))
+    except SealKeyError as exc:
+        print(f"pgveil audit investigate: {exc}", file=sys.stderr)
+        return 2
+    search = Investigation(opener, Wanted(args.value), args.param_of)
+    for record in _journal_records(args.dir):
+        search.add(record)
+    _record_investigation(args.dir, opener, args, len(search.hits))
+    if opener.keys_seen and not opener.keys_opened:
+        print(f"this key opens none of the journal's {opener.keys_seen} data keys: the values were sealed to "
+              f"another key pair; nothing found", file=sys.stderr)
+        return 1
+    if not opener.keys_seen:
+        print("the journal holds no sealed values (was pgveil run with --audit-seal-key?)", file=sys.stderr)
+        return 1
+    hits = sorted(search.hits, key=lambda h: h.ts)
+    if args.json:
+        for hit in hits:
+            print(json.dumps(hit.as_dict(), ensure_ascii=False))
+    else:
+        print(f"{'time (UTC)':27s} {'user':12s} {'tier':16s} {'purpose':14s} {'how':14s} {'status':8s} {'rows':>6s}"
+              f"  statement")
+        for hit in hits:
+            h = hit.as_dict()
+            grant = f" [grant: {h['grant']}]" if h["grant"] else ""
+            print(f"{h['ts'][:26]:27s} {str(h['user'])[:12]:12s} {str(h['tier'])[:16]:16s} "
+                  f"{str(h['purpose'] or '')[:14]:14s} {h['how'][:14]:14s} {str(h['status'] or '')[:8]:8s} "
+                  f"{'' if h['rows'] is None else h['rows']:>6}  {h['fingerprint']} {h['sql'][:90]}{grant}")
+    unopened = f"; {search.unopened} sealed records could not be opened (altered?)" if search.unopened else ""
+    print(f"{len(hits)} executions used the value; {search.sealed_records} sealed records read with "
+          f"{opener.keys_opened} of {opener.keys_seen} data keys{unopened}", file=sys.stderr)
     return 0

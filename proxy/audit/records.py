@@ -11,7 +11,8 @@ import re
 import time
 
 from . import SCHEMA_VERSION
-from .normalize import fingerprint, normalize
+from .normalize import fingerprint
+from ..limits import normalize_bounded
 
 _COUNT = re.compile(r"(\d+)\s*$")
 
@@ -43,7 +44,7 @@ def base(kind: str, who: dict, record_id: str | None = None) -> dict:
 def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, rules_version: str | None,
               purpose: str | None = None, grant: str | None = None) -> dict:
     """The decision on one statement: recorded before the statement reaches the database."""
-    normalized = (decision.normalized if decision is not None else "") or normalize(sql)
+    normalized = (decision.normalized if decision is not None else "") or normalize_bounded(sql)
     return {**base("statement", who, statement_id),
             "protocol": protocol,
             "sql": normalized,
@@ -61,11 +62,12 @@ def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, r
 
 
 def outcome(who: dict, statement_id: str, status: str, rows: int | None, seconds: float,
-            sqlstate: str | None) -> dict:
-    """What came of a statement: linked to its decision record by ``statement``.  Records hold no
-    floats, so that their canonical JSON is the same in every JSON library."""
+            sqlstate: str | None, purpose: str | None = None, grant: str | None = None) -> dict:
+    """What came of one execution of a statement: linked to its decision record by ``statement``,
+    naming the purpose and grants it ran under.  Records hold no floats, so that their canonical
+    JSON is the same in every JSON library."""
     return {**base("outcome", who), "statement": statement_id, "status": status, "rows": rows,
-            "duration_us": int(seconds * 1_000_000), "sqlstate": sqlstate}
+            "duration_us": int(seconds * 1_000_000), "sqlstate": sqlstate, "purpose": purpose, "grant": grant}
 
 
 def rows_of(tag: str) -> int | None:

@@ -141,8 +141,8 @@ class Syncer:
                 proc.kill()
                 proc.wait()
 
-    def close(self) -> None:
-        """Stop the helper (after its current fdatasync, if any)."""
-        self._close(wait=2)
+    def close(self, wait: float = 2) -> None:
+        """Stop the helper (after its current fdatasync, if any; killed after ``wait`` seconds)."""
+        self._close(wait=wait)
         self.in_flight = 0
 

@@ -193,12 +193,15 @@ class AuditWriter:
             if not self._syncs_running:
                 self._start_sync()
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 0.2) -> None:
+        """Write what is queued, and sync it: the syncs running get ``timeout`` seconds (a helper
+        stopped or stuck on a slow disk must not hold a shutdown), then the journal syncs itself."""
         self._flush()
-        while self._syncs_running:
+        deadline = time.monotonic() + timeout
+        while self._syncs_running and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._syncer is not None:
-            self._syncer.close()
+            self._syncer.close(wait=0.05)
             self._syncer = None
         self._tasks.cancel()
         try:
