@@ -34,6 +34,8 @@ from .sql import SqlglotError, exp, parse_one, to_sql, tokenize
 
 from . import settings
 from .rewrite import PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of
+from .ddl import check_ddl
+from .rowlimits import cursor_ref
 from .writes import rewrite_copy, rewrite_write
 
 TRANSACTION_WORDS = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"})
@@ -68,6 +70,7 @@ class Decision:
     # "use" and what "cursor" or "statement"; the session checks each use against its declarations
     names: tuple = ()
     normalized: str = ""  # the text with literals and comments removed, for the audit
+    cursors: tuple = ()  # (verb, name) of cursors and SQL prepared statements: see proxy/rowlimits.py
 
     @property
     def refused(self) -> bool:
@@ -338,6 +341,11 @@ class Statement:
         self.need("ddl", seg.word)
         if seg.word == "CREATE" and any(seg.keyword(i) == "AS" for i in range(len(seg.tokens))):
             return self.parsed(seg, ddl=True)
+        catalog, ctx = self.ctx.catalog, self.ctx
+        why = check_ddl(seg.tokens, lambda schema, name: catalog.resolve(schema, name, ctx.search_path, ctx.user)
+                        if name else None, self.rw.ddl_protected)
+        if why:
+            raise Refusal(f"{why} for tier {ctx.tier.name}")
         return self.passthrough(seg)
 
     def alter_settings(self, seg: Segment, what: str) -> None:
@@ -424,8 +432,11 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
         return Decision("allow", sql)
     if PLACEHOLDER in sql:
         return _refuse(NotUnderstood("the statement contains pgveil's internal names"))
+    if len(segments) > 1 and any(seg.word in DDL_WORDS for seg in segments):
+        return _refuse(Refusal(f"DDL must be sent alone for tier {ctx.tier.name}: the statements after it would be "
+                               f"decided against the catalog as it was before it ran"))
     rw = Rewriter(ctx, templates)
-    texts, kinds = [], []
+    texts, kinds, cursors = [], [], []
     unknown_path = None  # the statement after which the Query's search_path cannot be followed
     changed = False  # an earlier statement of the Query changed the path
     try:
@@ -439,6 +450,9 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
                               f"and then uses relations; send the statements as separate queries")
             kinds += statement.kinds
             names += statement.names
+            ref = cursor_ref(seg.text, seg.tokens[0])
+            if ref is not None:
+                cursors.append(ref)
             path = searchpath.change(seg, changed) if len(segments) > 1 else None
             changed = changed or path is not None
             if path == searchpath.UNKNOWN:
@@ -450,10 +464,14 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
     except (SqlglotError, RecursionError, ValueError, KeyError, AttributeError, TypeError) as exc:
         return _refuse(NotUnderstood(f"{type(exc).__name__}: {str(exc)[:200]}"), rw)
     columns = tuple(rw.analysis.columns.values())
+    if rw.analysis.packs and columns and ctx.tier.row_limit({c.cls for c in columns}) is not None:
+        return _refuse(Refusal(f"{rw.analysis.packs} packs many rows into one value: tier {ctx.tier.name} has "
+                               f"max_rows, so it may not use it over sensitive columns"), rw)
     masked = any(c.action != "clear" for c in columns) or any(
         ctx.tier.rows and rw.row_filter(ctx.catalog.by_name[tuple(r.split(".", 1))]) for r in rw.analysis.relations)
     return Decision("rewrite" if masked else "allow", "; ".join(texts), kinds=tuple(dict.fromkeys(kinds)),
-                    relations=tuple(rw.analysis.relations), columns=columns, names=tuple(names))
+                    relations=tuple(rw.analysis.relations), columns=columns, names=tuple(names),
+                    cursors=tuple(cursors))
 
 
 def _refuse(exc: Refusal, rw: Rewriter | None = None) -> Decision:
@@ -572,8 +590,8 @@ class Template:
             if index >= len(literals) or literals[index][0] != kind:
                 raise LookupError("a marker of the wrong kind")
             self.slots.append(index)
-        if sorted(self.slots) != list(range(len(literals))):
-            raise LookupError("a marker was lost or repeated")
+        if set(self.slots) != set(range(len(literals))):  # (a barrier's copy repeats a literal)
+            raise LookupError("a marker was lost")
 
 
 def _with_text(decision: Decision, sql: str, normalized: str) -> Decision:
@@ -752,10 +770,23 @@ class Engine:
 
     def __init__(self, rules, catalog=None) -> None:
         self.rules = rules
+        self._catalog = None
         self.catalog = catalog
         self.cache = DecisionCache()
         self.rules_sha256 = ""
         self._hidden: dict = {}
+
+    @property
+    def catalog(self):
+        return self._catalog
+
+    @catalog.setter
+    def catalog(self, new) -> None:
+        """A newly read catalog: columns renamed since the last one keep their class (pinned by
+        relation and attnum, for as long as this process runs)."""
+        if new is not None and self._catalog is not None and new is not self._catalog:
+            new.pinned = carried_classes(self.rules, self._catalog, new)
+        self._catalog = new
 
     def tier_for(self, user: str, address: str | None = None, now=None):
         return self.identity(user, address, now)[0]
@@ -816,6 +847,24 @@ class Engine:
                               for col in rel.columns if rw.class_action(rel, col.name)[1].action != "clear")
             self._hidden = {key: found}
         return found
+
+
+def carried_classes(rules, old, new) -> dict:
+    """(oid, attnum) -> class for the columns of ``new`` that had a class in ``old`` (by name or
+    pinned) and have none by their name now: renamed columns, or columns of renamed relations."""
+    pinned = {}
+    for oid, rel in new.by_oid.items():
+        before = old.by_oid.get(oid)
+        if before is None or rel.schema in ("pg_catalog", "information_schema"):
+            continue
+        for col in rel.columns:
+            prior = next((c for c in before.columns if c.attnum == col.attnum), None)
+            if prior is None:
+                continue
+            cls = rules.class_of(before.schema, before.name, prior.name) or old.pinned.get((oid, col.attnum))
+            if cls is not None and rules.class_of(rel.schema, rel.name, col.name) is None:
+                pinned[(oid, col.attnum)] = cls
+    return pinned
 
 
 __all__ = ["Engine", "Decision", "DecisionCache", "Context", "decide", "split_statements", "parse_search_path", "name_of"]

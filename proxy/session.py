@@ -36,10 +36,11 @@ import re
 import time
 from typing import Callable
 
-from . import codec, encodings, limits, policy, settings
+from . import codec, encodings, errors, limits, policy, settings
 from .access import Access, deciding_tier
 from .opened import Opened, segments
 from .purpose import PurposeSetting
+from .rowlimits import RowLimits
 from . import searchpath
 from .audit import records
 from .audit.tracker import StatementTracker
@@ -145,8 +146,9 @@ ACTIVE_FRONTEND = frozenset(t for t in codec.FRONTEND if t != ord("p"))
 # Server messages the relay must look at; everything else (rows above all) passes as bytes.
 SERVER_WATCH = frozenset(b"ZESK")
 ALL_BYTES = frozenset(range(256))
-# For a restricted tier, also errors and notices (details stripped) and RowDescription.
-FILTER_WATCH = frozenset(b"ZESKNT")
+# For a restricted tier, also errors and notices (details stripped), RowDescription and
+# NotificationResponse (payloads written by other sessions are outputs pgveil cannot mask).
+FILTER_WATCH = frozenset(b"ZESKNTA")
 OUTCOME_WATCH = frozenset(b"CsI")  # what the audit's outcome records need besides
 OUTCOME_KINDS = frozenset(b"CsIEZ")
 PURPOSE_WORD = "pgveil.purpose"
@@ -164,7 +166,8 @@ PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
 ALL_KINDS = frozenset(STATEMENT_KINDS)
 
-Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p = (ord(c) for c in "ZESKRQXFNPTBCDp")
+Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p, A = (ord(c) for c in "ZESKRQXFNPTBCDpA")
+COPY_DATA = ord("d")
 C_, s_, I_ = (ord(c) for c in "CsI")
 SEALED_MESSAGES = frozenset(b"Bdcf")  # Bind, CopyData, CopyDone, CopyFail (see proxy.sealing)
 SYNC = ord("S")
@@ -252,8 +255,7 @@ class Session:
         self.access: Access | None = None  # the effective access, recomputed for every statement
         self._access_until = None  # when a grant of this user begins or ends next (datetime)
         self._access_catalog = None  # the catalog version the identity's roles were read from
-        self._row_limits: dict[str, int] = {}  # statement id -> most rows it may return (max_rows)
-        self._row_counts: dict[str, int] = {}
+        self._row_limits = RowLimits()  # max_rows: limits, counts, cursor names
         self._decision_us = 0
         self._purpose = PurposeSetting()  # declared with SET pgveil.purpose, kept as PostgreSQL keeps settings
         self._purpose_statement = ""  # the last declaration, for its audit record
@@ -851,18 +853,15 @@ class Session:
                        "bytes_out": self.stats.bytes_from_server})
         return [Audit(record)]
 
-    def _prepared_ids(self) -> set:
-        """Statement ids of named prepared statements: their limits last for every execution."""
-        return self._tracker.named_ids()
-
     def _outcomes(self, kind: int, body: bytes) -> list[Command]:
+        result = self._tracker.running_result() if self._row_limits else None
         ended = self._tracker.server(kind, body, time.monotonic())
         commands: list[Command] = []
+        if kind == Z and body[:1] == b"I":
+            self._row_limits.idle()  # no transaction: no portal is left to resume
         for statement_id, status, rows, seconds, sqlstate in ended:
-            if status != "suspended":  # a portal fetched in pieces counts as one result
-                self._row_counts.pop(statement_id, None)  # each execution counts from zero
-            if statement_id in self._row_limits and statement_id not in self._prepared_ids():
-                del self._row_limits[statement_id]
+            if self._row_limits and result is not None and statement_id == result[0]:
+                self._row_limits.ended(result, status, self._tracker.live_ids())  # (suspended: one result)
                 if not self._row_limits:
                     self._from_server.watch = self._active_watch
             if statement_id in self._refused_ids:
@@ -945,12 +944,12 @@ class Session:
         if kept:
             self._prepared.remember(decoded.name, wire, decoded.param_types, self.access)
         statement_id = self._audit_statement(kind, decoded, sql, decision, audits)
-        if statement_id and decision is not None and decision.columns and self.tier is not None and \
-                self.tier.max_rows and not decision.refused:
-            limit = self.tier.row_limit({c.cls for c in decision.columns})
-            if limit is not None:
-                self._row_limits[statement_id] = limit
-                self._from_server.watch = self._active_watch | {D}
+        if statement_id and decision is not None and self.tier is not None and self.tier.max_rows \
+                and not decision.refused:
+            limit = self.tier.row_limit({c.cls for c in decision.columns}) if decision.columns else None
+            self._row_limits.decided(statement_id, limit, decision.cursors)
+            if self._row_limits:
+                self._from_server.watch = self._active_watch | {D, COPY_DATA}
         if decision is not None and decision.refused:
             if statement_id:
                 self._refused_ids.add(statement_id)
@@ -1154,7 +1153,11 @@ class Session:
                 replacement = b""  # the reply to a Close or Parse the client never sent
             elif kind == E or kind == N:
                 replacement = self._filter_error(message)
-            elif kind == D and self._row_limits:
+            elif kind == A and self._filtering:
+                note = codec.decode_message(codec.BACKEND, message)
+                if note.payload:  # any session's pg_notify() can carry any value: the payload is dropped
+                    replacement = codec.encode(codec.NotificationResponse(note.pid, note.channel, ""))
+            elif (kind == D or kind == COPY_DATA) and self._row_limits:  # a row, or a COPY TO line
                 replacement = self._count_row(commands)
             elif kind == T and self._filtering:
                 leak = self._leaking_column(message)
@@ -1179,13 +1182,11 @@ class Session:
 
     def _count_row(self, commands: list) -> bytes | None:
         """A row of a statement with a row limit: past the limit, the result stops here."""
-        statement_id = self._tracker.running()
-        limit = self._row_limits.get(statement_id)
+        result = self._tracker.running_result()
+        limit = self._row_limits.row(result) if result is not None else None
         if limit is None:
             return None
-        count = self._row_counts[statement_id] = self._row_counts.get(statement_id, 0) + 1
-        if count <= limit:
-            return None
+        statement_id = result[0]
         self._suppressing = True
         self._tracker.stop(statement_id, limit, "54000")
         commands.append(Alert("max_rows_stop", f"tier {self.tier.name} reached max_rows {limit}"))
@@ -1203,9 +1204,9 @@ class Session:
             if found is not None:
                 reason, sqlstate = found
                 return codec.error_response(sqlstate, reason)
-        if self._filtering and any(code == b"D" for code, _ in error.fields):  # details can print row values
-            fields = tuple((code, value) for code, value in error.fields if code != b"D")
-            return codec.encode(type(error)(fields))
+        if self._filtering:  # errors can print values: see proxy/errors.py
+            fields = errors.scrub(error.fields, self.tier.name)
+            return codec.encode(type(error)(fields)) if fields != error.fields else None
         return None
 
     def _leaking_column(self, message: bytes) -> str | None:
