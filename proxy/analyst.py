@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RETIRE_RSS = 512 << 20
 CHILD_NICENESS = 10
 SAME_TEXT = "\x00same"  # in an answer: the decision's SQL is the statement's own text (no Query holds a NUL)
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = 60.0
 _HEADER = struct.Struct(">I")
 _CHILD = ("import sys; sys.path.insert(0, {root!r}); from proxy.analyst import child_main; "
           "raise SystemExit(child_main())")

@@ -25,7 +25,7 @@ DEMO_USERS = {
 }
 RULES = Path(__file__).resolve().parent.parent / "rules" / "crm.yaml"
 DEMO_PASSWORD = "demo"
-DEMO_GRACE = 1.0  # seconds running statements get on Ctrl-C; PostgreSQL's stop follows, all within 2 s
+DEMO_GRACE = 0.5  # seconds running statements get on Ctrl-C; PostgreSQL's own stop follows, all within 2 s
 
 
 def _cache_dir() -> Path:
@@ -45,6 +45,14 @@ def prepare(cluster: Cluster, customers: int) -> None:
         cluster.psql(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}') THEN "
                      f"CREATE ROLE {user} LOGIN PASSWORD '{DEMO_PASSWORD}'; END IF; END $$;")
         cluster.psql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {user}", "crm")
+
+
+def apply_privileges(cluster: Cluster, rules_path: str) -> None:
+    """The database refuses what pgveil refuses, for blocked columns (pgveil privileges)."""
+    from .privileges import statements
+    from .tools import fetch_catalog, read_rules
+    lines = statements(read_rules(rules_path), fetch_catalog(cluster.dsn(database="crm")), list(DEMO_USERS))
+    cluster.psql("\n".join(line for line in lines if not line.startswith("--")), "crm")
 
 
 def compose_init_sql(customers: int = 500) -> str:
@@ -78,6 +86,7 @@ def run_demo(args) -> int:
         print(f"Embedded PostgreSQL on 127.0.0.1:{cluster.port} (data in {cluster.data_dir}); loading the sample CRM ...")
         prepare(cluster, args.customers)
         rules = args.rules or str(RULES)
+        apply_privileges(cluster, rules)
         settings = Settings(listen=args.listen, upstream=f"postgresql://127.0.0.1:{cluster.port}",
                             upstream_sslmode="disable", rules=rules,
                             catalog_dsn=cluster.dsn(database="crm"),
