@@ -90,8 +90,9 @@ class Session:
                 answer = ("ok", tuple(map(repr, results)))
             except psycopg.DatabaseError as exc:
                 answer = ("error", exc.sqlstate or type(exc).__name__)
-            await cur.execute("ROLLBACK; SELECT 1")  # writes undone, and the session still answers
-            assert cur.nextset() and (await cur.fetchall()) == [(1,)]
+            await cur.execute("ROLLBACK")  # writes undone
+            await cur.execute("SELECT 1")  # and the session still answers
+            assert (await cur.fetchall()) == [(1,)]
         return answer
 
     async def replay(self, entry: Entry) -> None:
@@ -123,6 +124,20 @@ def columns_of(answer: tuple) -> tuple:
     return ("ok", tuple(re.sub(r"\[\(.*\)\]\)$", "rows)", result, flags=re.S) for result in answer[1]))
 
 
+async def recheck(entries: list[Entry], trio: list[Session]) -> None:
+    """The dba's answers that differ from two equal direct ones, once more one session at a time:
+    statements on pg_stat_activity see the other sessions, which ran at the same moment."""
+    direct, dba, again = trio
+    for i, entry in enumerate(entries):
+        if direct.answers[i] == again.answers[i] != dba.answers[i] and dba.answers[i][0] != "broken":
+            answers = []
+            for session in trio:
+                await session.replay(entry)
+                answers.append(session.answers.pop())
+            for session, answer in zip(trio, answers):
+                session.answers[i] = answer
+
+
 @pytest.fixture(scope="module")
 async def replayed(pg, tier_users, tmp_path_factory):
     """The corpus replayed on all five sessions."""
@@ -137,6 +152,7 @@ async def replayed(pg, tier_users, tmp_path_factory):
             await session.connect()
         for entry in entries:  # the sessions run each statement at the same time, then the next
             await asyncio.gather(*(session.replay(entry) for session in sessions.values()))
+        await recheck(entries, [sessions[name] for name in ("direct", "dba", "direct again")])
         async with await psycopg.AsyncConnection.connect(pg.dsn(database="crm")) as conn:
             cursor = await conn.execute("SELECT id_number, bank_card, phone FROM customers")
             secrets = await cursor.fetchall()
