@@ -68,22 +68,23 @@ def test_data_keys_rotate_by_count_and_age_and_each_is_journaled_first():
 
 
 def test_per_record_sealing_cost_is_microseconds():
-    """The figure README states: prints the measured cost of one sealed record."""
+    """The figure README states: prints the CPU time of one sealed record (CPU time, not wall time: the
+    test machines are shared)."""
     _, public = generate()
     sealer = Sealer(public, lambda record: None)
     sql = "SELECT name, phone FROM customers WHERE id = 42 AND id_number = '110101199001011234'"
     sealer.seal({"sql": sql})
     n = 20_000
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(n):
         sealer.seal({"sql": sql})
-    per_record = (time.perf_counter() - started) / n * 1e6
+    per_record = (time.process_time() - started) / n * 1e6
     from nacl.public import PublicKey, SealedBox
     box = SealedBox(PublicKey(public))
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(500):
         box.encrypt(sql.encode())
-    per_sealed_box = (time.perf_counter() - started) / 500 * 1e6
+    per_sealed_box = (time.process_time() - started) / 500 * 1e6
     print(f"\nsealing: {per_record:.1f} us per record with a data key, {per_sealed_box:.1f} us with a sealed box each")
     assert per_record < per_sealed_box
 
