@@ -28,7 +28,6 @@ async def _connect(proxy, user):
                                  database="crm", ssl=False, timeout=30)
 
 
-@pytest.mark.xfail(strict=True, reason="nested ARRAY[ (exponential in sqlglot) is decided on the event loop: the worker stalls")
 def test_short_nested_array_constructor_does_not_hold_the_worker(guarded):
     """sqlglot parses nested ``ARRAY[`` constructors in time exponential in their depth (depth 14:
     ~1-4 s, 16: ~15 s, 20: ~4 min) although the text is ~125 bytes with no parenthesis, so
