@@ -44,8 +44,13 @@ def segments(sql: str) -> list:
         return []
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def _name(token) -> str:
-    return token.text if token.token_type.name == "IDENTIFIER" else token.text.lower()
+    """A name as PostgreSQL folds it: quoted as written, unquoted with ASCII letters only lowered
+    (a UTF8 database's rule: ``FETCH Ä`` names the cursor "Ä", not "ä")."""
+    return token.text if token.token_type.name == "IDENTIFIER" else token.text.translate(_ASCII_LOWER)
 
 
 def _arguments(seg) -> list:

@@ -76,10 +76,8 @@ CURSOR_SQL = "SELECT id_number || '' AS v FROM customers ORDER BY id"  # not a p
 # (how the cursor is declared, how it is fetched): PostgreSQL names both the same cursor
 CURSOR_NAMES = {
     # PostgreSQL folds only ASCII letters of an unquoted name (multibyte encodings); pgveil's
-    # proxy/opened.py folds with str.lower(), so it looks for "ä" and finds nothing to refuse
-    "non-ASCII unquoted name": pytest.param(('"Ä"', "Ä"), marks=pytest.mark.xfail(strict=True, reason=(
-        "proxy/opened.py folds unquoted cursor names with str.lower(); PostgreSQL folds only ASCII: "
-        "FETCH Ä reaches cursor \"Ä\" unchecked after access narrowed"))),
+    # proxy/opened.py folded with str.lower(), so it looked for "ä" and found nothing to refuse
+    "non-ASCII unquoted name": ('"Ä"', "Ä"),
     # a Unicode-escaped identifier names cursor c for PostgreSQL, something else for pgveil
     "U& identifier": pytest.param(('U&"\\0063"', "c"), marks=pytest.mark.xfail(strict=True, reason=(
         "proxy/opened.py reads cursor names from tokens: U&\"\\0063\" is not recorded as c, so FETCH c "
