@@ -109,11 +109,6 @@ def test_a_cursor_opened_under_an_ended_grant_returns_nothing_whatever_its_name(
 
 
 # ----------------------------------------------------------------------------- prepared statements and access changes
-@pytest.mark.xfail(strict=True, reason=(
-    "session._decide_message remembers a Parse's name with the access in force before the server "
-    "accepts it: a second Parse of an existing name fails upstream (42P05) but pgveil now believes "
-    "the statement was prepared under the new access, so the old one, decided under an ended "
-    "grant, is bound without being prepared again"))
 def test_a_failed_parse_of_the_same_name_does_not_refresh_a_statement_prepared_under_an_ended_grant(
         pg, tier_users, tmp_path):
     """As sales_li with a grant of id_number in clear that ends (libpq's PQprepare/PQexecPrepared:
@@ -136,3 +131,24 @@ def test_a_failed_parse_of_the_same_name_does_not_refresh_a_statement_prepared_u
                 f"clear ID number after the grant ended: {value!r}"
     finally:
         proxy.stop()
+
+
+def test_prepared_statements_follow_the_server_s_answers_not_the_client_s_messages():
+    """Pure: what pgveil believes prepared under which access changes only when the server
+    answers ParseComplete/CloseComplete (a Parse refused with 42P05, or a Close skipped after an
+    error, leaves the server's statement, and so pgveil's record of it, as it was)."""
+    from proxy.prepared import PreparedStatements
+    p = PreparedStatements()
+    P, C, S = (ord(c) for c in "PCS")
+    p.client(P); p.remember("s1", "clear", (), "granted"); p.client(S)
+    p.server(ord("1")); p.server(ord("Z"))
+    assert p.statements["s1"][2] == "granted"
+    p.client(P); p.remember("s1", "masked", (), "ended"); p.client(S)
+    p.server(ord("E")); p.server(ord("Z"))  # 42P05: prepared statement "s1" already exists
+    assert p.statements["s1"] == ("clear", (), "granted")
+    p.client(P); p.remember("bad", "x", (), "ended"); p.client(C); p.forget("s1"); p.client(S)
+    p.server(ord("E")); p.server(ord("Z"))  # the Parse failed, the Close was skipped
+    assert "bad" not in p.statements and p.statements["s1"][2] == "granted"
+    p.client(C); p.forget("s1"); p.client(S)
+    p.server(ord("3")); p.server(ord("Z"))
+    assert "s1" not in p.statements and p.bytes == 0
