@@ -41,6 +41,7 @@ class PreparedStatements:
         as on the server."""
         if self._owed and self._owed[-1][0] == PARSE:
             self._owed[-1][2] = (name, (sql, types, access))
+            self.bytes += len(sql)  # counted from now on (PREPARED_BYTES): until it is answered too
         else:  # not queued (cannot happen): kept at once, as before
             self._keep(name, (sql, types, access))
 
@@ -52,13 +53,18 @@ class PreparedStatements:
         else:
             self._keep(name, None)
 
-    def _keep(self, name: str, entry: tuple | None) -> None:
+    def _keep(self, name: str, entry: tuple | None, counted: bool = False) -> None:
         known = self.statements.pop(name, None)
         if known is not None:
             self.bytes -= len(known[0])
         if entry is not None:
             self.statements[name] = entry
-            self.bytes += len(entry[0])
+            self.bytes += 0 if counted else len(entry[0])
+
+    def _drop(self, change: tuple | None) -> None:
+        """A queued Parse the server did not prepare: its text no longer counts."""
+        if change is not None and change[1] is not None:
+            self.bytes -= len(change[1][0])
 
     def fits(self, name: str, sql: str, limit: int) -> bool:
         """Whether keeping ``sql`` under ``name`` stays within ``limit`` characters in all."""
@@ -93,7 +99,7 @@ class PreparedStatements:
                 if injected:
                     self._injected -= 1
                 if change is not None:  # the server prepared (or closed) it: so does the record
-                    self._keep(*change)
+                    self._keep(*change, counted=True)
                 return injected
             return False
         if kind == ERROR:
@@ -101,7 +107,8 @@ class PreparedStatements:
         elif kind == READY:
             # everything up to the sync point was answered, or skipped after an error
             while self._owed:
-                owed_kind, injected, _ = self._owed.popleft()  # skipped after an error: no change
+                owed_kind, injected, change = self._owed.popleft()  # skipped after an error: no change
+                self._drop(change)
                 if injected:
                     self._injected -= 1
                 if owed_kind == SYNC:
