@@ -53,31 +53,20 @@ def change(seg, changed: bool = False) -> tuple | str | None:
 
 
 def _set(seg) -> tuple | str | None:
-    tokens = seg.tokens[1:]
-    local = False
-    if tokens and tokens[0].text.upper() in ("SESSION", "LOCAL"):
-        local = tokens[0].text.upper() == "LOCAL"
-        tokens = tokens[1:]
-    if not tokens or tokens[0].text.lower() != "search_path":
-        return None
-    tokens = tokens[1:]
-    if tokens and (tokens[0].text == "=" or tokens[0].text.upper() == "TO"):
-        tokens = tokens[1:]
-    if local or not tokens:
+    """``SET [SESSION] search_path``, ``SET SCHEMA``: read as :func:`proxy.settings.read_set`
+    reads every SET (by token types; strings and quoted names as written, words folded)."""
+    from .settings import Unreadable, read_set
+    local = seg.keyword(1) == "LOCAL"
+    try:
+        changes = read_set(False, seg.tokens[1:], seg.text, seg.offset)
+    except Unreadable:
         return UNKNOWN
-    path = []
-    for i, token in enumerate(tokens):
-        kind = token.token_type.name
-        if i % 2 == 1:
-            if kind != "COMMA":
+    for name, values in changes:
+        if name == "search_path":
+            if local or values is None or None in values:
                 return UNKNOWN
-        elif kind in ("STRING", "IDENTIFIER"):
-            path.append(token.text)
-        elif kind == "VAR" and token.text.upper() != "DEFAULT":
-            path.append(token.text.lower())
-        else:
-            return UNKNOWN
-    return tuple(path)
+            return tuple(values)
+    return None
 
 
 CHANGES = re.compile(r"\b(?:search_path|reset|discard|set_config|rollback|abort)\b", re.IGNORECASE)

@@ -74,7 +74,7 @@ def stop_group(proc: subprocess.Popen) -> None:
         return
     os.killpg(proc.pid, signal.SIGINT)
     try:
-        proc.wait(15)
+        proc.wait(30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
