@@ -186,3 +186,17 @@ def test_a_held_cursor_stays_refused_whatever_the_session_sends_between(pg, tier
             assert row is None or "*" in row[0], f"clear ID number after the grant ended: {row[0]}"
     finally:
         proxy.stop()
+
+
+def test_cursor_names_fold_as_postgresql_folds_them_for_the_row_limits_too():
+    """Pure: max_rows follows a cursor by name (proxy/rowlimits.py); an unquoted non-ASCII name
+    keeps its case in PostgreSQL (UTF8), so FETCH Ä reads cursor "Ä" (str.lower() made it "ä"),
+    as do DDL names (proxy/ddl.py)."""
+    from proxy.ddl import _name as ddl_name
+    from proxy.rowlimits import cursor_ref
+    from proxy.sql import tokenize
+    assert cursor_ref("FETCH 1 FROM Ä", tokenize("FETCH 1 FROM Ä")[0]) == ("fetch", "Ä")
+    assert cursor_ref('DECLARE "Ä" CURSOR FOR SELECT 1', tokenize('DECLARE "Ä" CURSOR FOR SELECT 1')[0]) == \
+        ("declare", "Ä")
+    assert cursor_ref("FETCH 1 FROM MyC", tokenize("FETCH 1 FROM MyC")[0]) == ("fetch", "myc")
+    assert ddl_name(tokenize("Éx")[0]) == "Éx"
