@@ -19,12 +19,13 @@ Pure.
 
 from __future__ import annotations
 
+from .sql import fold_name
+
 SKIPPED_TOKENS = frozenset({"STRING", "NUMBER", "DOT", "L_PAREN", "R_PAREN", "COMMA", "SEMICOLON", "DCOLON",
                             "NATIONAL_STRING", "HEREDOC_STRING", "BIT_STRING", "HEX_STRING", "BYTE_STRING"})
 
 
-def _name(token) -> str:
-    return token.text if token.token_type.name == "IDENTIFIER" else token.text.lower()
+_name = fold_name  # PostgreSQL lowers only ASCII letters of an unquoted name
 
 
 def named_relations(tokens: list, resolve) -> list:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 
 from .heads import keyword
-from .sql import SqlglotError, tokenize
+from .sql import SqlglotError, fold_name, tokenize
 
 WORDS = re.compile(r"\b(?:prepare|execute|declare|fetch|move|close|deallocate|discard)\b", re.IGNORECASE)
 CHANGED = "access changed since it was opened"
@@ -45,8 +45,7 @@ def segments(sql: str) -> list:
         return []
 
 
-def _name(token) -> str:
-    return token.text if token.token_type.name == "IDENTIFIER" else token.text.lower()
+_name = fold_name
 
 
 def _arguments(seg) -> tuple[list, str]:

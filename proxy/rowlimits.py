@@ -24,7 +24,7 @@ True
 
 from __future__ import annotations
 
-from .sql import exp, tokenize
+from .sql import exp, fold_name, tokenize
 
 PACKING_TYPES = {exp.GroupConcat: "string_agg", exp.ArrayAgg: "array_agg", exp.JSONArrayAgg: "json_agg",
                  exp.JSONObjectAgg: "json_object_agg", exp.JSONBObjectAgg: "jsonb_object_agg"}
@@ -51,8 +51,7 @@ def packs_rows(tree: exp.Expression) -> str | None:
     return None
 
 
-def _name(token) -> str:
-    return token.text if token.token_type.name == "IDENTIFIER" else token.text.lower()
+_name = fold_name  # PostgreSQL lowers only ASCII letters of an unquoted name
 
 
 def cursor_ref(text: str, first) -> tuple[str, str] | None:

@@ -665,8 +665,8 @@ class Session:
             return None
         sql, types, _ = known
         parse = codec.encode(codec.Parse(name, sql, types))
+        self._prepared.inject()  # first: the decision below is kept once the server prepares it
         decided = self._decide_message(P, parse, audits)  # records the new decision as well
-        self._prepared.inject()
         return codec.encode(codec.Close(b"S", name)) + (decided if decided is not None else parse)
 
     def _refuse_execute(self, out: bytes, start: int, end: int) -> bytes | None:

@@ -213,6 +213,7 @@ def test_prepared_statement_text_per_session_is_bounded(monkeypatch):
     assert b"pgveil-refused" not in sent_to_server(ok)
     refused = s.client_data(codec.encode(codec.Parse("s2", "SELECT " + "2, " * 200 + "2", ())))
     assert b"pgveil-refused" in sent_to_server(refused), "beyond the bound: refused, not kept"
+    s.server_data(codec.encode(codec.ParseComplete()))  # s1 is kept once the server prepared it
     assert set(s._prepared.statements) == {"s1"}
 
 
