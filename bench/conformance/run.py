@@ -171,7 +171,7 @@ def main() -> int:
         suite.prepare()
 
     cluster = Cluster(embedded_bin_dir(), settings={"max_prepared_transactions": "10"})
-    proxy = relay_server = None
+    proxy = relay_server = rules = None
     rows = []
     try:
         cluster.start()
@@ -209,6 +209,8 @@ def main() -> int:
         if proxy is not None:
             proxy.stop()
         cluster.destroy()
+        if rules is not None:
+            rules.unlink(missing_ok=True)
     elapsed = time.monotonic() - started
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "seconds": round(elapsed),
               "tier": "all_clear (rules: every user, every class clear, every statement kind), audit strict",
