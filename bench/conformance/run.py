@@ -8,7 +8,7 @@ pgveil's default.  Each suite then runs twice, direct and through pgveil, and th
 the counts and every test that passes only direct, with the first line of its error.
 
     python bench/conformance/run.py [--suites asyncpg,psycopg,sqlalchemy,node-postgres,jdbc]
-                                    [--test-timeout 60] [--time-limit 3000] [--work .conformance]
+                                    [--test-timeout 60] [--time-limit 4200] [--work .conformance]
                                     [--asyncpg 0.32.0] [--psycopg 3.3.4 --psycopg-source GIT]
                                     [--sqlalchemy 2.1.9] [--node-postgres pg@8.23.0 --node-postgres-source GIT]
                                     [--jdbc debian]
@@ -145,7 +145,7 @@ def main() -> int:
     parser.add_argument("--suites", default="asyncpg,psycopg,sqlalchemy,node-postgres,jdbc",
                         type=lambda s: [x for x in s.split(",") if x])
     parser.add_argument("--test-timeout", type=int, default=60, help="seconds for one test")
-    parser.add_argument("--time-limit", type=float, default=3000, help="seconds for the whole run")
+    parser.add_argument("--time-limit", type=float, default=4200, help="seconds for the whole run")
     parser.add_argument("--work", type=Path, default=ROOT / ".conformance")
     parser.add_argument("--asyncpg", default="0.32.0")
     parser.add_argument("--psycopg", default="3.3.4")
@@ -171,7 +171,7 @@ def main() -> int:
         suite.prepare()
 
     cluster = Cluster(embedded_bin_dir(), settings={"max_prepared_transactions": "10"})
-    proxy = relay_server = None
+    proxy = relay_server = rules = None
     rows = []
     try:
         cluster.start()
@@ -209,6 +209,8 @@ def main() -> int:
         if proxy is not None:
             proxy.stop()
         cluster.destroy()
+        if rules is not None:
+            rules.unlink(missing_ok=True)
     elapsed = time.monotonic() - started
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "seconds": round(elapsed),
               "tier": "all_clear (rules: every user, every class clear, every statement kind), audit strict",
