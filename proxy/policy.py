@@ -389,6 +389,10 @@ class Statement:
             if tree.args.get("into") is not None:
                 self.need("ddl", "SELECT INTO")
             self.need("read", word)
+            if tree.find(exp.Lock) is not None:
+                # FOR UPDATE/SHARE locks rows: PostgreSQL asks UPDATE privilege for it, pgveil `write`
+                # (a read-only tier holding locks would stall the application's writes)
+                self.need("write", f"{word} ... FOR UPDATE/SHARE")
             self.rw.rewrite(tree)
         elif word in ("WITH",) and isinstance(tree, (exp.Insert, exp.Update, exp.Delete, exp.Merge)):
             ctes = tree.args.get("with_")
