@@ -162,10 +162,6 @@ CURSOR_STATE = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy/opened.py records DECLARE and CLOSE when the client sends them, not when PostgreSQL "
-    "runs them: a DECLARE of an existing name (refused, 42P03) or a CLOSE skipped after an error "
-    "makes the held cursor opened under an ended grant look new or gone, and FETCH runs unchecked"))
 @pytest.mark.parametrize("between", list(CURSOR_STATE.values()), ids=list(CURSOR_STATE))
 def test_a_held_cursor_stays_refused_whatever_the_session_sends_between(pg, tier_users, tmp_path, between):
     text, until = _grant_rules("sales_li", 6.0)
