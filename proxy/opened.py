@@ -148,6 +148,9 @@ class Opened:
                 continue
             arguments, text = _arguments(seg)
             tokens = [seg.tokens[0]] + arguments
+            written = heads.unicode_name(arguments, text)
+            if written is not None and restricted:  # PostgreSQL reads another name than pgveil would
+                return heads.UNICODE_NAME.format(written[:40])
             # ALL and TRANSACTION are keywords only unquoted: CLOSE "all" closes a cursor named all
             last = keyword(arguments[-1], text) if arguments else None
             if word == "PREPARE" and len(tokens) > 1 and keyword(tokens[1], text) != "TRANSACTION":
