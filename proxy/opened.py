@@ -109,6 +109,7 @@ class Opened:
         self._staged: list | None = None  # effects of the statement just decided (see take)
         self._statements: dict[str, list] = {}  # Parse'd statement name -> effects when executed
         self._bound: dict[str, list] = {}  # portal -> effects when executed
+        self._waiting: dict[tuple, dict] = {}  # (declare|prepare, name) -> {Access: count} in _owed
 
     @staticmethod
     def concerns(sql: str) -> bool:
@@ -118,12 +119,18 @@ class Opened:
     # ------------------------------------------------------------------ pending effects
     def _pending(self, what: str, name: str) -> list:
         """Accesses ``name`` may have been opened under by statements sent but not yet answered."""
-        found = []
-        for entry in self._owed:
-            for effect in entry[1] if entry[0] != SYNC else ():
-                if effect is not None and effect[0] == what and effect[1] == name:
-                    found.append(effect[2])
-        return found
+        return list(self._waiting.get((what, name), ()))
+
+    def _wait(self, effects, delta: int) -> None:
+        """Count effects that enter (+1) or leave (-1) the queue: :meth:`_pending` in constant time."""
+        for effect in effects:
+            if effect is not None and effect[0] in ("declare", "prepare"):
+                counts = self._waiting.setdefault(effect[:2], {})
+                counts[effect[2]] = counts.get(effect[2], 0) + delta
+                if counts[effect[2]] <= 0:
+                    del counts[effect[2]]
+                    if not counts:
+                        del self._waiting[effect[:2]]
 
     def _possible(self, what: str, name: str) -> list:
         known = (self.cursors if what == "declare" else self.prepared).get(name)
@@ -206,12 +213,13 @@ class Opened:
     # ------------------------------------------------------------------ what the client sent
     def client(self, kind: str) -> None:
         """A Query (QUERY), Sync or FunctionCall (SYNC) went upstream, in order."""
-        self._owed.append([QUERY, []] if kind == QUERY else [SYNC, ()])
+        self._owed.append([QUERY, deque()] if kind == QUERY else [SYNC, ()])
 
     def unsent(self) -> None:
         """The last Query was answered by pgveil itself (it never reaches the server)."""
         if self._owed:
-            self._owed.pop()
+            entry = self._owed.pop()
+            self._wait(entry[1], -1)
 
     def sent(self, effects: list, statement: str | None = None) -> None:
         """The Query just queued by :meth:`client` (``statement`` None), or a Parse of
@@ -222,7 +230,8 @@ class Opened:
             else:
                 self._statements.pop(statement, None)
         elif self._owed and self._owed[-1][0] == QUERY:
-            self._owed[-1][1] = list(effects)
+            self._owed[-1][1] = deque(effects)
+            self._wait(effects, +1)
 
     def closed_statement(self, statement: str) -> None:
         self._statements.pop(statement, None)
@@ -238,7 +247,9 @@ class Opened:
     def executed(self, portal: str) -> None:
         """An Execute of ``portal`` went upstream: one answer (CommandComplete, PortalSuspended,
         EmptyQueryResponse or an error) is owed for it."""
-        self._owed.append([PORTAL, [e for e in self._bound.get(portal, ()) if e is not None][:1]])
+        effects = [e for e in self._bound.get(portal, ()) if e is not None][:1]
+        self._owed.append([PORTAL, deque(effects)])
+        self._wait(effects, +1)
 
     # ------------------------------------------------------------------ what the server answered
     def answered(self, tag: str | None) -> None:
@@ -249,7 +260,8 @@ class Opened:
         if entry[0] == PORTAL:
             self._owed.popleft()
         if entry[1]:
-            effect = entry[1].pop(0)
+            effect = entry[1].popleft()
+            self._wait((effect,), -1)
             if effect is not None and tag is not None:
                 self._apply(effect, tag)
             elif effect is not None and effect[0] in ("declare", "prepare"):
@@ -258,10 +270,11 @@ class Opened:
     def error(self) -> None:
         """ErrorResponse: the rest of a Query, or everything up to the next Sync, is skipped."""
         if self._owed and self._owed[0][0] == QUERY:
-            self._owed[0][1] = []
+            self._wait(self._owed[0][1], -1)
+            self._owed[0][1] = deque()
             return
         while self._owed and self._owed[0][0] == PORTAL:
-            self._owed.popleft()
+            self._wait(self._owed.popleft()[1], -1)
 
     def ready(self, status: bytes) -> None:
         """ReadyForQuery: a Query or Sync is answered in full.  Outside a transaction block no
@@ -269,6 +282,7 @@ class Opened:
         remembering a cursor that does not exist only refuses its use: kept)."""
         while self._owed:
             entry = self._owed.popleft()
+            self._wait(entry[1], -1)
             if entry[0] != PORTAL:
                 break
         if status == b"I" and len(self.held) < len(self.cursors):

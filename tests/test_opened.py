@@ -32,7 +32,7 @@ def test_a_declare_the_server_refuses_leaves_the_cursor_as_it_was():
     # sent, not answered yet: a FETCH sent meanwhile is judged against the held cursor too
     assert "access changed" in opened.query(segments("FETCH 1 FROM h"), ENDED, True)
     opened.error(), opened.ready(b"I")  # 42P03: cursor "h" already exists
-    assert opened.cursors == {"h": GRANTED}
+    assert opened.cursors == {"h": GRANTED} and not opened._waiting
     assert "access changed" in opened.query(segments("FETCH 1 FROM h"), ENDED, True)
 
 
@@ -93,4 +93,22 @@ def test_prepare_and_deallocate_follow_the_server():
     assert opened.prepared == {"p": GRANTED}
     assert _send(opened, "DEALLOCATE p", ENDED) is None
     opened.answered("DEALLOCATE"), opened.ready(b"I")
-    assert opened.prepared == {}
+    assert opened.prepared == {} and not opened._waiting and not opened._owed
+
+
+def test_a_long_query_costs_linear_time():
+    """A Query of many statements: answering them costs time linear in their number (ten times
+    as many statements: well under a hundred times as long)."""
+    import time
+    took = []
+    for n in (5_000, 50_000):
+        opened = Opened()
+        opened.client(QUERY)
+        opened.sent([("declare", f"c{i}", GRANTED, True) for i in range(n)])
+        started = time.perf_counter()
+        for _ in range(n):
+            opened.answered("DECLARE CURSOR")
+        opened.ready(b"I")
+        took.append(time.perf_counter() - started)
+        assert len(opened.cursors) == n and not opened._waiting
+    assert took[1] < 40 * took[0] + 0.05, took
