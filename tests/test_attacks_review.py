@@ -186,6 +186,25 @@ def test_a_held_cursor_stays_refused_whatever_the_session_sends_between(pg, tier
         proxy.stop()
 
 
+@pytest.mark.parametrize("prepare", [None, True], ids=["psycopg default", "named prepared statement"])
+def test_a_held_cursor_declared_with_the_extended_protocol_is_recorded_when_it_runs(pg, tier_users, tmp_path,
+                                                                                      prepare):
+    """As sales_li with a grant that ends: DECLARE sent as psycopg sends it by default, and as a
+    named prepared statement (Parse/Bind/Execute: recorded once its Execute completes)."""
+    text, until = _grant_rules("sales_li", 6.0)
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", text, "--rules-poll", "0")
+    try:
+        with psycopg.connect(proxy.dsn("sales_li", TIER_PASSWORD), autocommit=True) as conn:
+            conn.execute(f"DECLARE h CURSOR WITH HOLD FOR {CURSOR_SQL}", prepare=prepare)
+            assert "*" not in conn.execute("FETCH 1 FROM h", prepare=False).fetchone()[0]  # granted: clear
+            time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 0.3)
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute("FETCH 1 FROM h", prepare=False)
+            assert refused.value.sqlstate == "42501", str(refused.value)
+    finally:
+        proxy.stop()
+
+
 def test_a_unicode_escaped_close_does_not_make_pgveil_forget_another_cursor(pg, tier_users, tmp_path):
     """As sales_li with a grant of id_number in clear that ends: CLOSE U&"\\0063" closes cursor c
     for PostgreSQL; read from sqlglot's tokens it named the cursor "\\0063", which pgveil then
