@@ -66,6 +66,38 @@ def name(token, text: str, offset: int = 0) -> str:
     raise HeadError(f"{written[:40]!r} is not a name")
 
 
+def unicode_name(tokens: list, text: str, offset: int = 0) -> str | None:
+    """A Unicode-escaped name (``U&"\\0063"``, maybe with ``UESCAPE '!'``) among ``tokens``, as
+    written; None if there is none.  sqlglot reads it as ``u & "\\0063"``, PostgreSQL as the name
+    ``c``: pgveil does not read such names, so the readers below refuse them (one rule for all
+    cursor and statement names, see also :mod:`proxy.opened`).
+
+    >>> from proxy.sql import tokenize
+    >>> text = '1 FROM u&"d!0063"'  # FETCH's arguments
+    >>> unicode_name(tokenize(text), text)
+    'u&"d!0063"'
+    >>> unicode_name(tokenize('SELECT u & "x"'), 'SELECT u & "x"') is None
+    True
+    """
+    for u, amp, quoted in zip(tokens, tokens[1:], tokens[2:]):
+        if (amp.token_type.name == "AMP" and quoted.token_type.name == "IDENTIFIER"
+                and u.end + 1 == amp.start and amp.end + 1 == quoted.start
+                and raw(u, text, offset) in ("U", "u")):
+            return text[u.start - offset:quoted.end + 1 - offset]
+    return None
+
+
+def refuse_unicode_name(tokens: list, text: str, offset: int = 0) -> None:
+    """Raise :class:`HeadError` if ``tokens`` hold a Unicode-escaped name (see :func:`unicode_name`)."""
+    written = unicode_name(tokens, text, offset)
+    if written is not None:
+        raise HeadError(UNICODE_NAME.format(written[:40]))
+
+
+UNICODE_NAME = ("the name {} is written with Unicode escapes (U&\"...\"), which pgveil does not read: "
+                "write its characters, in double quotes if need be")
+
+
 def _expect(tokens: list, i: int, text: str, offset: int, *words: str) -> int:
     if i >= len(tokens) or keyword(tokens[i], text, offset) not in words:
         raise HeadError(f"expected {' or '.join(words)}")
@@ -77,6 +109,7 @@ def declare(tokens: list, text: str, offset: int = 0) -> tuple[str, int]:
     name and the index of the query's first token."""
     if not tokens:
         raise HeadError("DECLARE without a name")
+    refuse_unicode_name(tokens, text, offset)
     cursor = name(tokens[0], text, offset)
     i = 1
     while i < len(tokens) and keyword(tokens[i], text, offset) in CURSOR_OPTIONS:
@@ -108,6 +141,7 @@ def prepare(tokens: list, text: str, offset: int = 0) -> tuple[str, int]:
     the statement's first token.  The type list may hold only names, numbers and punctuation."""
     if not tokens:
         raise HeadError("PREPARE without a name")
+    refuse_unicode_name(tokens, text, offset)
     statement = name(tokens[0], text, offset)
     i = 1
     if i < len(tokens) and tokens[i].token_type.name == "L_PAREN":
@@ -127,6 +161,7 @@ def execute(tokens: list, text: str, offset: int = 0) -> tuple[str, int | None]:
     opening parenthesis of its parameters (None without)."""
     if not tokens:
         raise HeadError("EXECUTE without a name")
+    refuse_unicode_name(tokens, text, offset)
     statement = name(tokens[0], text, offset)
     if len(tokens) == 1:
         return statement, None
@@ -139,6 +174,7 @@ def fetch(tokens: list, text: str, offset: int = 0) -> str:
     """``[direction] [FROM|IN] name`` (after FETCH or MOVE): the cursor's name."""
     if not tokens:
         raise HeadError("FETCH without a cursor")
+    refuse_unicode_name(tokens, text, offset)
     for token in tokens[:-1]:
         kind = token.token_type.name
         if kind not in ("NUMBER", "DASH", "PLUS") and keyword(token, text, offset) not in FETCH_WORDS:

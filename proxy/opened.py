@@ -11,6 +11,12 @@ Each remembers the :class:`~proxy.access.Access` it was decided or opened under.
 - ``FETCH``/``MOVE`` of a cursor, and Execute of a portal, opened under an access that has since
   narrowed are refused: their rows were decided then.  The rest of the session goes on.
 
+What a statement opens or closes (DECLARE, CLOSE, PREPARE, DEALLOCATE, DISCARD ALL) is recorded
+only when the server confirms it with its CommandComplete tag: a DECLARE of an existing name
+(42P03) or a CLOSE skipped after an error changes nothing, as on the server.  A Query's
+statements are answered in order, an error skips the rest of it (or, in the extended protocol,
+everything up to the next Sync), so the effects wait in a queue in the order sent.
+
 Names are read from the statement's tokens (quoted names kept, others folded to lower case), only
 for statements that start with one of these words.
 
@@ -21,6 +27,7 @@ Pure.
 >>> before, after = Access("v", "sales", (1,)), Access("v", "sales", ())
 >>> o.query(segments("DECLARE c CURSOR WITH HOLD FOR SELECT 1"), before, True) is None
 True
+>>> o.client(QUERY); o.sent(o.take()); o.answered("DECLARE CURSOR"); o.ready(b"I")
 >>> o.query(segments("FETCH 10 FROM c"), after, True)
 'cursor c was opened under access that has since changed (tier sales, grants #1, purpose none); it returns no more rows: access changed since it was opened'
 """
@@ -28,7 +35,9 @@ True
 from __future__ import annotations
 
 import re
+from collections import deque
 
+from . import heads
 from .heads import keyword
 from .sql import SqlglotError, fold_name, tokenize
 
@@ -60,60 +69,248 @@ def _arguments(seg) -> tuple[list, str]:
         return [], ""
 
 
+class _Unknown:
+    """What a name was opened under when pgveil cannot tell (the server answered otherwise than
+    pgveil expected): any later use of it is refused for a restricted tier."""
+
+    def narrowed_to(self, new) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return "unknown: the server's answers did not match what pgveil expected"
+
+
+UNKNOWN = _Unknown()
+QUERY, PORTAL, SYNC = "query", "portal", "sync"
+# the CommandComplete tag by which the server confirms each effect
+TAGS = {"declare": "DECLARE CURSOR", "close": "CLOSE CURSOR", "close_all": "CLOSE CURSOR ALL", "prepare": "PREPARE",
+        "deallocate": "DEALLOCATE", "deallocate_all": "DEALLOCATE ALL", "discard_all": "DISCARD ALL"}
+
+
+def _held(arguments: list, text: str) -> bool:
+    """Is this DECLARE's cursor WITH HOLD?  (True when its head does not read: kept longer.)"""
+    try:
+        _, query = heads.declare(arguments, text)
+    except heads.HeadError:
+        return True
+    words = [keyword(t, text) for t in arguments[:query]]
+    return any(a == "WITH" and b == "HOLD" for a, b in zip(words, words[1:]))
+
+
 class Opened:
     """See the module docstring."""
 
     def __init__(self) -> None:
-        self.prepared: dict[str, object] = {}  # SQL PREPARE name -> Access
-        self.cursors: dict[str, object] = {}  # DECLARE name -> Access
+        self.prepared: dict[str, object] = {}  # SQL PREPARE name -> Access (the server confirmed it)
+        self.cursors: dict[str, object] = {}  # DECLARE name -> Access (the server confirmed it)
+        self.held: set[str] = set()  # confirmed cursors declared WITH HOLD
         self.portals: dict[str, object] = {}  # Bind portal name -> Access
+        self._owed: deque = deque()  # [QUERY, effects] / [PORTAL, effects] / [SYNC]: what is to be answered
+        self._staged: list | None = None  # effects of the statement just decided (see take)
+        self._statements: dict[str, list] = {}  # Parse'd statement name -> effects when executed
+        self._bound: dict[str, list] = {}  # portal -> effects when executed
+        self._waiting: dict[tuple, dict] = {}  # (declare|prepare, name) -> {Access: count} in _owed
 
     @staticmethod
     def concerns(sql: str) -> bool:
         """Could this text prepare, execute, declare, fetch or close anything? (a quick look)"""
         return WORDS.search(sql) is not None
 
+    # ------------------------------------------------------------------ pending effects
+    def _pending(self, what: str, name: str) -> list:
+        """Accesses ``name`` may have been opened under by statements sent but not yet answered."""
+        return list(self._waiting.get((what, name), ()))
+
+    def _wait(self, effects, delta: int) -> None:
+        """Count effects that enter (+1) or leave (-1) the queue: :meth:`_pending` in constant time."""
+        for effect in effects:
+            if effect is not None and effect[0] in ("declare", "prepare"):
+                counts = self._waiting.setdefault(effect[:2], {})
+                counts[effect[2]] = counts.get(effect[2], 0) + delta
+                if counts[effect[2]] <= 0:
+                    del counts[effect[2]]
+                    if not counts:
+                        del self._waiting[effect[:2]]
+
+    def _possible(self, what: str, name: str) -> list:
+        known = (self.cursors if what == "declare" else self.prepared).get(name)
+        return ([known] if known is not None else []) + self._pending(what, name)
+
     def query(self, segs: list, access, restricted: bool) -> str | None:
         """A Query or Parse about to be sent: the reason to refuse it, or None (and then what it
-        opens or closes is recorded)."""
-        prepared, cursors = dict(self.prepared), dict(self.cursors)
+        opens or closes is staged, see :meth:`take`, and recorded once the server confirms it).
+
+        Within one Query the statements run in order and an error skips the rest, so a use after
+        a DECLARE/CLOSE of the same Query is judged by that statement.  Otherwise a use is judged
+        against every access the name may have: the confirmed one and those of statements sent
+        but not yet answered (fail closed: a DECLARE the server may refuse does not hide the
+        cursor it would leave in place)."""
+        cursors, prepared = {}, {}  # this Query's own changes: name -> Access, or None when closed
+        all_closed = all_deallocated = False
+        effects: list = []
         for seg in segs:
-            word = seg.word
+            word, effect = seg.word, None
+            effects.append(None)
             if word not in ("PREPARE", "EXECUTE", "DECLARE", "FETCH", "MOVE", "CLOSE", "DEALLOCATE", "DISCARD"):
                 continue
             arguments, text = _arguments(seg)
             tokens = [seg.tokens[0]] + arguments
+            written = heads.unicode_name(arguments, text)
+            if written is not None and restricted:  # PostgreSQL reads another name than pgveil would
+                return heads.UNICODE_NAME.format(written[:40])
             # ALL and TRANSACTION are keywords only unquoted: CLOSE "all" closes a cursor named all
             last = keyword(arguments[-1], text) if arguments else None
             if word == "PREPARE" and len(tokens) > 1 and keyword(tokens[1], text) != "TRANSACTION":
-                prepared[_name(tokens[1])] = access
+                name = _name(tokens[1])
+                prepared[name], effect = access, ("prepare", name, access)
             elif word == "EXECUTE" and len(tokens) > 1:
                 name = _name(tokens[1])
-                if restricted and name in prepared and prepared[name] != access:
-                    return (f"prepared statement {name} was prepared under other access ({prepared[name].describe()}); "
+                if name in prepared or all_deallocated:
+                    opened = [prepared[name]] if prepared.get(name) is not None else []
+                else:
+                    opened = self._possible("prepare", name)
+                if restricted and any(a != access for a in opened):
+                    shown = next(a for a in opened if a != access).describe()
+                    return (f"prepared statement {name} was prepared under other access ({shown}); "
                             f"prepare it again: DEALLOCATE {name}, then PREPARE {name}")
             elif word == "DECLARE" and len(tokens) > 1:
-                cursors[_name(tokens[1])] = access
+                name = _name(tokens[1])
+                cursors[name], effect = access, ("declare", name, access, _held(arguments, text))
             elif word in ("FETCH", "MOVE") and len(tokens) > 1:
                 name = _name(tokens[-1])
-                if name in cursors and cursors[name].narrowed_to(access):
+                if name in cursors or all_closed:
+                    opened = [cursors[name]] if cursors.get(name) is not None else []
+                else:
+                    opened = self._possible("declare", name)
+                narrowed = [a for a in opened if a.narrowed_to(access)]
+                if narrowed:
                     return (f"cursor {name} was opened under access that has since changed "
-                            f"({cursors[name].describe()}); it returns no more rows: {CHANGED}")
+                            f"({narrowed[0].describe()}); it returns no more rows: {CHANGED}")
             elif word == "CLOSE" and len(tokens) > 1:
-                cursors.pop(_name(tokens[-1]), None) if last != "ALL" else cursors.clear()
+                if last == "ALL":
+                    cursors, all_closed, effect = {}, True, ("close_all",)
+                else:
+                    name = _name(tokens[-1])
+                    cursors[name], effect = None, ("close", name)
             elif word == "DEALLOCATE" and len(tokens) > 1:
                 if last == "ALL":
-                    prepared.clear()
+                    prepared, all_deallocated, effect = {}, True, ("deallocate_all",)
                 else:
-                    prepared.pop(_name(tokens[-1]), None)
+                    name = _name(tokens[-1])
+                    prepared[name], effect = None, ("deallocate", name)
             elif word == "DISCARD" and len(tokens) > 1 and keyword(tokens[1], text) == "ALL":
-                prepared.clear()
-                cursors.clear()
-        self.prepared, self.cursors = prepared, cursors
+                cursors, prepared, all_closed, all_deallocated = {}, {}, True, True
+                effect = ("discard_all",)
+            effects[-1] = effect
+        self._staged = effects
         return None
 
-    def bind(self, portal: str, access) -> None:
+    def take(self) -> list:
+        """The effects staged by the last :meth:`query` (one per statement), and forget them."""
+        staged, self._staged = self._staged, None
+        return staged or []
+
+    # ------------------------------------------------------------------ what the client sent
+    def client(self, kind: str) -> None:
+        """A Query (QUERY), Sync or FunctionCall (SYNC) went upstream, in order."""
+        self._owed.append([QUERY, deque()] if kind == QUERY else [SYNC, ()])
+
+    def unsent(self) -> None:
+        """The last Query was answered by pgveil itself (it never reaches the server)."""
+        if self._owed:
+            entry = self._owed.pop()
+            self._wait(entry[1], -1)
+
+    def sent(self, effects: list, statement: str | None = None) -> None:
+        """The Query just queued by :meth:`client` (``statement`` None), or a Parse of
+        ``statement``, goes upstream with these effects (see :meth:`take`)."""
+        if statement is not None:
+            if any(e is not None for e in effects):
+                self._statements[statement] = effects
+            else:
+                self._statements.pop(statement, None)
+        elif self._owed and self._owed[-1][0] == QUERY:
+            self._owed[-1][1] = deque(effects)
+            self._wait(effects, +1)
+
+    def closed_statement(self, statement: str) -> None:
+        self._statements.pop(statement, None)
+
+    def bind(self, portal: str, access, statement: str = "") -> None:
         self.portals[portal] = access
+        effects = self._statements.get(statement)
+        if effects:
+            self._bound[portal] = effects
+        else:
+            self._bound.pop(portal, None)
+
+    def executed(self, portal: str) -> None:
+        """An Execute of ``portal`` went upstream: one answer (CommandComplete, PortalSuspended,
+        EmptyQueryResponse or an error) is owed for it."""
+        effects = [e for e in self._bound.get(portal, ()) if e is not None][:1]
+        self._owed.append([PORTAL, deque(effects)])
+        self._wait(effects, +1)
+
+    # ------------------------------------------------------------------ what the server answered
+    def answered(self, tag: str | None) -> None:
+        """CommandComplete (its tag), PortalSuspended or EmptyQueryResponse (None)."""
+        if not self._owed or self._owed[0][0] == SYNC:
+            return  # a statement of a message pgveil did not look into
+        entry = self._owed[0]
+        if entry[0] == PORTAL:
+            self._owed.popleft()
+        if entry[1]:
+            effect = entry[1].popleft()
+            self._wait((effect,), -1)
+            if effect is not None and tag is not None:
+                self._apply(effect, tag)
+            elif effect is not None and effect[0] in ("declare", "prepare"):
+                self._apply(effect, "")  # not confirmed as expected: unknown
+
+    def error(self) -> None:
+        """ErrorResponse: the rest of a Query, or everything up to the next Sync, is skipped."""
+        if self._owed and self._owed[0][0] == QUERY:
+            self._wait(self._owed[0][1], -1)
+            self._owed[0][1] = deque()
+            return
+        while self._owed and self._owed[0][0] == PORTAL:
+            self._wait(self._owed.popleft()[1], -1)
+
+    def ready(self, status: bytes) -> None:
+        """ReadyForQuery: a Query or Sync is answered in full.  Outside a transaction block no
+        cursor declared without HOLD is left (held ones of a block rolled back are gone too, but
+        remembering a cursor that does not exist only refuses its use: kept)."""
+        while self._owed:
+            entry = self._owed.popleft()
+            self._wait(entry[1], -1)
+            if entry[0] != PORTAL:
+                break
+        if status == b"I" and len(self.held) < len(self.cursors):
+            self.cursors = {n: a for n, a in self.cursors.items() if n in self.held}
+
+    def _apply(self, effect: tuple, tag: str) -> None:
+        kind = effect[0]
+        if tag != TAGS[kind]:  # answered otherwise than expected: what it opened is unknown
+            if kind == "declare":
+                self.cursors[effect[1]] = UNKNOWN
+                self.held.add(effect[1])
+            elif kind == "prepare":
+                self.prepared[effect[1]] = UNKNOWN
+            return
+        if kind == "declare":
+            self.cursors[effect[1]] = effect[2]
+            (self.held.add if effect[3] else self.held.discard)(effect[1])
+        elif kind == "close":
+            self.cursors.pop(effect[1], None)
+            self.held.discard(effect[1])
+        elif kind == "prepare":
+            self.prepared[effect[1]] = effect[2]
+        elif kind == "deallocate":
+            self.prepared.pop(effect[1], None)
+        if kind in ("close_all", "discard_all"):
+            self.cursors, self.held = {}, set()
+        if kind in ("deallocate_all", "discard_all"):
+            self.prepared = {}
 
     def execute(self, portal: str, access) -> str | None:
         """An Execute of a portal: the reason to refuse it, or None."""

@@ -38,7 +38,7 @@ from typing import Callable
 
 from . import codec, encodings, errors, limits, policy, settings
 from .access import Access, deciding_tier
-from .opened import Opened, segments
+from .opened import QUERY as OPENED_QUERY, SYNC as OPENED_SYNC, Opened, segments
 from .purpose import PurposeSetting
 from .rowlimits import RowLimits
 from . import searchpath
@@ -599,6 +599,8 @@ class Session:
             if engine is not None:
                 if kind in PREPARE_CLIENT:
                     self._prepared.client(kind)
+                if kind == Q or kind == SYNC or kind == F:  # answered in order (proxy.opened)
+                    self._opened.client(OPENED_QUERY if kind == Q else OPENED_SYNC)
                 if kind == Q or kind == P or kind == F or kind == B or kind == E:
                     # new rules, a grant that began or ended, a purpose: the access of this statement
                     revoked = self._access_now(engine)
@@ -610,8 +612,12 @@ class Session:
                         pieces += (out[pos:start], again)
                         pos = start
                     body = out[start + 5:end]
-                    self._opened.bind(codec._text(bytes(body[:body.index(b"\0")])), self.access)
-                elif kind == E and self._opened.portals:
+                    portal_end = body.index(b"\0")
+                    self._opened.bind(codec._text(bytes(body[:portal_end])), self.access,
+                                      codec._text(bytes(body[portal_end + 1:body.index(b"\0", portal_end + 1)])))
+                elif kind == E:
+                    self._opened.executed(codec._text(bytes(out[start + 5:out.index(b"\0", start + 5)])))
+                if kind == E and self._opened.portals:
                     refused = self._refuse_execute(out, start, end)
                     if refused is not None:
                         pieces += (out[pos:start], refused)
@@ -623,6 +629,7 @@ class Session:
                     body = out[start + 5:end]
                     if body[:1] == b"S":
                         self._prepared.forget(codec._text(bytes(body[1:body.index(b"\0", 1)])))
+                        self._opened.closed_statement(codec._text(bytes(body[1:body.index(b"\0", 1)])))
             sql = codec.query_text(out[start:end]) if kind == Q and decide else None  # read once for both below
             if sql is not None and engine is not None and self.tier is not None:
                 reply = self._declare_purpose(sql)
@@ -716,6 +723,7 @@ class Session:
                 self._purpose.ready(self.transaction_status)
                 if self.transaction_status == b"I" and self._opened.portals:
                     self._opened.portals.clear()  # no transaction: no portal is left open
+                self._opened.ready(self.transaction_status)
                 if self.outstanding:
                     self.outstanding -= 1
                 if not self.outstanding:
@@ -723,7 +731,11 @@ class Session:
             elif kind == C_:
                 if self._purpose.watching:
                     self._purpose.tag(codec._text(bytes(out[start + 5:end - 1])))
+                self._opened.answered(codec._text(bytes(out[start + 5:end - 1])))
+            elif kind == s_ or kind == I_:
+                self._opened.answered(None)
             elif kind == E:
+                self._opened.error()
                 self._note_error(out[start:end])
             elif kind == S:
                 self._note_parameter(out[start:end])
@@ -818,7 +830,8 @@ class Session:
         if self.config.audit:
             watch |= OUTCOME_WATCH
         if self.config.engine is not None:
-            watch |= PREPARE_WATCH | {C_}  # CommandComplete: how a block that set the purpose ended
+            watch |= PREPARE_WATCH | {C_, s_, I_}  # CommandComplete: how a block that set the purpose ended,
+            # and (with PortalSuspended, EmptyQueryResponse) what a statement opened (proxy.opened)
         return watch
 
     # ------------------------------------------------------------------ audit
@@ -950,6 +963,9 @@ class Session:
             self._row_limits.decided(statement_id, limit, decision.cursors)
             if self._row_limits:
                 self._from_server.watch = self._active_watch | {D, COPY_DATA}
+        effects = self._opened.take()  # what it opens or closes, staged by _check_opened
+        if engine is not None and kind != F and not (decision is not None and decision.refused):
+            self._opened.sent(effects, decoded.name if kind == P else None)
         if decision is not None and decision.refused:
             if statement_id:
                 self._refused_ids.add(statement_id)
@@ -1053,6 +1069,7 @@ class Session:
         if match is None or self.outstanding != 1:
             return None  # not alone: refused as any other statement naming it
         self.outstanding -= 1
+        self._opened.unsent()
         status = self.transaction_status
         ready = codec.encode(codec.ReadyForQuery(status))
         if status == b"E":
@@ -1144,6 +1161,10 @@ class Session:
         for kind, start, end in marks:
             if self._suppressing:
                 if kind != Z:
+                    if kind == E:  # the server still runs the rest: what it opens counts
+                        self._opened.error()
+                    elif kind in (C_, s_, I_):
+                        self._opened.answered(codec._text(bytes(out[start + 5:end - 1])) if kind == C_ else None)
                     continue
                 pos = start  # everything up to this ReadyForQuery is dropped
                 self._suppressing = False

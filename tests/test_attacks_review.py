@@ -78,10 +78,9 @@ CURSOR_NAMES = {
     # PostgreSQL folds only ASCII letters of an unquoted name (multibyte encodings); pgveil's
     # proxy/opened.py folded with str.lower(), so it looked for "ä" and found nothing to refuse
     "non-ASCII unquoted name": ('"Ä"', "Ä"),
-    # a Unicode-escaped identifier names cursor c for PostgreSQL, something else for pgveil
-    "U& identifier": pytest.param(('U&"\\0063"', "c"), marks=pytest.mark.xfail(strict=True, reason=(
-        "proxy/opened.py reads cursor names from tokens: U&\"\\0063\" is not recorded as c, so FETCH c "
-        "after access narrowed is not refused (names from the parse: issue 12)"))),
+    # a Unicode-escaped identifier names cursor c for PostgreSQL, something else for sqlglot's
+    # tokens (u & "\0063"): pgveil refuses such names (proxy/heads.py unicode_name)
+    "U& identifier": ('U&"\\0063"', "c"),
 }
 
 
@@ -94,7 +93,11 @@ def test_a_cursor_opened_under_an_ended_grant_returns_nothing_whatever_its_name(
     proxy = start_with_rules(pg, tmp_path / "rules.yaml", text, "--rules-poll", "0")
     try:
         with psycopg.connect(proxy.dsn("sales_li", TIER_PASSWORD), autocommit=True) as conn:
-            conn.execute(f"DECLARE {declared} CURSOR WITH HOLD FOR {CURSOR_SQL}", prepare=False)  # granted: clear
+            try:
+                conn.execute(f"DECLARE {declared} CURSOR WITH HOLD FOR {CURSOR_SQL}", prepare=False)  # granted: clear
+            except psycopg.Error as exc:  # a name pgveil does not read is refused, not guessed
+                assert exc.sqlstate == "42501" and "Unicode escapes" in str(exc), str(exc)
+                return
             time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 0.3)
             assert "*" in conn.execute("SELECT id_number FROM customers LIMIT 1").fetchone()[0]  # the grant ended
             try:
@@ -162,10 +165,6 @@ CURSOR_STATE = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy/opened.py records DECLARE and CLOSE when the client sends them, not when PostgreSQL "
-    "runs them: a DECLARE of an existing name (refused, 42P03) or a CLOSE skipped after an error "
-    "makes the held cursor opened under an ended grant look new or gone, and FETCH runs unchecked"))
 @pytest.mark.parametrize("between", list(CURSOR_STATE.values()), ids=list(CURSOR_STATE))
 def test_a_held_cursor_stays_refused_whatever_the_session_sends_between(pg, tier_users, tmp_path, between):
     text, until = _grant_rules("sales_li", 6.0)
@@ -185,6 +184,68 @@ def test_a_held_cursor_stays_refused_whatever_the_session_sends_between(pg, tier
             assert row is None or "*" in row[0], f"clear ID number after the grant ended: {row[0]}"
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("prepare", [None, True], ids=["psycopg default", "named prepared statement"])
+def test_a_held_cursor_declared_with_the_extended_protocol_is_recorded_when_it_runs(pg, tier_users, tmp_path,
+                                                                                      prepare):
+    """As sales_li with a grant that ends: DECLARE sent as psycopg sends it by default, and as a
+    named prepared statement (Parse/Bind/Execute: recorded once its Execute completes)."""
+    text, until = _grant_rules("sales_li", 6.0)
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", text, "--rules-poll", "0")
+    try:
+        with psycopg.connect(proxy.dsn("sales_li", TIER_PASSWORD), autocommit=True) as conn:
+            conn.execute(f"DECLARE h CURSOR WITH HOLD FOR {CURSOR_SQL}", prepare=prepare)
+            assert "*" not in conn.execute("FETCH 1 FROM h", prepare=False).fetchone()[0]  # granted: clear
+            time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 0.3)
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute("FETCH 1 FROM h", prepare=False)
+            assert refused.value.sqlstate == "42501", str(refused.value)
+    finally:
+        proxy.stop()
+
+
+def test_a_unicode_escaped_close_does_not_make_pgveil_forget_another_cursor(pg, tier_users, tmp_path):
+    """As sales_li with a grant of id_number in clear that ends: CLOSE U&"\\0063" closes cursor c
+    for PostgreSQL; read from sqlglot's tokens it named the cursor "\\0063", which pgveil then
+    forgot, so FETCH from that one (declared under the grant) ran unchecked."""
+    text, until = _grant_rules("sales_li", 6.0)
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", text, "--rules-poll", "0")
+    try:
+        with psycopg.connect(proxy.dsn("sales_li", TIER_PASSWORD), autocommit=True) as conn:
+            conn.execute(f'DECLARE "\\0063" CURSOR WITH HOLD FOR {CURSOR_SQL}', prepare=False)  # granted: clear
+            conn.execute("DECLARE c CURSOR WITH HOLD FOR SELECT 1", prepare=False)
+            time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 0.3)
+            try:
+                conn.execute('CLOSE U&"\\0063"', prepare=False)
+            except psycopg.Error as exc:
+                assert exc.sqlstate == "42501" and "Unicode escapes" in str(exc), str(exc)
+            try:
+                row = conn.execute('FETCH 1 FROM "\\0063"', prepare=False).fetchone()
+            except psycopg.Error as exc:
+                assert exc.sqlstate == "42501", str(exc)
+                return
+            assert row is None or "*" in row[0], f"clear ID number after the grant ended: {row[0]}"
+    finally:
+        proxy.stop()
+
+
+def test_unicode_escaped_names_are_refused_wherever_a_cursor_or_statement_is_named():
+    """Pure: U&"..." names (sqlglot: u & "...") are refused for restricted tiers by the head
+    readers (DECLARE, PREPARE, EXECUTE, FETCH) and by proxy/opened.py (CLOSE, DEALLOCATE ...)."""
+    from proxy import heads
+    from proxy.access import Access
+    from proxy.opened import Opened, segments
+    from proxy.sql import tokenize
+    for reader, text in ((heads.declare, 'U&"\\0063" CURSOR FOR SELECT 1'), (heads.prepare, 'u&"p" AS SELECT 1'),
+                         (heads.execute, 'U&"p"'), (heads.fetch, "1 FROM u&\"d!0063\" UESCAPE '!'")):
+        with pytest.raises(heads.HeadError, match="Unicode escapes"):
+            reader(tokenize(text), text)
+    access = Access("v", "sales", ())
+    for sql in ('CLOSE U&"\\0063"', 'DEALLOCATE u&"p"', 'SELECT 1; MOVE 1 IN U&"c"'):
+        assert "Unicode escapes" in Opened().query(segments(sql), access, True)
+    assert Opened().query(segments('CLOSE U&"c"'), access, False) is None  # all-clear tiers: as sent
+    assert Opened().query(segments('SELECT u & "x" FROM t'), access, True) is None  # an operator
 
 
 def test_cursor_names_fold_as_postgresql_folds_them_for_the_row_limits_too():

@@ -85,9 +85,20 @@ def test_quoted_all_does_not_forget_what_was_opened():
     from proxy.opened import Opened, segments
     opened = Opened()
     wide, narrow = Access("v", "sales", (1,)), Access("v", "sales", ())
-    assert opened.query(segments("DECLARE c CURSOR WITH HOLD FOR SELECT 1; PREPARE p AS SELECT 1"), wide, True) is None
-    assert opened.query(segments('CLOSE "ALL"; DEALLOCATE "ALL"; DISCARD "all"'), narrow, True) is None
-    assert "access changed" in opened.query(segments("FETCH 1 FROM c"), narrow, True)
-    assert "prepared under other access" in opened.query(segments("EXECUTE p"), narrow, True)
-    assert opened.query(segments("CLOSE ALL; DEALLOCATE ALL"), narrow, True) is None
-    assert opened.query(segments("FETCH 1 FROM c"), narrow, True) is None  # forgotten: PostgreSQL closed it
+
+    def run(sql, access, *tags):  # sent as a Query, then the server's CommandComplete tags
+        reason = opened.query(segments(sql), access, True)
+        if reason is None:
+            opened.client("query"), opened.sent(opened.take())
+            for tag in tags:
+                opened.answered(tag)
+            opened.ready(b"I")
+        return reason
+
+    assert run("DECLARE c CURSOR WITH HOLD FOR SELECT 1; PREPARE p AS SELECT 1", wide,
+               "DECLARE CURSOR", "PREPARE") is None
+    assert run('CLOSE "ALL"; DEALLOCATE "ALL"; DISCARD "all"', narrow, "CLOSE CURSOR", "DEALLOCATE") is None
+    assert "access changed" in run("FETCH 1 FROM c", narrow)
+    assert "prepared under other access" in run("EXECUTE p", narrow)
+    assert run("CLOSE ALL; DEALLOCATE ALL", narrow, "CLOSE CURSOR ALL", "DEALLOCATE ALL") is None
+    assert run("FETCH 1 FROM c", narrow) is None  # forgotten: PostgreSQL closed it
