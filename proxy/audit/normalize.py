@@ -23,6 +23,10 @@ LITERALS = frozenset({"STRING", "NUMBER", "BYTE_STRING", "HEREDOC_STRING", "BIT_
 
 @functools.lru_cache(maxsize=8192)
 def normalize(sql: str, limit: int = 4000) -> str:
+    return _read(sql, limit)
+
+
+def _read(sql: str, limit: int, nested: bool = False) -> str:
     read = quick(sql)  # the common statement, without sqlglot's tokenizer (the same text)
     if read is not None:
         return read[2][:limit]
@@ -30,7 +34,7 @@ def normalize(sql: str, limit: int = 4000) -> str:
         tokens = tokenize(sql)
     except (SqlglotError, ValueError, IndexError):
         return _rough(sql, limit)
-    return from_tokens(sql, tokens, limit)
+    return from_tokens(sql, tokens, limit, nested)
 
 
 def from_tokens(sql: str, tokens: list, limit: int = 4000, nested: bool = False) -> str:
@@ -54,7 +58,7 @@ def from_tokens(sql: str, tokens: list, limit: int = 4000, nested: bool = False)
             elif nested:
                 text = _rough(rest, limit, "")
             else:
-                text = _normalize_nested(rest, limit)
+                text = _read(rest, limit, nested=True)
         elif kind == "NUMBER" and token.start > 0 and sql[token.start - 1] == "$":
             text = sql[token.start:token.end + 1]  # $1: a parameter, not a value
         elif kind in LITERALS:
@@ -66,17 +70,6 @@ def from_tokens(sql: str, tokens: list, limit: int = 4000, nested: bool = False)
         parts.append(text)
         previous_end = token.end
     return _LIST.sub("?", "".join(parts))[:limit]
-
-
-def _normalize_nested(sql: str, limit: int) -> str:
-    read = quick(sql)
-    if read is not None:
-        return read[2][:limit]
-    try:
-        tokens = tokenize(sql)
-    except (SqlglotError, ValueError, IndexError):
-        return _rough(sql, limit)
-    return from_tokens(sql, tokens, limit, nested=True)
 
 
 # Linear over any text: a quote run is taken possessively and never retried inside itself; a
