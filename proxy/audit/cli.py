@@ -174,17 +174,9 @@ def add_usage_parser(kinds) -> None:
     p.set_defaults(func=cmd_usage)
 
 
-def _journal_records(directory: str):
-    import orjson
-
-    for files in stream_files(Path(directory)).values():
-        for path in files:
-            with open(path, "rb") as f:
-                for line in f:
-                    try:
-                        yield orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        continue  # a cut last line; `pgveil audit verify` reports it
+def readable_records(directory: str):
+    """Every record of the journal that reads as JSON (a cut last line is left to `pgveil audit verify`)."""
+    return (record for _, _, record, _ in read_records(directory) if record is not None)
 
 
 def _feed_from_sink(usage, dsn: str, since: str | None) -> None:
@@ -229,7 +221,7 @@ def cmd_usage(args) -> int:
         return 2
     usage = Usage(since, until, hours)
     if args.dir:
-        for record in _journal_records(args.dir):
+        for record in readable_records(args.dir):
             usage.add(record)
     else:
         _feed_from_sink(usage, args.sink_dsn, since)
@@ -296,7 +288,7 @@ def cmd_investigate(args) -> int:
         print(f"pgveil audit investigate: {exc}", file=sys.stderr)
         return 2
     search = Investigation(opener, Wanted(args.value), args.param_of)
-    for record in _journal_records(args.dir):
+    for record in readable_records(args.dir):
         search.add(record)
     _record_investigation(args.dir, opener, args, len(search.hits))
     if opener.keys_seen and not opener.keys_opened:

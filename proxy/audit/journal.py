@@ -246,8 +246,8 @@ def read_records(directory: str | Path):
             with open(path, "rb") as f:
                 for number, line in enumerate(f, start=1):
                     try:
-                        record = json.loads(line)
-                    except ValueError:
+                        record = orjson.loads(line)
+                    except ValueError:  # orjson.JSONDecodeError is one
                         record = None
                     yield path, number, record, line
 
