@@ -59,6 +59,7 @@ class Decision:
     columns: tuple = ()  # ColumnUse
     unparsed: bool = False
     normalized: str = ""  # the text with literals and comments removed, for the audit
+    text_hints: tuple | None = None  # a decision taken apart: the session's quick looks at the text (session.text_hints)
 
     @property
     def refused(self) -> bool:

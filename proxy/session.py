@@ -154,6 +154,13 @@ PURPOSE_SET = re.compile(r"""^\s*+(?:SET\s++(?:(?P<scope>SESSION|LOCAL)\s++)?+pg
                          re.IGNORECASE)
 RESET_ALL = re.compile(r"\b(?:reset|discard)\s++all\b", re.IGNORECASE)  # a quick look; the statements decide
 PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they answer
+
+
+def text_hints(sql: str) -> tuple[bool, bool, bool]:
+    """The session's quick looks at a statement's text: may it change search_path, open or use a
+    prepared statement or cursor, reset every setting?  Each is a scan of the whole text, so a
+    statement decided apart has them read in the child process (:mod:`proxy.analyst`)."""
+    return (searchpath.CHANGES.search(sql) is not None, Opened.concerns(sql), RESET_ALL.search(sql) is not None)
 PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
 
@@ -869,12 +876,13 @@ class Session:
                     ready = () if self._apart_ready is None else (self._apart_ready,)  # decided apart
                     decision = engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
                                              self.user or "", self.access, *ready)
-                if not decision.refused and (self._pending_path is not None or searchpath.CHANGES.search(sql)):
+                changes, opens, resets = decision.text_hints or text_hints(sql)  # read apart for a large text
+                if not decision.refused and (self._pending_path is not None or changes):
                     # statements sent before this one has run are decided under the path it leaves
                     self._pending_path = searchpath.after(segments(sql), path)
-                if not decision.refused and Opened.concerns(sql):
+                if not decision.refused and opens:
                     decision = self._check_opened(sql, decision)
-                if not decision.refused and RESET_ALL.search(sql):
+                if not decision.refused and resets:
                     self._reset_all(sql)
                 self._decision_us = int((time.perf_counter() - started) * 1_000_000)
                 if tier is not self.tier and decision.columns:

@@ -171,6 +171,7 @@ def test_the_analyst_decides_as_the_engine_does_and_survives_its_children():
             assert out[tier, name] == inline, (tier, name)
     assert out["sales", "3,000 nested parentheses"].refused
     assert out["dba", "4 MB string literal"].sql == cases["4 MB string literal"]
+    assert out["dba", "4 MB string literal"].text_hints == (False, False, False), "the quick looks, read apart"
     assert out["idle died"].verdict == "allow" and not out["idle died"].unparsed
     assert out["killed"].refused and "ended" in out["killed"].reason  # died mid-analysis: fails closed
     assert out["after"].refused and "RecursionError" in out["after"].reason, "a new child answers"
