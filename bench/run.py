@@ -12,11 +12,12 @@ machines are shared and noisy, so ratios are the result, not absolute numbers.
 - decision time, in-process (bench/decision.py);
 - resident memory of pgveil holding 2,000 idle client sessions;
 - audit cost: strict and batched against audit off;
+- the row-filter barrier's cost, directly against PostgreSQL (bench/barrier.py);
 - stall (bench/stall.py): the other session's worst ``SELECT 1`` latency while one session's
   pathological statement runs, per tier, and memory after 3,000 distinct 64 KB statements.
 
     python bench/run.py [--seconds 10] [--rounds 3] [--modes simple,extended,prepared]
-                        [--scripts select,tpcb] [--sections pgbench,streaming,decision,memory,stall]
+                        [--scripts select,tpcb] [--sections pgbench,streaming,decision,memory,stall,barrier]
 
 Prints the tables and writes bench/results/bench.json.
 """
@@ -257,6 +258,10 @@ def print_tables(report: dict) -> None:
         print("\ndecision time, in-process")
         from decision import print_table
         print_table(report["decision"])
+    if report.get("barrier"):
+        print("\nrow-filter barrier (sales tier, 50,000 customers; direct, microseconds per execution)")
+        from barrier import print_table as barrier_table
+        barrier_table(report["barrier"])
     if report.get("stall"):
         import stall
         stall.print_table(report["stall"])
@@ -293,7 +298,7 @@ def main() -> int:
     parser.add_argument("--configs", default="pgbouncer,relay,audit,all-clear,masking,all-clear-batched,masking-batched",
                         help="what runs beside direct: pgbouncer, relay, audit, all-clear, masking, "
                              "all-clear-batched, masking-batched")
-    parser.add_argument("--sections", default="pgbench,streaming,decision,memory,stall")
+    parser.add_argument("--sections", default="pgbench,streaming,decision,memory,stall,barrier")
     parser.add_argument("--flood", type=int, default=3000, help="distinct 64 KB statements for the stall section")
     parser.add_argument("--sessions", type=int, default=SESSIONS, help="idle sessions for the memory section")
     args = parser.parse_args()
@@ -356,6 +361,10 @@ def main() -> int:
         for p in proxies.values():
             p.stop()
         proxies.clear()
+        if "barrier" in sections:
+            print("row-filter barrier ...", flush=True)
+            import barrier
+            report["barrier"] = barrier.measure(barrier.load(cluster, 50_000), 50_000, 1000, max(args.rounds, 5))
         if "memory" in sections:
             print(f"holding {args.sessions} idle sessions ...", flush=True)
             holder = tier_proxy("all-clear", "--upstream-sslmode", "disable", "--log-level", "warning",

@@ -56,8 +56,7 @@ def decide_cold(sql: str, ctx, templates: dict, access=None) -> tuple[Decision, 
     worker's cache: statements of the same shape are then decided there, cheaply)."""
     cache = DecisionCache()
     cache.templates = templates
-    from .session import text_hints
-    decision = replace(cache.decide(sql, ctx, access), text_hints=text_hints(sql))
+    decision = cache.decide(sql, ctx, access)
     shapes = [(k, v) for k, v in cache._entries.items() if len(k) > 6 and k[-2] == "shape" and isinstance(v, Template)]
     return decision, (shapes[0] if shapes else None)
 

@@ -51,6 +51,7 @@ class Catalog:
         self.by_name = {(r.schema, r.name): r for r in relations}
         self.functions = functions  # names of functions in pg_catalog
         self.memberships = memberships or {}  # role -> roles it is a member of, transitively
+        self.pinned: dict = {}  # (oid, attnum) -> class of a column renamed since the rules named it
         digest = hashlib.sha256()
         for r in sorted(relations, key=lambda r: r.oid):
             digest.update(repr((r.oid, r.schema, r.name, r.kind, r.columns, r.parents,
@@ -152,6 +153,12 @@ FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamesp
 WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 """
 FUNCTIONS_SQL = "SELECT DISTINCT proname::text FROM pg_catalog.pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace"
+GENERATED_DEPS_SQL = """
+SELECT d.adrelid AS rel, d.adnum::int AS attnum, dep.refobjsubid::int AS source
+FROM pg_catalog.pg_attrdef d
+JOIN pg_catalog.pg_depend dep ON dep.classid = 'pg_catalog.pg_attrdef'::regclass AND dep.objid = d.oid
+WHERE dep.refclassid = 'pg_catalog.pg_class'::regclass AND dep.refobjid = d.adrelid AND dep.refobjsubid > 0
+"""
 MEMBERS_SQL = """
 SELECT m.rolname AS member, r.rolname AS role
 FROM pg_catalog.pg_auth_members am
@@ -209,10 +216,14 @@ async def load_catalog(conn) -> Catalog:
     for view, base, attnum in await conn.fetch(VIEW_DEPS_SQL):
         deps.setdefault(view, []).append((base, attnum))
     defs = {oid: definition for oid, definition in await conn.fetch(VIEW_DEFS_SQL)}
+    generated: dict[int, dict[int, list]] = {}  # a generated column reads other columns of its table
+    for rel, attnum, source in await conn.fetch(GENERATED_DEPS_SQL):
+        generated.setdefault(rel, {}).setdefault(attnum, []).append((rel, source))
     relations = []
     for oid, schema, name, kind, names, types, nums in rows:
         columns = tuple(Column(n, t, a) for n, t, a in zip(names, types, nums))
-        relations.append(Relation(oid, schema, name, kind, columns, tuple(parents.get(oid, ()))))
+        derived = {c.name: tuple(generated[oid][c.attnum]) for c in columns if c.attnum in generated.get(oid, {})}
+        relations.append(Relation(oid, schema, name, kind, columns, tuple(parents.get(oid, ())), derived))
     by_name = {(r.schema, r.name): r for r in relations}
     for i, rel in enumerate(relations):
         if rel.oid in defs:

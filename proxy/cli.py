@@ -127,6 +127,13 @@ def _rules_parsers(sub) -> None:
     p.set_defaults(func=cmd_report)
     from .audit.cli import add_usage_parser
     add_usage_parser(kinds)
+    from .tools import cmd_privileges
+    p = sub.add_parser("privileges", help="GRANT/REVOKE so the database refuses blocked columns too",
+                       description="Print the GRANT/REVOKE statements that leave each tier's login roles no "
+                                   "SELECT on the columns their tier has blocked.")
+    p.add_argument("rules")
+    p.add_argument("--catalog-dsn", required=True)
+    p.set_defaults(func=cmd_privileges)
 
 
 def main(argv: list[str] | None = None) -> int:

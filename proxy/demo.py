@@ -47,6 +47,14 @@ def prepare(cluster: Cluster, customers: int) -> None:
         cluster.psql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {user}", "crm")
 
 
+def apply_privileges(cluster: Cluster, rules_path: str) -> None:
+    """The database refuses what pgveil refuses, for blocked columns (pgveil privileges)."""
+    from .privileges import statements
+    from .tools import fetch_catalog, read_rules
+    lines = statements(read_rules(rules_path), fetch_catalog(cluster.dsn(database="crm")), list(DEMO_USERS))
+    cluster.psql("\n".join(line for line in lines if not line.startswith("--")), "crm")
+
+
 def compose_init_sql(customers: int = 500) -> str:
     """``deploy/compose/init.sql``: the same CRM and users for the compose stack's PostgreSQL, which
     runs no Python (a test holds the file to this; write it with ``python -m proxy.demo``)."""
@@ -78,6 +86,7 @@ def run_demo(args) -> int:
         print(f"Embedded PostgreSQL on 127.0.0.1:{cluster.port} (data in {cluster.data_dir}); loading the sample CRM ...")
         prepare(cluster, args.customers)
         rules = args.rules or str(RULES)
+        apply_privileges(cluster, rules)
         settings = Settings(listen=args.listen, upstream=f"postgresql://127.0.0.1:{cluster.port}",
                             upstream_sslmode="disable", rules=rules,
                             catalog_dsn=cluster.dsn(database="crm"),

@@ -20,6 +20,8 @@ Pure: no I/O.
 False
 >>> decided_apart("SELECT " + "(" * 100 + "1" + ")" * 100)
 True
+>>> decided_apart("SELECT " + "ARRAY[" * 8 + "1" + "]" * 8)
+True
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .audit.normalize import normalize
 
 APART_BYTES = 2048  # a text this long may cost a cold decision more than a few milliseconds
 APART_PARENS = 64  # nesting costs the parser's recursion whatever the length
+APART_BRACKETS = 8  # sqlglot parses nested ARRAY[ in time exponential in depth (14: ~1 s, 20: ~4 min)
 NORMALIZE_CACHED = 1024  # longer texts are normalised without normalize()'s LRU cache
 NORMALIZE_PREFIX = 16 * 1024  # a relay's audit text of a longer statement is read from this much of it
 PREPARED_BYTES = 16 << 20  # statement text one session may keep prepared (named statements)
@@ -35,7 +38,7 @@ PREPARED_BYTES = 16 << 20  # statement text one session may keep prepared (named
 
 def decided_apart(sql: str) -> bool:
     """Whether a cold decision of ``sql`` goes to a child process rather than the event loop."""
-    return len(sql) >= APART_BYTES or sql.count("(") >= APART_PARENS
+    return len(sql) >= APART_BYTES or sql.count("(") >= APART_PARENS or sql.count("[") >= APART_BRACKETS
 
 
 def normalize_bounded(sql: str) -> str:

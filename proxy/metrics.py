@@ -39,6 +39,8 @@ ROW_LIMIT_STOPS = Counter("pgveil_max_rows_stops_total", "Results stopped at a t
                           registry=REGISTRY)
 SECOND_LAYER = Counter("pgveil_second_layer_stops_total", "Results stopped by the RowDescription check",
                        ["tier"], registry=REGISTRY)
+PRIVILEGE_WARNINGS = Counter("pgveil_privilege_warnings_total", "Sessions whose database role can read a column "
+                             "its tier has blocked (see pgveil privileges)", ["tier"], registry=REGISTRY)
 DECISION_CACHE = Counter("pgveil_decision_cache_total", "Decision cache lookups", ["result"], registry=REGISTRY)
 BYTES = Counter("pgveil_bytes_total", "Bytes relayed", ["direction"], registry=REGISTRY)
 UPSTREAM_ERRORS = Counter("pgveil_upstream_connect_errors_total", "Failed upstream connections",

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import re
 
-from .sql import SqlglotError, tokenize
+from .heads import keyword
+from .sql import SqlglotError, fold_name, tokenize
 
 WORDS = re.compile(r"\b(?:prepare|execute|declare|fetch|move|close|deallocate|discard)\b", re.IGNORECASE)
 CHANGED = "access changed since it was opened"
@@ -44,20 +45,19 @@ def segments(sql: str) -> list:
         return []
 
 
-def _name(token) -> str:
-    return token.text if token.token_type.name == "IDENTIFIER" else token.text.lower()
+_name = fold_name
 
 
-def _arguments(seg) -> list:
+def _arguments(seg) -> tuple[list, str]:
     """The tokens after a statement's first word, tokenized on their own (the tokenizer keeps a
-    command's arguments as one string token)."""
+    command's arguments as one string token), and the text they were read from."""
     if len(seg.tokens) < 2:
-        return []
+        return [], ""
     cut = seg.tokens[0].end + 1 - seg.offset
     try:
-        return tokenize(seg.text[cut:])
+        return tokenize(seg.text[cut:]), seg.text[cut:]
     except SqlglotError:
-        return []
+        return [], ""
 
 
 class Opened:
@@ -81,8 +81,11 @@ class Opened:
             word = seg.word
             if word not in ("PREPARE", "EXECUTE", "DECLARE", "FETCH", "MOVE", "CLOSE", "DEALLOCATE", "DISCARD"):
                 continue
-            tokens = [seg.tokens[0]] + _arguments(seg)
-            if word == "PREPARE" and len(tokens) > 1 and tokens[1].text.upper() != "TRANSACTION":
+            arguments, text = _arguments(seg)
+            tokens = [seg.tokens[0]] + arguments
+            # ALL and TRANSACTION are keywords only unquoted: CLOSE "all" closes a cursor named all
+            last = keyword(arguments[-1], text) if arguments else None
+            if word == "PREPARE" and len(tokens) > 1 and keyword(tokens[1], text) != "TRANSACTION":
                 prepared[_name(tokens[1])] = access
             elif word == "EXECUTE" and len(tokens) > 1:
                 name = _name(tokens[1])
@@ -97,13 +100,13 @@ class Opened:
                     return (f"cursor {name} was opened under access that has since changed "
                             f"({cursors[name].describe()}); it returns no more rows: {CHANGED}")
             elif word == "CLOSE" and len(tokens) > 1:
-                cursors.pop(_name(tokens[-1]), None) if tokens[-1].text.upper() != "ALL" else cursors.clear()
+                cursors.pop(_name(tokens[-1]), None) if last != "ALL" else cursors.clear()
             elif word == "DEALLOCATE" and len(tokens) > 1:
-                if tokens[-1].text.upper() == "ALL":
+                if last == "ALL":
                     prepared.clear()
                 else:
                     prepared.pop(_name(tokens[-1]), None)
-            elif word == "DISCARD" and len(tokens) > 1 and tokens[1].text.upper() == "ALL":
+            elif word == "DISCARD" and len(tokens) > 1 and keyword(tokens[1], text) == "ALL":
                 prepared.clear()
                 cursors.clear()
         self.prepared, self.cursors = prepared, cursors

@@ -28,21 +28,29 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from .audit.normalize import from_tokens as normalize_tokens
-from . import lexer, searchpath
+from . import heads, lexer, searchpath
 from .limits import decided_apart, normalize_bounded
 from .sql import SqlglotError, exp, parse_one, to_sql, tokenize
 
-from .rewrite import (FORBIDDEN_SETTINGS, PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of,
-                      search_path_is_safe)
+from . import settings
+from .rewrite import PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of
+from .ddl import check_ddl
+from .rowlimits import cursor_ref
 from .writes import rewrite_copy, rewrite_write
 
 TRANSACTION_WORDS = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"})
 CURSOR_WORDS = frozenset({"FETCH", "MOVE", "CLOSE"})
 SESSION_WORDS = frozenset({"LISTEN", "UNLISTEN", "NOTIFY", "EXECUTE"})
+# what each statement that carries a statement may carry (PostgreSQL's grammar)
+EXPLAINABLE = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "(", "INSERT", "UPDATE", "DELETE", "MERGE", "EXECUTE",
+                         "DECLARE", "CREATE"})
+PREPARABLE = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "(", "INSERT", "UPDATE", "DELETE", "MERGE"})
+CURSOR_QUERIES = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "("})
 HARMLESS_WORDS = frozenset({"DISCARD", "DEALLOCATE"})
 QUERY_WORDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "("})
 WRITE_WORDS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
 DDL_WORDS = frozenset({"CREATE", "ALTER", "DROP", "COMMENT"})
+ALTER_WITH_SETTINGS = frozenset({"ROLE", "USER", "DATABASE", "SYSTEM", "FUNCTION", "PROCEDURE", "ROUTINE"})
 CREATE_REFUSED = ("FUNCTION", "PROCEDURE", "RULE", "TRIGGER", "EVENT", "AGGREGATE", "OPERATOR", "LANGUAGE",
                   "EXTENSION", "CAST", "CONVERSION", "ROLE", "USER", "SERVER", "FOREIGN", "PUBLICATION",
                   "SUBSCRIPTION", "TRANSFORM")
@@ -58,8 +66,11 @@ class Decision:
     relations: tuple = ()
     columns: tuple = ()  # ColumnUse
     unparsed: bool = False
+    # SQL-level cursors and prepared statements, in order: (op, what, name) with op "declare" or
+    # "use" and what "cursor" or "statement"; the session checks each use against its declarations
+    names: tuple = ()
     normalized: str = ""  # the text with literals and comments removed, for the audit
-    text_hints: tuple | None = None  # a decision taken apart: the session's quick looks at the text (session.text_hints)
+    cursors: tuple = ()  # (verb, name) of cursors and SQL prepared statements: see proxy/rowlimits.py
 
     @property
     def refused(self) -> bool:
@@ -74,11 +85,19 @@ class Segment:
 
     @property
     def word(self) -> str:
+        """The statement's leading keyword ("(" for a parenthesised query); "" when it does not
+        start with an unquoted word: a quoted name is never a keyword."""
         first = self.tokens[0]
-        return "(" if first.text == "(" else first.text.upper()
+        if first.token_type.name == "L_PAREN":
+            return "("
+        return heads.keyword(first, self.text, self.offset) or ""
 
     def words(self, n: int) -> list[str]:
-        return [t.text.upper() for t in self.tokens[:n]]
+        """The first ``n`` tokens as keywords ("" for a token that is not an unquoted word)."""
+        return [heads.keyword(t, self.text, self.offset) or "" for t in self.tokens[:n]]
+
+    def keyword(self, i: int) -> str | None:
+        return heads.keyword(self.tokens[i], self.text, self.offset) if i < len(self.tokens) else None
 
 
 def split_statements(sql: str, tokens: list | None = None) -> list[Segment]:
@@ -106,6 +125,7 @@ class Statement:
         self.ctx = ctx
         self.rw = rewriter
         self.kinds: list[str] = []
+        self.names: list[tuple[str, str, str]] = []
         self.rewritten = False
 
     @staticmethod
@@ -122,6 +142,9 @@ class Statement:
         self.kinds.append(kind)
 
     def run(self, seg: Segment) -> str:
+        misread = heads.misread(seg.text, seg.tokens, seg.offset)
+        if misread is not None:
+            raise NotUnderstood(misread)
         word = seg.word
         if word in TRANSACTION_WORDS:
             self.kinds.append("session")
@@ -134,9 +157,13 @@ class Statement:
         if word == "SHOW":
             self.need("read", "SHOW")
             return self.passthrough(seg)
+        if word in ("FETCH", "MOVE"):
+            return self.fetch(seg)
         if word in CURSOR_WORDS:
             self.need("read", word)
             return self.passthrough(seg)
+        if word == "EXECUTE":
+            return self.execute(seg)
         if word in SESSION_WORDS:
             self.need("session", word)
             return self.passthrough(seg)
@@ -152,29 +179,26 @@ class Statement:
             raise Refusal(f"DO blocks are not allowed for tier {self.ctx.tier.name}")
         if word in DDL_WORDS:
             return self.ddl(seg)
-        self.need("admin", word)
+        self.need("admin", word or "a statement that does not start with a keyword")
         return self.passthrough(seg)
 
     # -- SET ------------------------------------------------------------------
     def setting(self, seg: Segment) -> str:
-        words = [w for w in seg.words(6) if w not in ("SESSION", "LOCAL")]
-        name = words[1].lower() if len(words) > 1 else ""
-        if name == "authorization":  # SET/RESET [SESSION] SESSION AUTHORIZATION (SESSION dropped above)
-            name = "session_authorization"
-        if name == "client_encoding" and seg.word == "SET":
-            value = seg.tokens[-1].text.strip("'\"").upper().replace("-", "").replace("_", "")
-            if value not in ("UTF8", "UNICODE", "DEFAULT"):
-                raise Refusal(f"client_encoding {value} is not allowed for tier {self.ctx.tier.name}: "
-                              f"pgveil analyses statements as UTF8")
-        elif name in FORBIDDEN_SETTINGS:
-            raise Refusal(f"changing {name} is not allowed for tier {self.ctx.tier.name}: {FORBIDDEN_SETTINGS[name]}")
-        if name == "search_path" and seg.word == "SET":
-            value = seg.text[seg.tokens[2].start - seg.offset:] if len(seg.tokens) > 2 else ""
-            if seg.tokens[2:] and seg.tokens[2].text.upper() in ("TO", "="):
-                value = seg.text[seg.tokens[3].start - seg.offset:] if len(seg.tokens) > 3 else ""
-            if not search_path_is_safe(value):
-                raise Refusal(f"this search_path is not allowed for tier {self.ctx.tier.name}: "
-                              f"pg_catalog must come first")
+        """SET and RESET: each setting changed must be on the tier's allow list (:mod:`proxy.settings`)."""
+        reset = seg.word == "RESET"
+        if reset:  # sqlglot keeps RESET's arguments as one string: read them on their own
+            _, body = self.body(seg)
+            tokens, text, offset = body.tokens, body.text, body.offset
+        else:
+            tokens, text, offset = seg.tokens[1:], seg.text, seg.offset
+        try:
+            changes = settings.read_set(reset, tokens, text, offset)
+        except settings.Unreadable as exc:
+            raise NotUnderstood(f"{seg.word}: {exc}") from None
+        for name, values in changes:
+            problem = settings.check(name, values, self.ctx.tier.settings) if name != "all" else None
+            if problem:
+                raise Refusal(problem.replace("this tier", f"tier {self.ctx.tier.name}"))
         self.kinds.append("session")
         return self.passthrough(seg)
 
@@ -192,68 +216,160 @@ class Statement:
             raise NotUnderstood(f"{seg.word} is not one statement")
         return seg.text[:cut], parts[0]
 
-    def inner(self, head: str, body: Segment, index: int) -> str:
+    def inner(self, head: str, body: Segment, index: int, allowed: frozenset) -> str:
         if index >= len(body.tokens):
             raise NotUnderstood("statement is incomplete")
         start = body.tokens[index].start - body.offset
         parts = split_statements(body.text[start:])  # fresh tokens: see body()
         if len(parts) != 1:
             raise NotUnderstood("the inner statement is not one statement")
+        if parts[0].word not in allowed:
+            raise NotUnderstood(f"{head.strip().split()[0].upper()} cannot carry {parts[0].word or 'this statement'}")
+        if ";" in body.text[:start]:  # the head goes as written: no second statement may hide in it
+            raise NotUnderstood(f"a ';' in the head of {head.strip().split()[0].upper()}")
         return " ".join(p for p in (head.strip(), body.text[:start].strip(), self.run(parts[0])) if p)
 
     def explain(self, seg: Segment) -> str:
         head, body = self.body(seg)
         i, analyze, tokens = 0, False, body.tokens
-        if tokens[0].text == "(":
+        if tokens[0].token_type.name == "L_PAREN":
             depth = 0
             while i < len(tokens):
-                text = tokens[i].text
-                depth += text == "("
-                depth -= text == ")"
-                if text.upper() in ("ANALYZE", "ANALYSE") and i + 1 < len(tokens) \
+                kind = tokens[i].token_type.name
+                depth += kind == "L_PAREN"
+                depth -= kind == "R_PAREN"
+                # an option's name may be quoted ("analyze"): read by its text, the safe side
+                if tokens[i].text.upper() in ("ANALYZE", "ANALYSE") and i + 1 < len(tokens) \
                         and tokens[i + 1].text.upper() not in ("FALSE", "OFF", "0"):
                     analyze = True
                 i += 1
                 if depth == 0:
                     break
-        while i < len(tokens) and tokens[i].text.upper() in ("ANALYZE", "ANALYSE", "VERBOSE"):
-            analyze = analyze or tokens[i].text.upper() != "VERBOSE"
+        while i < len(tokens) and body.keyword(i) in ("ANALYZE", "ANALYSE", "VERBOSE"):
+            analyze = analyze or body.keyword(i) != "VERBOSE"
             i += 1
         if not analyze:
             self.need("read", "EXPLAIN")
         before = len(self.kinds)
-        text = self.inner(head, body, i)
+        text = self.inner(head, body, i, EXPLAINABLE)
         if not analyze:
             del self.kinds[before:]  # EXPLAIN without ANALYZE runs nothing
         return text
 
     def prepare(self, seg: Segment) -> str:
+        """``PREPARE name [(types)] AS statement``: the statement is analysed now, and its name
+        noted so that an EXECUTE of it can be checked (see :class:`proxy.sqlnames.SqlNames`)."""
         head, body = self.body(seg)
-        if body.tokens[0].text.upper() == "TRANSACTION":
+        if body.keyword(0) == "TRANSACTION" and body.tokens[1:2] and body.tokens[1].token_type.name == "STRING":
             self.need("admin", "PREPARE TRANSACTION")
             return self.passthrough(seg)
         self.need("session", "PREPARE")
-        for i, token in enumerate(body.tokens):
-            if token.text.upper() == "AS":
-                return self.inner(head, body, i + 1)
-        raise NotUnderstood("PREPARE without AS")
+        try:
+            name, index = heads.prepare(body.tokens, body.text, body.offset)
+        except heads.HeadError as exc:
+            raise NotUnderstood(f"PREPARE: {exc}") from None
+        text = self.inner(head, body, index, PREPARABLE)
+        self.names.append(("declare", "statement", name))
+        return text
 
     def declare(self, seg: Segment) -> str:
+        """``DECLARE name ... CURSOR ... FOR query``: the query is analysed now, the name noted."""
         head, body = self.body(seg)
-        for i, token in enumerate(body.tokens):
-            if token.text.upper() == "FOR":
-                return self.inner(head, body, i + 1)
-        raise NotUnderstood("DECLARE without FOR")
+        try:
+            name, index = heads.declare(body.tokens, body.text, body.offset)
+        except heads.HeadError as exc:
+            raise NotUnderstood(f"DECLARE: {exc}") from None
+        before = len(self.kinds)
+        text = self.inner(head, body, index, CURSOR_QUERIES)
+        if set(self.kinds[before:]) - {"read"}:
+            raise NotUnderstood("a cursor's query must only read")
+        self.names.append(("declare", "cursor", name))
+        return text
+
+    def fetch(self, seg: Segment) -> str:
+        """``FETCH``/``MOVE [direction] [FROM|IN] name``: reads a cursor declared before."""
+        self.need("read", seg.word)
+        _, body = self.body(seg)
+        try:
+            name = heads.fetch(body.tokens, body.text, body.offset)
+        except heads.HeadError as exc:
+            raise NotUnderstood(str(exc)) from None
+        self.names.append(("use", "cursor", name))
+        return self.passthrough(seg)
+
+    def execute(self, seg: Segment) -> str:
+        """``EXECUTE name [(expression, ...)]``: runs a statement prepared before; its parameters
+        are expressions, analysed like a query's (a function there could read data)."""
+        self.need("session", "EXECUTE")
+        if len(seg.tokens) < 2:
+            raise NotUnderstood("EXECUTE without a name")
+        head, body = self.body(seg)
+        try:
+            name, paren = heads.execute(body.tokens, body.text, body.offset)
+        except heads.HeadError as exc:
+            raise NotUnderstood(str(exc)) from None
+        self.names.append(("use", "statement", name))
+        if paren is None:
+            return self.passthrough(seg)
+        start = body.tokens[paren].start - body.offset
+        query = f"SELECT {body.text[start + 1:-1]}"  # the parameters, without their parentheses
+        parts = split_statements(query)
+        if len(parts) != 1:
+            raise NotUnderstood("EXECUTE's parameters are not one list")
+        misread = heads.misread(parts[0].text, parts[0].tokens, parts[0].offset)
+        if misread is not None:
+            raise NotUnderstood(misread)
+        try:
+            tree = parse_one(parts[0].text)
+        except SqlglotError as exc:
+            raise NotUnderstood(str(exc).splitlines()[0][:200]) from None
+        if not isinstance(tree, exp.Select) or any(v for k, v in tree.args.items() if k != "expressions"):
+            raise NotUnderstood("EXECUTE's parameters are not a list of expressions")
+        self.rw.rewrite(tree)
+        params = self.rw.substitute(generate(tree))
+        if not params.startswith("SELECT "):
+            raise NotUnderstood("EXECUTE's parameters did not generate as expected")
+        return f"{head.strip()} {body.text[:start].strip()}({params[len('SELECT '):]})"
 
     def ddl(self, seg: Segment) -> str:
         words = [w for w in seg.words(6) if w not in ("OR", "REPLACE", "TEMP", "TEMPORARY", "UNLOGGED",
                                                       "CONSTRAINT", "DEFAULT", "TRUSTED", "PROCEDURAL")]
         if seg.word == "CREATE" and len(words) > 1 and words[1] in CREATE_REFUSED:
             raise Refusal(f"CREATE {words[1]} is not allowed for tier {self.ctx.tier.name}")
+        if seg.word == "ALTER" and len(words) > 1 and words[1] in ALTER_WITH_SETTINGS:
+            self.alter_settings(seg, words[1])
         self.need("ddl", seg.word)
-        if seg.word == "CREATE" and any(t.text.upper() == "AS" for t in seg.tokens):
+        if seg.word == "CREATE" and any(seg.keyword(i) == "AS" for i in range(len(seg.tokens))):
             return self.parsed(seg, ddl=True)
+        catalog, ctx = self.ctx.catalog, self.ctx
+        why = check_ddl(seg.tokens, lambda schema, name: catalog.resolve(schema, name, ctx.search_path, ctx.user)
+                        if name else None, self.rw.ddl_protected)
+        if why:
+            raise Refusal(f"{why} for tier {ctx.tier.name}")
         return self.passthrough(seg)
+
+    def alter_settings(self, seg: Segment, what: str) -> None:
+        """``ALTER ROLE/DATABASE/FUNCTION ... SET|RESET``: settings for later sessions or calls
+        are held to the same allow list as SET."""
+        if what == "SYSTEM":
+            raise Refusal(f"ALTER SYSTEM is not allowed for tier {self.ctx.tier.name}: "
+                          f"it changes the server's settings")
+        for i in range(2, len(seg.tokens)):
+            word = seg.keyword(i)
+            if word in ("SET", "RESET"):
+                rest = split_statements(seg.text[seg.tokens[i].end + 1 - seg.offset:])  # fresh tokens: see body()
+                if len(rest) != 1:
+                    raise NotUnderstood(f"ALTER {what} ... {word} is incomplete")
+                try:
+                    changes = settings.read_set(word == "RESET", rest[0].tokens, rest[0].text, rest[0].offset)
+                except settings.Unreadable as exc:
+                    raise NotUnderstood(f"ALTER {what} ... {word}: {exc}") from None
+                for name, values in changes:
+                    problem = settings.check(name, values, self.ctx.tier.settings) if name != "all" else None
+                    if problem:
+                        raise Refusal(f"ALTER {what} ... {word}: "
+                                      + problem.replace("this tier", f"tier {self.ctx.tier.name}"))
+                return
 
     # -- parsed statements -----------------------------------------------------------
     def parsed(self, seg: Segment, ddl: bool = False) -> str:
@@ -316,20 +432,31 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
         return Decision("allow", sql)
     if PLACEHOLDER in sql:
         return _refuse(NotUnderstood("the statement contains pgveil's internal names"))
+    if len(segments) > 1 and any(seg.word in DDL_WORDS for seg in segments):
+        return _refuse(Refusal(f"DDL must be sent alone for tier {ctx.tier.name}: the statements after it would be "
+                               f"decided against the catalog as it was before it ran"))
     rw = Rewriter(ctx, templates)
-    texts, kinds = [], []
+    texts, kinds, cursors = [], [], []
     unknown_path = None  # the statement after which the Query's search_path cannot be followed
+    changed = False  # an earlier statement of the Query changed the path
     try:
+        names = []
         for seg in segments:
-            if unknown_path and seg.word in searchpath.USES_RELATIONS:
+            statement = Statement(ctx, rw)
+            reached = len(rw.analysis.relations)
+            texts.append(statement.run(seg))
+            if unknown_path and len(rw.analysis.relations) > reached:
                 raise Refusal(f"this Query changes search_path with {unknown_path} in a way pgveil cannot follow "
                               f"and then uses relations; send the statements as separate queries")
-            statement = Statement(ctx, rw)
-            texts.append(statement.run(seg))
             kinds += statement.kinds
-            path = searchpath.change(seg) if len(segments) > 1 else None
+            names += statement.names
+            ref = cursor_ref(seg.text, seg.tokens[0])
+            if ref is not None:
+                cursors.append(ref)
+            path = searchpath.change(seg, changed) if len(segments) > 1 else None
+            changed = changed or path is not None
             if path == searchpath.UNKNOWN:
-                unknown_path = unknown_path or " ".join(seg.words(3))
+                unknown_path = unknown_path or " ".join(w for w in seg.words(3) if w)
             elif path is not None:  # later statements run under the path this one leaves
                 ctx = rw.ctx = replace(ctx, search_path=path)
     except Refusal as exc:
@@ -337,10 +464,14 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
     except (SqlglotError, RecursionError, ValueError, KeyError, AttributeError, TypeError) as exc:
         return _refuse(NotUnderstood(f"{type(exc).__name__}: {str(exc)[:200]}"), rw)
     columns = tuple(rw.analysis.columns.values())
+    if rw.analysis.packs and columns and ctx.tier.row_limit({c.cls for c in columns}) is not None:
+        return _refuse(Refusal(f"{rw.analysis.packs} packs many rows into one value: tier {ctx.tier.name} has "
+                               f"max_rows, so it may not use it over sensitive columns"), rw)
     masked = any(c.action != "clear" for c in columns) or any(
         ctx.tier.rows and rw.row_filter(ctx.catalog.by_name[tuple(r.split(".", 1))]) for r in rw.analysis.relations)
     return Decision("rewrite" if masked else "allow", "; ".join(texts), kinds=tuple(dict.fromkeys(kinds)),
-                    relations=tuple(rw.analysis.relations), columns=columns)
+                    relations=tuple(rw.analysis.relations), columns=columns, names=tuple(names),
+                    cursors=tuple(cursors))
 
 
 def _refuse(exc: Refusal, rw: Rewriter | None = None) -> Decision:
@@ -354,6 +485,11 @@ def _decide_all_clear(sql: str, ctx: Context, tokens: list | None = None) -> Dec
         segments = split_statements(sql, tokens)
     except SqlglotError:
         return Decision("allow", sql, unparsed=True)
+    if not ctx.tier.statements >= frozenset({"read", "write", "ddl", "copy", "session", "admin"}):
+        for seg in segments:
+            misread = heads.misread(seg.text, seg.tokens, seg.offset)
+            if misread is not None:
+                return _refuse(NotUnderstood(misread))
     kinds = []
     for seg in segments:
         word = seg.word
@@ -397,7 +533,10 @@ def shape_of(sql: str, tokens: list) -> tuple[str, list] | None:
     taken out; None when the statement is not of the kinds this applies to."""
     while tokens and tokens[-1].token_type.name == "SEMICOLON":
         tokens = tokens[:-1]  # one statement, as drivers often send it: "...;"
-    if not tokens or tokens[0].text.upper() not in QUERY_WORDS | WRITE_WORDS:
+    if not tokens:
+        return None
+    first = "(" if tokens[0].token_type.name == "L_PAREN" else heads.keyword(tokens[0], sql)
+    if first not in QUERY_WORDS | WRITE_WORDS:
         return None
     parts, literals, pos = [], [], 0
     for token in tokens:
@@ -451,8 +590,8 @@ class Template:
             if index >= len(literals) or literals[index][0] != kind:
                 raise LookupError("a marker of the wrong kind")
             self.slots.append(index)
-        if sorted(self.slots) != list(range(len(literals))):
-            raise LookupError("a marker was lost or repeated")
+        if set(self.slots) != set(range(len(literals))):  # (a barrier's copy repeats a literal)
+            raise LookupError("a marker was lost")
 
 
 def _with_text(decision: Decision, sql: str, normalized: str) -> Decision:
@@ -631,10 +770,23 @@ class Engine:
 
     def __init__(self, rules, catalog=None) -> None:
         self.rules = rules
+        self._catalog = None
         self.catalog = catalog
         self.cache = DecisionCache()
         self.rules_sha256 = ""
         self._hidden: dict = {}
+
+    @property
+    def catalog(self):
+        return self._catalog
+
+    @catalog.setter
+    def catalog(self, new) -> None:
+        """A newly read catalog: columns renamed since the last one keep their class (pinned by
+        relation and attnum, for as long as this process runs)."""
+        if new is not None and self._catalog is not None and new is not self._catalog:
+            new.pinned = carried_classes(self.rules, self._catalog, new)
+        self._catalog = new
 
     def tier_for(self, user: str, address: str | None = None, now=None):
         return self.identity(user, address, now)[0]
@@ -695,6 +847,24 @@ class Engine:
                               for col in rel.columns if rw.class_action(rel, col.name)[1].action != "clear")
             self._hidden = {key: found}
         return found
+
+
+def carried_classes(rules, old, new) -> dict:
+    """(oid, attnum) -> class for the columns of ``new`` that had a class in ``old`` (by name or
+    pinned) and have none by their name now: renamed columns, or columns of renamed relations."""
+    pinned = {}
+    for oid, rel in new.by_oid.items():
+        before = old.by_oid.get(oid)
+        if before is None or rel.schema in ("pg_catalog", "information_schema"):
+            continue
+        for col in rel.columns:
+            prior = next((c for c in before.columns if c.attnum == col.attnum), None)
+            if prior is None:
+                continue
+            cls = rules.class_of(before.schema, before.name, prior.name) or old.pinned.get((oid, col.attnum))
+            if cls is not None and rules.class_of(rel.schema, rel.name, col.name) is None:
+                pinned[(oid, col.attnum)] = cls
+    return pinned
 
 
 __all__ = ["Engine", "Decision", "DecisionCache", "Context", "decide", "split_statements", "parse_search_path", "name_of"]

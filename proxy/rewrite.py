@@ -25,8 +25,11 @@ from dataclasses import dataclass, field
 
 from .sql import exp, parse_one, to_sql
 
+from . import settings
+from .barrier import FENCE, fenced, index_copies
 from .catalog import Catalog, Relation
 from .masks import MaskError, mask_sql, null_of
+from .rowlimits import packs_rows
 from .rules import BLOCK, CLEAR, ClassAction, RuleSet, Tier
 
 # Relations that expose other sessions' statements, column statistics (sampled values) or
@@ -50,15 +53,6 @@ DENIED_FUNCTIONS = frozenset({
 DENIED_PREFIXES = ("dblink", "lo_", "pg_read_", "pg_ls_", "xpath_table")
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 STRICTNESS = {"clear": 0, "mask": 1, "block": 2}
-# Settings a restricted tier may not change, by SET or by set_config().
-FORBIDDEN_SETTINGS = {
-    "role": "SET ROLE changes whose privileges apply",
-    "session_authorization": "SET SESSION AUTHORIZATION changes the session's identity",
-    "standard_conforming_strings": "it changes how the server reads string literals",
-    "backslash_quote": "it changes how the server reads string literals",
-    "session_replication_role": "it disables triggers and rules",
-    "client_encoding": "pgveil analyses statements as UTF8",
-}
 # Names no client can guess: they stand for masking subqueries until the text is generated.
 PLACEHOLDER = f"pgveil_{os.urandom(8).hex()}_"
 
@@ -111,12 +105,14 @@ class Source:
     actions: list  # [(Column, class or None, ClassAction)]
     row_filter: str | None
     alias: str
+    renames: dict = field(default_factory=dict)  # FROM t AS c(i, n, p): p -> phone
 
     @property
     def protected(self) -> bool:
         return self.row_filter is not None or any(a.action != "clear" for _, _, a in self.actions)
 
     def action(self, column: str) -> tuple[str | None, ClassAction] | None:
+        column = self.renames.get(column, column)
         for col, cls, act in self.actions:
             if col.name == column:
                 return cls, act
@@ -128,9 +124,11 @@ class Analysis:
     """What one statement reaches; filled while it is rewritten."""
     relations: list = field(default_factory=list)
     columns: dict = field(default_factory=dict)  # (relation, column) -> ColumnUse
+    packs: str | None = None  # a construct that packs rows into one value (proxy/rowlimits.py)
 
     def use(self, source: Source, column: str, cls: str | None, act: ClassAction) -> None:
         if cls is not None:
+            column = source.renames.get(column, column)
             key = (source.relation.qualified, column)
             self.columns[key] = ColumnUse(source.relation.qualified, column, cls, act.action)
 
@@ -147,6 +145,9 @@ class Rewriter:
         """Class of a column and what the tier sees of it, through inheritance and views."""
         rules, tier = self.ctx.rules, self.ctx.tier
         cls = rules.class_of(rel.schema, rel.name, column)
+        if cls is None and self.ctx.catalog.pinned:  # renamed since the rules named it: by attnum
+            col = rel.column(column)
+            cls = self.ctx.catalog.pinned.get((rel.oid, col.attnum)) if col is not None else None
         if cls is None:
             for parent in self.ctx.catalog.ancestors(rel):
                 cls = rules.class_of(parent.schema, parent.name, column)
@@ -204,6 +205,17 @@ class Rewriter:
         actions = [(col, *self.class_action(rel, col.name)) for col in rel.columns]
         return Source(rel, actions, self.row_filter(rel), alias or rel.name)
 
+    def ddl_protected(self, rel: Relation) -> set | None:
+        """Columns of ``rel`` a DDL expression may not name (see proxy/ddl.py): every column of a
+        row-filtered relation, else those the tier may not see in clear; None when it sees all."""
+        if rel.schema in SYSTEM_SCHEMAS:
+            return None
+        source = self.source_for_relation(rel)
+        if source.row_filter:
+            return {col.name for col in rel.columns}
+        hidden = {col.name for col, _, act in source.actions if act.action != "clear"}
+        return hidden or None
+
     def source(self, table: exp.Table) -> Source:
         rel = self.resolve(table)
         self.gate_relation(rel)
@@ -211,12 +223,16 @@ class Rewriter:
             self.check_view_rows(rel)
         alias = name_of(table.args["alias"].this) if table.args.get("alias") and table.args["alias"].this \
             else name_of(table.this)
-        return self.source_for_relation(rel, alias)
+        source = self.source_for_relation(rel, alias)
+        listed = table.args["alias"].args.get("columns") if table.args.get("alias") else None
+        for new, col in zip(listed or (), rel.columns):  # an alias list renames the first columns
+            source.renames[name_of(new.this if isinstance(new, exp.ColumnDef) else new)] = col.name
+        return source
 
     def check_view_rows(self, view: Relation, depth: int = 0) -> None:
         """A view shows rows of its base tables; where the tier may see only some of a base
         table's rows, the view cannot be filtered the same way, so it is refused."""
-        for base_oid in {oid for refs in view.sources.values() for oid, _ in refs}:
+        for base_oid in {oid for refs in view.sources.values() for oid, _ in refs} - {view.oid}:
             base = self.ctx.catalog.by_oid.get(base_oid)
             if base is None:
                 continue
@@ -269,16 +285,18 @@ class Rewriter:
         """Replace every protected relation reference in ``tree`` (except ``skip``)."""
         tables = self.relation_tables(tree, skip or set())
         sources = [(table, self.source(table)) for table in tables]
+        if self.ctx.tier.max_rows and self.analysis.packs is None:
+            self.analysis.packs = packs_rows(tree)
         self.check_functions(tree)
         self.check_columns(tree, [s for _, s in sources])
         for table, source in sources:
             if source.protected:
-                self.replace(table, source)
+                self.replace(table, source, sources)
             else:
                 qualify(table, source.relation)
         return tree
 
-    def replace(self, table: exp.Table, source: Source) -> None:
+    def replace(self, table: exp.Table, source: Source, others: list | None = None) -> None:
         """Put the masking subquery where the relation was.
 
         The subquery's text is spliced in after generation (see :meth:`substitute`): the tree
@@ -287,7 +305,8 @@ class Rewriter:
         """
         only = bool(table.args.get("only"))
         token = f"{PLACEHOLDER}{len(self.substitutions)}"
-        self.substitutions[token] = self.template_sql(source, only)
+        self.substitutions[token] = fenced(self.template_sql(source, only), index_copies(table, source, others)) \
+            if source.row_filter else self.template_sql(source, only)
         alias = table.args.get("alias")
         if alias is None or alias.this is None:
             alias_node = exp.TableAlias(this=exp.to_identifier(source.alias, quoted=True),
@@ -331,8 +350,8 @@ class Rewriter:
                 columns.append(f"{null_of(col.type)} AS {q}")
         rel = source.relation
         sql = f"SELECT {', '.join(columns)} FROM {'ONLY ' if only else ''}{quote(rel.schema)}.{quote(rel.name)}"
-        if source.row_filter:
-            sql += f" WHERE {source.row_filter}"
+        if source.row_filter:  # a fence the planner cannot cross: see proxy/barrier.py
+            sql += f" WHERE ({source.row_filter}){FENCE}"
         return parse_one(sql)
 
     def template_sql(self, source: Source, only: bool) -> str:
@@ -370,19 +389,21 @@ class Rewriter:
                           f"(only built-in functions, or those listed in the tier's 'functions')")
 
     def check_set_config(self, call: exp.Anonymous) -> None:
-        """set_config() is what SET is, as a function: the same settings are off limits, and the
-        setting must be named by a literal the engine can read."""
+        """set_config() is what SET is, as a function: the same allow list of settings holds, and
+        the setting (and a checked setting's value) must be literals the engine can read."""
         args = call.expressions
         if not args or not isinstance(args[0], exp.Literal) or not args[0].is_string:
             raise Refusal(f"set_config with a computed setting name is not allowed for tier {self.ctx.tier.name}")
         setting = args[0].this.lower()
-        if setting in FORBIDDEN_SETTINGS:
-            raise Refusal(f"changing {setting} is not allowed for tier {self.ctx.tier.name}: "
-                          f"{FORBIDDEN_SETTINGS[setting]}")
-        if setting == "search_path" and (len(args) < 2 or not isinstance(args[1], exp.Literal)
-                                         or not search_path_is_safe(args[1].this)):
-            raise Refusal(f"this search_path is not allowed for tier {self.ctx.tier.name}: "
-                          f"pg_catalog must come first, and the value must be a literal")
+        value = args[1] if len(args) > 1 else None
+        if isinstance(value, exp.Literal) and value.is_string:
+            values = settings.split_identifiers(value.this) if setting == "search_path" else [value.this]
+            values = values if values is not None else [None]
+        else:
+            values = [None]
+        problem = settings.check(setting, values, self.ctx.tier.settings)
+        if problem:
+            raise Refusal(problem.replace("this tier", f"tier {self.ctx.tier.name}"))
 
     def check_columns(self, tree: exp.Expression, sources: list[Source]) -> None:
         """Refuse explicit references to blocked columns; note the sensitive ones used."""
@@ -404,7 +425,8 @@ class Rewriter:
                     continue
                 cls, act = found
                 if act.action == "block":
-                    raise Refusal(f"column {s.relation.name}.{column} is not visible to tier {self.ctx.tier.name}")
+                    raise Refusal(f"column {s.relation.name}.{s.renames.get(column, column)} is not visible to tier "
+                                  f"{self.ctx.tier.name}")
                 self.analysis.use(s, column, cls, act)
         star = tree.find(exp.Star) is not None
         for s in sources:  # a star or a whole row reaches every column, masked or nulled
@@ -422,9 +444,3 @@ def qualify(table: exp.Table, rel: Relation) -> None:
         schema = rel.schema
         table.set("db", exp.to_identifier(schema, quoted=schema != schema.lower() or not schema.isidentifier()))
 
-
-def search_path_is_safe(value: str) -> bool:
-    """pg_catalog, when named, must come first: otherwise a schema before it could hold
-    functions and operators that stand in for the built-in ones the analysis relies on."""
-    names = [part.strip().strip('"').lower() for part in value.split(",") if part.strip()]
-    return "pg_catalog" not in names or names[0] == "pg_catalog"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -109,6 +110,7 @@ class Tier:
     functions: tuple = ()  # globs of non-built-in functions this tier may call
     class_masks: dict = field(default_factory=dict)  # each class's default mask, for "*": mask
     max_rows: dict = field(default_factory=dict)  # class (or "*") -> most rows a statement may return
+    settings: tuple = ()  # globs of settings this tier may change beyond proxy.settings.ALLOWED
 
     def row_limit(self, classes) -> int | None:
         """The most rows a statement reaching these sensitive classes may return (None: no limit)."""
@@ -142,7 +144,7 @@ class Tier:
         """What the tier sees until a purpose is declared: purpose-bound classes masked."""
         see = {cls: ClassAction("mask", a.mask) if a.purpose else a for cls, a in self.see.items()}
         return Tier(self.name + "-nopurpose", see, self.statements, self.tables, self.rows, self.write,
-                    self.functions, self.class_masks, self.max_rows)
+                    self.functions, self.class_masks, self.max_rows, self.settings)
 
     def may_reach(self, schema: str, name: str) -> bool:
         if self.tables is None:
@@ -225,7 +227,7 @@ class RuleSet:
             see.update(grant.see)
         name = base.name + "+" + "+".join(f"grant{g.number}" for g in grants)
         return Tier(name, see, base.statements, base.tables, base.rows, base.write, base.functions,
-                    base.class_masks, base.max_rows), grants
+                    base.class_masks, base.max_rows, base.settings), grants
 
     def tier_for(self, user: str, roles: frozenset = frozenset(), address: str | None = None) -> Tier | None:
         """The tier of an identity connecting from ``address`` (first matching rule wins); None: refused."""
@@ -394,11 +396,22 @@ def _action(doc: _Doc, node, classes: dict, cls: str, where: str) -> ClassAction
     return ClassAction(action)
 
 
+def _setting_name(doc: _Doc, item, where: str) -> str:
+    """A setting (or glob of settings) a tier may change besides the harmless ones."""
+    from .settings import NEVER
+    name = doc.scalar(item, "setting").lower()
+    if not re.fullmatch(r"[a-z_*?][a-z0-9_.*?\[\]]*", name):
+        raise doc.error(item, f"{where}: {name!r} is not a setting name")
+    if name in NEVER:
+        raise doc.error(item, f"{where}: {name} cannot be allowed: {NEVER[name]}")
+    return name
+
+
 def _tiers(doc: _Doc, entry, classes: dict) -> dict:
     if entry is None:
         raise RuleError(doc.source, 1, "missing key 'tiers'")
     tiers = {}
-    allowed = ("see", "statements", "tables", "rows", "write", "functions", "description", "max_rows")
+    allowed = ("see", "statements", "tables", "rows", "write", "functions", "description", "max_rows", "settings")
     for name, key, value in doc.mapping(entry[1], "tiers"):
         spec = doc.known_keys(doc.mapping(value, f"tier {name}"), allowed, f"tier {name}")
         see = {}
@@ -446,7 +459,11 @@ def _tiers(doc: _Doc, entry, classes: dict) -> dict:
                     if cls != "*" and cls not in classes:
                         raise doc.error(ckey, f"tier {name}.max_rows: unknown class {cls!r}")
                     max_rows[cls] = doc.integer(cvalue, f"tier {name}.max_rows.{cls}")
-        tiers[name] = Tier(name, see, statements, tables, rows, write, functions, classes, max_rows)
+        settings = ()
+        if "settings" in spec:
+            settings = tuple(_setting_name(doc, item, f"tier {name}.settings")
+                             for item in doc.sequence(spec["settings"][1], f"tier {name}.settings"))
+        tiers[name] = Tier(name, see, statements, tables, rows, write, functions, classes, max_rows, settings)
     return tiers
 
 

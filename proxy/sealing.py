@@ -29,7 +29,6 @@ from . import codec
 
 COPY_PART = 64 << 10  # bytes of COPY data per copy_data record
 _WORD = re.compile(r"[a-z_][a-z0-9_$]*+")
-_COPY = re.compile(r"\bcopy\b", re.I)
 _FROM_STDIN = re.compile(r"\bfrom\s++stdin\b", re.I)
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 B, d, c, f = (ord(x) for x in "Bdcf")
@@ -145,7 +144,7 @@ class SessionSeals:
                 self._statements[name] = statement_id
             else:
                 self._statements.pop(name, None)
-        if reaches and _COPY.search(sql) and _FROM_STDIN.search(sql):
+        if reaches and "copy" in decision.kinds and _FROM_STDIN.search(sql):
             self._copy, self._copy_data, self._copy_parts = statement_id, bytearray(), 0
         return self.sealing.seal_text("sql", sql) if reaches else None
 

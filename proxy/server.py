@@ -220,6 +220,8 @@ class ClientLink(asyncio.Protocol):
             log.info("session_start", session=self.id, peer=f"{self.peer[0]}:{self.peer[1]}", user=self.session.user,
                      database=self.session.database, tier=self.session.tier.name if self.session.tier else None,
                      tls=self.session.client_tls)
+            if self.session.tier is not None and not self.session.tier.all_clear and self.session.user:
+                self.proxy.check_privileges(self.session.user, self.session.tier)
         if waiter is None:
             for command in rest:
                 self.execute(command)
@@ -389,6 +391,7 @@ class Proxy:
                                  settings.audit_interval)
         self.sealer = self._make_sealer()
         self._catalog_refresh_pending = False
+        self._privileges_checked: set = set()  # (user, tier, rules version, catalog version) checked
         self.metrics_server = None
         self.metrics_seen: dict = {}
         self._auth_pool = None
@@ -514,6 +517,50 @@ class Proxy:
             log.info("catalog_loaded", relations=len(catalog.by_oid), version=catalog.version)
         self.engine.catalog = catalog
         return True
+
+    def check_privileges(self, user: str, tier) -> None:
+        """Warn (log line and metric) when the session's database role can read a column its tier
+        has blocked: the database would not refuse what pgveil refuses (pgveil privileges prints
+        the fix).  Once per role, tier, rules and catalog version."""
+        engine = self.engine
+        if engine is None or engine.catalog is None or not (self.settings.catalog_dsn or self.settings.auth_dsn):
+            return
+        key = (user, tier.name, engine.rules.version, engine.catalog.version)
+        if key in self._privileges_checked:
+            return
+        if len(self._privileges_checked) > 10_000:
+            self._privileges_checked.clear()
+        self._privileges_checked.add(key)
+
+        async def check() -> None:
+            import asyncpg
+
+            from .privileges import blocked, readable_blocked
+            catalog = engine.catalog
+            columns = blocked(engine.rules, catalog, tier)
+            if not columns:
+                return
+            pairs = [(oid, col.name) for oid, names in columns.items() for col in catalog.by_oid[oid].columns
+                     if names is None or col.name in names]
+            try:
+                conn = await asyncpg.connect(self.settings.catalog_dsn or self.settings.auth_dsn, timeout=10)
+                try:
+                    rows = await conn.fetch(
+                        "SELECT t.oid, t.attname FROM unnest($2::oid[], $3::text[]) AS t(oid, attname) "
+                        "WHERE pg_catalog.has_column_privilege($1, t.oid, t.attname, 'SELECT')",
+                        user, [p[0] for p in pairs], [p[1] for p in pairs])
+                finally:
+                    await conn.close()
+            except Exception as exc:
+                log.warning("privilege_check_failed", user=user, error=str(exc))
+                return
+            readable = {(r[0], r[1]) for r in rows}
+            found = readable_blocked(catalog, columns, lambda rel, name: (rel.oid, name) in readable)
+            if found:
+                metrics.PRIVILEGE_WARNINGS.labels(tier.name).inc()
+                log.warning("role_can_read_blocked_columns", user=user, tier=tier.name, columns=found[:20],
+                            count=len(found), fix="pgveil privileges RULES --catalog-dsn DSN")
+        self.spawn(check())
 
     async def _refresh_periodically(self) -> None:
         while True:

@@ -36,14 +36,17 @@ import re
 import time
 from typing import Callable
 
-from . import codec, limits, policy
+from . import codec, encodings, errors, limits, policy, settings
 from .access import Access, deciding_tier
 from .opened import Opened, segments
 from .purpose import PurposeSetting
+from .rowlimits import RowLimits
 from . import searchpath
 from .audit import records
 from .audit.tracker import StatementTracker
 from .prepared import PreparedStatements
+from .rules import STATEMENT_KINDS
+from .sqlnames import SqlNames
 from .codec import ProtocolViolation
 from .scram import ScramBridge, ScramError
 
@@ -143,8 +146,9 @@ ACTIVE_FRONTEND = frozenset(t for t in codec.FRONTEND if t != ord("p"))
 # Server messages the relay must look at; everything else (rows above all) passes as bytes.
 SERVER_WATCH = frozenset(b"ZESK")
 ALL_BYTES = frozenset(range(256))
-# For a restricted tier, also errors and notices (details stripped) and RowDescription.
-FILTER_WATCH = frozenset(b"ZESKNT")
+# For a restricted tier, also errors and notices (details stripped), RowDescription and
+# NotificationResponse (payloads written by other sessions are outputs pgveil cannot mask).
+FILTER_WATCH = frozenset(b"ZESKNTA")
 OUTCOME_WATCH = frozenset(b"CsI")  # what the audit's outcome records need besides
 OUTCOME_KINDS = frozenset(b"CsIEZ")
 PURPOSE_WORD = "pgveil.purpose"
@@ -153,18 +157,17 @@ PURPOSE_SET = re.compile(r"""^\s*+(?:SET\s++(?:(?P<scope>SESSION|LOCAL)\s++)?+pg
                          r"""(?:'(?P<value>(?:[^']++|'')*+)'|DEFAULT)|RESET\s++pgveil\.purpose)\s*+(?:;\s*+)?+$""",
                          re.IGNORECASE)
 RESET_ALL = re.compile(r"\b(?:reset|discard)\s++all\b", re.IGNORECASE)  # a quick look; the statements decide
+# words after which the session's state needs a closer look (see _state_after); substrings of the
+# lower-cased text, a third of a regular expression's time
+STATE_WORDS = ("prepare", "execute", "declare", "fetch", "move", "close", "deallocate", "discard", "reset",
+               "search_path", "set_config", "rollback", "abort")
 PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they answer
-
-
-def text_hints(sql: str) -> tuple[bool, bool, bool]:
-    """The session's quick looks at a statement's text: may it change search_path, open or use a
-    prepared statement or cursor, reset every setting?  Each is a scan of the whole text, so a
-    statement decided apart has them read in the child process (:mod:`proxy.analyst`)."""
-    return (searchpath.CHANGES.search(sql) is not None, Opened.concerns(sql), RESET_ALL.search(sql) is not None)
 PREPARE_CLIENT = frozenset(b"PCSQF")
 REFUSAL_MARK = "pgveil-refused-"
+ALL_KINDS = frozenset(STATEMENT_KINDS)
 
-Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p = (ord(c) for c in "ZESKRQXFNPTBCDp")
+Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p, A = (ord(c) for c in "ZESKRQXFNPTBCDpA")
+COPY_DATA = ord("d")
 C_, s_, I_ = (ord(c) for c in "CsI")
 SEALED_MESSAGES = frozenset(b"Bdcf")  # Bind, CopyData, CopyDone, CopyFail (see proxy.sealing)
 SYNC = ord("S")
@@ -190,6 +193,21 @@ class Stats:
     bytes_from_server: int = 0
 
 
+def _clears_all(seg) -> bool:
+    """Is this statement RESET ALL or DISCARD ALL?  (sqlglot keeps a command's arguments as one
+    string: they are read on their own, by token types.)"""
+    if seg.word not in ("RESET", "DISCARD") or len(seg.tokens) < 2:
+        return False
+    from .heads import keyword
+    from .sql import SqlglotError, tokenize
+    rest = seg.text[seg.tokens[0].end + 1 - seg.offset:]
+    try:
+        tokens = tokenize(rest)
+    except SqlglotError:
+        return True  # unreadable: clear (that only masks more)
+    return len(tokens) == 1 and keyword(tokens[0], rest) == "ALL"
+
+
 class Session:
     """The state of one client connection; see the module docstring."""
 
@@ -201,6 +219,9 @@ class Session:
         self.statements = 0
         self._tracker = StatementTracker()
         self._prepared = PreparedStatements()
+        self._sql_names = SqlNames()
+        self._reader_key: tuple = ()
+        self._reader: tuple = (None, "")
         self._opened = Opened()  # SQL prepared statements, cursors and portals, with their access
         self._ran_under: dict[str, tuple] = {}  # statement id -> (grant, purpose) for its outcome records
         self._refused_ids: set[str] = set()
@@ -234,8 +255,7 @@ class Session:
         self.access: Access | None = None  # the effective access, recomputed for every statement
         self._access_until = None  # when a grant of this user begins or ends next (datetime)
         self._access_catalog = None  # the catalog version the identity's roles were read from
-        self._row_limits: dict[str, int] = {}  # statement id -> most rows it may return (max_rows)
-        self._row_counts: dict[str, int] = {}
+        self._row_limits = RowLimits()  # max_rows: limits, counts, cursor names
         self._decision_us = 0
         self._purpose = PurposeSetting()  # declared with SET pgveil.purpose, kept as PostgreSQL keeps settings
         self._purpose_statement = ""  # the last declaration, for its audit record
@@ -343,7 +363,12 @@ class Session:
     # ------------------------------------------------------------------ start-up
     def _client_startup(self, data: bytes) -> list[Command]:
         self._startup_buf += data
-        length = codec.startup_length(self._startup_buf)
+        try:
+            length = codec.startup_length(self._startup_buf)
+        except ProtocolViolation as exc:
+            # PostgreSQL only logs a bad start-up length (COMMERROR) and closes, with no answer: a
+            # client that wrote something else first (node-postgres' end() before connect) expects none
+            return self._close(str(exc), error=True)
         if length is None or len(self._startup_buf) < length:
             return []
         packet = bytes(self._startup_buf[:length])
@@ -404,6 +429,8 @@ class Session:
             message = bytes(out[start:end])
             if kind == R:
                 commands += self._server_authentication(message)
+                if self.phase is Phase.CLOSED:
+                    return commands  # refused at authentication: nothing after it reaches the client
                 continue
             if kind == K:
                 key = codec.decode_message(codec.BACKEND, message)
@@ -528,7 +555,7 @@ class Session:
         path = self._pending_path if self._pending_path is not None else self._search_path()
         tier, user = self.deciding_tier(), self.user or ""
         if path == searchpath.UNKNOWN:
-            return None  # refused at once by _decide_message
+            return None  # decided here, and refused if it reaches relations (_decide_message)
         apart = getattr(engine, "apart", None)  # an engine that decides everything itself has none
         key = apart(sql, tier, path, user, self.access) if apart is not None else None
         return DecideApart(key, sql, tier, path, user, self.access) if key is not None else None
@@ -638,8 +665,8 @@ class Session:
             return None
         sql, types, _ = known
         parse = codec.encode(codec.Parse(name, sql, types))
+        self._prepared.inject()  # first: the decision below is kept once the server prepares it
         decided = self._decide_message(P, parse, audits)  # records the new decision as well
-        self._prepared.inject()
         return codec.encode(codec.Close(b"S", name)) + (decided if decided is not None else parse)
 
     def _refuse_execute(self, out: bytes, start: int, end: int) -> bytes | None:
@@ -687,6 +714,8 @@ class Session:
             if kind == Z:
                 self.transaction_status = out[start + 5:start + 6]
                 self._purpose.ready(self.transaction_status)
+                if self.transaction_status == b"I" and self._opened.portals:
+                    self._opened.portals.clear()  # no transaction: no portal is left open
                 if self.outstanding:
                     self.outstanding -= 1
                 if not self.outstanding:
@@ -720,11 +749,22 @@ class Session:
                         self.database != catalog.database:
                     refusal = ("28000", f'pgveil: tier {self.tier.name} may only use database "{catalog.database}"',
                                "pgveil analyses statements against that database's catalog.")
+                elif self._filtering and self.startup is not None:
+                    refusal = self._startup_refusal()
         audit = self._connection_record("refused" if refusal else "accepted", refusal[1] if refusal else "")
         if refusal:
             return audit + self.fail(refusal[0], refusal[1], hint=refusal[2]), False
         self._active_watch = self._server_watch()
         return audit, True
+
+    def _startup_refusal(self) -> tuple | None:
+        """A restricted tier's start-up parameters (and ``options``) must stay within its allow
+        list of settings (see :mod:`proxy.settings`)."""
+        problem = settings.startup_problem(self.startup.params, self.tier.settings)
+        if problem is None:
+            return None
+        return ("28000", f"pgveil: {problem.replace('this tier', f'tier {self.tier.name}')} (a start-up parameter)",
+                "Connect without that parameter (check PGOPTIONS and the connection's options and settings).")
 
     def rules_changed(self) -> list[Command]:
         """The rules were reloaded: the identity's tier is resolved again, and an identity the new
@@ -813,18 +853,15 @@ class Session:
                        "bytes_out": self.stats.bytes_from_server})
         return [Audit(record)]
 
-    def _prepared_ids(self) -> set:
-        """Statement ids of named prepared statements: their limits last for every execution."""
-        return self._tracker.named_ids()
-
     def _outcomes(self, kind: int, body: bytes) -> list[Command]:
+        result = self._tracker.running_result() if self._row_limits else None
         ended = self._tracker.server(kind, body, time.monotonic())
         commands: list[Command] = []
+        if kind == Z and body[:1] == b"I":
+            self._row_limits.idle()  # no transaction: no portal is left to resume
         for statement_id, status, rows, seconds, sqlstate in ended:
-            if status != "suspended":  # a portal fetched in pieces counts as one result
-                self._row_counts.pop(statement_id, None)  # each execution counts from zero
-            if statement_id in self._row_limits and statement_id not in self._prepared_ids():
-                del self._row_limits[statement_id]
+            if self._row_limits and result is not None and statement_id == result[0]:
+                self._row_limits.ended(result, status, self._tracker.live_ids())  # (suspended: one result)
                 if not self._row_limits:
                     self._from_server.watch = self._active_watch
             if statement_id in self._refused_ids:
@@ -856,35 +893,40 @@ class Session:
         else:
             if sql is None:
                 sql = decoded.query if decoded is not None else codec.query_text(message)
-            if self._filtering and self.server_params.get("standard_conforming_strings", "on") != "on":
+            wire, reading = sql, self._reading()
+            unreadable = self._unreadable(reading)
+            if unreadable is None and reading is not None:
+                try:
+                    sql = encodings.decode(wire, reading)
+                except UnicodeError:
+                    unreadable = ("22021", f"invalid byte sequence for encoding "
+                                           f"{self.server_params.get('client_encoding', 'UTF8')}: pgveil refuses "
+                                           f"statements that are not valid in the session's client encoding")
+            if unreadable is not None:
+                decision = policy.Decision("refuse", "", sqlstate=unreadable[0], reason=unreadable[1])
+            elif self._filtering and self.server_params.get("standard_conforming_strings", "on") != "on":
                 decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                     "the server reports standard_conforming_strings off: pgveil would read string literals "
                     "differently from the server"))
-            elif engine is not None and self.tier is not None and PURPOSE_WORD in sql.lower():
+            elif engine is not None and self.tier is not None and PURPOSE_WORD in (low := sql.lower()):
                 decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                     "declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'"))
             elif engine is not None and self.tier is not None:
                 tier = self.deciding_tier()
                 started = time.perf_counter()
                 path = self._pending_path if self._pending_path is not None else self._search_path()
-                if path == searchpath.UNKNOWN and not tier.all_clear and any(
-                        seg.word in searchpath.USES_RELATIONS for seg in segments(sql)):
+                ready = () if self._apart_ready is None else (self._apart_ready,)  # decided apart
+                decision = engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
+                                         self.user or "", self.access, *ready)
+                if path == searchpath.UNKNOWN and not tier.all_clear and decision.relations:
                     decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
                         "a statement sent before this one changes search_path in a way pgveil cannot follow; "
                         "wait for its result before sending statements that use relations"))
-                else:
-                    ready = () if self._apart_ready is None else (self._apart_ready,)  # decided apart
-                    decision = engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
-                                             self.user or "", self.access, *ready)
-                changes, opens, resets = decision.text_hints or text_hints(sql)  # read apart for a large text
-                if not decision.refused and (self._pending_path is not None or changes):
-                    # statements sent before this one has run are decided under the path it leaves
-                    self._pending_path = searchpath.after(segments(sql), path)
-                if not decision.refused and opens:
-                    decision = self._check_opened(sql, decision)
-                if not decision.refused and resets:
-                    self._reset_all(sql)
+                if not decision.refused and (self._pending_path is not None or any(w in low for w in STATE_WORDS)):
+                    decision = self._state_after(sql, decision, path)
                 self._decision_us = int((time.perf_counter() - started) * 1_000_000)
+                if decision.names and not decision.refused:
+                    decision = self._check_names(decision, tier)
                 if tier is not self.tier and decision.columns:
                     self._purpose_notice(decision, audits)
             else:
@@ -900,14 +942,14 @@ class Session:
                 "pgveil cannot write its audit journal, so it refuses statements until it can"))
         self._ddl_seen = self._ddl_seen or (decision is not None and "ddl" in decision.kinds)
         if kept:
-            self._prepared.remember(decoded.name, sql, decoded.param_types, self.access)
+            self._prepared.remember(decoded.name, wire, decoded.param_types, self.access)
         statement_id = self._audit_statement(kind, decoded, sql, decision, audits)
-        if statement_id and decision is not None and decision.columns and self.tier is not None and \
-                self.tier.max_rows and not decision.refused:
-            limit = self.tier.row_limit({c.cls for c in decision.columns})
-            if limit is not None:
-                self._row_limits[statement_id] = limit
-                self._from_server.watch = self._active_watch | {D}
+        if statement_id and decision is not None and self.tier is not None and self.tier.max_rows \
+                and not decision.refused:
+            limit = self.tier.row_limit({c.cls for c in decision.columns}) if decision.columns else None
+            self._row_limits.decided(statement_id, limit, decision.cursors)
+            if self._row_limits:
+                self._from_server.watch = self._active_watch | {D, COPY_DATA}
         if decision is not None and decision.refused:
             if statement_id:
                 self._refused_ids.add(statement_id)
@@ -915,9 +957,65 @@ class Session:
             return self._refusal(decision.reason, decision.sqlstate, parse=decoded if kind == P else None)
         if decision is None or decision.sql == sql:
             return None
+        try:
+            text = encodings.to_wire(decision.sql, reading) if reading is not None else decision.sql
+        except UnicodeError:
+            return self._refusal(f"the statement pgveil would send cannot be written in the client encoding "
+                                 f"{self.server_params.get('client_encoding')}", "22P05",
+                                 parse=decoded if kind == P else None)
         if kind == Q:
-            return codec.encode(codec.Query(decision.sql))
-        return codec.encode(codec.Parse(decoded.name, decision.sql, decoded.param_types))
+            return codec.encode(codec.Query(text))
+        return codec.encode(codec.Parse(decoded.name, text, decoded.param_types))
+
+    def _reading(self) -> str | None:
+        """The codec a statement is read in, for a tier whose decisions depend on reading it as
+        the server does (every tier but an all-clear one with every statement kind); None: the
+        text goes as it came."""
+        tier = self.tier
+        if tier is None or (tier.all_clear and tier.statements >= ALL_KINDS):
+            return None
+        key = (self.server_params.get("client_encoding"), self.server_params.get("server_encoding"))
+        if key != self._reader_key:
+            self._reader_key = key
+            self._reader = encodings.reader(*key)
+        return self._reader[0] or "unreadable"
+
+    def _unreadable(self, reading: str | None) -> tuple[str, str] | None:
+        """(SQLSTATE, reason) when the server's parameters are ones pgveil cannot follow."""
+        if reading is None:
+            return None
+        if reading == "unreadable":
+            return "42501", f"{self._reader[1]}; set client_encoding to UTF8"
+        path = self.server_params.get("search_path")
+        if self._filtering and path is not None:
+            names = settings.split_identifiers(path)
+            if names is None or settings.search_path_problem(names):
+                return "42501", f"the server reports a search_path pgveil cannot follow ({path[:60]}): " \
+                                f"{settings.search_path_problem(names) if names else 'it does not parse'}"
+        return None
+
+    def _check_names(self, decision, tier):
+        """Cursors and SQL-prepared statements: a use must name one declared through pgveil in
+        this session (see :mod:`proxy.sqlnames`)."""
+        reason = self._sql_names.apply(decision.names, self._prepared.statements, self.access)
+        if reason is None:
+            return decision
+        return policy.Decision("refuse", "", reason=f"{reason} (tier {tier.name})", sqlstate="42501",
+                               kinds=decision.kinds)
+
+    def _state_after(self, sql: str, decision, path):
+        """A statement allowed to go that may change what later ones run under: the search_path
+        statements sent after it are decided under, the prepared statements and cursors it uses
+        or opens, a purpose cleared by RESET ALL or DISCARD ALL."""
+        if self._pending_path is not None or searchpath.CHANGES.search(sql):
+            # statements sent before this one has run are decided under the path it leaves
+            changed = self._pending_path not in (None, self._search_path())
+            self._pending_path = searchpath.after(segments(sql), path, changed)
+        if Opened.concerns(sql):
+            decision = self._check_opened(sql, decision)
+        if not decision.refused and RESET_ALL.search(sql):
+            self._reset_all(sql)
+        return decision
 
     def _check_opened(self, sql: str, decision):
         """A statement that executes, fetches from or opens a prepared statement or cursor: refused
@@ -981,7 +1079,7 @@ class Session:
     def _reset_all(self, sql: str) -> None:
         """RESET ALL or DISCARD ALL clear the purpose as they clear every setting (at once, before
         the server runs them: that only masks more)."""
-        if any(seg.words(2) in (["RESET", "ALL"], ["DISCARD", "ALL"]) for seg in segments(sql)):
+        if any(_clears_all(seg) for seg in segments(sql)):
             self._purpose.set(None, local=False, in_block=self.transaction_status != b"I")
 
     def _grant_used(self, decision) -> str | None:
@@ -1055,7 +1153,11 @@ class Session:
                 replacement = b""  # the reply to a Close or Parse the client never sent
             elif kind == E or kind == N:
                 replacement = self._filter_error(message)
-            elif kind == D and self._row_limits:
+            elif kind == A and self._filtering:
+                note = codec.decode_message(codec.BACKEND, message)
+                if note.payload:  # any session's pg_notify() can carry any value: the payload is dropped
+                    replacement = codec.encode(codec.NotificationResponse(note.pid, note.channel, ""))
+            elif (kind == D or kind == COPY_DATA) and self._row_limits:  # a row, or a COPY TO line
                 replacement = self._count_row(commands)
             elif kind == T and self._filtering:
                 leak = self._leaking_column(message)
@@ -1080,13 +1182,11 @@ class Session:
 
     def _count_row(self, commands: list) -> bytes | None:
         """A row of a statement with a row limit: past the limit, the result stops here."""
-        statement_id = self._tracker.running()
-        limit = self._row_limits.get(statement_id)
+        result = self._tracker.running_result()
+        limit = self._row_limits.row(result) if result is not None else None
         if limit is None:
             return None
-        count = self._row_counts[statement_id] = self._row_counts.get(statement_id, 0) + 1
-        if count <= limit:
-            return None
+        statement_id = result[0]
         self._suppressing = True
         self._tracker.stop(statement_id, limit, "54000")
         commands.append(Alert("max_rows_stop", f"tier {self.tier.name} reached max_rows {limit}"))
@@ -1104,9 +1204,9 @@ class Session:
             if found is not None:
                 reason, sqlstate = found
                 return codec.error_response(sqlstate, reason)
-        if self._filtering and any(code == b"D" for code, _ in error.fields):  # details can print row values
-            fields = tuple((code, value) for code, value in error.fields if code != b"D")
-            return codec.encode(type(error)(fields))
+        if self._filtering:  # errors can print values: see proxy/errors.py
+            fields = errors.scrub(error.fields, self.tier.name)
+            return codec.encode(type(error)(fields)) if fields != error.fields else None
         return None
 
     def _leaking_column(self, message: bytes) -> str | None:

@@ -34,5 +34,14 @@ def tokenize(text: str) -> list:
     return DIALECT.tokenize(text)
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold_name(token) -> str:
+    """A name token as PostgreSQL folds it: quoted as written, unquoted with ASCII letters only
+    lowered (a UTF8 database's rule: ``FETCH Ä`` names the cursor "Ä", not "ä")."""
+    return token.text if token.token_type.name == "IDENTIFIER" else token.text.translate(_ASCII_LOWER)
+
+
 def to_sql(tree: exp.Expression) -> str:
     return tree.sql(dialect=DIALECT, comments=False)

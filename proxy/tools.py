@@ -167,3 +167,23 @@ def cmd_report(args) -> int:
     rules, = loaded
     print(report(rules, _catalog(args), datetime.now(timezone.utc), args.format), end="")
     return 0
+
+
+def cmd_privileges(args) -> int:
+    """GRANT/REVOKE statements that make the database refuse what pgveil refuses (blocked columns)."""
+    from .privileges import statements
+    loaded = _rules_or_none(args.rules)
+    if loaded is None:
+        return 1
+    rules, = loaded
+    catalog = fetch_catalog(args.catalog_dsn)
+
+    async def login_roles() -> list[str]:
+        import asyncpg
+        conn = await asyncpg.connect(args.catalog_dsn)
+        try:
+            return [r[0] for r in await conn.fetch("SELECT rolname FROM pg_catalog.pg_roles WHERE rolcanlogin")]
+        finally:
+            await conn.close()
+    print("\n".join(statements(rules, catalog, asyncio.run(login_roles()))))
+    return 0

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from .sql import exp, parse_one, to_sql
 
+from .barrier import guard_write
 from .masks import mask_sql, null_of
-from .rewrite import Refusal, Rewriter, Source, name_of, qualify, quote
+from .rewrite import SYSTEM_SCHEMAS, Refusal, Rewriter, Source, name_of, qualify, quote
 
 
 def _target_table(node) -> tuple[exp.Table, list[str] | None]:
@@ -37,23 +38,52 @@ def check_written(rw: Rewriter, target: Source, columns: list[str]) -> None:
         rw.analysis.use(target, column, cls, act)
 
 
-def check_reads_of_target(rw: Rewriter, target: Source, parts: list) -> None:
-    """Refuse any reference to a protected column of the target, or to its whole row."""
+def _other_names(tree: exp.Expression, target_table: exp.Table) -> set:
+    """Names that refer to a relation other than the write's target anywhere in the statement:
+    other tables, subqueries, CTEs, functions in FROM, VALUES lists."""
+    names = set()
+    for node in tree.find_all(exp.Table, exp.TableAlias):
+        if node is target_table or node.parent is target_table:
+            continue
+        if isinstance(node, exp.TableAlias):
+            if node.this is not None:
+                names.add(name_of(node.this))
+        elif node.args.get("alias") is None and isinstance(node.this, exp.Identifier):
+            names.add(name_of(node.this))
+    return names
+
+
+def check_reads_of_target(rw: Rewriter, target: Source, parts: list, tree: exp.Expression,
+                          target_table: exp.Table) -> None:
+    """Refuse any reference to a protected column of the target, or to its whole row (``c``,
+    ``c.*``, ``ROW(c.*)``, ``(c).col``, PostgreSQL 18's ``old`` and ``new``).  A qualifier that
+    names no other relation of the statement is taken to be the target (fail closed)."""
     tier = rw.ctx.tier
-    names = {target.alias, target.relation.name}
+    names = {target.alias, target.relation.name, "old", "new"}
+    others = _other_names(tree, target_table) - {target.alias}
+    hidden = any(act.action != "clear" for _, _, act in target.actions)
+    whole_row = f"the whole row of {target.relation.name} is not visible to tier {tier.name}"
     for part in parts:
         if part is None:
             continue
         for col in part.find_all(exp.Column):
             qualifier = name_of(col.args.get("table")) if col.args.get("table") is not None else None
-            if qualifier == "excluded":
+            if qualifier == "excluded" and isinstance(tree, exp.Insert):
                 continue  # the row being proposed, which the client wrote itself
+            if qualifier is not None and qualifier not in names and qualifier in others:
+                continue
+            if isinstance(col.this, exp.Star):
+                if isinstance(col.parent, exp.Returning) and qualifier in (target.alias, target.relation.name):
+                    continue  # RETURNING c.*: expanded into the masked column list below
+                if hidden:
+                    raise Refusal(whole_row)
+                continue
             column = name_of(col.this) if isinstance(col.this, exp.Identifier) else None
             if column is None:
-                continue
-            if qualifier is None and column in names and target.action(column) is None and target.protected:
-                raise Refusal(f"the whole row of {target.relation.name} is not visible to tier {tier.name}")
-            if qualifier is not None and qualifier not in names:
+                raise Refusal(f"pgveil could not analyze this statement: column reference {to_sql(col)}")
+            if qualifier is None and column in names and target.action(column) is None:
+                if hidden:
+                    raise Refusal(whole_row)
                 continue
             found = target.action(column)
             if found is None:
@@ -63,6 +93,19 @@ def check_reads_of_target(rw: Rewriter, target: Source, parts: list) -> None:
                 raise Refusal(f"column {target.relation.name}.{column} is {'masked' if act.action == 'mask' else 'not visible'}"
                               f" for tier {tier.name} and cannot be used in a write statement")
             rw.analysis.use(target, column, cls, act)
+
+
+def set_columns(sets: list) -> list[str]:
+    """The columns an UPDATE's SET (or ON CONFLICT/MERGE's) writes, ``(a, b) = (...)`` too."""
+    names = []
+    for eq in sets:
+        left = eq.this if isinstance(eq, exp.EQ) else None
+        items = left.expressions if isinstance(left, exp.Tuple) else [left]
+        for item in items:
+            if not isinstance(item, exp.Column) or not isinstance(item.this, exp.Identifier):
+                raise Refusal(f"pgveil could not analyze this statement: SET {to_sql(eq)}")
+            names.append(name_of(item.this))
+    return names
 
 
 def expand_returning(target: Source, returning, has_other_sources: bool):
@@ -93,22 +136,19 @@ def expand_returning(target: Source, returning, has_other_sources: bool):
         yield from target_uses
 
 
-def add_row_filter(tree: exp.Expression, target: Source) -> None:
-    if not target.row_filter:
-        return
-    condition = parse_one(f"SELECT 1 WHERE {target.row_filter}").args["where"].this
-    for col in condition.find_all(exp.Column):
-        if col.args.get("table") is None:
-            col.set("table", exp.to_identifier(target.alias, quoted=True))
-    where = tree.args.get("where")
-    combined = exp.and_(exp.paren(where.this), exp.paren(condition)) if where else condition
-    tree.set("where", exp.Where(this=combined))
+def add_row_filter(tree: exp.Expression, target: Source, unqualified: bool = True) -> None:
+    """The row filter, evaluated before the client's own conditions (see proxy/barrier.py)."""
+    if target.row_filter:
+        guard_write(tree, target, target.alias, unqualified)
 
 
 def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
     """INSERT, UPDATE, DELETE and MERGE."""
     table, listed = _target_table(tree.this)
     target = rw.source(table)
+    if target.relation.schema in SYSTEM_SCHEMAS:  # UPDATE pg_settings is SET; the catalogs are the server's
+        raise Refusal(f"writing {target.relation.qualified} is not allowed for tier {rw.ctx.tier.name}: "
+                      f"it is a system catalog")
     all_columns = [col.name for col, _, _ in target.actions]
     if isinstance(tree, exp.Insert):
         check_written(rw, target, listed or all_columns)
@@ -118,39 +158,39 @@ def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
             sets = conflict.expressions or []
             if sets and target.row_filter:  # DO UPDATE must not reach rows the tier cannot see
                 add_row_filter(conflict, target)
-            check_written(rw, target, [name_of(eq.this.this) for eq in sets if isinstance(eq.this, exp.Column)])
+            check_written(rw, target, set_columns(sets))
             parts += [eq.expression for eq in sets] + [conflict.args.get("where")]
         others = False
     elif isinstance(tree, exp.Update):
         sets = tree.expressions
-        check_written(rw, target, [name_of(eq.this.this) for eq in sets if isinstance(eq.this, exp.Column)])
+        check_written(rw, target, set_columns(sets))
         parts = [eq.expression for eq in sets] + [tree.args.get("where"), tree.args.get("from_"),
                                                   tree.args.get("returning")]
         others = tree.args.get("from_") is not None
-        add_row_filter(tree, target)
+        add_row_filter(tree, target, not others)
     elif isinstance(tree, exp.Delete):
         parts = [tree.args.get("where"), tree.args.get("returning"), *(tree.args.get("using") or [])]
         others = bool(tree.args.get("using"))
-        add_row_filter(tree, target)
+        add_row_filter(tree, target, not others)
     elif isinstance(tree, exp.Merge):
         if target.row_filter:
             raise Refusal(f"MERGE into {target.relation.name} is not allowed for tier {rw.ctx.tier.name}: "
                           f"it has a row filter")
-        parts = [tree.args.get("on")]
+        parts = [tree.args.get("on"), tree.args.get("returning")]
         for when in tree.args["whens"].expressions:
             parts.append(when.args.get("condition"))
             then = when.args.get("then")
             if isinstance(then, exp.Update):
-                check_written(rw, target, [name_of(eq.this.this) for eq in then.expressions
-                                           if isinstance(eq.this, exp.Column)])
+                check_written(rw, target, set_columns(then.expressions))
                 parts += [eq.expression for eq in then.expressions]
             elif isinstance(then, exp.Insert):
                 cols = then.this.expressions if isinstance(then.this, exp.Tuple) else None
                 check_written(rw, target, [name_of(c.this) for c in cols] if cols else all_columns)
+                parts.append(then.expression)
         others = True
     else:
         raise Refusal(f"pgveil could not analyze this statement: {type(tree).__name__}")
-    check_reads_of_target(rw, target, parts)
+    check_reads_of_target(rw, target, parts, tree, table)
     for column, cls, act in expand_returning(target, tree.args.get("returning"), others):
         rw.analysis.use(target, column, cls, act)
     rw.rewrite(tree, skip={id(table)})
@@ -161,7 +201,8 @@ def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
 def rewrite_copy(rw: Rewriter, tree: exp.Copy) -> exp.Expression:
     tier = rw.ctx.tier
     files = tree.args.get("files") or []
-    to_client = len(files) == 1 and isinstance(files[0], exp.Identifier) and files[0].name.upper() in ("STDIN", "STDOUT")
+    to_client = len(files) == 1 and isinstance(files[0], exp.Identifier) and not files[0].quoted \
+        and files[0].name.upper() in ("STDIN", "STDOUT")  # a quoted "stdout" is a name, not the keyword
     if not to_client or tree.args.get("params") and any(
             name_of(p.this).upper() == "PROGRAM" for p in tree.args["params"] if isinstance(p.this, exp.Var)):
         raise Refusal(f"COPY to or from a file or program is not allowed for tier {tier.name}")

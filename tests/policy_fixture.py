@@ -70,9 +70,18 @@ def subqueries(tier, rules, catalog) -> list[tuple[str, str]]:
 
 
 def placeholders(sql: str, tier, rules, catalog) -> str:
-    """Write each masking subquery as <schema.table>."""
+    """Write each masking subquery as <schema.table>; a fenced one (row filter) with the
+    leakproof conditions pgveil copied into it as <schema.table AND "id" = CAST(1 AS INT)>."""
     for text, placeholder in subqueries(tier, rules, catalog):
-        sql = sql.replace(text, placeholder)
+        fence = " OFFSET 0)"
+        if not text.endswith(fence):
+            sql = sql.replace(text, placeholder)
+            continue
+        head = text[:-len(fence)]
+        while head in sql:
+            start = sql.index(head)
+            end = sql.index(fence, start + len(head))
+            sql = sql[:start] + placeholder[:-1] + sql[start + len(head):end] + ">" + sql[end + len(fence):]
     return sql
 
 

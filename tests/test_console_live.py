@@ -29,7 +29,7 @@ def console(pg, tier_users, tmp_path_factory):
     proxy.stop()
 
 
-def console_psql(pg, proxy, command: str, user: str = "dba_sun", database: str = "pgveil"):
+def console_psql(pg, proxy, command: str, user: str = "it_zhou", database: str = "pgveil"):
     env = dict(os.environ, PGPASSWORD=TIER_PASSWORD, PGSSLMODE="disable", PGCONNECT_TIMEOUT="10")
     return subprocess.run([str(pg.bin_dir / "psql"), "-X", "-A", "-F", "|", "-h", "127.0.0.1", "-p",
                            str(proxy.console_port), "-U", user, "-d", database, "-c", command],
@@ -63,7 +63,7 @@ def test_show_commands_through_psql(pg, console):
         assert done.returncode == 0, (command, done.stderr)
         assert done.stdout.splitlines()[0].split("|")[0] == first, command
     tiers = {r[0]: r for r in rows(console_psql(pg, console, "SHOW TIERS"))}
-    assert "console" in tiers["dba"][1] and "console" not in tiers["sales"][1]
+    assert "console" in tiers["it"][1] and "console" not in tiers["sales"][1] and "console" not in tiers["dba"][1]
     done = console_psql(pg, console, "SELECT * FROM customers")
     assert done.returncode == 1 and "understands SHOW SESSIONS" in done.stderr  # never forwarded
 
@@ -73,7 +73,7 @@ def test_a_tier_without_console_is_refused(pg, console):
     assert done.returncode == 2 and 'may not use the console' in done.stderr
     env = dict(os.environ, PGPASSWORD="wrong", PGSSLMODE="disable")
     done = subprocess.run([str(pg.bin_dir / "psql"), "-X", "-h", "127.0.0.1", "-p", str(console.console_port),
-                           "-U", "dba_sun", "-d", "pgveil", "-c", "SHOW VERSION"], capture_output=True, text=True,
+                           "-U", "it_zhou", "-d", "pgveil", "-c", "SHOW VERSION"], capture_output=True, text=True,
                           env=env, timeout=60)
     assert done.returncode == 2 and "password authentication failed" in done.stderr  # the database decides
     done = console_psql(pg, console, "SHOW VERSION", database="crm")
@@ -106,7 +106,7 @@ def test_kill_ends_a_live_session_and_says_who_asked(pg, console):
     victim.execute("SELECT name FROM customers WHERE id = 2").fetchall()
 
     async def run():
-        admin = await asyncpg.connect(host="127.0.0.1", port=console.console_port, user="dba_sun",
+        admin = await asyncpg.connect(host="127.0.0.1", port=console.console_port, user="it_zhou",
                                       password=TIER_PASSWORD, database="pgveil", ssl=False)
         try:
             (target,) = [r["id"] for r in await admin.fetch("SHOW SESSIONS") if r["application_name"] == "victim"]
@@ -120,7 +120,7 @@ def test_kill_ends_a_live_session_and_says_who_asked(pg, console):
     with pytest.raises(psycopg.OperationalError) as caught:
         victim.execute("SELECT 1")
     victim.close()
-    assert caught.value.sqlstate == "57P01" and "by user dba_sun" in str(caught.value)
+    assert caught.value.sqlstate == "57P01" and "by user it_zhou" in str(caught.value)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         records = journal(console)
@@ -128,10 +128,10 @@ def test_kill_ends_a_live_session_and_says_who_asked(pg, console):
         if ended:
             break
         time.sleep(0.2)
-    assert ended and "by user dba_sun" in ended[0]["reason"]
+    assert ended and "by user it_zhou" in ended[0]["reason"]
     asked = [r for r in records if r["type"] == "statement" and r.get("kinds") == ["console"]
              and r["sql"] == f"KILL {target}"]
-    assert asked and asked[0]["user"] == "dba_sun" and asked[0]["database"] == "pgveil"
+    assert asked and asked[0]["user"] == "it_zhou" and asked[0]["database"] == "pgveil"
 
 
 def test_reload_reads_a_changed_rule_file(pg, console):
@@ -151,4 +151,4 @@ def test_reload_reads_a_changed_rule_file(pg, console):
         console.rules_path.write_text(text)
         console_psql(pg, console, "RELOAD")
     reloaded = [r for r in journal(console) if r["type"] == "rules" and r.get("event") == "reloaded"]
-    assert reloaded and "console, by dba_sun" in reloaded[0]["reason"]
+    assert reloaded and "console, by it_zhou" in reloaded[0]["reason"]

@@ -1,11 +1,12 @@
 """Real-world SQL through the proxy: what ORMs, drivers, psql, pg_dump and admin tools send.
 
 The corpus (tests/fixtures/corpus/*.sql, see generate.py there) is replayed statement by
-statement, each as one simple Query in its own transaction (rolled back), on five sessions:
-two straight to PostgreSQL, and through pgveil as an all-clear tier (dba), a masking tier
-(sales) and a blocking tier (production).  For the all-clear tier the answer must be the one
-PostgreSQL gives (the same rows, or the same SQLSTATE); for every tier every statement is
-answered within a timeout, never with an internal error, and the session still works after it.
+statement, each as one simple Query in its own transaction (rolled back), on six sessions: two
+straight to PostgreSQL, and through pgveil as an all-clear tier (dba), a masking tier (sales;
+once more with the extended protocol) and a blocking tier (production).  For the all-clear tier
+the answer must be the one PostgreSQL gives (the same rows, or the same SQLSTATE); for every
+tier every statement is answered within a timeout, never with an internal error, and the
+session still works after it; no ID, bank card or phone number reaches a tier that may not see it.
 
 A statement whose two direct answers differ (now(), pg_stat_activity, a backend's pid) is
 compared by its columns and SQLSTATE only.
@@ -62,6 +63,7 @@ class Session:
 
     name: str
     dsn: str
+    extended: bool = False  # Parse/Bind/Execute (binary results) in place of a simple Query
     conn: psycopg.AsyncConnection | None = None
     answers: list = field(default_factory=list)
     broken: list = field(default_factory=list)  # (entry, what happened)
@@ -78,7 +80,7 @@ class Session:
                     async with cur.copy(sql) as copy:
                         results.append(("copy", b"".join([bytes(block) async for block in copy])))
                 else:
-                    await cur.execute(sql)
+                    await cur.execute(sql, binary=True) if self.extended else await cur.execute(sql)
                     while True:
                         rows = await cur.fetchall() if cur.description else None
                         columns = [d.name for d in cur.description] if cur.description else None
@@ -88,8 +90,9 @@ class Session:
                 answer = ("ok", tuple(map(repr, results)))
             except psycopg.DatabaseError as exc:
                 answer = ("error", exc.sqlstate or type(exc).__name__)
-            await cur.execute("ROLLBACK; SELECT 1")  # writes undone, and the session still answers
-            assert cur.nextset() and (await cur.fetchall()) == [(1,)]
+            await cur.execute("ROLLBACK")  # writes undone
+            await cur.execute("SELECT 1")  # and the session still answers
+            assert (await cur.fetchall()) == [(1,)]
         return answer
 
     async def replay(self, entry: Entry) -> None:
@@ -121,6 +124,20 @@ def columns_of(answer: tuple) -> tuple:
     return ("ok", tuple(re.sub(r"\[\(.*\)\]\)$", "rows)", result, flags=re.S) for result in answer[1]))
 
 
+async def recheck(entries: list[Entry], trio: list[Session]) -> None:
+    """The dba's answers that differ from two equal direct ones, once more one session at a time:
+    statements on pg_stat_activity see the other sessions, which ran at the same moment."""
+    direct, dba, again = trio
+    for i, entry in enumerate(entries):
+        if direct.answers[i] == again.answers[i] != dba.answers[i] and dba.answers[i][0] != "broken":
+            answers = []
+            for session in trio:
+                await session.replay(entry)
+                answers.append(session.answers.pop())
+            for session, answer in zip(trio, answers):
+                session.answers[i] = answer
+
+
 @pytest.fixture(scope="module")
 async def replayed(pg, tier_users, tmp_path_factory):
     """The corpus replayed on all five sessions."""
@@ -128,12 +145,14 @@ async def replayed(pg, tier_users, tmp_path_factory):
     sessions = {"direct": Session("direct", pg.dsn(TIERS["dba"], TIER_PASSWORD, "crm")),
                 "direct again": Session("direct again", pg.dsn(TIERS["dba"], TIER_PASSWORD, "crm"))}
     sessions.update({tier: Session(tier, proxy.dsn(user, TIER_PASSWORD)) for tier, user in TIERS.items()})
+    sessions["masking, extended"] = Session("masking, extended", proxy.dsn(TIERS["masking"], TIER_PASSWORD), True)
     entries = load_corpus()
     try:
         for session in sessions.values():
             await session.connect()
         for entry in entries:  # the sessions run each statement at the same time, then the next
             await asyncio.gather(*(session.replay(entry) for session in sessions.values()))
+        await recheck(entries, [sessions[name] for name in ("direct", "dba", "direct again")])
         async with await psycopg.AsyncConnection.connect(pg.dsn(database="crm")) as conn:
             cursor = await conn.execute("SELECT id_number, bank_card, phone FROM customers")
             secrets = await cursor.fetchall()
@@ -155,7 +174,7 @@ def test_corpus_is_large_and_varied():
     assert any("\r\n" in entry.sql for entry in entries) and any("\t" in entry.sql for entry in entries)
 
 
-@pytest.mark.parametrize("tier", ["direct", *TIERS])
+@pytest.mark.parametrize("tier", ["direct", *TIERS, "masking, extended"])
 async def test_every_statement_is_answered(replayed, tier):
     entries, sessions, _ = replayed
     broken = sessions[tier].broken
@@ -163,7 +182,7 @@ async def test_every_statement_is_answered(replayed, tier):
         "\n\n".join(f"{entry}\n-> {what}" for entry, what in broken[:5])
 
 
-@pytest.mark.parametrize("tier", list(TIERS))
+@pytest.mark.parametrize("tier", [*TIERS, "masking, extended"])
 async def test_no_internal_error(replayed, tier):
     entries, sessions, _ = replayed
     internal = [entry for entry, answer in zip(entries, sessions[tier].answers) if answer == ("error", INTERNAL)]
@@ -187,6 +206,7 @@ async def test_all_clear_tier_answers_as_postgres(replayed):
 
 
 @pytest.mark.parametrize("tier, columns", [("masking", ("id_number", "bank_card")),
+                                           ("masking, extended", ("id_number", "bank_card")),
                                            ("blocking", ("id_number", "bank_card", "phone"))])
 async def test_protected_values_never_reach_a_restricted_tier(replayed, tier, columns):
     """No answer of the corpus (rows, COPY data, error texts) holds a value the tier may not see."""

@@ -33,7 +33,7 @@ SALES_CUSTOMERS = (
     'CAST(NULL AS DECIMAL(12, 2)) AS "credit_limit", "created_at" FROM "public"."customers"')
 AUDITOR_CUSTOMERS_TAIL = ('CAST(CASE WHEN "address" IS NULL THEN NULL ELSE \'***\' END AS TEXT) AS "address", "grade", '
                           'CAST(NULL AS DECIMAL(12, 2)) AS "credit_limit", "created_at" FROM "public"."customers" '
-                          "WHERE grade <> 'top_secret'")
+                          "WHERE (grade <> 'top_secret') OFFSET 0")
 
 
 def template_text(tier: str, relation: str) -> str:

@@ -109,3 +109,22 @@ def test_grants_open_and_close_in_time():
     assert tier.action("id_number").action == "clear" and tier.action("bank_card").action == "block"
     assert "CS-1042" in grants[0].label() and "li_na, wang_fang" in grants[0].label()
     assert rules.effective_tier("sales_li", now=at(9))[0].action("id_number").action == "mask"
+
+
+def test_tier_settings_widen_the_allow_list_and_are_validated():
+    import json
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    text = "version: 1\ntiers:\n  a:\n    settings: [work_mem, \"enable_*\"]\n"
+    assert load_rules(text, "r.yaml").tier("a").settings == ("work_mem", "enable_*")
+    schema = json.loads((Path(__file__).resolve().parent.parent / "rules" / "schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    assert list(validator.iter_errors(yaml.safe_load(text))) == []
+    for bad, words in (("[backslash_quote]", "backslash_quote cannot be allowed: it changes how the server reads"),
+                       ("[role]", "role cannot be allowed"), ("[\"a b\"]", "is not a setting name")):
+        with pytest.raises(RuleError, match=words):
+            load_rules(text.replace("[work_mem, \"enable_*\"]", bad), "r.yaml")
+        assert list(validator.iter_errors(yaml.safe_load(text.replace("[work_mem, \"enable_*\"]", bad)))), bad

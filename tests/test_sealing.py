@@ -58,7 +58,7 @@ def test_data_keys_rotate_by_count_and_age_and_each_is_journaled_first():
     assert len(emitted) == 4  # too old: a new key even before its count
     clock.now += 61
     sealer.expire()
-    assert sealer._box is None  # dropped without waiting for the next record
+    assert sealer._key is None  # dropped without waiting for the next record
     opener = Opener(private)
     assert all(opener.add_key(r) for r in emitted)
     assert [opener.open(b) for b in boxes] == [{"i": i} for i in range(7)]
@@ -68,22 +68,23 @@ def test_data_keys_rotate_by_count_and_age_and_each_is_journaled_first():
 
 
 def test_per_record_sealing_cost_is_microseconds():
-    """The figure README states: prints the measured cost of one sealed record."""
+    """The figure README states: prints the CPU time of one sealed record (CPU time, not wall time: the
+    test machines are shared)."""
     _, public = generate()
     sealer = Sealer(public, lambda record: None)
     sql = "SELECT name, phone FROM customers WHERE id = 42 AND id_number = '110101199001011234'"
     sealer.seal({"sql": sql})
     n = 20_000
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(n):
         sealer.seal({"sql": sql})
-    per_record = (time.perf_counter() - started) / n * 1e6
+    per_record = (time.process_time() - started) / n * 1e6
     from nacl.public import PublicKey, SealedBox
     box = SealedBox(PublicKey(public))
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(500):
         box.encrypt(sql.encode())
-    per_sealed_box = (time.perf_counter() - started) / 500 * 1e6
+    per_sealed_box = (time.process_time() - started) / 500 * 1e6
     print(f"\nsealing: {per_record:.1f} us per record with a data key, {per_sealed_box:.1f} us with a sealed box each")
     assert per_record < per_sealed_box
 
@@ -119,7 +120,7 @@ def test_what_reaches_a_protected_relation(engine):
 
 def test_the_patterns_over_client_text_cannot_backtrack():
     import re._parser as parser
-    for name in ("_WORD", "_COPY", "_FROM_STDIN"):
+    for name in ("_WORD", "_FROM_STDIN"):
         assert hazards(parser.parse(getattr(sealing_module, name).pattern), False, name) == []
 
 
@@ -149,7 +150,7 @@ def test_session_seals_binds_of_protected_statements_and_copy_in_bounded_parts(e
     assert seals.message(ord("B"), _bind("find", [b"42"]), WHO) == []
 
     dba = engine.rules.tier("dba")
-    assert seals.statement(None, "s-4", "COPY customers FROM STDIN", Decision("allow", "x"), dba)
+    assert seals.statement(None, "s-4", "COPY customers FROM STDIN", Decision("allow", "x", kinds=("copy",)), dba)
     chunk = b"1\tname\n" * 4000  # 28 000 bytes a message
     parts = []
     for _ in range(5):

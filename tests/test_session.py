@@ -12,6 +12,7 @@ from proxy.session import (Close, ConnectUpstream, ForwardCancel, LookupVerifier
                            SendToServer, Session, SessionConfig, StartClientTLS)
 
 STARTUP = codec.StartupMessage(codec.PROTOCOL_3_0, (("user", "app"), ("database", "crm"), ("odd_param", "x")))
+PLAIN_STARTUP = codec.StartupMessage(codec.PROTOCOL_3_0, STARTUP.params[:2])  # what a restricted tier may send
 AUTH_OK = codec.encode(codec.Authentication(0, b""))
 KEY = codec.encode(codec.BackendKeyData(4242, b"\x01\x02\x03\x04"))
 READY = codec.encode(codec.ReadyForQuery(b"I"))
@@ -27,9 +28,11 @@ def sent_to_server(commands) -> bytes:
 
 def active_session(config=None) -> Session:
     s = Session(config)
-    assert s.client_data(codec.encode_startup(STARTUP)) == [ConnectUpstream(STARTUP)]
+    # a restricted tier may send only the settings on its allow list (odd_param is not)
+    startup = STARTUP if config is None or config.engine is None else PLAIN_STARTUP
+    assert s.client_data(codec.encode_startup(startup)) == [ConnectUpstream(startup)]
     commands = s.upstream_connected(tls=False)
-    assert sent_to_server(commands) == codec.encode_startup(STARTUP)  # every parameter verbatim
+    assert sent_to_server(commands) == codec.encode_startup(startup)  # every parameter verbatim
     out = s.server_data(AUTH_OK + KEY + READY)
     assert sent_to_client(out) == AUTH_OK + KEY + READY  # the server's key, unchanged
     assert s.phase is Phase.ACTIVE
@@ -270,10 +273,24 @@ def restricted_session():
     from proxy.rules import ClassAction, Tier
     tier = Tier("sales", {"id_number": ClassAction("mask")}, frozenset({"read"}))
     s = Session(SessionConfig(engine=BrokenFirstLayer(tier)))
-    s.client_data(codec.encode_startup(STARTUP))
+    s.client_data(codec.encode_startup(PLAIN_STARTUP))
     s.upstream_connected(tls=False)
     s.server_data(AUTH_OK + KEY + READY)
     return s
+
+
+def test_restricted_tier_start_up_parameter_outside_the_allow_list_ends_the_connection():
+    from proxy.rules import ClassAction, Tier
+    tier = Tier("sales", {"id_number": ClassAction("mask")}, frozenset({"read"}))
+    s = Session(SessionConfig(engine=BrokenFirstLayer(tier)))
+    s.client_data(codec.encode_startup(STARTUP))  # odd_param=x
+    s.upstream_connected(tls=False)
+    sent = sent_to_client(s.server_data(AUTH_OK + KEY + READY))
+    error = codec.decode_message(codec.BACKEND, sent[:1 + int.from_bytes(sent[1:5], "big")])
+    assert b"Z" not in sent[-6:-5]  # no ReadyForQuery: the client never gets a session
+    assert error.get(b"C") == "28000" and error.get(b"S") == "FATAL"
+    assert "changing odd_param is not allowed for tier sales" in error.get(b"M")
+    assert s.phase is Phase.CLOSED
 
 
 def test_second_layer_stops_a_result_naming_a_hidden_column():
@@ -325,7 +342,7 @@ def test_refusal_is_substituted_and_put_back():
 
     tier = Tier("sales", {"id_number": ClassAction("mask")}, frozenset({"read"}))
     s = Session(SessionConfig(engine=Refusing(tier)))
-    s.client_data(codec.encode_startup(STARTUP))
+    s.client_data(codec.encode_startup(PLAIN_STARTUP))
     s.upstream_connected(tls=False)
     s.server_data(AUTH_OK + KEY + READY)
     forwarded = codec.decode_message(codec.FRONTEND, sent_to_server(s.client_data(codec.encode(codec.Query("x")))))
@@ -334,3 +351,32 @@ def test_refusal_is_substituted_and_put_back():
     server_error = codec.error_response("22P02", f'invalid input syntax for type integer: "{token}"')
     back = codec.decode_message(codec.BACKEND, sent_to_client(s.server_data(server_error))[:])
     assert back.get(b"C") == "42501" and back.get(b"M") == "no"
+
+
+def test_statements_are_read_strictly_in_the_reported_client_encoding():
+    from proxy.rules import ClassAction, Tier
+    from proxy.policy import Decision
+    seen = []
+
+    class Recording(BrokenFirstLayer):
+        def decide(self, sql, tier, search_path, user, access=None):
+            seen.append(sql)
+            return Decision("rewrite", sql.replace("x", "y"))
+
+    tier = Tier("sales", {"id_number": ClassAction("mask")}, frozenset({"read"}))
+    s = Session(SessionConfig(engine=Recording(tier)))
+    s.client_data(codec.encode_startup(PLAIN_STARTUP))
+    s.upstream_connected(tls=False)
+    latin1 = codec.encode(codec.ParameterStatus("client_encoding", "LATIN1"))
+    s.server_data(AUTH_OK + latin1 + KEY + READY)
+    query = b"Q" + (len(b"SELECT 'caf\xe9', x") + 5).to_bytes(4, "big") + b"SELECT 'caf\xe9', x\0"
+    sent = sent_to_server(s.client_data(query))
+    assert seen == ["SELECT 'café', x"]
+    assert sent.endswith(b"SELECT 'caf\xe9', y\0")  # the rewritten text goes in the client's encoding
+    s.server_data(READY)
+    s.server_data(codec.encode(codec.ParameterStatus("client_encoding", "UTF8")))
+    sent = sent_to_server(s.client_data(query))  # 0xE9 alone is not UTF-8
+    assert b"pgveil-refused-" in sent and len(seen) == 1
+    s.server_data(codec.encode(codec.ParameterStatus("client_encoding", "SJIS")))
+    sent = sent_to_server(s.client_data(codec.encode(codec.Query("SELECT 1"))))
+    assert b"pgveil-refused-" in sent and len(seen) == 1

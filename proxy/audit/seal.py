@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 import orjson
+from nacl.bindings import crypto_secretbox
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.secret import SecretBox
@@ -113,7 +114,7 @@ class Sealer:
         self.max_records = max_records
         self.max_seconds = max_seconds
         self._clock = clock
-        self._box: SecretBox | None = None
+        self._key: bytes | None = None
         self._key_id = ""
         self._used = 0
         self._born = 0.0
@@ -121,29 +122,29 @@ class Sealer:
 
     def seal(self, payload: dict) -> dict:
         """``{"key": data key id, "box": base64(nonce + ciphertext)}`` of the payload's JSON."""
-        box = self._box
-        if box is None or self._used >= self.max_records or self._clock() - self._born > self.max_seconds:
-            box = self._rotate()
+        key = self._key
+        if key is None or self._used >= self.max_records or self._clock() - self._born > self.max_seconds:
+            key = self._rotate()
         self._used += 1
-        sealed = box.encrypt(orjson.dumps(payload))
+        nonce = os.urandom(SecretBox.NONCE_SIZE)  # what SecretBox.encrypt does, without its objects
+        sealed = nonce + crypto_secretbox(orjson.dumps(payload), nonce, key)
         return {"key": self._key_id, "box": base64.b64encode(sealed).decode("ascii")}
 
     def expire(self) -> None:
         """Drop a data key older than ``max_seconds`` (the next seal makes a new one)."""
-        if self._box is not None and self._clock() - self._born > self.max_seconds:
-            self._box = None
+        if self._key is not None and self._clock() - self._born > self.max_seconds:
+            self._key = None
 
-    def _rotate(self) -> SecretBox:
+    def _rotate(self) -> bytes:
         key = random_bytes(SecretBox.KEY_SIZE)
         self._key_id = new_id()
         self._emit(dict(base("seal_key", {}), key_id=self._key_id, recipient=self.recipient,
                         sealed_key=base64.b64encode(SealedBox(self._public).encrypt(key)).decode("ascii")))
-        self._box = SecretBox(key)  # the previous box, and its key, are no longer referenced
-        del key
+        self._key = key  # the previous key is no longer referenced
         self._used = 0
         self._born = self._clock()
         self.keys += 1
-        return self._box
+        return key
 
 
 # ----------------------------------------------------------------------------- opening

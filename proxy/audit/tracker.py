@@ -24,32 +24,36 @@ C, E, Z, s, I = (ord(x) for x in "CEZsI")
 
 class StatementTracker:
     def __init__(self) -> None:
-        self._queue: deque = deque()  # [kind, statement id, started, rows, sqlstate]
+        self._queue: deque = deque()  # [kind, statement id, started, rows, sqlstate, portal (, "limited")]
         self._statements: dict[str, str] = {}  # prepared statement name -> statement id
         self._portals: dict[str, str] = {}  # portal name -> statement id
+        self._bindings: dict[str, str] = {}  # portal name -> this binding of it ("name#n")
+        self._binds = 0
 
     def __len__(self) -> int:
         return len(self._queue)
 
     # -- the client's side ------------------------------------------------------------------
     def query(self, statement_id: str, started: float) -> None:
-        self._queue.append(["Q", statement_id, started, None, None])
+        self._queue.append(["Q", statement_id, started, None, None, None])
 
     def parse(self, name: str, statement_id: str) -> None:
         self._statements[name] = statement_id
 
     def bind(self, portal: str, statement: str) -> None:
         self._portals[portal] = self._statements.get(statement, "")
+        self._binds += 1
+        self._bindings[portal] = f"{portal}#{self._binds}"
 
     def portal_statement(self, portal: str) -> str:
         """The statement id a portal was bound from ('' if unknown)."""
         return self._portals.get(portal, "")
 
     def execute(self, portal: str, started: float) -> None:
-        self._queue.append(["E", self._portals.get(portal, ""), started, None, None])
+        self._queue.append(["E", self._portals.get(portal, ""), started, None, None, self._bindings.get(portal, portal)])
 
     def sync(self) -> None:
-        self._queue.append(["S", "", 0.0, None, None])
+        self._queue.append(["S", "", 0.0, None, None, None])
 
     def named_ids(self) -> set:
         """Statement ids of named prepared statements (the unnamed one is replaced by each Parse)."""
@@ -61,6 +65,19 @@ class StatementTracker:
             if entry[0] != "S":
                 return entry[1]
         return None
+
+    def running_result(self) -> tuple | None:
+        """(statement id, binding) of the result arriving now: a portal fetched in pieces is one
+        result, a portal bound again is another (the binding is None for a simple Query)."""
+        for entry in self._queue:
+            if entry[0] != "S":
+                return entry[1], entry[5]
+        return None
+
+    def live_ids(self) -> set:
+        """Statement ids that can still produce rows: prepared (the unnamed one too, until the
+        next Parse replaces it), bound to a portal, or waiting for their answer."""
+        return set(self._statements.values()) | set(self._portals.values()) | {entry[1] for entry in self._queue}
 
     def stop(self, statement_id: str, rows: int, sqlstate: str) -> None:
         """The relay stopped this statement's result: whatever the server says next, it ended so."""
@@ -100,7 +117,7 @@ class StatementTracker:
                 return done
             if kind == Z:  # a Sync came before anything answered this Execute
                 self._queue.popleft()
-                status = "limited" if len(head) > 5 else "skipped"
+                status = "limited" if len(head) > 6 else "skipped"
                 return [(head[1], status, head[3], at - head[2], head[4])] + self.server(kind, body, at)
             return []
         if kind == E:  # an error answering Parse/Bind/Describe before the next Execute
@@ -111,8 +128,8 @@ class StatementTracker:
 
 
 def _status(entry: list) -> str:
-    if len(entry) > 5:
-        return entry[5]
+    if len(entry) > 6:
+        return entry[6]
     return "error" if entry[4] else "ok"
 
 
