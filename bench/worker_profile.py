@@ -66,10 +66,12 @@ def short(frame: str) -> str:
     return f"{Path(file).name}:{name}" if file else name
 
 
-def profile_one(cluster, port: int, pid: int, mode: str, script: str, seconds: int, clients: int, out: Path) -> dict:
+def profile_one(cluster, port: int, pid: int, mode: str, script: str, seconds: int, clients: int, out: Path,
+                native: bool = False) -> dict:
     extra = ("-S",) if script == "select" else ()
     pgbench(cluster, port, *extra, "-M", mode, "-c", str(clients), "-j", "2", "-T", "1")  # warm: caches, plans
-    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "-r", "250",
+    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "250",
+                            *(["--native"] if native else ["--nonblocking"]),  # native stacks need a pause
                             "-f", "raw", "-o", str(out), "--pid", str(pid), "-d", str(seconds + 1)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
@@ -91,6 +93,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--native", action="store_true", help="C frames too (py-spy --native)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "profiles"))
     args = parser.parse_args()
     out = Path(args.out)
@@ -116,7 +119,7 @@ def main() -> int:
                 for mode in args.modes.split(","):
                     stacks = out / f"{tier}-{audit}-{args.script}-{mode}.txt"
                     got = profile_one(cluster, proxy.port, proxy.proc.pid, mode, args.script, args.seconds,
-                                      args.clients, stacks)
+                                      args.clients, stacks, args.native)
                     own, inclusive, total = read_stacks(stacks)
                     print(f"\n== {tier} tier, audit {audit}, pgbench {args.script} -M {mode}: {got['tps']:.0f} TPS, "
                           f"worker {got['cpu_us_per_tx']:.0f} us CPU per transaction "
