@@ -9,7 +9,9 @@ which on a shared machine is the least disturbed figure):
 - ``observe``: the metrics' count of it (proxy/metrics.py);
 - ``append``: the journal chaining, serialising, hashing and writing a loop turn's batch
   (batches of 1, 4 and 16 records: 16 clients give a few records per turn);
-- ``total``: all of it, through AuditWriter.submit and its per-turn flush, no fsync.
+- ``total``: all of it, through AuditWriter.submit and its per-turn flush, no fsync;
+- per statement: the usual form's two records against the compact form's one execution record
+  (proxy/audit/executions.py), which the session would write instead.
 
     python bench/audit_cpu.py [--records 20000] [--repeat 5]
 """
@@ -47,6 +49,15 @@ def pair(n: int) -> list[dict]:
     return [statement, records.outcome(WHO, sid, "ok", 1, 0.000412, None)]
 
 
+def compact(n: int) -> list[dict]:
+    """Statement n in the compact form (proxy/audit/executions.py): one execution record naming
+    the session's decision and carrying the previous execution's outcome."""
+    sid = WHO["session"]
+    return [{**records.base("execution", {"session": sid}, f"{sid}-x{n}"), "statement": f"{sid}-1", "purpose": None,
+             "grant": None, "ended": [{"execution": f"{sid}-x{n - 1}", "status": "ok", "rows": 1,
+                                      "duration_us": 412, "sqlstate": None}]}]
+
+
 def best(fn, repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -77,10 +88,12 @@ def measure(count: int = 20000, repeat: int = 5) -> dict:
         out[f"append, batches of {batch}"] = min(append() for _ in range(repeat)) / count * 1e6
         journal.close()
     out["total (build, observe, submit, flush)"] = total(pairs, repeat) / count * 1e6
+    out["per statement, usual form (2 records)"] = out["total (build, observe, submit, flush)"] * 2
+    out["per statement, compact form (1 record)"] = total(pairs, repeat, compact) / pairs * 1e6
     return out
 
 
-def total(pairs: int, repeat: int) -> float:
+def total(pairs: int, repeat: int, make=pair) -> float:
     """Through the writer, 8 statements per loop turn (batched mode: no fsync waits here)."""
     async def run() -> float:
         writer = AuditWriter(tempfile.mkdtemp(prefix="pgveil-audit-cpu-"), mode="batched", interval=3600)
@@ -90,7 +103,7 @@ def total(pairs: int, repeat: int) -> float:
         for _ in range(repeat):
             started = time.perf_counter()
             for i in range(pairs):
-                for record in pair(i):
+                for record in make(i):
                     metrics.observe(record)
                     writer.submit(record)
                 if i % 8 == 7:
@@ -108,7 +121,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     for step, us in measure(args.records, args.repeat).items():
-        print(f"{step:40s}{us:8.2f} us per record")
+        print(f"{step:40s}{us:8.2f} us" + ("" if step.startswith("per statement") else " per record"))
     return 0
 
 
