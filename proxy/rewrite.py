@@ -476,10 +476,13 @@ def untouched_sources(root: exp.Expression, sources: list) -> set[int]:
     Only when that is plain from the text PostgreSQL will be sent (the tree, as generated): no
     row filter, no name of a masked or blocked column anywhere in it (as a column, a function,
     a literal, whatever its case or quoting), no ``*`` (but ``count(*)``), no whole-row reference
-    to the source, no NATURAL join, no alias list renaming its columns.  Anything else keeps the
-    subquery."""
+    to the source, no NATURAL join, no alias list renaming its columns, and no column name the
+    catalog does not know for the statement's relations (a column renamed or added since the
+    catalog was read: the subquery, which lists the columns known, makes PostgreSQL refuse it,
+    where the relation itself would answer it).  Anything else keeps the subquery."""
     if not any(source.protected and source.row_filter is None for _, source in sources):
         return set()
+    known = {col.name.lower() for _, source in sources for col, _, _ in source.actions}
     names, whole = set(), set()
     for node in root.walk():
         if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
@@ -487,7 +490,10 @@ def untouched_sources(root: exp.Expression, sources: list) -> set[int]:
         if isinstance(node, exp.Join) and str(node.args.get("method") or "").upper() == "NATURAL":
             return set()
         if isinstance(node, exp.Column) and isinstance(node.this, exp.Identifier):
-            whole.add(node.this.this.lower())  # c, t.c: a whole row when c names a source
+            name = node.this.this.lower()
+            if name not in known:  # an output alias, a subquery's column, or the catalog is stale
+                return set()
+            whole.add(name)  # c, t.c: a whole row when c names a source
         for value in node.args.values():
             if isinstance(value, str):
                 names.add(value.lower())
