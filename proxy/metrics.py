@@ -201,7 +201,7 @@ def update(proxy) -> None:
     for shipper in getattr(proxy, "shippers", []):
         AUDIT_SHIPPED.labels(shipper.sink.name).set(shipper.shipped)
         AUDIT_SINK_ERRORS.labels(shipper.sink.name).set(shipper.errors)
-    from .audit.normalize import normalize
+    from .normalize import normalize
     CACHE_ENTRIES.labels("normalized").set(normalize.cache_info().currsize)
     CACHE_BYTES.labels("prepared").set(sum(link.session._prepared.bytes for link in proxy.links
                                            if link.session is not None))

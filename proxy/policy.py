@@ -27,7 +27,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-from .audit.normalize import from_tokens as normalize_tokens
+from .normalize import from_tokens as normalize_tokens
 from . import heads, lexer, searchpath
 from .limits import decided_apart, normalize_bounded
 from .sql import SqlglotError, exp, parse_one, to_sql, tokenize

@@ -17,9 +17,9 @@ import re._parser as P
 import pytest
 
 from proxy import lexer, session
-from proxy.audit import normalize as normalizer
+from proxy import normalize as normalizer
 from proxy import opened, searchpath
-from proxy.audit.normalize import normalize
+from proxy.normalize import normalize
 from proxy.lexer import quick
 from workcount import grows_linearly
 

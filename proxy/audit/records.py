@@ -5,13 +5,14 @@ The journal adds ``seq``, ``stream``, ``prev`` and ``hash``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import os
 import re
 import time
 
 from . import SCHEMA_VERSION
-from .normalize import fingerprint
 from ..limits import normalize_bounded
 
 _COUNT = re.compile(r"(\d+)\s*$")
@@ -68,6 +69,12 @@ def outcome(who: dict, statement_id: str, status: str, rows: int | None, seconds
     JSON is the same in every JSON library."""
     return {**base("outcome", who), "statement": statement_id, "status": status, "rows": rows,
             "duration_us": int(seconds * 1_000_000), "sqlstate": sqlstate, "purpose": purpose, "grant": grant}
+
+
+@functools.lru_cache(maxsize=8192)
+def fingerprint(normalized: str) -> str:
+    """A short, stable name for a statement's shape (its normalised text, :mod:`proxy.normalize`)."""
+    return hashlib.sha256(normalized.encode()).hexdigest()[:16]
 
 
 def rows_of(tag: str) -> int | None:
