@@ -28,6 +28,8 @@ True
 
 from __future__ import annotations
 
+from .codec import TxStatus
+
 ENDING_TAGS = ("COMMIT", "ROLLBACK", "PREPARE TRANSACTION")
 
 
@@ -66,7 +68,7 @@ class PurposeSetting:
         if not self._changed:
             return
         ended, self._ended = self._ended, []
-        if status == b"I":
+        if status == TxStatus.IDLE:
             if ended == ["COMMIT"]:
                 self.current = self._kept
             elif ended == ["ROLLBACK"]:
