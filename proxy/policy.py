@@ -11,6 +11,9 @@ client's text: the database then runs exactly what was analysed (a comment, a qu
 or a parser difference cannot hide a relation from the analysis).  Anything the engine does
 not understand is refused (fail closed).  An all-clear tier's statements go as they are.
 
+The vocabulary (:class:`Decision`, :class:`Refusal` with its reason codes, :class:`Context`,
+:class:`ColumnUse`) is :mod:`proxy.verdicts`; it is re-exported here.
+
 Pure: no I/O.
 
 >>> from proxy.rules import load_rules, EXAMPLE
@@ -33,7 +36,8 @@ from .limits import decided_apart, normalize_bounded
 from .sql import SqlglotError, exp, parse_one, to_sql, tokenize
 
 from . import settings
-from .rewrite import PLACEHOLDER, Context, NotUnderstood, Refusal, Rewriter, name_of
+from .rewrite import PLACEHOLDER, Rewriter, name_of
+from .verdicts import ColumnUse, Context, Decision, NotUnderstood, Reason, Refusal  # noqa: F401 (re-exported)
 from .ddl import check_ddl
 from .rowlimits import cursor_ref
 from .writes import rewrite_copy, rewrite_write
@@ -54,27 +58,6 @@ ALTER_WITH_SETTINGS = frozenset({"ROLE", "USER", "DATABASE", "SYSTEM", "FUNCTION
 CREATE_REFUSED = ("FUNCTION", "PROCEDURE", "RULE", "TRIGGER", "EVENT", "AGGREGATE", "OPERATOR", "LANGUAGE",
                   "EXTENSION", "CAST", "CONVERSION", "ROLE", "USER", "SERVER", "FOREIGN", "PUBLICATION",
                   "SUBSCRIPTION", "TRANSFORM")
-
-
-@dataclass(frozen=True)
-class Decision:
-    verdict: str  # "allow", "rewrite" or "refuse"
-    sql: str  # what to send upstream (the client's text for allow on an all-clear tier)
-    reason: str = ""
-    sqlstate: str = ""
-    kinds: tuple = ()
-    relations: tuple = ()
-    columns: tuple = ()  # ColumnUse
-    unparsed: bool = False
-    # SQL-level cursors and prepared statements, in order: (op, what, name) with op "declare" or
-    # "use" and what "cursor" or "statement"; the session checks each use against its declarations
-    names: tuple = ()
-    normalized: str = ""  # the text with literals and comments removed, for the audit
-    cursors: tuple = ()  # (verb, name) of cursors and SQL prepared statements: see proxy/rowlimits.py
-
-    @property
-    def refused(self) -> bool:
-        return self.verdict == "refuse"
 
 
 @dataclass
@@ -138,7 +121,8 @@ class Statement:
 
     def need(self, kind: str, what: str) -> None:
         if kind not in self.ctx.tier.statements:
-            raise Refusal(f"{kind} statements ({what}) are not allowed for tier {self.ctx.tier.name}")
+            raise Refusal(f"{kind} statements ({what}) are not allowed for tier {self.ctx.tier.name}",
+                          Reason.STATEMENT_KIND)
         self.kinds.append(kind)
 
     def run(self, seg: Segment) -> str:
@@ -176,7 +160,7 @@ class Statement:
         if word == "DECLARE":
             return self.declare(seg)
         if word == "DO":
-            raise Refusal(f"DO blocks are not allowed for tier {self.ctx.tier.name}")
+            raise Refusal(f"DO blocks are not allowed for tier {self.ctx.tier.name}", Reason.DO)
         if word in DDL_WORDS:
             return self.ddl(seg)
         self.need("admin", word or "a statement that does not start with a keyword")
@@ -198,7 +182,7 @@ class Statement:
         for name, values in changes:
             problem = settings.check(name, values, self.ctx.tier.settings) if name != "all" else None
             if problem:
-                raise Refusal(problem.replace("this tier", f"tier {self.ctx.tier.name}"))
+                raise Refusal(problem.replace("this tier", f"tier {self.ctx.tier.name}"), Reason.SETTING)
         self.kinds.append("session")
         return self.passthrough(seg)
 
@@ -335,7 +319,7 @@ class Statement:
         words = [w for w in seg.words(6) if w not in ("OR", "REPLACE", "TEMP", "TEMPORARY", "UNLOGGED",
                                                       "CONSTRAINT", "DEFAULT", "TRUSTED", "PROCEDURAL")]
         if seg.word == "CREATE" and len(words) > 1 and words[1] in CREATE_REFUSED:
-            raise Refusal(f"CREATE {words[1]} is not allowed for tier {self.ctx.tier.name}")
+            raise Refusal(f"CREATE {words[1]} is not allowed for tier {self.ctx.tier.name}", Reason.CREATE)
         if seg.word == "ALTER" and len(words) > 1 and words[1] in ALTER_WITH_SETTINGS:
             self.alter_settings(seg, words[1])
         self.need("ddl", seg.word)
@@ -345,7 +329,7 @@ class Statement:
         why = check_ddl(seg.tokens, lambda schema, name: catalog.resolve(schema, name, ctx.search_path, ctx.user)
                         if name else None, self.rw.ddl_protected)
         if why:
-            raise Refusal(f"{why} for tier {ctx.tier.name}")
+            raise Refusal(f"{why} for tier {ctx.tier.name}", Reason.DDL)
         return self.passthrough(seg)
 
     def alter_settings(self, seg: Segment, what: str) -> None:
@@ -353,7 +337,7 @@ class Statement:
         are held to the same allow list as SET."""
         if what == "SYSTEM":
             raise Refusal(f"ALTER SYSTEM is not allowed for tier {self.ctx.tier.name}: "
-                          f"it changes the server's settings")
+                          f"it changes the server's settings", Reason.SETTING)
         for i in range(2, len(seg.tokens)):
             word = seg.keyword(i)
             if word in ("SET", "RESET"):
@@ -368,7 +352,7 @@ class Statement:
                     problem = settings.check(name, values, self.ctx.tier.settings) if name != "all" else None
                     if problem:
                         raise Refusal(f"ALTER {what} ... {word}: "
-                                      + problem.replace("this tier", f"tier {self.ctx.tier.name}"))
+                                      + problem.replace("this tier", f"tier {self.ctx.tier.name}"), Reason.SETTING)
                 return
 
     # -- parsed statements -----------------------------------------------------------
@@ -385,7 +369,7 @@ class Statement:
         elif word in QUERY_WORDS and isinstance(tree, (exp.Query, exp.Values)):
             if tree.find(exp.Insert, exp.Update, exp.Delete, exp.Merge) is not None:
                 raise Refusal(f"data-modifying statements inside a query (WITH ... DELETE and the like) "
-                              f"are not allowed for tier {self.ctx.tier.name}")
+                              f"are not allowed for tier {self.ctx.tier.name}", Reason.WRITE)
             if tree.args.get("into") is not None:
                 self.need("ddl", "SELECT INTO")
             self.need("read", word)
@@ -397,7 +381,8 @@ class Statement:
         elif word in ("WITH",) and isinstance(tree, (exp.Insert, exp.Update, exp.Delete, exp.Merge)):
             ctes = tree.args.get("with_")
             if ctes is not None and ctes.find(exp.Insert, exp.Update, exp.Delete, exp.Merge) is not None:
-                raise Refusal(f"data-modifying statements inside WITH are not allowed for tier {self.ctx.tier.name}")
+                raise Refusal(f"data-modifying statements inside WITH are not allowed for tier {self.ctx.tier.name}",
+                              Reason.WRITE)
             self.need("write", type(tree).__name__.upper())
             rewrite_write(self.rw, tree)
         elif word in WRITE_WORDS and isinstance(tree, (exp.Insert, exp.Update, exp.Delete, exp.Merge)) \
@@ -438,7 +423,7 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
         return _refuse(NotUnderstood("the statement contains pgveil's internal names"))
     if len(segments) > 1 and any(seg.word in DDL_WORDS for seg in segments):
         return _refuse(Refusal(f"DDL must be sent alone for tier {ctx.tier.name}: the statements after it would be "
-                               f"decided against the catalog as it was before it ran"))
+                               f"decided against the catalog as it was before it ran", Reason.DDL))
     rw = Rewriter(ctx, templates)
     texts, kinds, cursors = [], [], []
     unknown_path = None  # the statement after which the Query's search_path cannot be followed
@@ -451,7 +436,7 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
             texts.append(statement.run(seg))
             if unknown_path and len(rw.analysis.relations) > reached:
                 raise Refusal(f"this Query changes search_path with {unknown_path} in a way pgveil cannot follow "
-                              f"and then uses relations; send the statements as separate queries")
+                              f"and then uses relations; send the statements as separate queries", Reason.SEARCH_PATH)
             kinds += statement.kinds
             names += statement.names
             ref = cursor_ref(seg.text, seg.tokens[0])
@@ -470,7 +455,7 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
     columns = tuple(rw.analysis.columns.values())
     if rw.analysis.packs and columns and ctx.tier.row_limit({c.cls for c in columns}) is not None:
         return _refuse(Refusal(f"{rw.analysis.packs} packs many rows into one value: tier {ctx.tier.name} has "
-                               f"max_rows, so it may not use it over sensitive columns"), rw)
+                               f"max_rows, so it may not use it over sensitive columns", Reason.ROW_LIMIT), rw)
     masked = any(c.action != "clear" for c in columns) or any(
         ctx.tier.rows and rw.row_filter(ctx.catalog.by_name[tuple(r.split(".", 1))]) for r in rw.analysis.relations)
     return Decision("rewrite" if masked else "allow", "; ".join(texts), kinds=tuple(dict.fromkeys(kinds)),
@@ -479,8 +464,7 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
 
 
 def _refuse(exc: Refusal, rw: Rewriter | None = None) -> Decision:
-    return Decision("refuse", "", reason=str(exc), sqlstate=exc.sqlstate,
-                    relations=tuple(rw.analysis.relations) if rw else ())
+    return exc.decision(relations=tuple(rw.analysis.relations) if rw else ())
 
 
 def _decide_all_clear(sql: str, ctx: Context, tokens: list | None = None) -> Decision:
@@ -502,8 +486,8 @@ def _decide_all_clear(sql: str, ctx: Context, tokens: list | None = None) -> Dec
                 else "write" if word in WRITE_WORDS else "copy" if word == "COPY"
                 else "ddl" if word in DDL_WORDS else "admin")
         if kind not in ctx.tier.statements and word not in TRANSACTION_WORDS | {"SET", "RESET"}:
-            return Decision("refuse", "", reason=f"{kind} statements ({word}) are not allowed for tier {ctx.tier.name}",
-                            sqlstate="42501")
+            return _refuse(Refusal(f"{kind} statements ({word}) are not allowed for tier {ctx.tier.name}",
+                                   Reason.STATEMENT_KIND))
         kinds.append(kind)
     return Decision("allow", sql, kinds=tuple(dict.fromkeys(kinds)))
 
@@ -748,8 +732,7 @@ def failed_analysis(sql: str, tier, exc: BaseException | str) -> Decision:
     normalized = normalize_bounded(sql)
     if tier.all_clear and set(KINDS) <= set(tier.statements):
         return Decision("allow", sql, unparsed=True, normalized=normalized)
-    return Decision("refuse", "", reason=f"pgveil could not analyze this statement: {why}", sqlstate="42501",
-                    unparsed=True, normalized=normalized)
+    return Refusal.analysis_failed(why).decision(unparsed=True, normalized=normalized)
 
 
 KINDS = ("read", "write", "ddl", "copy", "session", "admin")
@@ -813,8 +796,7 @@ class Engine:
         analysis (a RecursionError on deep nesting, a parser bug) is a refusal for a restricted
         tier and a relay for an all-clear tier, never an exception."""
         if self.catalog is None and not tier.all_clear:
-            return Decision("refuse", "", reason="pgveil has not loaded the database catalog yet; try again shortly",
-                            sqlstate="57P03")
+            return Refusal.catalog_not_loaded().decision()
         ctx = Context(tier, self.rules, self.catalog, search_path, user)
         if ready is not None and ready[0] == self.cache.key(sql, ctx, access):
             return ready[1]

@@ -46,7 +46,7 @@ def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, r
               purpose: str | None = None, grant: str | None = None) -> dict:
     """The decision on one statement: recorded before the statement reaches the database."""
     normalized = (decision.normalized if decision is not None else "") or normalize_bounded(sql)
-    return {**base("statement", who, statement_id),
+    record = {**base("statement", who, statement_id),
             "protocol": protocol,
             "sql": normalized,
             "fingerprint": fingerprint(normalized),
@@ -60,6 +60,9 @@ def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, r
             "rules_version": rules_version,
             "purpose": purpose,
             "grant": grant}
+    if decision is not None and decision.refused:
+        record["reason_code"] = str(decision.reason_code)  # proxy.verdicts.Reason
+    return record
 
 
 def outcome(who: dict, statement_id: str, status: str, rows: int | None, seconds: float,
