@@ -47,8 +47,8 @@ CHANGED = "access changed since it was opened"
 
 
 def segments(sql: str) -> list:
-    """The statements of a text (see :func:`proxy.policy.split_statements`); [] if it does not tokenize."""
-    from .policy import split_statements
+    """The statements of a text (see :func:`proxy.segments.split_statements`); [] if it does not tokenize."""
+    from .segments import split_statements
     try:
         return split_statements(sql, tokenize(sql))
     except SqlglotError:
