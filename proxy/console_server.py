@@ -9,8 +9,8 @@ identity whose tier has the ``console`` statement kind gets this far; any other 
 Every connection and every command is audited (statement records of kind ``console``).
 
 With ``--workers N`` each worker has its own console listener on the same port
-(SO_REUSEPORT), and a console connection sees and acts on the sessions of the worker it
-landed on only.
+(SO_REUSEPORT); the worker a console connection lands on answers every command for all
+workers, asking the others through their control sockets (see :mod:`proxy.console_peers`).
 """
 
 from __future__ import annotations
@@ -21,22 +21,40 @@ import time
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from . import __version__, codec, logs
+from . import __version__, codec, console_peers, logs
 from .audit import records
 from .console import COLUMNS, ConsoleError, ConsoleProtocol, Table
 from .policy import Decision
 
 log = logs.get("pgveil.console")
 DATABASE = "pgveil"
-STATES = {b"I": "idle", b"T": "idle in transaction", b"E": "idle in failed transaction"}
 
 
-async def start_console(proxy, host: str, port: int, sock=None) -> asyncio.base_events.AbstractServer:
+class ConsoleService:
+    """The console's listener and, with ``--workers N``, this worker's control socket."""
+
+    def __init__(self, server, peers) -> None:
+        self.server, self.peers = server, peers
+
+    def close(self) -> None:
+        self.server.close()
+        if self.peers is not None:
+            self.peers.close()
+
+
+async def start_console(proxy, host: str, port: int, sock=None) -> ConsoleService:
+    directory = getattr(proxy.settings, "console_peers", None)  # set by serve() with --workers N
+    peers = console_peers.Peers(proxy, directory, proxy.settings.workers) if directory else None
+    if peers is not None:
+        await peers.start()
+
     async def accept(reader, writer):
-        await ConsoleConnection(proxy, reader, writer).run()
+        await ConsoleConnection(proxy, reader, writer, peers).run()
     if sock is not None:
-        return await asyncio.start_server(accept, sock=sock)
-    return await asyncio.start_server(accept, host, port, reuse_port=proxy.settings.workers > 1)
+        server = await asyncio.start_server(accept, sock=sock)
+    else:
+        server = await asyncio.start_server(accept, host, port, reuse_port=proxy.settings.workers > 1)
+    return ConsoleService(server, peers)
 
 
 async def _read_message(reader, limit: int = 1 << 20) -> tuple[int, bytes]:
@@ -48,8 +66,9 @@ async def _read_message(reader, limit: int = 1 << 20) -> tuple[int, bytes]:
 
 
 class ConsoleConnection:
-    def __init__(self, proxy, reader, writer) -> None:
+    def __init__(self, proxy, reader, writer, peers=None) -> None:
         self.proxy = proxy
+        self.peers = peers  # the other workers, or None
         self.reader, self.writer = reader, writer
         peer = writer.get_extra_info("peername") or ("", 0)
         self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) else ("local", 0)
@@ -180,11 +199,11 @@ class ConsoleConnection:
             data = await self.reader.read(65536)
             if not data:
                 return
-            self.writer.write(protocol.feed(data))
+            self.writer.write(await protocol.feed(data))
             await self.writer.drain()
 
     # -- commands -------------------------------------------------------------------------
-    def _run(self, command: str, argument: str, protocol: str) -> Table:
+    async def _run(self, command: str, argument: str, protocol: str) -> Table:
         """Carry out one command, audited: a statement record (kind console) and its outcome."""
         self.commands += 1
         statement_id = f"{self.id}-{self.commands}"
@@ -197,7 +216,7 @@ class ConsoleConnection:
         started = time.monotonic()
         status, rows, sqlstate = "ok", None, None
         try:
-            table = getattr(self, "_" + command.lower().replace(" ", "_"))(argument)
+            table = await getattr(self, "_" + command.lower().replace(" ", "_"))(argument)
             rows = len(table.rows)
             return table
         except ConsoleError as exc:
@@ -207,33 +226,32 @@ class ConsoleConnection:
             self.proxy.audit.submit(records.outcome(self.who(), statement_id, status, rows,
                                                     time.monotonic() - started, sqlstate))
 
-    def _sessions(self):
-        return [link.session for link in list(self.proxy.links) if link.session is not None]
+    async def _gather(self, op: str, arg: str = "", by: str = "") -> tuple[list, list[str]]:
+        """This worker's answer to ``op`` and every other worker's: ``[(pid, answer)]``, warnings."""
+        mine = [(os.getpid(), console_peers.local(self.proxy, op, arg, by))]
+        if self.peers is None:
+            return mine, []
+        answers, missing = await self.peers.ask(op, arg, by)
+        return mine + answers, missing
 
-    def _show_sessions(self, _: str) -> Table:
-        now = time.monotonic()
+    async def _rows_of_all(self, command: str, op: str) -> Table:
+        """One row per worker (SHOW RULES, SHOW AUDIT), or every worker's rows (SHOW SESSIONS)."""
+        answers, missing = await self._gather(op)
         rows = []
-        for s in self._sessions():
-            last = getattr(s, "last_statement", None)
-            state = s.phase.value
-            if state == "active":
-                state = "active" if s.outstanding else STATES.get(s.transaction_status, "idle")
-            rows.append((s.id, s.user, s.tier.name if s.tier else None,
-                         "; ".join(g.label() for g in getattr(s, "_grants", ())) or None,
-                         f"{s.peer[0]}:{s.peer[1]}", s.startup.param("application_name") if s.startup else None,
-                         s.database, "on" if s.client_tls else "off", s.purpose, state,
-                         last[0] if last else None, f"{now - last[1]:.3f}" if last else None,
-                         f"{now - s.started:.3f}", s.stats.bytes_from_client, s.stats.bytes_from_server))
-        return Table(COLUMNS["SHOW SESSIONS"], rows, f"SHOW {len(rows)}")
+        for _, answer in answers:
+            rows.extend(answer if op == "sessions" else [answer])
+        return Table(COLUMNS[command], [tuple(r) for r in rows], f"SHOW {len(rows)}", missing)
 
-    def _show_rules(self, _: str) -> Table:
-        engine = self.proxy.engine
-        rules = engine.rules
-        row = (rules.version, self.proxy.settings.rules, engine.rules_sha256, len(rules.tiers), len(rules.classes),
-               len(rules.columns), len(rules.identities), len(rules.grants))
-        return Table(COLUMNS["SHOW RULES"], [row], "SHOW 1")
+    async def _show_sessions(self, _: str) -> Table:
+        return await self._rows_of_all("SHOW SESSIONS", "sessions")
 
-    def _show_grants(self, _: str) -> Table:
+    async def _show_rules(self, _: str) -> Table:
+        return await self._rows_of_all("SHOW RULES", "rules")
+
+    async def _show_audit(self, _: str) -> Table:
+        return await self._rows_of_all("SHOW AUDIT", "audit")
+
+    async def _show_grants(self, _: str) -> Table:
         now = datetime.now(timezone.utc)
         rows = []
         for g in self.proxy.engine.rules.grants:
@@ -242,64 +260,49 @@ class ConsoleConnection:
                          max(0, int((g.until - now).total_seconds())), g.reason, "yes" if g.active(now) else "no"))
         return Table(COLUMNS["SHOW GRANTS"], rows, f"SHOW {len(rows)}")
 
-    def _show_tiers(self, _: str) -> Table:
-        sessions = self._sessions()
+    async def _show_tiers(self, _: str) -> Table:
+        answers, missing = await self._gather("tiers")
         rows = []
         for name, tier in self.proxy.engine.rules.tiers.items():
-            count = sum(1 for s in sessions if s.tier is not None and s.tier.name.split("+")[0] == name)
+            count = sum(answer.get(name, 0) for _, answer in answers)
             rows.append((name, ",".join(sorted(tier.statements)),
                          ", ".join(f"{c}:{a.action}" for c, a in tier.see.items()) or None,
                          ", ".join(tier.tables) if tier.tables is not None else None,
                          ", ".join(f"{c}:{n}" for c, n in tier.max_rows.items()) or None, count))
-        return Table(COLUMNS["SHOW TIERS"], rows, f"SHOW {len(rows)}")
+        return Table(COLUMNS["SHOW TIERS"], rows, f"SHOW {len(rows)}", missing)
 
-    def _show_stats(self, _: str) -> Table:
-        from . import metrics
+    async def _show_stats(self, _: str) -> Table:
+        answers, missing = await self._gather("stats")
         totals: dict[str, list] = {}
-
-        def add(tier, at, value):
-            totals.setdefault(tier, [0, 0, 0, 0, 0, 0])[at] += value
-        metrics.flush()  # the counts waiting to be pushed into the metrics
-        for metric, at in ((metrics.STATEMENTS, 1), (metrics.REFUSALS, 2), (metrics.ROWS, 3)):
-            for family in metric.collect():
-                for sample in family.samples:
-                    if sample.name.endswith("_total"):
-                        add(sample.labels.get("tier", "none"), at, int(sample.value))
-        for s in self._sessions():
-            tier = s.tier.name.split("+")[0] if s.tier else "none"
-            add(tier, 0, 1)
-            add(tier, 4, s.stats.bytes_from_client)
-            add(tier, 5, s.stats.bytes_from_server)
+        for _, answer in answers:
+            for tier, values in answer.items():
+                into = totals.setdefault(tier, [0] * len(values))
+                for at, value in enumerate(values):
+                    into[at] += value
         rows = [(tier, *values) for tier, values in sorted(totals.items())]
-        return Table(COLUMNS["SHOW STATS"], rows, f"SHOW {len(rows)}")
+        return Table(COLUMNS["SHOW STATS"], rows, f"SHOW {len(rows)}", missing)
 
-    def _show_audit(self, _: str) -> Table:
-        writer = self.proxy.audit
-        journal = writer.journal
-        uptime = max(time.monotonic() - self.proxy.started, 1e-6)
-        shippers = getattr(self.proxy, "shippers", [])
-        lag = ", ".join(f"{s.sink.name}:{journal.seq - s.last_seq}" for s in shippers) or None
-        row = (journal.stream, journal.seq, journal.head[:16], journal.file.name if journal.file else None,
-               "yes" if writer.healthy else "no", writer.error or None, writer.mode, writer.written, writer.pending,
-               writer.fsyncs, f"{writer.fsyncs / uptime:.2f}", f"{writer.last_fsync_seconds * 1000:.3f}",
-               ", ".join(s.sink.name for s in shippers) or None, lag)
-        return Table(COLUMNS["SHOW AUDIT"], [row], "SHOW 1")
-
-    def _show_version(self, _: str) -> Table:
+    async def _show_version(self, _: str) -> Table:
         return Table(COLUMNS["SHOW VERSION"], [(f"pgveil {__version__}",)], "SHOW 1")
 
-    def _reload(self, _: str) -> Table:
-        if not self.proxy.reload_rules(f"console, by {self.user} (session {self.id})"):
+    async def _reload(self, _: str) -> Table:
+        """RELOAD in every worker (as SIGHUP); an error when the file was rejected."""
+        answers, missing = await self._gather("reload", by=f"console, by {self.user} (session {self.id})")
+        rejected = [pid for pid, answer in answers if not answer["ok"]]
+        if rejected:
+            version = self.proxy.engine.rules.version
             raise ConsoleError("F0000", f"the rule file was rejected (its error is in the log and the audit); "
-                                        f"version {self.proxy.engine.rules.version} stays in force")
-        return Table((), [], "RELOAD")
+                                        f"version {version} stays in force")
+        return Table((), [], "RELOAD", missing)
 
-    def _kill(self, session_id: str) -> Table:
-        for link in list(self.proxy.links):
-            if link.session is not None and link.session.id == session_id:
-                message = (f"terminating connection due to administrator command (pgveil console, by user "
-                           f"{self.user}, session {self.id})")
-                link.dispatch(link.session.fail, "57P01", message)
-                log.warning("console_kill", session=session_id, by=self.user, console=self.id)
-                return Table((), [], "KILL")
-        raise ConsoleError("42704", f'no session "{session_id}" on this worker (SHOW SESSIONS lists them)')
+    async def _kill(self, session_id: str) -> Table:
+        """KILL the session on whichever worker holds it: FATAL 57P01 naming who asked."""
+        by = f"pgveil console, by user {self.user}, session {self.id}"
+        if console_peers.kill(self.proxy, session_id, by):
+            return Table((), [], "KILL")
+        answers, missing = (await self.peers.ask("kill", session_id, by)) if self.peers else ([], [])
+        if any(answer for _, answer in answers):
+            return Table((), [], "KILL", missing)
+        unsure = f" ({'; '.join(missing)})" if missing else ""
+        raise ConsoleError("42704", f'no session "{session_id}" on any pgveil worker that answered (SHOW SESSIONS '
+                                    f'lists them){unsure}')
