@@ -1,12 +1,11 @@
 """The admin console's I/O: ``--console HOST:PORT``, a virtual database ``pgveil`` never forwarded.
 
 A console connection is checked as any other: the password goes to PostgreSQL, which stays the
-authority on it.  pgveil opens an upstream connection with the client's user name (to the
-catalog's database) and relays the authentication exchange (cleartext, md5 or SCRAM; the
-console takes no TLS, so SCRAM is never channel-bound); once the database says
-AuthenticationOk, that connection is closed and pgveil answers the client itself.  Only an
-identity whose tier has the ``console`` statement kind gets this far; any other gets 28000.
-Every connection and every command is audited (statement records of kind ``console``).
+authority on it (see :mod:`proxy.console_auth`).  With ``--tls-cert`` the console port offers
+TLS as the proxy's port does.  Only an identity whose tier has the ``console`` statement kind
+gets this far; any other gets 28000.  Every connection and every command is audited (statement
+records of kind ``console``).  A connection idle for ``console_idle_timeout`` seconds is ended
+with FATAL 57P05.
 
 With ``--workers N`` each worker has its own console listener on the same port
 (SO_REUSEPORT); the worker a console connection lands on answers every command for all
@@ -19,11 +18,11 @@ import asyncio
 import os
 import time
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
 
 from . import __version__, codec, console_peers, logs
 from .audit import records
 from .console import COLUMNS, ConsoleError, ConsoleProtocol, Table
+from .console_auth import relay_authentication
 from .policy import Decision
 
 log = logs.get("pgveil.console")
@@ -57,14 +56,6 @@ async def start_console(proxy, host: str, port: int, sock=None) -> ConsoleServic
     return ConsoleService(server, peers)
 
 
-async def _read_message(reader, limit: int = 1 << 20) -> tuple[int, bytes]:
-    head = await reader.readexactly(5)
-    length = int.from_bytes(head[1:5], "big")
-    if length < 4 or length > limit:
-        raise codec.ProtocolViolation(f"invalid message length {length}")
-    return head[0], head + await reader.readexactly(length - 4)
-
-
 class ConsoleConnection:
     def __init__(self, proxy, reader, writer, peers=None) -> None:
         self.proxy = proxy
@@ -77,6 +68,9 @@ class ConsoleConnection:
         self.tier = None
         self.application_name = None
         self.commands = 0
+        self.end_reason = "console closed"
+        self.tls = False  # the client's leg
+        self.upstream_tls = False  # the leg that checked the password
 
     def who(self) -> dict:
         return {"session": self.id, "user": self.user, "tier": self.tier.name if self.tier else None,
@@ -99,7 +93,7 @@ class ConsoleConnection:
         finally:
             if accepted:
                 record = records.base("session_end", self.who())
-                record.update(reason="console closed", duration_ms=int((time.monotonic() - started) * 1000),
+                record.update(reason=self.end_reason, duration_ms=int((time.monotonic() - started) * 1000),
                               statements=self.commands, bytes_in=0, bytes_out=0)
                 self.proxy.audit.submit(record)
             self.writer.close()
@@ -111,8 +105,14 @@ class ConsoleConnection:
             if length < 8 or length > 10000:
                 raise codec.ProtocolViolation(f"invalid startup packet length {length}")
             message = codec.decode_startup(head + await self.reader.readexactly(length - 4))
+            if isinstance(message, codec.SSLRequest) and self.proxy.client_tls is not None and not self.tls:
+                self.writer.write(b"S")  # the console offers TLS with --tls-cert, as the proxy's port does
+                await self.writer.start_tls(self.proxy.client_tls,
+                                            ssl_handshake_timeout=self.proxy.settings.startup_timeout)
+                self.tls = True
+                continue
             if isinstance(message, (codec.SSLRequest, codec.GSSENCRequest)):
-                self.writer.write(b"N")  # the console takes no TLS: keep it on a local or private address
+                self.writer.write(b"N")
                 continue
             if isinstance(message, codec.CancelRequest):
                 return None
@@ -130,7 +130,7 @@ class ConsoleConnection:
 
     async def _authenticate(self, startup: codec.StartupMessage) -> bool:
         """Relay the password exchange to the database; then the tier must have ``console``."""
-        params = await self._relay_authentication(startup)
+        params = await relay_authentication(self)
         if params is None:
             return False
         engine = self.proxy.engine
@@ -148,59 +148,32 @@ class ConsoleConnection:
                           codec.encode(key) + codec.encode(codec.ReadyForQuery(b"I")))
         return True
 
-    async def _relay_authentication(self, startup: codec.StartupMessage) -> bytes | None:
-        """The server's ParameterStatus messages once it accepted the password, or None."""
-        settings = self.proxy.settings
-        dsn = settings.catalog_dsn or settings.auth_dsn or ""
-        database = (urlsplit(dsn).path or "/").lstrip("/") or "postgres"
-        sock, tls = await self.proxy._open_socket()
-        host = settings.upstream_address[0]
-        reader, writer = await asyncio.open_connection(sock=sock, ssl=self.proxy.upstream_tls if tls else None,
-                                                       server_hostname=host if tls else None)
-        try:
-            writer.write(codec.encode_startup(codec.StartupMessage(
-                196608, (("user", self.user), ("database", database), ("application_name", "pgveil console")))))
-            params = []
-            while True:
-                kind, message = await asyncio.wait_for(_read_message(reader), settings.startup_timeout)
-                if kind == ord("E"):
-                    error = codec.decode_message(codec.BACKEND, message)
-                    self._connection_record("auth_failed", error.get(b"M") or "", error.get(b"C"))
-                    self.writer.write(message)
-                    return None
-                if kind == ord("S"):
-                    params.append(message)
-                elif kind == ord("Z"):
-                    writer.write(codec.encode(codec.Terminate()))
-                    return b"".join(params)
-                elif kind == ord("R"):
-                    auth = codec.decode_message(codec.BACKEND, message)
-                    if auth.code in (codec.Authentication.OK, codec.Authentication.SASL_FINAL):
-                        if auth.code == codec.Authentication.SASL_FINAL:
-                            self.writer.write(message)
-                        continue
-                    self.writer.write(message)  # the server asks for the password: the client answers
-                    answer_kind, answer = await asyncio.wait_for(_read_message(self.reader),
-                                                                 settings.startup_timeout)
-                    if answer_kind != ord("p"):
-                        raise codec.ProtocolViolation(f"expected a password message, got {chr(answer_kind)!r}")
-                    writer.write(answer)
-        finally:
-            writer.close()
-
     def _connection_record(self, result: str, reason: str, sqlstate: str | None = None) -> None:
         record = records.base("connection", self.who())
-        record.update(result=result, reason=reason, sqlstate=sqlstate, tls=False, upstream_tls=False)
+        record.update(result=result, reason=reason, sqlstate=sqlstate, tls=self.tls, upstream_tls=self.upstream_tls)
         self.proxy.audit.submit(record)
 
     async def _serve(self) -> None:
+        """Answer the client until it leaves, or stays idle (or does not read its answers) for
+        ``console_idle_timeout`` seconds: then FATAL 57P05, as PostgreSQL's idle_session_timeout."""
         protocol = ConsoleProtocol(self._run)
+        idle = self.proxy.settings.console_idle_timeout or None
         while not protocol.closed:
-            data = await self.reader.read(65536)
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), idle)
+            except asyncio.TimeoutError:
+                self.end_reason = "idle timeout"
+                self._fatal("57P05", f"terminating connection due to idle-session timeout (the pgveil console's "
+                                     f"console_idle_timeout, {idle:g} s)")
+                return
             if not data:
                 return
             self.writer.write(await protocol.feed(data))
-            await self.writer.drain()
+            try:
+                await asyncio.wait_for(self.writer.drain(), idle)
+            except asyncio.TimeoutError:
+                self.end_reason = "the client did not read its answer"
+                return
 
     # -- commands -------------------------------------------------------------------------
     async def _run(self, command: str, argument: str, protocol: str) -> Table:
