@@ -139,8 +139,10 @@ def local(proxy, op: str, arg: str = "", by: str = ""):
 
 # -- the control sockets ------------------------------------------------------------------
 def make_directory() -> str:
-    """The parent's private directory for the workers' control sockets (mode 0700)."""
-    return tempfile.mkdtemp(prefix="pgveil-workers-")
+    """The parent's private directory for the workers' control sockets (mode 0700); under /tmp
+    when $TMPDIR is too long for a Unix socket's path (108 bytes)."""
+    base = tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix="pgveil-workers-", dir=base if len(base) < 60 else "/tmp")
 
 
 def remove_directory(path: str | None) -> None:
@@ -183,7 +185,9 @@ class Peers:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            if _peer_uid(writer.get_extra_info("socket")) != os.getuid():
+            uid = _peer_uid(writer.get_extra_info("socket"))
+            if uid != os.getuid():
+                log.warning("console_peer_refused", uid=uid, detail="a process of another user reached a control socket")
                 return
             request = json.loads(await asyncio.wait_for(reader.readline(), PEER_TIMEOUT))
             if not isinstance(request, dict) or request.get("op") not in OPS:
