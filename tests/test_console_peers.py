@@ -121,9 +121,14 @@ def test_a_process_of_another_uid_gets_no_answer(directory):
     """Even with the directory and the socket opened up, a peer that is not pgveil's uid is refused."""
     import subprocess
     link = Link("feedbeef00000002")
-    client = ("import json, socket, sys, time; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
-              "s.sendall(json.dumps({'op': 'kill', 'arg': sys.argv[2], 'deadline': time.time() + 5}).encode() + b'\\n');"
-              "\ntry: print(repr(s.makefile('rb').readline()))\nexcept ConnectionResetError: print('reset')")
+    client = ("import json, socket, sys, time\n"
+              "s = socket.socket(socket.AF_UNIX)\n"
+              "s.connect(sys.argv[1])\n"
+              "try:\n"
+              "    s.sendall(json.dumps({'op': 'kill', 'arg': sys.argv[2], 'deadline': time.time() + 5}).encode() + b'\\n')\n"
+              "    print(repr(s.makefile('rb').readline()))\n"
+              "except OSError:\n"
+              "    print('reset')\n")
 
     async def go():
         peers = Peers(SimpleNamespace(links={link}), directory, 2)
