@@ -84,6 +84,8 @@ def test_show_sessions_lists_the_sessions_of_every_worker(pg, workers):
         done = console_psql(pg, workers, "SHOW SESSIONS")
         assert done.returncode == 0 and "WARNING" not in done.stderr, done.stderr
         header = done.stdout.splitlines()[0].split("|")
+        ids = [r[0] for r in rows(done)]
+        assert len(set(ids)) == len(ids)  # session ids are unique across the workers
         listed = {r[header.index("application_name")]: r for r in rows(done)}
         for name, (_, session_id, _) in opened.items():
             assert listed[name][0] == session_id, name  # on either worker
