@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
 from datetime import datetime, timezone
 
@@ -82,13 +83,17 @@ class ConsoleConnection:
         started = time.monotonic()
         accepted = False
         try:
-            startup = await self._startup()
-            if startup is not None and await self._authenticate(startup):
-                accepted = True
+            async with asyncio.timeout(self.proxy.settings.startup_timeout):  # the whole log-in, as PostgreSQL
+                startup = await self._startup()
+                accepted = startup is not None and await self._authenticate(startup)
+            if accepted:
                 await self._serve()
         except (asyncio.IncompleteReadError, OSError, codec.ProtocolError, asyncio.TimeoutError) as exc:
             log.info("console_closed", session=self.id, reason=str(exc) or type(exc).__name__)
-            if not accepted and isinstance(exc, OSError) and not isinstance(exc, asyncio.IncompleteReadError):
+            if not accepted and isinstance(exc, asyncio.TimeoutError):
+                self._fatal("08P01", "pgveil: timeout expired before the client authenticated")
+            elif not accepted and isinstance(exc, OSError) and not isinstance(exc, (asyncio.IncompleteReadError,
+                                                                                   ssl.SSLError)):
                 self._fatal("08006", f"pgveil could not reach the database to check the password: {exc}")
         finally:
             if accepted:
@@ -105,6 +110,8 @@ class ConsoleConnection:
             if length < 8 or length > 10000:
                 raise codec.ProtocolViolation(f"invalid startup packet length {length}")
             message = codec.decode_startup(head + await self.reader.readexactly(length - 4))
+            if self.tls and isinstance(message, (codec.SSLRequest, codec.GSSENCRequest)):
+                raise codec.ProtocolViolation("a second encryption request after TLS started")
             if isinstance(message, codec.SSLRequest) and self.proxy.client_tls is not None and not self.tls:
                 self.writer.write(b"S")  # the console offers TLS with --tls-cert, as the proxy's port does
                 await self.writer.start_tls(self.proxy.client_tls,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 import subprocess
 import time
@@ -43,7 +44,8 @@ def tls_console(pg, tier_users, pki, tmp_path_factory):  # noqa: F811
     port = free_port()
     rules = tmp_path_factory.mktemp("rules") / "rules.yaml"
     proxy = start_with_rules(pg, rules, RULES.read_text(), "--console", f"127.0.0.1:{port}", "--tls-cert",
-                             pki["proxy"][0], "--tls-key", pki["proxy"][1], "--console-idle-timeout", "1.5")
+                             pki["proxy"][0], "--tls-key", pki["proxy"][1], "--console-idle-timeout", "1.5",
+                             "--startup-timeout", "3")
     proxy.console_port = port
     wait_port(port)
     yield proxy
@@ -86,6 +88,26 @@ def test_an_idle_console_connection_is_ended(tls_console):
         conn.close()
     ended = [r for r in journal(tls_console) if r["type"] == "session_end" and r["application_name"] == "idler"]
     assert ended and ended[0]["reason"] == "idle timeout"
+
+
+def test_the_log_in_has_one_deadline_however_the_client_drips(tls_console):
+    """Encryption requests answered N, one every 0.5 s, do not keep a connection past --startup-timeout."""
+    gssenc = (8).to_bytes(4, "big") + (80877104).to_bytes(4, "big")
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", tls_console.console_port), timeout=10) as sock:
+        answers = b""
+        while time.monotonic() - started < 10:
+            try:
+                sock.sendall(gssenc)
+                data = sock.recv(4096)
+            except OSError:
+                break
+            if not data or data != b"N":
+                answers += data
+                break
+            time.sleep(0.5)
+    assert time.monotonic() - started < 5
+    assert not answers or b"timeout expired before the client authenticated" in answers
 
 
 # ----------------------------------------------------------------------------- both legs TLS
