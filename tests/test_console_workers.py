@@ -100,6 +100,16 @@ def test_show_sessions_lists_the_sessions_of_every_worker(pg, workers):
         ours = sum(1 for r in sessions if r["tier"] == "customer_service")
         assert int({r["tier"]: r for r in stats}["customer_service"]["sessions"]) == ours >= len(opened)
         assert int({r["tier"]: r for r in tiers}["customer_service"]["sessions"]) == ours
+        # statements: both workers' counts, as many as both journals' outcome records
+        counted = int({r["tier"]: r for r in stats}["customer_service"]["statements"])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            outcomes = sum(1 for _, r in records_by_stream(workers) if r["type"] == "outcome"
+                           and r.get("tier") == "customer_service" and r.get("status") != "skipped")
+            if outcomes >= counted:
+                break
+            time.sleep(0.2)
+        assert counted == outcomes >= len(opened)
     finally:
         close_all(opened)
 
