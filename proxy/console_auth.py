@@ -60,17 +60,17 @@ async def _exchange(conn, reader, writer) -> bytes | None:
     bridge: ScramBridge | None = None
     while True:
         kind, message = await asyncio.wait_for(read_message(reader), timeout)
-        if kind == ord("E"):
+        if kind == codec.BE.ERROR:
             error = codec.decode_message(codec.BACKEND, message)
-            conn._connection_record("auth_failed", error.get(b"M") or "", error.get(b"C"))
+            conn._connection_record("auth_failed", error.message or "", error.sqlstate)
             conn.writer.write(message)
             return None
-        if kind == ord("S"):
+        if kind == codec.BE.PARAMETER_STATUS:
             params.append(message)
-        elif kind == ord("Z"):
+        elif kind == codec.BE.READY_FOR_QUERY:
             writer.write(codec.encode(codec.Terminate()))
             return b"".join(params)
-        elif kind == ord("R"):
+        elif kind == codec.BE.AUTHENTICATION:
             auth = codec.decode_message(codec.BACKEND, message)
             if bridge is None and auth.code == AUTH.SASL and conn.tls and conn.upstream_tls \
                     and "SCRAM-SHA-256-PLUS" in auth.mechanisms():
@@ -128,6 +128,6 @@ async def _steps(conn, bridge: ScramBridge, upstream_writer, steps: list) -> Non
 
 async def _client_answer(conn, timeout: float) -> bytes:
     kind, answer = await asyncio.wait_for(read_message(conn.reader), timeout)
-    if kind != ord("p"):
+    if kind != codec.FE.AUTH_RESPONSE:
         raise codec.ProtocolViolation(f"expected a password message, got {chr(kind)!r}")
     return answer
