@@ -169,11 +169,16 @@ class Peers:
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        old = os.umask(0o177)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # mode 0600 from the start; bound here, with nothing awaited meanwhile
         try:
-            self.server = await asyncio.start_unix_server(self._serve, self.path, limit=REQUEST_LIMIT)
+            sock.bind(self.path)
+        except OSError:
+            sock.close()
+            raise
         finally:
             os.umask(old)
+        self.server = await asyncio.start_unix_server(self._serve, sock=sock, limit=REQUEST_LIMIT)
 
     def close(self) -> None:
         if self.server is not None:
