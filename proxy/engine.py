@@ -16,28 +16,41 @@ from .verdicts import Context, Decision, Refusal
 class Engine:
     """Rules, catalog and decision cache, shared by every session of a process.
 
-    The server swaps ``rules`` and ``catalog`` when they change; sessions only read them.
+    The rules and catalog in force are read from ``source.current`` at each use.  In the
+    server the source is :class:`proxy.runtime.Runtime`, which publishes both together as one
+    immutable snapshot, swapped in one assignment; sessions only read them.  Without a source
+    (the command-line tools, tests) the engine holds its own, and they can be set.
     """
 
-    def __init__(self, rules, catalog=None) -> None:
-        self.rules = rules
-        self._catalog = None
-        self.catalog = catalog
+    def __init__(self, rules, catalog=None, source=None) -> None:
+        self.source = source if source is not None else _Held(rules)
         self.cache = DecisionCache()
-        self.rules_sha256 = ""
         self._hidden: dict = {}
+        if source is None:
+            self.catalog = catalog
+
+    @property
+    def rules(self):
+        return self.source.current.rules
+
+    @rules.setter
+    def rules(self, new) -> None:
+        self.source.current.rules = new  # a runtime's snapshot is frozen: it publishes a new one
+
+    @property
+    def rules_sha256(self) -> str:
+        return getattr(self.source.current, "sha256", "")
 
     @property
     def catalog(self):
-        return self._catalog
+        return self.source.current.catalog
 
     @catalog.setter
     def catalog(self, new) -> None:
         """A newly read catalog: columns renamed since the last one keep their class (pinned by
         relation and attnum, for as long as this process runs)."""
-        if new is not None and self._catalog is not None and new is not self._catalog:
-            new.pinned = carried_classes(self.rules, self._catalog, new)
-        self._catalog = new
+        carry_classes(self.rules, self.catalog, new)
+        self.source.current.catalog = new
 
     def tier_for(self, user: str, address: str | None = None, now=None):
         return self.identity(user, address, now)[0]
@@ -97,6 +110,28 @@ class Engine:
                               for col in rel.columns if rw.class_action(rel, col.name)[1].action != "clear")
             self._hidden = {key: found}
         return found
+
+
+class _Held:
+    """The rules and catalog of an engine with no runtime behind it."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, rules) -> None:
+        self.current = _Pair(rules)
+
+
+class _Pair:
+    __slots__ = ("rules", "catalog")
+
+    def __init__(self, rules) -> None:
+        self.rules, self.catalog = rules, None
+
+
+def carry_classes(rules, old, new) -> None:
+    """``new`` replaces the catalog ``old``: pin the classes its renamed columns had."""
+    if new is not None and old is not None and new is not old:
+        new.pinned = carried_classes(rules, old, new)
 
 
 def carried_classes(rules, old, new) -> dict:

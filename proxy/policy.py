@@ -37,7 +37,7 @@ from __future__ import annotations
 from .decision_cache import (CACHE_BYTES, ENTRY_OVERHEAD, MARKER_BASE, MAX_TEMPLATES, SHAPE_READ_LIMIT,  # noqa: F401
                              UNCACHEABLE, DecisionCache, Template, _render, _with_text, entry_bytes, instantiate,
                              shape_of)
-from .engine import Engine, carried_classes  # noqa: F401
+from .engine import Engine, carried_classes, carry_classes  # noqa: F401
 from .pipeline import KINDS, _decide_all_clear, _refuse, decide, failed_analysis, parse_search_path  # noqa: F401
 from .rewrite import name_of  # noqa: F401
 from .segments import (CURSOR_WORDS, DDL_WORDS, HARMLESS_WORDS, QUERY_WORDS, SESSION_WORDS,  # noqa: F401
