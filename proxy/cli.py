@@ -33,6 +33,8 @@ def _serve_parser(sub) -> None:
                    help="strict (default): decisions on disk first; off exists only to measure the cost")
     p.add_argument("--audit-sink", action="append", help="postgresql://... or stdout (repeatable)")
     p.add_argument("--console", help="HOST:PORT of the admin console (psql -p PORT pgveil; tiers with 'console')")
+    p.add_argument("--console-idle-timeout", type=float,
+                   help="seconds a console connection may stay idle (default 900; 0: no limit)")
     p.add_argument("--audit-seal-key", help="investigators' public key (pgveil audit keygen): the values of "
                    "statements reaching classified relations are recorded sealed to it")
     p.add_argument("--startup-timeout", type=float, help="seconds a client has to authenticate (default 60)")
@@ -45,17 +47,19 @@ def _serve_parser(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from .tools import load_engine  # not the server yet: prometheus_client must see the environment first
+    from .runtime import check_rules  # not the server yet: prometheus_client must see the environment first
 
     flags = {k: getattr(args, k) for k in ("listen", "upstream", "rules", "tls_cert", "tls_key", "upstream_sslmode",
                                             "upstream_ca", "workers", "metrics", "auth_dsn", "auth_query",
                                             "log_format", "log_level", "startup_timeout", "catalog_dsn",
                                             "catalog_refresh", "audit_dir", "audit_mode", "audit_sink", "rules_poll",
-                                            "audit_seal_key", "console", "shutdown_grace")}
+                                            "audit_seal_key", "console", "shutdown_grace",
+                                            "console_idle_timeout")}
     try:
         file_values = load_config_file(args.config) if args.config else {}
         settings = build_settings(file_values, flags)
-        load_engine(settings)  # a broken rule file stops here, with its file and line
+        if settings.rules:
+            check_rules(settings.rules)  # a broken rule file stops here, with its file and line
     except ConfigError as exc:
         print(f"pgveil: {exc}", file=sys.stderr)
         return 2
@@ -63,7 +67,7 @@ def cmd_serve(args) -> int:
     if settings.workers > 1 and settings.metrics and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # every worker's values in shared files, summed by the endpoint (set before the metrics import)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pgveil-metrics-")
-    from .server import serve
+    from .startup import serve
     try:
         return serve(settings)
     except OSError as exc:
