@@ -20,7 +20,7 @@ WHO = {"session": "s1", "user": "li", "tier": "sales", "client_addr": "10.0.0.7"
 
 class Decision:
     normalized = "SELECT name, phone FROM customers WHERE id = ?"
-    kinds, relations, verdict, reason, unparsed = ("read",), ("public.customers",), "allow", "", False
+    kinds, relations, verdict, reason, unparsed, refused = ("read",), ("public.customers",), "allow", "", False, False
     columns = [type("Use", (), {"relation": "public.customers", "column": "phone", "cls": "phone",
                                 "action": "clear"})()]
 
