@@ -297,9 +297,8 @@ class ConsoleConnection:
     def _kill(self, session_id: str) -> Table:
         for link in list(self.proxy.links):
             if link.session is not None and link.session.id == session_id:
-                message = (f"terminating connection due to administrator command (pgveil console, by user "
-                           f"{self.user}, session {self.id})")
-                link.dispatch(link.session.fail, "57P01", message)
+                from .session import KillRequested
+                link.dispatch(KillRequested(f"pgveil console, by user {self.user}, session {self.id}"))
                 log.warning("console_kill", session=session_id, by=self.user, console=self.id)
                 return Table((), [], "KILL")
         raise ConsoleError("42704", f'no session "{session_id}" on this worker (SHOW SESSIONS lists them)')

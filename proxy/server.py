@@ -17,6 +17,7 @@ import signal
 import socket
 import ssl
 import time
+from collections import deque
 from datetime import datetime, timezone
 from itertools import count
 
@@ -28,8 +29,12 @@ from .scram import tls_server_end_point
 from .tasks import Tasks
 from .tools import load_engine
 from .analyst import Analyst
-from .session import (Alert, Audit, Close, DecideApart, Phase, RefreshCatalog, ConnectUpstream, ForwardCancel, LookupVerifier,
-                      SendToClient, SendToServer, Session, SessionConfig, StartClientTLS)
+from .session import (Alert, AuditDurable, AuditFailed, AuditHealth, ClientClosed, ClientData, ClientTLSEstablished,
+                      Close, DecideApart, DecidedApart, ForwardCancel, HandlerCrashed, LookupVerifier, OpenUpstream,
+                      PauseClientReading, Phase, RefreshCatalog, ResumeClientReading, RulesChanged, SendToClient,
+                      SendToServer, ServerClosed, ServerData, Session, SessionConfig, SessionStarted,
+                      ShutdownRequested, StartClientTLS, TimerFired, UpstreamConnected, UpstreamFailed,
+                      VerifierFound, VerifierLookupFailed, WriteAudit)
 
 log = logs.get("pgveil.server")
 WRITE_HIGH_WATER = 256 * 1024
@@ -50,14 +55,14 @@ class UpstreamLink(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
-        self.client.dispatch(self.client.session.server_data, data)
+        self.client.dispatch(ServerData(data))
 
     def eof_received(self):
         return False
 
     def connection_lost(self, exc) -> None:
         self.transport = None
-        self.client.dispatch(self.client.session.server_closed)
+        self.client.dispatch(ServerClosed())
 
     def pause_writing(self) -> None:
         self.client.pause_reading()
@@ -66,33 +71,9 @@ class UpstreamLink(asyncio.Protocol):
         self.client.resume_reading()
 
 
-class DurableWait:
-    """Holds one event's commands until all of its durable audit records are on disk."""
-
-    __slots__ = ("link", "remaining", "commands")
-
-    def __init__(self, link: "ClientLink", remaining: int, commands: list) -> None:
-        self.link, self.remaining, self.commands = link, remaining, commands
-
-    def done(self, error: Exception | None) -> None:
-        link = self.link
-        if self.remaining <= 0 or link.closed:
-            return
-        if error is not None:
-            self.remaining = 0
-            log.error("audit_write_failed", session=link.id, error=str(error))
-            link.dispatch(link.session.fail, "58030", "pgveil cannot write its audit journal; the statement was "
-                                                      "not sent")
-            return
-        self.remaining -= 1
-        if self.remaining == 0:
-            for command in self.commands:
-                link.execute(command)
-            link.durable_done()
-
-
 class ClientLink(asyncio.Protocol):
-    """One client connection: feeds its session and carries out the commands."""
+    """One client connection: socket callbacks become events for its session, and the commands
+    the session returns are carried out here.  It holds sockets, TLS, tasks and timers."""
 
     def __init__(self, proxy: "Proxy") -> None:
         self.proxy = proxy
@@ -105,14 +86,9 @@ class ClientLink(asyncio.Protocol):
         self.closed = False
         self._tasks = Tasks()
         self._reading_paused = False
-        self._start_logged = False
-        # strict audit: while a statement waits for its record to reach the disk, what the client
-        # sends next waits here, in order (cheaper than pausing the socket for each statement)
-        self._durable_pending = False
-        self._backlog: list[bytes] = []
-        self._backlog_bytes = 0
-        self._backlog_paused = False
-        self._apart_pending = False  # a statement's decision is being taken in a child process
+        self._audit_ok = True  # the journal's health as last told to the session
+        self._events: deque = deque()  # events that arrived while one was being handled
+        self._handling = False
         self._cancel_forward: asyncio.Task | None = None  # this is a cancel connection: its forward
 
     # -- asyncio callbacks ------------------------------------------------------
@@ -124,43 +100,16 @@ class ClientLink(asyncio.Protocol):
         self.session = Session(self.proxy.session_config, self.peer)
         self.proxy.links.add(self)
         self._startup_timer = asyncio.get_running_loop().call_later(
-            self.proxy.settings.startup_timeout, self._startup_expired)
-
-    def _startup_expired(self) -> None:
-        if self.session.phase not in (Phase.ACTIVE, Phase.CLOSED):
-            self.dispatch(self.session.fail, "08P01", "pgveil: timeout expired before the client authenticated")
+            self.proxy.settings.startup_timeout, self.dispatch, TimerFired("startup"))
 
     def data_received(self, data: bytes) -> None:
-        if self._durable_pending or self._apart_pending:
-            self._backlog.append(data)
-            self._backlog_bytes += len(data)
-            if self._backlog_bytes > WRITE_HIGH_WATER and not self._backlog_paused:
-                self._backlog_paused = True
-                self.pause_reading()
-            return
-        self.dispatch(self.session.client_data, data)
-
-    def durable_done(self) -> None:
-        """The records a statement waited for are on disk (its commands are carried out): go
-        on with what the client sent meanwhile."""
-        self._durable_pending = False
-        self._drain()
-
-    def _drain(self) -> None:
-        """Feed the session what the client sent while a statement waited."""
-        while self._backlog and not self._durable_pending and not self._apart_pending and not self.closed:
-            data = self._backlog.pop(0)
-            self._backlog_bytes -= len(data)
-            self.dispatch(self.session.client_data, data)
-        if not self._durable_pending and not self._apart_pending and self._backlog_paused:
-            self._backlog_paused = False
-            self.resume_reading()
+        self.dispatch(ClientData(data))
 
     def eof_received(self):
         return False
 
     def connection_lost(self, exc) -> None:
-        self.dispatch(self.session.client_closed)
+        self.dispatch(ClientClosed())
         self._finish()
 
     def pause_writing(self) -> None:
@@ -182,52 +131,45 @@ class ClientLink(asyncio.Protocol):
             if not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    # -- commands -----------------------------------------------------------------
-    def dispatch(self, event, *args) -> None:
-        """Feed one event to the session and carry out what it asks."""
-        if SLOW_EVENT_S:
-            self._timed(event, *args)
+    # -- events in, commands out ----------------------------------------------------
+    def dispatch(self, event) -> None:
+        """Feed one event to the session and carry out what it asks (an event raised by carrying
+        out a command is handled after it, in order)."""
+        self._events.append(event)
+        if self._handling:
             return
-        self._dispatch(event, *args)
+        self._handling = True
+        try:
+            while self._events:
+                event = self._events.popleft()
+                healthy = self.proxy.audit.healthy
+                if healthy is not self._audit_ok:  # the journal's health reaches the session as an event
+                    self._audit_ok = healthy
+                    self._handle(AuditHealth(healthy))
+                self._handle(event) if not SLOW_EVENT_S else self._timed(event)
+        finally:
+            self._handling = False
 
-    def _timed(self, event, *args) -> None:
-        """:meth:`dispatch`, logging an event that held the loop longer than PGVEIL_SLOW_EVENT_MS,
+    def _timed(self, event) -> None:
+        """:meth:`_handle`, logging an event that held the loop longer than PGVEIL_SLOW_EVENT_MS,
         with the CPU time this thread spent on it (the rest: the machine ran something else)."""
         cpu, wall = time.thread_time(), time.perf_counter()
         try:
-            self._dispatch(event, *args)
+            self._handle(event)
         finally:
             wall = time.perf_counter() - wall
             if wall > SLOW_EVENT_S:
-                log.warning("slow_event", session=self.id, what=event.__name__, wall_ms=round(wall * 1000, 1),
+                log.warning("slow_event", session=self.id, what=type(event).__name__, wall_ms=round(wall * 1000, 1),
                             cpu_ms=round((time.thread_time() - cpu) * 1000, 1))
 
-    def _dispatch(self, event, *args) -> None:
+    def _handle(self, event) -> None:
         try:
-            commands = event(*args)
+            commands = self.session.handle(event)
         except Exception:  # a bug in the session must cost this connection only
             log.exception("session_error", session=self.id)
-            commands = self.session.fail("XX000", "pgveil internal error")
-        audits = [c for c in commands if type(c) is Audit]
-        rest = [c for c in commands if type(c) is not Audit] if audits else commands
-        durable = sum(1 for a in audits if a.durable)
-        waiter = DurableWait(self, durable, rest) if durable else None
-        for audit in audits:
-            metrics.observe(audit.record)
-            self.proxy.audit.submit(audit.record, waiter.done if audit.durable else None)
-        if not self._start_logged and self.session.phase is Phase.ACTIVE:
-            self._start_logged = True
-            log.info("session_start", session=self.id, peer=f"{self.peer[0]}:{self.peer[1]}", user=self.session.user,
-                     database=self.session.database, tier=self.session.tier.name if self.session.tier else None,
-                     tls=self.session.client_tls)
-            if self.session.tier is not None and not self.session.tier.all_clear and self.session.user:
-                self.proxy.check_privileges(self.session.user, self.session.tier)
-        if waiter is None:
-            for command in rest:
-                self.execute(command)
-        else:
-            # strict audit: nothing of this event goes upstream before its records are on disk
-            self._durable_pending = True
+            commands = self.session.handle(HandlerCrashed())
+        for command in commands:
+            self.execute(command)
 
     def execute(self, command) -> None:
         kind = type(command)
@@ -237,12 +179,23 @@ class ClientLink(asyncio.Protocol):
         elif kind is SendToClient:
             if self.transport and not self.transport.is_closing():
                 self.transport.write(command.data)
+        elif kind is WriteAudit:
+            metrics.observe(command.record)
+            self.proxy.audit.submit(command.record, self._durable_callback(command.token) if command.durable else None)
         elif kind is Close:
             if self._cancel_forward is not None:  # closed once the server has taken the cancel
                 self._cancel_forward.add_done_callback(lambda _: self.close(command.reason, command.error))
             else:
                 self.close(command.reason, command.error)
-        elif kind is ConnectUpstream:
+        elif kind is PauseClientReading:
+            self.pause_reading()
+        elif kind is ResumeClientReading:
+            self.resume_reading()
+        else:
+            self._execute_other(kind, command)
+
+    def _execute_other(self, kind, command) -> None:
+        if kind is OpenUpstream:
             self.pause_reading()
             self._tasks.spawn(self._connect_upstream())
         elif kind is StartClientTLS:
@@ -254,10 +207,11 @@ class ClientLink(asyncio.Protocol):
         elif kind is LookupVerifier:
             self._tasks.spawn(self._lookup_verifier(command.user))
         elif kind is DecideApart:
-            self._apart_pending = True
             self.proxy.spawn(self._decide_apart(command))
         elif kind is RefreshCatalog:
             self.proxy.catalog_changed()
+        elif kind is SessionStarted:
+            self._started()
         elif kind is Alert:
             tier = self.session.tier.name if self.session.tier else "none"
             if command.event == "max_rows_stop":
@@ -269,6 +223,26 @@ class ClientLink(asyncio.Protocol):
         else:  # pragma: no cover - a new command without a handler is a bug
             raise TypeError(f"unknown command {command!r}")
 
+    def _durable_callback(self, token: int):
+        def done(error: Exception | None) -> None:
+            if self.closed:
+                return
+            if error is not None:
+                log.error("audit_write_failed", session=self.id, error=str(error))
+                self.dispatch(AuditFailed(token, str(error)))
+            else:
+                self.dispatch(AuditDurable(token))
+        return done
+
+    def _started(self) -> None:
+        """The session is active: log it, and check the role's privileges for a restricted tier."""
+        self._startup_timer.cancel()
+        s = self.session
+        log.info("session_start", session=self.id, peer=f"{self.peer[0]}:{self.peer[1]}", user=s.user,
+                 database=s.database, tier=s.tier.name if s.tier else None, tls=s.client_tls)
+        if s.tier is not None and not s.tier.all_clear and s.user:
+            self.proxy.check_privileges(s.user, s.tier)
+
     async def _decide_apart(self, command: DecideApart) -> None:
         """A large statement's cold decision, in one of the worker's child processes; the other
         sessions go on meanwhile (see :mod:`proxy.analyst`)."""
@@ -276,18 +250,14 @@ class ClientLink(asyncio.Protocol):
         decision = await self.proxy.analyst.decide(engine, command.sql, command.tier, command.search_path,
                                                    command.user, command.access)
         engine.cache.adopt(command.key, decision)
-        self._apart_pending = False
-        if self.closed:
-            return
-        self.dispatch(self.session.decided_apart, command.key, decision)
-        self._drain()
+        if not self.closed:
+            self.dispatch(DecidedApart(command.key, decision))
 
     @property
     def busy(self) -> bool:
         """A statement is running or waiting (for its decision, its audit record or the server)."""
         s = self.session
-        return s is not None and s.phase is Phase.ACTIVE and (
-            s.outstanding > 0 or self._durable_pending or self._apart_pending or bool(self._backlog))
+        return s is not None and s.phase is Phase.ACTIVE and (s.outstanding > 0 or s.waiting)
 
     async def _start_tls(self) -> None:
         loop = asyncio.get_running_loop()
@@ -300,7 +270,7 @@ class ClientLink(asyncio.Protocol):
         if transport is None:
             return
         self.transport = transport
-        self.dispatch(self.session.tls_established)
+        self.dispatch(ClientTLSEstablished())
 
     async def _connect_upstream(self) -> None:
         started = time.monotonic()
@@ -310,13 +280,13 @@ class ClientLink(asyncio.Protocol):
         except Exception as exc:
             metrics.UPSTREAM_ERRORS.inc()
             self.resume_reading()
-            self.dispatch(self.session.upstream_failed, str(exc) or type(exc).__name__)
+            self.dispatch(UpstreamFailed(str(exc) or type(exc).__name__))
             return
         if self.closed:
             transport.close()
             return
         self.upstream = upstream
-        self.dispatch(self.session.upstream_connected, tls, cert_hash)
+        self.dispatch(UpstreamConnected(tls, cert_hash))
         self.resume_reading()
 
     async def _lookup_verifier(self, user: str) -> None:
@@ -324,16 +294,16 @@ class ClientLink(asyncio.Protocol):
             verifier = await self.proxy.lookup_verifier(user)
         except Exception as exc:
             log.warning("auth_query_failed", session=self.id, error=str(exc))
-            self.dispatch(self.session.fail, "28000", "pgveil could not look up the role's credentials")
+            self.dispatch(VerifierLookupFailed(str(exc)))
             return
-        self.dispatch(self.session.verifier_found, verifier)
+        self.dispatch(VerifierFound(verifier))
 
     def terminate(self) -> None:
         """pgveil is shutting down: end the session (FATAL 57P01), cancelling what runs upstream."""
         if self.session is None or self.closed:
             self.close("pgveil is shutting down")
             return
-        self.dispatch(self.session.shutdown)
+        self.dispatch(ShutdownRequested())
         if not self.closed:
             self.close("pgveil is shutting down")
 
@@ -384,8 +354,9 @@ class Proxy:
             engine=self.engine,
             audit=settings.audit_mode != "off",
             audit_strict=settings.audit_mode == "strict",
-            audit_ok=self._audit_ok,
             clock=_utc_clock,
+            monotonic=time.monotonic,
+            new_id=lambda: os.urandom(8).hex(),
         )
         self.audit = AuditWriter(settings.audit_dir, settings.audit_mode, str(settings.worker_index),
                                  settings.audit_interval)
@@ -414,9 +385,6 @@ class Proxy:
         while True:
             await asyncio.sleep(1.0)
             self.sealer.expire()
-
-    def _audit_ok(self) -> bool:
-        return self.audit.healthy
 
     def spawn(self, coro) -> asyncio.Task:
         return self._tasks.spawn(coro)
@@ -496,7 +464,7 @@ class Proxy:
         self.audit.submit(dict(record, event="reloaded", rules_version=rules.version, previous_version=old))
         for link in list(self.links):
             if link.session is not None:
-                link.dispatch(link.session.rules_changed)
+                link.dispatch(RulesChanged())
         return True
 
     async def refresh_catalog(self) -> bool:

@@ -31,104 +31,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-import os
 import re
-import time
+from collections import deque
+from itertools import count
 from typing import Callable
 
-from . import codec, encodings, errors, limits, policy, settings
-from .access import Access, deciding_tier
-from .opened import QUERY as OPENED_QUERY, SYNC as OPENED_SYNC, Opened, segments
-from .purpose import PurposeSetting
-from .rowlimits import RowLimits
-from . import searchpath
-from .audit import records
-from .audit.tracker import StatementTracker
-from .prepared import PreparedStatements
-from .rules import STATEMENT_KINDS
-from .sqlnames import SqlNames
-from .codec import ProtocolViolation
-from .scram import ScramBridge, ScramError
-
-
-# --------------------------------------------------------------------------- commands
-@dataclass(frozen=True, slots=True)
-class SendToClient:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SendToServer:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class StartClientTLS:
-    """Upgrade the client connection to TLS (the 'S' answer has already been queued)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectUpstream:
-    """Open the upstream connection (TLS per the configured sslmode), then report back."""
-    startup: codec.StartupMessage
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardCancel:
-    """Open a fresh upstream connection and send this CancelRequest on it.  With ``client_waits``
-    the client's own cancel connection is closed only once the server has closed that one (the
-    backend has been signalled), as PostgreSQL does: clients wait for that close before they send
-    their next statement, which an early close would let the cancel hit."""
-    request: codec.CancelRequest
-    client_waits: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class LookupVerifier:
-    """Read the role's SCRAM verifier through the auth account, then report back."""
-    user: str
-
-
-@dataclass(frozen=True, slots=True)
-class Audit:
-    """Write an audit record; with ``durable``, nothing after it is carried out before it is on disk."""
-    record: dict
-    durable: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshCatalog:
-    """A statement that may change the catalog went through: read it again soon."""
-
-
-@dataclass(frozen=True, slots=True)
-class Alert:
-    """Something that should never happen did: log it loudly."""
-    event: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class DecideApart:
-    """Decide this statement in a child process (a cold decision that may take long), then report
-    back with ``decided_apart``; the client's further messages wait until then."""
-    key: tuple
-    sql: str
-    tier: object
-    search_path: tuple
-    user: str
-    access: object = None  # proxy.access.Access: part of the decision's key
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """Close both connections (after flushing what was queued)."""
-    reason: str
-    error: bool = False
-
-
-Command = (SendToClient | SendToServer | StartClientTLS | ConnectUpstream | ForwardCancel | LookupVerifier | Alert
-           | RefreshCatalog | Audit | DecideApart | Close)
+from .. import codec, encodings, errors, limits, policy, settings
+from ..access import Access, deciding_tier
+from ..opened import QUERY as OPENED_QUERY, SYNC as OPENED_SYNC, Opened, segments
+from ..purpose import PurposeSetting
+from ..rowlimits import RowLimits
+from .. import searchpath
+from ..audit import records
+from ..audit.tracker import StatementTracker
+from ..prepared import PreparedStatements
+from ..rules import STATEMENT_KINDS
+from ..sqlnames import SqlNames
+from ..codec import ProtocolViolation
+from ..scram import ScramBridge, ScramError
+from .commands import (Alert, Close, Command, DecideApart, ForwardCancel, LookupVerifier, OpenUpstream,
+                       PauseClientReading, RefreshCatalog, ResumeClientReading, SendToClient, SendToServer,
+                       SessionStarted, StartClientTLS, WriteAudit)
+from .events import (AuditDurable, AuditFailed, AuditHealth, ClientClosed, ClientData, ClientTLSEstablished,
+                     DecidedApart, HandlerCrashed, KillRequested, RulesChanged, ServerClosed, ServerData,
+                     ShutdownRequested, TimerFired, UpstreamConnected, UpstreamFailed, VerifierFound,
+                     VerifierLookupFailed)
 
 
 class Phase(Enum):
@@ -182,8 +109,10 @@ class SessionConfig:
     engine: object = None  # proxy.policy.Engine; None: relay without a policy
     audit: bool = False  # emit Audit commands
     audit_strict: bool = True  # a statement's decision is durable before the statement is sent
-    audit_ok: Callable[[], bool] | None = None  # False: the journal cannot be written (fail closed)
     clock: Callable[[], object] | None = None  # the server's UTC clock (datetime); None: no grant is in force
+    monotonic: Callable[[], float] | None = None  # seconds, for durations; None: no durations (0)
+    new_id: Callable[[], str] | None = None  # a session's id; None: a counter (tests)
+    backlog_high_water: int = 256 * 1024  # client bytes queued while waiting before PauseClientReading
     sealing: object = None  # proxy.sealing.Sealing: values sealed for the investigators (--audit-seal-key)
 
 
@@ -193,13 +122,20 @@ class Stats:
     bytes_from_server: int = 0
 
 
+_ids = count(1)
+
+
+def _no_clock() -> float:
+    return 0.0
+
+
 def _clears_all(seg) -> bool:
     """Is this statement RESET ALL or DISCARD ALL?  (sqlglot keeps a command's arguments as one
     string: they are read on their own, by token types.)"""
     if seg.word not in ("RESET", "DISCARD") or len(seg.tokens) < 2:
         return False
-    from .heads import keyword
-    from .sql import SqlglotError, tokenize
+    from ..heads import keyword
+    from ..sql import SqlglotError, tokenize
     rest = seg.text[seg.tokens[0].end + 1 - seg.offset:]
     try:
         tokens = tokenize(rest)
@@ -214,8 +150,10 @@ class Session:
     def __init__(self, config: SessionConfig | None = None, peer: tuple = ("", 0)) -> None:
         self.config = config or SessionConfig()
         self.peer = peer
-        self.id = os.urandom(8).hex()
-        self.started = time.monotonic()
+        self._now = self.config.monotonic or _no_clock
+        self.id = self.config.new_id() if self.config.new_id else f"s{next(_ids)}"
+        self.started = self._now()
+        self._audit_ok = True  # the journal can be written (AuditHealth)
         self.statements = 0
         self._tracker = StatementTracker()
         self._prepared = PreparedStatements()
@@ -270,12 +208,94 @@ class Session:
         self.last_statement: tuple | None = None  # (fingerprint, monotonic time) of the latest, for the console
         self._apart_held: tuple | None = None  # (out, marks) waiting for a decision taken apart
         self._apart_ready: tuple | None = None  # (key, decision) of that decision, while it is used
+        self._durable_tokens: set[int] = set()  # durable records not yet on disk (strict audit)
+        self._durable_held: list[Command] = []  # what waits for them
+        self._token = 0
+        self._queued: deque[bytes] = deque()  # client bytes that arrived while waiting
+        self._queued_bytes = 0
+        self._reading_paused = False
+
+    # ------------------------------------------------------------------ the one entry point
+    def handle(self, event) -> list[Command]:
+        """One event in, the commands to carry out (in order) out.  While the session waits (for a
+        durable record, or a decision taken apart), what the client sends is queued here and
+        handled, in order, once the wait is over."""
+        if self.phase is Phase.CLOSED:
+            return []
+        kind = type(event)
+        if kind is ClientData and (self._durable_tokens or self._apart_held is not None):
+            return self._queue_client(event.data)
+        return self._hold_for_durable(HANDLERS[kind](self, event))
+
+    def _hold_for_durable(self, commands: list[Command]) -> list[Command]:
+        """Strict audit: the records go out at once, and nothing else of this event before every
+        durable one is on disk (AuditDurable for each token)."""
+        if not any(type(c) is WriteAudit and c.durable and not c.token for c in commands):
+            return commands  # (a token: already held, by the handler itself)
+        audits: list[Command] = []
+        for command in commands:
+            if type(command) is not WriteAudit:
+                self._durable_held.append(command)
+            elif command.durable and not command.token:
+                self._token += 1
+                self._durable_tokens.add(self._token)
+                audits.append(WriteAudit(command.record, True, self._token))
+            else:
+                audits.append(command)
+        return audits
+
+    def _queue_client(self, data: bytes) -> list[Command]:
+        """Client bytes that arrived while the session waits; past the high-water mark the
+        server stops reading from the client."""
+        self._queued.append(data)
+        self._queued_bytes += len(data)
+        if self._queued_bytes > self.config.backlog_high_water and not self._reading_paused:
+            self._reading_paused = True
+            return [PauseClientReading()]
+        return []
+
+    def _replay(self) -> list[Command]:
+        """The wait is over: handle what the client sent meanwhile, in order, until the next wait."""
+        commands: list[Command] = []
+        while self._queued and not self._durable_tokens and self._apart_held is None \
+                and self.phase is not Phase.CLOSED:
+            data = self._queued.popleft()
+            self._queued_bytes -= len(data)
+            commands += self.handle(ClientData(data))
+        if self._reading_paused and not self._queued and self.phase is not Phase.CLOSED:
+            self._reading_paused = False
+            commands.append(ResumeClientReading())
+        return commands
+
+    def _audit_durable(self, event: AuditDurable) -> list[Command]:
+        self._durable_tokens.discard(event.token)
+        if self._durable_tokens:
+            return []
+        held, self._durable_held = self._durable_held, []
+        return held + self._replay()
+
+    def _audit_failed(self, event: AuditFailed) -> list[Command]:
+        if event.token not in self._durable_tokens:
+            return []
+        self._durable_tokens.clear()
+        self._durable_held = []
+        return self.fail("58030", "pgveil cannot write its audit journal; the statement was not sent")
+
+    def _timer_fired(self, event: TimerFired) -> list[Command]:
+        if event.name == "startup" and self.phase is not Phase.ACTIVE:
+            return self.fail("08P01", "pgveil: timeout expired before the client authenticated")
+        return []
+
+    @property
+    def waiting(self) -> bool:
+        """A statement waits for its durable record or its decision, or client bytes are queued."""
+        return bool(self._durable_tokens or self._apart_held is not None or self._queued)
 
     # ------------------------------------------------------------------ events
-    def client_data(self, data: bytes) -> list[Command]:
+    def _client_data(self, event: ClientData) -> list[Command]:
         """Bytes arrived from the client."""
-        self.stats.bytes_from_client += len(data)
-        return self._client_bytes(data)
+        self.stats.bytes_from_client += len(event.data)
+        return self._client_bytes(event.data)
 
     def _client_bytes(self, data: bytes) -> list[Command]:
         try:
@@ -293,8 +313,9 @@ class Session:
         except ProtocolViolation as exc:
             return self.fail("08P01", str(exc))
 
-    def server_data(self, data: bytes) -> list[Command]:
+    def _server_data(self, event: ServerData) -> list[Command]:
         """Bytes arrived from the upstream server."""
+        data = event.data
         self.stats.bytes_from_server += len(data)
         try:
             if self.phase is Phase.ACTIVE:
@@ -307,17 +328,17 @@ class Session:
         except ProtocolViolation as exc:
             return self.fail("08P01", f"upstream protocol error: {exc}")
 
-    def tls_established(self) -> list[Command]:
+    def _tls_established(self, _event=None) -> list[Command]:
         """The client's TLS handshake finished."""
         self.client_tls = True
         self.phase = Phase.STARTUP
         return []
 
-    def upstream_connected(self, tls: bool, server_cert_hash: bytes | None = None) -> list[Command]:
+    def _upstream_connected(self, event: UpstreamConnected) -> list[Command]:
         """The upstream connection is open (and TLS is up on it when ``tls``)."""
         assert self.startup is not None
-        self.upstream_tls = tls
-        self._upstream_cert_hash = server_cert_hash
+        self.upstream_tls = event.tls
+        self._upstream_cert_hash = event.server_cert_hash
         self.phase = Phase.AUTH
         self._from_server = codec.Splitter(ALL_BYTES, self.config.max_message_size)
         commands: list[Command] = [SendToServer(codec.encode_startup(self.startup))]
@@ -326,19 +347,19 @@ class Session:
             commands += self._client_bytes(early)
         return commands
 
-    def upstream_failed(self, reason: str) -> list[Command]:
+    def _upstream_failed(self, event: UpstreamFailed) -> list[Command]:
         """The upstream connection could not be opened."""
-        return self.fail("08006", f"pgveil could not connect to the database server: {reason}")
+        return self.fail("08006", f"pgveil could not connect to the database server: {event.reason}")
 
-    def verifier_found(self, verifier: str | None) -> list[Command]:
+    def _verifier_found(self, event: VerifierFound) -> list[Command]:
         """The auth account answered a LookupVerifier (None: no such role or no SCRAM secret)."""
         assert self._scram is not None
         try:
-            return self._scram_out(self._scram.verifier_found(verifier))
+            return self._scram_out(self._scram.verifier_found(event.verifier))
         except ScramError as exc:
             return self._scram_failed(exc)
 
-    def client_closed(self) -> list[Command]:
+    def _client_closed(self, _event=None) -> list[Command]:
         """The client connection ended."""
         if self.phase is Phase.CLOSED:
             return []
@@ -351,7 +372,7 @@ class Session:
         cancel: list[Command] = [ForwardCancel(self.backend_key)] if busy and self.backend_key else []
         return cancel + terminate + self._close(reason)
 
-    def server_closed(self) -> list[Command]:
+    def _server_closed(self, _event=None) -> list[Command]:
         """The upstream connection ended."""
         if self.phase is Phase.CLOSED:
             return []
@@ -392,14 +413,14 @@ class Session:
 
     def _startup_message(self, message: codec.StartupMessage, rest: bytes) -> list[Command]:
         user = message.param("user")
-        if not user:
-            raise ProtocolViolation("no PostgreSQL user name specified in startup packet")
+        if not user:  # as PostgreSQL answers it
+            return self.fail("28000", "no PostgreSQL user name specified in startup packet")
         self.startup = message
         self.user = user
         self.database = message.param("database") or user
         self.phase = Phase.CONNECTING
         self._held = bytearray(rest)  # a client may pipeline after the startup packet
-        return [ConnectUpstream(message)]
+        return [OpenUpstream(message)]
 
     # ------------------------------------------------------------------ authentication
     def _client_auth(self, data: bytes) -> list[Command]:
@@ -443,6 +464,7 @@ class Session:
             if kind == Z:
                 # start-up is over: from here on only the relay's few types are looked at
                 self.phase = Phase.ACTIVE
+                commands.append(SessionStarted())
                 self._from_server.watch = self._active_watch
                 self._observe_server(out, marks[i:])
                 if end < len(out):
@@ -526,19 +548,21 @@ class Session:
         out, marks = self._from_client.feed(data)
         return self._client_messages(out, marks)
 
-    def decided_apart(self, key: tuple, decision) -> list[Command]:
-        """The decision a :class:`DecideApart` asked for: go on with the messages held since."""
-        if self.phase is Phase.CLOSED or self._apart_held is None:
+    def _decided_apart(self, event: DecidedApart) -> list[Command]:
+        """The decision a :class:`DecideApart` asked for: go on with the messages held since,
+        then with what the client sent meanwhile."""
+        if self._apart_held is None:
             return []
         out, marks = self._apart_held
         self._apart_held = None
-        self._apart_ready = (key, decision)
+        self._apart_ready = (event.key, event.decision)
         try:
-            return self._client_messages(out, marks, resumed=True)
+            commands = self._client_messages(out, marks, resumed=True)
         except ProtocolViolation as exc:
             return self.fail("08P01", str(exc))
         finally:
             self._apart_ready = None
+        return self._hold_for_durable(commands) + self._replay()
 
     def _apart(self, kind: int, out: bytes, start: int, end: int, sql: str | None) -> DecideApart | None:
         """A DecideApart for this Query or Parse when its cold decision belongs in a child process
@@ -650,7 +674,7 @@ class Session:
             elif self.config.audit:
                 self._track_extended(kind, out, start, end)
                 if self._seals is not None and kind in SEALED_MESSAGES:  # Bind values, COPY data
-                    audits += [Audit(r, durable=kind == B and self.config.audit_strict)
+                    audits += [WriteAudit(r, durable=kind == B and self.config.audit_strict)
                                for r in self._seals.message(kind, out[start:end], self._who())]
         if pieces:
             pieces.append(out[pos:])
@@ -701,7 +725,7 @@ class Session:
                                codec._text(bytes(body[portal_end + 1:statement_end])))
         elif kind == E:
             body = out[start + 5:end]
-            self._tracker.execute(codec._text(bytes(body[:body.index(b"\0")])), time.monotonic())
+            self._tracker.execute(codec._text(bytes(body[:body.index(b"\0")])), self._now())
         elif kind == SYNC:
             self._tracker.sync()
 
@@ -778,7 +802,7 @@ class Session:
         return ("28000", f"pgveil: {problem.replace('this tier', f'tier {self.tier.name}')} (a start-up parameter)",
                 "Connect without that parameter (check PGOPTIONS and the connection's options and settings).")
 
-    def rules_changed(self) -> list[Command]:
+    def _rules_changed(self, _event=None) -> list[Command]:
         """The rules were reloaded: the identity's tier is resolved again, and an identity the new
         rules deny has its session ended (FATAL 28000)."""
         engine = self.config.engine
@@ -813,7 +837,7 @@ class Session:
         if self._rules_version != engine.rules.version or \
                 self._access_catalog != getattr(engine.catalog, "version", None) or \
                 (self._access_until is not None and self.config.clock() >= self._access_until):
-            revoked = self.rules_changed()
+            revoked = self._rules_changed()
             if revoked:
                 return revoked
         if self.access is not None and self.access.purpose != self.purpose:
@@ -855,20 +879,20 @@ class Session:
         record = records.base("connection", self._who())
         record.update({"result": result, "reason": reason, "sqlstate": sqlstate, "tls": self.client_tls,
                        "upstream_tls": self.upstream_tls})
-        return [Audit(record)]
+        return [WriteAudit(record)]
 
     def _session_end_record(self, reason: str) -> list[Command]:
         if not self.config.audit or self.user is None:
             return []
         record = records.base("session_end", self._who())
-        record.update({"reason": reason, "duration_ms": int((time.monotonic() - self.started) * 1000),
+        record.update({"reason": reason, "duration_ms": int((self._now() - self.started) * 1000),
                        "statements": self.statements, "bytes_in": self.stats.bytes_from_client,
                        "bytes_out": self.stats.bytes_from_server})
-        return [Audit(record)]
+        return [WriteAudit(record)]
 
     def _outcomes(self, kind: int, body: bytes) -> list[Command]:
         result = self._tracker.running_result() if self._row_limits else None
-        ended = self._tracker.server(kind, body, time.monotonic())
+        ended = self._tracker.server(kind, body, self._now())
         commands: list[Command] = []
         if kind == Z and body[:1] == b"I":
             self._row_limits.idle()  # no transaction: no portal is left to resume
@@ -882,7 +906,7 @@ class Session:
                 status, rows = "refused", None
                 sqlstate = self._refusal_states.pop(statement_id, "42501")
             grant, purpose = self._ran_under.get(statement_id, (None, None))
-            commands.append(Audit(records.outcome(self._who(), statement_id, status, rows, seconds, sqlstate,
+            commands.append(WriteAudit(records.outcome(self._who(), statement_id, status, rows, seconds, sqlstate,
                                                   purpose=purpose, grant=grant)))
         return commands
 
@@ -926,7 +950,7 @@ class Session:
                     "declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'"))
             elif engine is not None and self.tier is not None:
                 tier = self.deciding_tier()
-                started = time.perf_counter()
+                started = self._now()
                 path = self._pending_path if self._pending_path is not None else self._search_path()
                 ready = () if self._apart_ready is None else (self._apart_ready,)  # decided apart
                 decision = engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
@@ -937,7 +961,7 @@ class Session:
                         "wait for its result before sending statements that use relations"))
                 if not decision.refused and (self._pending_path is not None or any(w in low for w in STATE_WORDS)):
                     decision = self._state_after(sql, decision, path)
-                self._decision_us = int((time.perf_counter() - started) * 1_000_000)
+                self._decision_us = int((self._now() - started) * 1_000_000)
                 if decision.names and not decision.refused:
                     decision = self._check_names(decision, tier)
                 if tier is not self.tier and decision.columns:
@@ -950,7 +974,7 @@ class Session:
             decision = policy.Decision("refuse", "", sqlstate="54000", reason=(
                 f"pgveil keeps at most {limits.PREPARED_BYTES >> 20} MB of prepared statement text per session; "
                 f"close (DEALLOCATE) prepared statements before preparing more"))
-        if self.config.audit and self.config.audit_ok is not None and not self.config.audit_ok():
+        if self.config.audit and not self._audit_ok:
             decision = policy.Decision("refuse", "", sqlstate="58030", reason=(
                 "pgveil cannot write its audit journal, so it refuses statements until it can"))
         self._ddl_seen = self._ddl_seen or (decision is not None and "ddl" in decision.kinds)
@@ -1049,7 +1073,7 @@ class Session:
             record = records.statement(self._who(), f"{self.id}-{self.statements}", "SET pgveil.purpose = ''",
                                        "simple", decision, self.config.engine.rules.version, purpose=self.purpose)
             record["sql"] = self._purpose_statement
-            audits.append(Audit(record))
+            audits.append(WriteAudit(record))
 
     def _purpose_notice(self, decision, audits: list) -> None:
         """Say which classes a purpose would show in clear (when the client stream allows a message)."""
@@ -1124,8 +1148,8 @@ class Session:
             sealed = self._seals.statement(decoded.name if kind == P else None, statement_id, sql, decision, self.tier)
             if sealed is not None:
                 record["sealed"] = sealed
-        audits.append(Audit(record, durable=self.config.audit_strict and not (decision and decision.refused)))
-        self.last_statement = (record["fingerprint"], time.monotonic())
+        audits.append(WriteAudit(record, durable=self.config.audit_strict and not (decision and decision.refused)))
+        self.last_statement = (record["fingerprint"], self._now())
         # each execution's outcome names the access its statement was decided under: a change of
         # access decides (and records) the statement again before it runs again
         self._ran_under[statement_id] = (record["grant"], record["purpose"])
@@ -1134,7 +1158,7 @@ class Session:
         if kind == P:
             self._tracker.parse(decoded.name, statement_id)
         else:
-            self._tracker.query(statement_id, time.monotonic())
+            self._tracker.query(statement_id, self._now())
         return statement_id
 
     def _refusal(self, reason: str, sqlstate: str = "42501", parse=None) -> bytes:
@@ -1248,7 +1272,7 @@ class Session:
         self.server_params[status.name] = status.value
 
     # ------------------------------------------------------------------ ending
-    def shutdown(self) -> list[Command]:
+    def _shutdown(self, _event=None) -> list[Command]:
         """pgveil is shutting down: a statement still running upstream is cancelled, the server
         session ended, and the client told as PostgreSQL tells it (FATAL 57P01)."""
         if self.phase is Phase.CLOSED:
@@ -1276,3 +1300,31 @@ class Session:
         self.close_reason = reason
         return audit + [Close(reason, error)]
 
+
+
+def _audit_health(session: Session, event: AuditHealth) -> list[Command]:
+    session._audit_ok = event.ok
+    return []
+
+
+# event -> what the session does with it (in CLOSED, nothing: see Session.handle)
+HANDLERS = {
+    ClientData: Session._client_data,
+    ServerData: Session._server_data,
+    ClientTLSEstablished: Session._tls_established,
+    UpstreamConnected: Session._upstream_connected,
+    UpstreamFailed: Session._upstream_failed,
+    VerifierFound: Session._verifier_found,
+    VerifierLookupFailed: lambda s, e: s.fail("28000", "pgveil could not look up the role's credentials"),
+    ClientClosed: Session._client_closed,
+    ServerClosed: Session._server_closed,
+    RulesChanged: Session._rules_changed,
+    AuditHealth: _audit_health,
+    AuditDurable: Session._audit_durable,
+    AuditFailed: Session._audit_failed,
+    TimerFired: Session._timer_fired,
+    DecidedApart: Session._decided_apart,
+    ShutdownRequested: Session._shutdown,
+    KillRequested: lambda s, e: s.fail("57P01", f"terminating connection due to administrator command ({e.by})"),
+    HandlerCrashed: lambda s, e: s.fail("XX000", "pgveil internal error"),
+}
