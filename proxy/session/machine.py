@@ -262,7 +262,8 @@ class Session:
             data = self._queued.popleft()
             self._queued_bytes -= len(data)
             commands += self.handle(ClientData(data))
-        if self._reading_paused and not self._queued and self.phase is not Phase.CLOSED:
+        if self._reading_paused and not self._queued and not self._durable_tokens and self._apart_held is None \
+                and self.phase is not Phase.CLOSED:
             self._reading_paused = False
             commands.append(ResumeClientReading())
         return commands
@@ -676,7 +677,7 @@ class Session:
                 if self._seals is not None and kind in SEALED_MESSAGES:  # Bind values, COPY data
                     audits += [WriteAudit(r, durable=kind == B and self.config.audit_strict)
                                for r in self._seals.message(kind, out[start:end], self._who())]
-        if pieces:
+        if pieces or resumed:  # (resumed: what preceded the held message was sent before it was held)
             pieces.append(out[pos:])
             out = b"".join(pieces)
         commands: list[Command] = audits + ([SendToServer(out)] if out else [])
