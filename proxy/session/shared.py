@@ -1,0 +1,75 @@
+"""What the parts of a session share: its phases, its configuration and the message kinds."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable
+
+from .. import codec
+from ..rules import STATEMENT_KINDS
+
+
+class Phase(Enum):
+    STARTUP = "startup"
+    TLS_HANDSHAKE = "tls_handshake"
+    CONNECTING = "connecting"
+    AUTH = "auth"
+    POSTAUTH = "postauth"
+    ACTIVE = "active"
+    CLOSED = "closed"
+
+
+# Frontend message types allowed once authenticated ('p' is only for authentication).
+ACTIVE_FRONTEND = frozenset(t for t in codec.FRONTEND if t != ord("p"))
+# Server messages the relay must look at; everything else (rows above all) passes as bytes.
+SERVER_WATCH = frozenset(b"ZESK")
+ALL_BYTES = frozenset(range(256))
+# For a restricted tier, also errors and notices (details stripped), RowDescription and
+# NotificationResponse (payloads written by other sessions are outputs pgveil cannot mask).
+FILTER_WATCH = frozenset(b"ZESKNTA")
+OUTCOME_WATCH = frozenset(b"CsI")  # what the audit's outcome records need besides
+OUTCOME_KINDS = frozenset(b"CsIEZ")
+PURPOSE_WORD = "pgveil.purpose"
+# possessive throughout (linear in the text: nothing taken is given back to be tried again)
+PURPOSE_SET = re.compile(r"""^\s*+(?:SET\s++(?:(?P<scope>SESSION|LOCAL)\s++)?+pgveil\.purpose\s*+(?:=|TO)\s*+"""
+                         r"""(?:'(?P<value>(?:[^']++|'')*+)'|DEFAULT)|RESET\s++pgveil\.purpose)\s*+(?:;\s*+)?+$""",
+                         re.IGNORECASE)
+RESET_ALL = re.compile(r"\b(?:reset|discard)\s++all\b", re.IGNORECASE)  # a quick look; the statements decide
+# words after which the session's state needs a closer look (see _state_after); substrings of the
+# lower-cased text, a third of a regular expression's time
+STATE_WORDS = ("prepare", "execute", "declare", "fetch", "move", "close", "deallocate", "discard", "reset",
+               "search_path", "set_config", "rollback", "abort")
+PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they answer
+PREPARE_CLIENT = frozenset(b"PCSQF")
+REFUSAL_MARK = "pgveil-refused-"
+ALL_KINDS = frozenset(STATEMENT_KINDS)
+
+Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p, A = (ord(c) for c in "ZESKRQXFNPTBCDpA")
+COPY_DATA = ord("d")
+C_, s_, I_ = (ord(c) for c in "CsI")
+SEALED_MESSAGES = frozenset(b"Bdcf")  # Bind, CopyData, CopyDone, CopyFail (see proxy.sealing)
+SYNC = ord("S")
+
+
+@dataclass(slots=True)
+class SessionConfig:
+    tls_available: bool = False         # a certificate is configured for clients
+    scram_bridge_possible: bool = False  # an --auth-dsn account can read SCRAM verifiers
+    client_cert_hash: bytes | None = None  # tls-server-end-point hash of pgveil's certificate
+    max_message_size: int = codec.MAX_MESSAGE_SIZE
+    engine: object = None  # proxy.policy.Engine; None: relay without a policy
+    audit: bool = False  # emit Audit commands
+    audit_strict: bool = True  # a statement's decision is durable before the statement is sent
+    clock: Callable[[], object] | None = None  # the server's UTC clock (datetime); None: no grant is in force
+    monotonic: Callable[[], float] | None = None  # seconds, for durations; None: no durations (0)
+    new_id: Callable[[], str] | None = None  # a session's id; None: a counter (tests)
+    backlog_high_water: int = 256 * 1024  # client bytes queued while waiting before PauseClientReading
+    sealing: object = None  # proxy.sealing.Sealing: values sealed for the investigators (--audit-seal-key)
+
+
+@dataclass(slots=True)
+class Stats:
+    bytes_from_client: int = 0
+    bytes_from_server: int = 0
