@@ -101,6 +101,7 @@ class Gate:
         to send instead, or None."""
         decoded = codec.decode_message(codec.FRONTEND, message) if kind != Q else None
         engine = self.config.engine
+        wire = reading = None
         if kind == F:
             sql = f"/* FunctionCall message, function oid {decoded.function_oid} */"
             decision = None if self.tier is None or self.tier.all_clear else policy.Decision(
@@ -110,43 +111,7 @@ class Gate:
             if sql is None:
                 sql = decoded.query if decoded is not None else codec.query_text(message)
             wire, reading = sql, self._reading()
-            unreadable = self._unreadable(reading)
-            if unreadable is None and reading is not None:
-                try:
-                    sql = encodings.decode(wire, reading)
-                except UnicodeError:
-                    unreadable = ("22021", f"invalid byte sequence for encoding "
-                                           f"{self.server_params.get('client_encoding', 'UTF8')}: pgveil refuses "
-                                           f"statements that are not valid in the session's client encoding")
-            if unreadable is not None:
-                decision = policy.Decision("refuse", "", sqlstate=unreadable[0], reason=unreadable[1])
-            elif self._filtering and self.server_params.get("standard_conforming_strings", "on") != "on":
-                decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
-                    "the server reports standard_conforming_strings off: pgveil would read string literals "
-                    "differently from the server"))
-            elif engine is not None and self.tier is not None and PURPOSE_WORD in (low := sql.lower()):
-                decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
-                    "declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'"))
-            elif engine is not None and self.tier is not None:
-                tier = self.deciding_tier()
-                started = self._now()
-                path = self._pending_path if self._pending_path is not None else self._search_path()
-                ready = () if self._apart_ready is None else (self._apart_ready,)  # decided apart
-                decision = engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
-                                         self.user or "", self.access, *ready)
-                if path == searchpath.UNKNOWN and not tier.all_clear and decision.relations:
-                    decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
-                        "a statement sent before this one changes search_path in a way pgveil cannot follow; "
-                        "wait for its result before sending statements that use relations"))
-                if not decision.refused and (self._pending_path is not None or any(w in low for w in STATE_WORDS)):
-                    decision = self._state_after(sql, decision, path)
-                self._decision_us = int((self._now() - started) * 1_000_000)
-                if decision.names and not decision.refused:
-                    decision = self._check_names(decision, tier)
-                if tier is not self.tier and decision.columns:
-                    self._purpose_notice(decision, audits)
-            else:
-                decision = None
+            sql, decision = self._decide_text(wire, reading, audits)
         kept = kind == P and engine is not None  # the unnamed statement too: it can be bound again later
         if kept and not self._prepared.fits(decoded.name, sql, limits.PREPARED_BYTES):
             kept = False
@@ -185,6 +150,52 @@ class Gate:
         if kind == Q:
             return codec.encode(codec.Query(text))
         return codec.encode(codec.Parse(decoded.name, text, decoded.param_types))
+
+    def _decide_text(self, wire: str, reading: str | None, audits: list) -> tuple[str, object]:
+        """A statement's text as the server reads it, and its decision (None: no policy)."""
+        sql, engine = wire, self.config.engine
+        unreadable = self._unreadable(reading)
+        if unreadable is None and reading is not None:
+            try:
+                sql = encodings.decode(wire, reading)
+            except UnicodeError:
+                unreadable = ("22021", f"invalid byte sequence for encoding "
+                                       f"{self.server_params.get('client_encoding', 'UTF8')}: pgveil refuses "
+                                       f"statements that are not valid in the session's client encoding")
+        if unreadable is not None:
+            return sql, policy.Decision("refuse", "", sqlstate=unreadable[0], reason=unreadable[1])
+        if self._filtering and self.server_params.get("standard_conforming_strings", "on") != "on":
+            return sql, policy.Decision("refuse", "", sqlstate="42501", reason=(
+                "the server reports standard_conforming_strings off: pgveil would read string literals "
+                "differently from the server"))
+        if engine is None or self.tier is None:
+            return sql, None
+        low = sql.lower()
+        if PURPOSE_WORD in low:
+            return sql, policy.Decision("refuse", "", sqlstate="42501", reason=(
+                "declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'"))
+        return sql, self._decide_sql(sql, low, audits)
+
+    def _decide_sql(self, sql: str, low: str, audits: list):
+        """The engine's decision under the access in force, and the session's own checks on it."""
+        tier = self.deciding_tier()
+        started = self._now()
+        path = self._pending_path if self._pending_path is not None else self._search_path()
+        ready = () if self._apart_ready is None else (self._apart_ready,)  # decided apart
+        decision = self.config.engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
+                                             self.user or "", self.access, *ready)
+        if path == searchpath.UNKNOWN and not tier.all_clear and decision.relations:
+            decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
+                "a statement sent before this one changes search_path in a way pgveil cannot follow; "
+                "wait for its result before sending statements that use relations"))
+        if not decision.refused and (self._pending_path is not None or any(w in low for w in STATE_WORDS)):
+            decision = self._state_after(sql, decision, path)
+        self._decision_us = int((self._now() - started) * 1_000_000)
+        if decision.names and not decision.refused:
+            decision = self._check_names(decision, tier)
+        if tier is not self.tier and decision.columns:
+            self._purpose_notice(decision, audits)
+        return decision
 
     def _reading(self) -> str | None:
         """The codec a statement is read in, for a tier whose decisions depend on reading it as

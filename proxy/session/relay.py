@@ -11,6 +11,36 @@ from .shared import (ACTIVE_FRONTEND, OUTCOME_KINDS, PURPOSE_WORD, PREPARE_WATCH
                      E, S, Q, X, F, N, P, T, B, C, D, A, COPY_DATA, C_, s_, I_, SEALED_MESSAGES, SYNC)
 
 
+DONE = object()  # a message dealt with (see Relay._track_message)
+
+
+class Edit:
+    """The client's bytes as they go on to the server: messages replaced, inserted before or
+    dropped, in order, without copying what is left as it came."""
+
+    __slots__ = ("out", "pieces", "pos")
+
+    def __init__(self, out: bytes, pos: int = 0) -> None:
+        self.out, self.pieces, self.pos = out, [], pos
+
+    def replace(self, start: int, end: int, data: bytes) -> None:
+        self.pieces += (self.out[self.pos:start], data)
+        self.pos = end
+
+    def insert(self, start: int, data: bytes) -> None:
+        self.pieces += (self.out[self.pos:start], data)
+        self.pos = start
+
+    def before(self, at: int) -> list:
+        """The pieces that go before offset ``at``."""
+        return self.pieces + [self.out[self.pos:at]]
+
+    def result(self, edited: bool = False) -> bytes:
+        if not self.pieces and not edited:
+            return self.out
+        return b"".join(self.before(len(self.out)))
+
+
 class Relay:
     """The relay of an active session: splitting both streams, and watching RowDescription, rows, CommandComplete, errors and ReadyForQuery (a part of :class:`~proxy.session.Session`)."""
 
@@ -72,96 +102,108 @@ class Relay:
     def _client_messages(self, out: bytes, marks: list, resumed: bool = False) -> list[Command]:
         """The client's complete messages in ``out``.  ``resumed``: the first of them was held for
         a decision taken apart, after everything before its decision had been done."""
-        pieces: list[bytes] = []
+        edit = Edit(out, marks[0][1] if resumed else 0)
         audits: list[Command] = []
-        pos = marks[0][1] if resumed else 0
         decide = self.tier is not None or self.config.audit
         for index, (kind, start, end) in enumerate(marks):
             if resumed and index == 0:
-                revoked = self._access_now(self.config.engine)  # a grant may have ended meanwhile
-                if revoked:
-                    return audits + revoked
-                sql = codec.query_text(out[start:end]) if kind == Q else None
-                apart = self._apart(kind, out, start, end, sql)
-                if apart is not None and apart.key != self._apart_ready[0]:  # the rules changed meanwhile
-                    return self._hold(out, marks, index, pieces + [out[pos:start]], audits, apart)
-                replacement = self._decide_message(kind, out[start:end], audits, sql)
-                if replacement is not None:
-                    pieces += (out[pos:start], replacement)
-                    pos = end
+                ended = self._resume_held(out, marks, edit, audits)
+                if ended is not None:
+                    return ended
                 continue
             if kind not in ACTIVE_FRONTEND:
                 raise ProtocolViolation(f"invalid frontend message type {kind}")
             if kind == Q or kind == SYNC or kind == F:
                 self.outstanding += 1
             elif kind == X:
-                pieces.append(out[pos:end])
-                return audits + self._client_leaves([SendToServer(b"".join(pieces))], "client terminated the session")
+                sent = b"".join(edit.before(end))
+                return audits + self._client_leaves([SendToServer(sent)], "client terminated the session")
             engine = self.config.engine
             if engine is not None:
-                if kind in PREPARE_CLIENT:
-                    self._prepared.client(kind)
-                if kind == Q or kind == SYNC or kind == F:  # answered in order (proxy.opened)
-                    self._opened.client(OPENED_QUERY if kind == Q else OPENED_SYNC)
-                if kind == Q or kind == P or kind == F or kind == B or kind == E:
-                    # new rules, a grant that began or ended, a purpose: the access of this statement
-                    revoked = self._access_now(engine)
-                    if revoked:
-                        return audits + revoked
-                if kind == B:
-                    again = self._prepare_again(out, start, end, audits)
-                    if again is not None:
-                        pieces += (out[pos:start], again)
-                        pos = start
-                    body = out[start + 5:end]
-                    portal_end = body.index(b"\0")
-                    self._opened.bind(codec._text(bytes(body[:portal_end])), self.access,
-                                      codec._text(bytes(body[portal_end + 1:body.index(b"\0", portal_end + 1)])))
-                elif kind == E:
-                    self._opened.executed(codec._text(bytes(out[start + 5:out.index(b"\0", start + 5)])))
-                if kind == E and self._opened.portals:
-                    refused = self._refuse_execute(out, start, end)
-                    if refused is not None:
-                        pieces += (out[pos:start], refused)
-                        pos = end
-                        if self.config.audit:
-                            self._track_extended(kind, out, start, end)
-                        continue
-                elif kind == C:
-                    body = out[start + 5:end]
-                    if body[:1] == b"S":
-                        self._prepared.forget(codec._text(bytes(body[1:body.index(b"\0", 1)])))
-                        self._opened.closed_statement(codec._text(bytes(body[1:body.index(b"\0", 1)])))
+                step = self._track_message(kind, out, start, end, edit, audits)
+                if step is DONE:
+                    continue
+                if step is not None:
+                    return audits + step
             sql = codec.query_text(out[start:end]) if kind == Q and decide else None  # read once for both below
             if sql is not None and engine is not None and self.tier is not None:
                 reply = self._declare_purpose(sql)
                 if reply is not None:
                     audits.append(SendToClient(reply))
-                    pieces += (out[pos:start],)
-                    pos = end
+                    edit.replace(start, end, b"")
                     self._audit_purpose(audits)
                     continue
             if decide and (kind == Q or kind == P or kind == F):
                 apart = self._apart(kind, out, start, end, sql)
                 if apart is not None:  # the rest waits for the child's answer (decided_apart)
-                    return self._hold(out, marks, index, pieces + [out[pos:start]], audits, apart)
+                    return self._hold(out, marks, index, edit.before(start), audits, apart)
                 replacement = self._decide_message(kind, out[start:end], audits, sql)
                 if replacement is not None:
-                    pieces += (out[pos:start], replacement)
-                    pos = end
+                    edit.replace(start, end, replacement)
             elif self.config.audit:
                 self._track_extended(kind, out, start, end)
                 if self._seals is not None and kind in SEALED_MESSAGES:  # Bind values, COPY data
                     audits += [WriteAudit(r, durable=kind == B and self.config.audit_strict)
                                for r in self._seals.message(kind, out[start:end], self._who())]
-        if pieces or resumed:  # (resumed: what preceded the held message was sent before it was held)
-            pieces.append(out[pos:])
-            out = b"".join(pieces)
+        out = edit.result(resumed)  # (resumed: what preceded the held message was sent before it was held)
         commands: list[Command] = audits + ([SendToServer(out)] if out else [])
         if self._ddl_seen:
             self._ddl_seen = False
             commands.append(RefreshCatalog())
         return commands
+
+    def _resume_held(self, out: bytes, marks: list, edit: "Edit", audits: list) -> list[Command] | None:
+        """The message held for a decision taken apart, now decided; commands that end the
+        handling of these messages, or None to go on."""
+        kind, start, end = marks[0]
+        revoked = self._access_now(self.config.engine)  # a grant may have ended meanwhile
+        if revoked:
+            return audits + revoked
+        sql = codec.query_text(out[start:end]) if kind == Q else None
+        apart = self._apart(kind, out, start, end, sql)
+        if apart is not None and apart.key != self._apart_ready[0]:  # the rules changed meanwhile
+            return self._hold(out, marks, 0, edit.before(start), audits, apart)
+        replacement = self._decide_message(kind, out[start:end], audits, sql)
+        if replacement is not None:
+            edit.replace(start, end, replacement)
+        return None
+
+    def _track_message(self, kind: int, out: bytes, start: int, end: int, edit: "Edit", audits: list):
+        """What a message changes of the prepared statements, portals and the access in force,
+        under a policy.  Returns None to go on deciding it, DONE when it has been dealt with, or
+        the commands that end the session."""
+        if kind in PREPARE_CLIENT:
+            self._prepared.client(kind)
+        if kind == Q or kind == SYNC or kind == F:  # answered in order (proxy.opened)
+            self._opened.client(OPENED_QUERY if kind == Q else OPENED_SYNC)
+        if kind == Q or kind == P or kind == F or kind == B or kind == E:
+            # new rules, a grant that began or ended, a purpose: the access of this statement
+            revoked = self._access_now(self.config.engine)
+            if revoked:
+                return revoked
+        if kind == B:
+            again = self._prepare_again(out, start, end, audits)
+            if again is not None:
+                edit.insert(start, again)
+            body = out[start + 5:end]
+            portal_end = body.index(b"\0")
+            self._opened.bind(codec._text(bytes(body[:portal_end])), self.access,
+                              codec._text(bytes(body[portal_end + 1:body.index(b"\0", portal_end + 1)])))
+        elif kind == E:
+            self._opened.executed(codec._text(bytes(out[start + 5:out.index(b"\0", start + 5)])))
+        if kind == E and self._opened.portals:
+            refused = self._refuse_execute(out, start, end)
+            if refused is not None:
+                edit.replace(start, end, refused)
+                if self.config.audit:
+                    self._track_extended(kind, out, start, end)
+                return DONE
+        elif kind == C:
+            body = out[start + 5:end]
+            if body[:1] == b"S":
+                self._prepared.forget(codec._text(bytes(body[1:body.index(b"\0", 1)])))
+                self._opened.closed_statement(codec._text(bytes(body[1:body.index(b"\0", 1)])))
+        return None
 
     def _server_active(self, data: bytes) -> list[Command]:
         out, marks = self._from_server.feed(data)
