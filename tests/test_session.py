@@ -7,8 +7,9 @@ import base64
 import pytest
 
 from proxy import codec
-from proxy.scram import ScramBridge, ScramError, Verifier, tls_server_end_point
-from proxy.session.events import ClientClosed, ClientData, ClientTLSEstablished, ServerClosed, ServerData, UpstreamConnected, VerifierFound
+from proxy.scram import ScramError, Verifier, tls_server_end_point
+from proxy.session.scram_bridge import ScramBridge
+from proxy.session.events import ClientClosed, ClientData, ClientTLSEstablished, ServerClosed, ServerData, UpstreamConnected
 from proxy.session import (Close, OpenUpstream, ForwardCancel, LookupVerifier, Phase, SendToClient,
                            SendToServer, Session, SessionConfig, StartClientTLS)
 
@@ -176,13 +177,13 @@ def run_bridge(password_given, password_stored="secret", cb=None):
             f"{base64.b64encode(verifier.stored_key).decode()}:{base64.b64encode(verifier.server_key).decode()}")
     bridge = ScramBridge("app", client_tls=cb is not None, client_cert_hash=cb, server_cert_hash=b"S" * 32,
                          nonce=lambda: "pgveilnonce")
-    offer = codec.decode_message(codec.BACKEND, bridge.start()[0][1])
+    offer = codec.decode_message(codec.BACKEND, bridge.start()[0].data)
     assert offer.mechanisms() == (("SCRAM-SHA-256-PLUS", "SCRAM-SHA-256") if cb else ("SCRAM-SHA-256",))
     flag = "p=tls-server-end-point,," if cb else "n,,"
     mechanism = "SCRAM-SHA-256-PLUS" if cb else "SCRAM-SHA-256"
     first = codec.SASLInitialResponse(mechanism, scram_client_first(flag=flag)).body()
-    assert bridge.client_message(first) == [("lookup", "app")]
-    server_first = codec.decode_message(codec.BACKEND, bridge.verifier_found(text)[0][1]).data.decode()
+    assert bridge.client_message(first) == [LookupVerifier("app")]
+    server_first = codec.decode_message(codec.BACKEND, bridge.verifier_found(text)[0].data).data.decode()
     assert server_first.startswith("r=cnoncepgveilnonce,")
     cbind = base64.b64encode(flag.encode() + (cb or b"")).decode()
     without_proof = f"c={cbind},r=cnoncepgveilnonce"
@@ -193,8 +194,9 @@ def run_bridge(password_given, password_stored="secret", cb=None):
 
 def test_scram_bridge_verifies_client_and_authenticates_upstream():
     bridge, steps = run_bridge("secret", cb=b"C" * 32)
-    (target, payload), = steps
-    assert target == "server"
+    (command,) = steps
+    assert isinstance(command, SendToServer)
+    payload = command.data
     initial = codec.decode_message(codec.FRONTEND, payload)
     upstream = codec.decode_as(codec.SASLInitialResponse, initial.data)
     assert upstream.mechanism == "SCRAM-SHA-256-PLUS"

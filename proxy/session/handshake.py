@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from .. import codec, settings
 from ..codec import ProtocolViolation
-from ..scram import ScramBridge, ScramError
-from .commands import (Command, ForwardCancel, LookupVerifier, OpenUpstream, SendToClient, SendToServer,
+from ..scram import ScramError
+from .commands import (Command, ForwardCancel, OpenUpstream, SendToClient, SendToServer,
                        SessionStarted, StartClientTLS)
 from .events import UpstreamConnected, UpstreamFailed, VerifierFound
+from .scram_bridge import ScramBridge
 from .shared import Phase, ALL_BYTES, Z, E, K, R, X, p
 
 
@@ -193,24 +194,17 @@ class Handshake:
         except ScramError as exc:
             return self._scram_failed(exc)
 
-    def _scram_out(self, steps) -> list[Command]:
-        commands: list[Command] = []
-        if any(target == "done" for target, _ in steps):
-            identified, accepted = self._identify()
-            if not accepted:
-                return identified
-            commands += identified
-        for target, payload in steps:
-            if target == "client":
-                commands.append(SendToClient(payload))
-            elif target == "server":
-                commands.append(SendToServer(payload))
-            elif target == "lookup":
-                commands.append(LookupVerifier(payload))
-            elif target == "done":
-                self._scram = None
-                self.phase = Phase.POSTAUTH
-        return commands
+    def _scram_out(self, commands: list[Command]) -> list[Command]:
+        """The bridge's commands; once it has authenticated both legs, the identity is checked
+        first (an identity no rule admits gets its refusal, not the bridge's last message)."""
+        if not self._scram.authenticated:
+            return commands
+        identified, accepted = self._identify()
+        if not accepted:
+            return identified
+        self._scram = None
+        self.phase = Phase.POSTAUTH
+        return identified + commands
 
     def _scram_failed(self, exc: ScramError) -> list[Command]:
         return self.fail(exc.sqlstate, str(exc))
