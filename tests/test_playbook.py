@@ -302,3 +302,18 @@ def test_a_startup_packet_without_a_user_gets_28000_as_from_postgresql():
             >> ClientData(packet)
             << fatal("28000", "no PostgreSQL user name specified in startup packet")
             << Close)
+
+
+def test_the_phase_table_refuses_a_ready_for_query_before_authentication_ended():
+    """A server that says ReadyForQuery before AuthenticationOk would skip the identity check:
+    the phase table has no such transition (fail closed)."""
+    s = Session(SessionConfig(engine=Engine(load_rules(RULES), CATALOG), clock=lambda: T0), ("10.1.2.3", 5000))
+    assert (Playbook(s)
+            >> ClientData(startup("sales_li"))
+            << OpenUpstream
+            >> UpstreamConnected(False)
+            << SendToServer(startup("sales_li"))
+            >> ServerData(ready())
+            << fatal("08P01", "upstream protocol error: unexpected ReadyForQuery while auth")
+            << Close)
+    assert s.tier is None

@@ -9,7 +9,7 @@ from .commands import (Command, ForwardCancel, OpenUpstream, SendToClient, SendT
                        SessionStarted, StartClientTLS)
 from .events import UpstreamConnected, UpstreamFailed, VerifierFound
 from .scram_bridge import ScramBridge
-from .shared import Phase, ALL_BYTES, Z, E, K, R, X, p
+from .shared import enter, Phase, ALL_BYTES, Z, E, K, R, X, p
 
 
 class Handshake:
@@ -26,7 +26,7 @@ class Handshake:
     def _tls_established(self, _event=None) -> list[Command]:
         """The client's TLS handshake finished."""
         self.client_tls = True
-        self.phase = Phase.STARTUP
+        self.phase = enter(self.phase, "ClientTLSEstablished")
         return []
 
     def _upstream_connected(self, event: UpstreamConnected) -> list[Command]:
@@ -34,7 +34,7 @@ class Handshake:
         assert self.startup is not None
         self.upstream_tls = event.tls
         self._upstream_cert_hash = event.server_cert_hash
-        self.phase = Phase.AUTH
+        self.phase = enter(self.phase, "UpstreamConnected")
         self._from_server = codec.Splitter(ALL_BYTES, self.config.max_message_size)
         commands: list[Command] = [SendToServer(codec.encode_startup(self.startup))]
         if self._held:
@@ -76,7 +76,7 @@ class Handshake:
                 raise ProtocolViolation("SSLRequest on a connection that already uses TLS")
             if not self.config.tls_available:
                 return [SendToClient(b"N")]
-            self.phase = Phase.TLS_HANDSHAKE
+            self.phase = enter(self.phase, "SSLRequest")
             return [SendToClient(b"S"), StartClientTLS()]
         if isinstance(message, codec.GSSENCRequest):
             return [SendToClient(b"N")] + (self._client_startup(rest) if rest else [])
@@ -91,7 +91,7 @@ class Handshake:
         self.startup = message
         self.user = user
         self.database = message.param("database") or user
-        self.phase = Phase.CONNECTING
+        self.phase = enter(self.phase, "StartupMessage")
         self._held = bytearray(rest)  # a client may pipeline after the startup packet
         return [OpenUpstream(message)]
 
@@ -136,7 +136,7 @@ class Handshake:
             commands.append(SendToClient(message))
             if kind == Z:
                 # start-up is over: from here on only the relay's few types are looked at
-                self.phase = Phase.ACTIVE
+                self.phase = enter(self.phase, "ReadyForQuery")
                 commands.append(SessionStarted())
                 self._from_server.watch = self._active_watch
                 self._observe_server(out, marks[i:])
@@ -165,7 +165,7 @@ class Handshake:
             identified, accepted = self._identify()
             if not accepted:
                 return identified
-            self.phase = Phase.POSTAUTH
+            self.phase = enter(self.phase, "AuthenticationOk")
             return identified + [SendToClient(message)]
         elif auth.code == codec.Authentication.SASL and self.upstream_tls:
             mechanisms = auth.mechanisms()
@@ -203,7 +203,7 @@ class Handshake:
         if not accepted:
             return identified
         self._scram = None
-        self.phase = Phase.POSTAUTH
+        self.phase = enter(self.phase, "AuthenticationOk")
         return identified + commands
 
     def _scram_failed(self, exc: ScramError) -> list[Command]:

@@ -1,29 +1,41 @@
-"""One client connection's state machine, without I/O.
+"""The session's state machine: one client connection, without I/O.
 
 Theory of operation
 -------------------
-The server module feeds a :class:`Session` with past-tense events, one at a time
-(``client_data``, ``server_data``, ``upstream_connected``, ``client_closed``, ...) and carries
-out the imperative commands each returns (:class:`SendToClient`, :class:`SendToServer`,
-:class:`ConnectUpstream`, ...).  Nothing here touches a socket, so a whole session can be
-replayed as a script in a test.
+The server turns socket and task callbacks into past-tense events (:mod:`.events`) and gives
+each to :meth:`Session.handle`, which returns the imperative commands (:mod:`.commands`) to
+carry out, in order.  Nothing here touches a socket, a clock or the audit writer (the clocks
+and the id source come in through :class:`~.shared.SessionConfig`), so a whole session can be
+replayed as a script in a test (tests/test_playbook.py).  The session picks every SQLSTATE and
+message it sends; the server only reports facts.
 
-Phases::
+Phases, in h11's style (:data:`~.shared.TRANSITIONS`; anything else is a protocol violation)::
 
-    STARTUP --SSLRequest--> TLS_HANDSHAKE --tls_established--> STARTUP
-    STARTUP --StartupMessage--> CONNECTING --upstream_connected--> AUTH
+    STARTUP --SSLRequest--> TLS_HANDSHAKE --ClientTLSEstablished--> STARTUP
+    STARTUP --StartupMessage--> CONNECTING --UpstreamConnected--> AUTH
     AUTH --AuthenticationOk--> POSTAUTH --ReadyForQuery--> ACTIVE
     any --error or close--> CLOSED
 
-While authenticating, the session relays the exchange and watches it; PostgreSQL stays the
-authority on passwords.  The one exception is SCRAM over an upstream TLS leg, where channel
-binding cannot survive a relay: then :mod:`proxy.scram` runs the exchange on both legs
-(see :class:`ScramBridge`).
+:data:`CLIENT_BYTES` and :data:`SERVER_BYTES` say which part reads each side's bytes in each
+phase; :data:`HANDLERS` what every other event does.
 
-In ACTIVE, bytes are relayed as they come.  A :class:`~proxy.codec.Splitter` per direction
-finds the message boundaries; only the messages the session must see (ReadyForQuery,
-ErrorResponse, ParameterStatus, BackendKeyData from the server; every message type from the
-client, which is checked against the frontend table) are looked at, and rows pass as bytes.
+Waiting is a state of the session, as mitmproxy pauses a layer on a blocking command.  Under
+strict audit, an event whose commands include durable records returns only the records, each
+``WriteAudit(durable=True, token=N)``; the rest waits until ``AuditDurable(N)`` has come for
+every token (``AuditFailed`` ends the session with 58030 and sends nothing).  A statement
+decided in a child process (``DecideApart``) waits likewise for ``DecidedApart``.  Meanwhile
+the client's bytes are queued here and handled in order once the wait is over; past
+``backlog_high_water`` queued bytes the session asks the server to stop reading from the
+client (``PauseClientReading``, then ``ResumeClientReading``).  The server's bytes are never
+held: they answer statements sent before.
+
+The work is done by parts, one module each, which import only :mod:`.shared`, :mod:`.commands`
+and :mod:`.events`: :mod:`.handshake` (start-up, SSL, authentication relay, the SCRAM bridge of
+:mod:`.scram_bridge`, who may connect), :mod:`.relay` (splitting both streams; watching
+RowDescription, rows, CommandComplete, errors and ReadyForQuery), :mod:`.gate` (identity, tier,
+grants, purpose, row limits: the decision on each statement), :mod:`.statements` (prepared
+statements, portals, cursors, refusals in a statement's place) and :mod:`.recorder` (audit
+records).  Each keeps its own state; :class:`Session` combines them.
 """
 
 from __future__ import annotations
@@ -172,32 +184,23 @@ class Session(Handshake, Relay, Statements, Gate, Recorder):
 
     def _client_bytes(self, data: bytes) -> list[Command]:
         try:
-            if self.phase is Phase.ACTIVE or self.phase is Phase.POSTAUTH:
-                return self._client_active(data)
-            if self.phase is Phase.STARTUP:
-                return self._client_startup(data)
-            if self.phase is Phase.AUTH:
-                return self._client_auth(data)
-            if self.phase is Phase.CLOSED:
-                return []
-            if self.phase is Phase.TLS_HANDSHAKE:
-                raise ProtocolViolation("received unencrypted data after SSL request")
-            raise ProtocolViolation(f"unexpected data from the client while {self.phase.value}")
+            handler = CLIENT_BYTES.get(self.phase)
+            if handler is None:
+                raise ProtocolViolation("received unencrypted data after SSL request" if self.phase is
+                                        Phase.TLS_HANDSHAKE else f"unexpected data from the client while "
+                                                                 f"{self.phase.value}")
+            return handler(self, data)
         except ProtocolViolation as exc:
             return self.fail("08P01", str(exc))
 
     def _server_data(self, event: ServerData) -> list[Command]:
         """Bytes arrived from the upstream server."""
-        data = event.data
-        self.stats.bytes_from_server += len(data)
+        self.stats.bytes_from_server += len(event.data)
         try:
-            if self.phase is Phase.ACTIVE:
-                return self._server_active(data)
-            if self.phase is Phase.AUTH or self.phase is Phase.POSTAUTH:
-                return self._server_auth(data)
-            if self.phase is Phase.CLOSED:
-                return []
-            raise ProtocolViolation(f"unexpected data from the server while {self.phase.value}")
+            handler = SERVER_BYTES.get(self.phase)
+            if handler is None:
+                raise ProtocolViolation(f"unexpected data from the server while {self.phase.value}")
+            return handler(self, event.data)
         except ProtocolViolation as exc:
             return self.fail("08P01", f"upstream protocol error: {exc}")
 
@@ -257,6 +260,12 @@ def _audit_health(session: Session, event: AuditHealth) -> list[Command]:
     session._audit_ok = event.ok
     return []
 
+
+# what each phase does with the bytes of either side (a phase not listed does not expect them)
+CLIENT_BYTES = {Phase.STARTUP: Session._client_startup, Phase.AUTH: Session._client_auth,
+                Phase.POSTAUTH: Session._client_active, Phase.ACTIVE: Session._client_active}
+SERVER_BYTES = {Phase.AUTH: Session._server_auth, Phase.POSTAUTH: Session._server_auth,
+                Phase.ACTIVE: Session._server_active}
 
 # event -> what the session does with it (in CLOSED, nothing: see Session.handle)
 HANDLERS = {

@@ -21,6 +21,26 @@ class Phase(Enum):
     CLOSED = "closed"
 
 
+# h11's style: the phase each phase moves to on each trigger (a start-up packet, an event, a
+# server message).  Anything else in that phase is a protocol violation; any phase may close.
+TRANSITIONS = {
+    Phase.STARTUP: {"SSLRequest": Phase.TLS_HANDSHAKE, "StartupMessage": Phase.CONNECTING},
+    Phase.TLS_HANDSHAKE: {"ClientTLSEstablished": Phase.STARTUP},
+    Phase.CONNECTING: {"UpstreamConnected": Phase.AUTH},
+    Phase.AUTH: {"AuthenticationOk": Phase.POSTAUTH},
+    Phase.POSTAUTH: {"ReadyForQuery": Phase.ACTIVE},
+    Phase.ACTIVE: {},
+}
+
+
+def enter(phase: Phase, trigger: str) -> Phase:
+    """The phase after ``trigger`` in ``phase``, per :data:`TRANSITIONS`."""
+    try:
+        return TRANSITIONS[phase][trigger]
+    except KeyError:
+        raise codec.ProtocolViolation(f"unexpected {trigger} while {phase.value}") from None
+
+
 # Frontend message types allowed once authenticated ('p' is only for authentication).
 ACTIVE_FRONTEND = frozenset(t for t in codec.FRONTEND if t != ord("p"))
 # Server messages the relay must look at; everything else (rows above all) passes as bytes.
