@@ -16,7 +16,8 @@ import re._parser as P
 
 import pytest
 
-from proxy import lexer, session
+from proxy import lexer
+from proxy.session import shared as session
 from proxy.audit import normalize as normalizer
 from proxy import opened, searchpath
 from proxy.audit.normalize import normalize
