@@ -31,10 +31,10 @@ from .tools import load_engine
 from .analyst import Analyst
 from .session import (Alert, AuditDurable, AuditFailed, AuditHealth, ClientClosed, ClientData, ClientTLSEstablished,
                       Close, DecideApart, DecidedApart, ForwardCancel, HandlerCrashed, LookupVerifier, OpenUpstream,
-                      PauseClientReading, Phase, RefreshCatalog, ResumeClientReading, RulesChanged, SendToClient,
-                      SendToServer, ServerClosed, ServerData, Session, SessionConfig, SessionStarted,
-                      ShutdownRequested, StartClientTLS, TimerFired, UpstreamConnected, UpstreamFailed,
-                      VerifierFound, VerifierLookupFailed, WriteAudit)
+                      PauseClientReading, PauseServerReading, Phase, RefreshCatalog, ResumeClientReading,
+                      ResumeServerReading, RulesChanged, SendToClient, SendToServer, ServerClosed, ServerData, Session,
+                      SessionConfig, SessionStarted, ShutdownRequested, StartClientTLS, TimerFired, UpstreamConnected,
+                      UpstreamFailed, VerifierFound, VerifierLookupFailed, WriteAudit)
 
 log = logs.get("pgveil.server")
 WRITE_HIGH_WATER = 256 * 1024
@@ -86,6 +86,7 @@ class ClientLink(asyncio.Protocol):
         self.closed = False
         self._tasks = Tasks()
         self._reading_paused = False
+        self._upstream_held: set[str] = set()  # why the server is not read now
         self._audit_ok = True  # the journal's health as last told to the session
         self._events: deque = deque()  # events that arrived while one was being handled
         self._handling = False
@@ -113,12 +114,24 @@ class ClientLink(asyncio.Protocol):
         self._finish()
 
     def pause_writing(self) -> None:
-        if self.upstream and self.upstream.transport:
-            self.upstream.transport.pause_reading()
+        self._hold_upstream("client buffer", True)
 
     def resume_writing(self) -> None:
-        if self.upstream and self.upstream.transport:
-            self.upstream.transport.resume_reading()
+        self._hold_upstream("client buffer", False)
+
+    def _hold_upstream(self, why: str, hold: bool) -> None:
+        """The server is read while nothing holds it: the client's full write buffer, or the
+        session holding an answer for its durable record."""
+        held = bool(self._upstream_held)
+        if hold:
+            self._upstream_held.add(why)
+        else:
+            self._upstream_held.discard(why)
+        if held != bool(self._upstream_held) and self.upstream and self.upstream.transport:
+            if self._upstream_held:
+                self.upstream.transport.pause_reading()
+            else:
+                self.upstream.transport.resume_reading()
 
     def pause_reading(self) -> None:
         if self.transport and not self._reading_paused:
@@ -191,6 +204,10 @@ class ClientLink(asyncio.Protocol):
             self.pause_reading()
         elif kind is ResumeClientReading:
             self.resume_reading()
+        elif kind is PauseServerReading:
+            self._hold_upstream("answer held", True)
+        elif kind is ResumeServerReading:
+            self._hold_upstream("answer held", False)
         else:
             self._execute_other(kind, command)
 

@@ -57,7 +57,7 @@ def short(command) -> str:
     if type(command) is WriteAudit:
         r = command.record
         return f"WriteAudit({r.get('type')}, {r.get('sql') or r.get('result') or r.get('status')!r}, " \
-               f"durable={command.durable}, token={command.token})"
+               f"durable={command.durable}, token={command.token}, answer_only={command.answer_only})"
     return repr(command)[:300]
 
 
@@ -67,18 +67,21 @@ class Matcher:
 
 
 class Audit(Matcher):
-    """A WriteAudit with these fields in its record (and ``durable``/``token`` when given)."""
+    """A WriteAudit with these fields in its record (and ``durable``, ``token``, ``answer_only``
+    when given)."""
 
-    def __init__(self, durable: bool | None = None, token: int | None = None, **fields) -> None:
-        self.durable, self.token, self.fields = durable, token, fields
+    def __init__(self, durable: bool | None = None, token: int | None = None, answer_only: bool | None = None,
+                 **fields) -> None:
+        self.durable, self.token, self.answer_only, self.fields = durable, token, answer_only, fields
 
     def matches(self, actual) -> bool:
         return (type(actual) is WriteAudit and (self.durable is None or actual.durable == self.durable)
                 and (self.token is None or actual.token == self.token)
+                and (self.answer_only is None or actual.answer_only == self.answer_only)
                 and all(actual.record.get(k) == v for k, v in self.fields.items()))
 
     def __repr__(self) -> str:
-        return f"Audit(durable={self.durable}, token={self.token}, {self.fields})"
+        return f"Audit(durable={self.durable}, token={self.token}, answer_only={self.answer_only}, {self.fields})"
 
 
 def messages(data: bytes) -> list:

@@ -8,7 +8,8 @@ the audit writer, so a whole session can be replayed as a script in a test
 """
 
 from .commands import (Alert, Close, Command, DecideApart, ForwardCancel, LookupVerifier, OpenUpstream,
-                       PauseClientReading, RefreshCatalog, ResumeClientReading, SendToClient, SendToServer,
+                       PauseClientReading, PauseServerReading, RefreshCatalog, ResumeClientReading,
+                       ResumeServerReading, SendToClient, SendToServer,
                        SessionStarted, StartClientTLS, WriteAudit)
 from .events import (AuditDurable, AuditFailed, AuditHealth, ClientClosed, ClientData, ClientTLSEstablished,
                      DecidedApart, Event, HandlerCrashed, KillRequested, RulesChanged, ServerClosed, ServerData,

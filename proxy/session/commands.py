@@ -55,10 +55,13 @@ class LookupVerifier:
 @dataclass(frozen=True, slots=True)
 class WriteAudit:
     """Write an audit record.  With ``durable``, answer with AuditDurable(token) once it is on
-    disk, or AuditFailed(token, error): the session carries out nothing after it before then."""
+    disk, or AuditFailed(token, error): until then the session carries out nothing after it or,
+    with ``answer_only`` (a statement proven read-only, sent at once), releases none of the
+    server's answer to the client."""
     record: dict
     durable: bool = False
     token: int = 0
+    answer_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,16 @@ class PauseClientReading:
 @dataclass(frozen=True, slots=True)
 class ResumeClientReading:
     """Read from the client again (after PauseClientReading)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PauseServerReading:
+    """Stop reading from the server: the answer held for a durable record passed the high-water mark."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeServerReading:
+    """Read from the server again (after PauseServerReading)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,5 +121,5 @@ class Close:
 
 
 Command = (SendToClient | SendToServer | StartClientTLS | OpenUpstream | ForwardCancel | LookupVerifier | Alert
-           | RefreshCatalog | WriteAudit | PauseClientReading | ResumeClientReading | SessionStarted | DecideApart
-           | Close)
+           | RefreshCatalog | WriteAudit | PauseClientReading | ResumeClientReading | PauseServerReading
+           | ResumeServerReading | SessionStarted | DecideApart | Close)

@@ -40,13 +40,11 @@ records).  Each keeps its own state; :class:`Session` combines them.
 
 from __future__ import annotations
 
-from collections import deque
 from itertools import count
 
 from .. import codec
 from ..codec import ProtocolViolation
-from .commands import (Close, Command, ForwardCancel, PauseClientReading, ResumeClientReading, SendToServer,
-                       SendToClient, WriteAudit)
+from .commands import Close, Command, ForwardCancel, SendToClient, SendToServer
 from .events import (AuditDurable, AuditFailed, AuditHealth, ClientClosed, ClientData, ClientTLSEstablished,
                      DecidedApart, HandlerCrashed, KillRequested, RulesChanged, ServerClosed, ServerData,
                      ShutdownRequested, TimerFired, UpstreamConnected, UpstreamFailed, VerifierFound,
@@ -57,6 +55,7 @@ from .recorder import Recorder
 from .relay import Relay
 from .shared import ALL_BYTES, Phase, SessionConfig, Stats
 from .statements import Statements
+from .waits import Waits
 
 _ids = count(1)
 
@@ -65,7 +64,7 @@ def _no_clock() -> float:
     return 0.0
 
 
-class Session(Handshake, Relay, Statements, Gate, Recorder):
+class Session(Waits, Handshake, Relay, Statements, Gate, Recorder):
     """The state of one client connection; see the module docstring."""
 
     def __init__(self, config: SessionConfig | None = None, peer: tuple = ("", 0)) -> None:
@@ -90,14 +89,8 @@ class Session(Handshake, Relay, Statements, Gate, Recorder):
         self._from_client = codec.Splitter(ALL_BYTES, self.config.max_message_size)
         self._from_server = codec.Splitter(ALL_BYTES, self.config.max_message_size)
         for init in (self._init_handshake, self._init_relay, self._init_statements, self._init_gate,
-                     self._init_recorder):
+                     self._init_recorder, self._init_waits):
             init()
-        self._durable_tokens: set[int] = set()  # durable records not yet on disk (strict audit)
-        self._durable_held: list[Command] = []  # what waits for them
-        self._token = 0
-        self._queued: deque[bytes] = deque()  # client bytes that arrived while waiting
-        self._queued_bytes = 0
-        self._reading_paused = False
 
     # ------------------------------------------------------------------ the one entry point
     def handle(self, event) -> list[Command]:
@@ -106,75 +99,20 @@ class Session(Handshake, Relay, Statements, Gate, Recorder):
         handled, in order, once the wait is over."""
         if self.phase is Phase.CLOSED:
             return []
+        commands = self._step(event)
+        return self._hold_answers(commands) if self._answer_tokens else commands
+
+    def _step(self, event) -> list[Command]:
+        """:meth:`handle` but for the answers held for a read's record (applied once, outside)."""
         kind = type(event)
         if kind is ClientData and (self._durable_tokens or self._apart_held is not None):
             return self._queue_client(event.data)
         return self._hold_for_durable(HANDLERS[kind](self, event))
 
-    def _hold_for_durable(self, commands: list[Command]) -> list[Command]:
-        """Strict audit: the records go out at once, and nothing else of this event before every
-        durable one is on disk (AuditDurable for each token)."""
-        if not any(type(c) is WriteAudit and c.durable and not c.token for c in commands):
-            return commands  # (a token: already held, by the handler itself)
-        audits: list[Command] = []
-        for command in commands:
-            if type(command) is not WriteAudit:
-                self._durable_held.append(command)
-            elif command.durable and not command.token:
-                self._token += 1
-                self._durable_tokens.add(self._token)
-                audits.append(WriteAudit(command.record, True, self._token))
-            else:
-                audits.append(command)
-        return audits
-
-    def _queue_client(self, data: bytes) -> list[Command]:
-        """Client bytes that arrived while the session waits; past the high-water mark the
-        server stops reading from the client."""
-        self._queued.append(data)
-        self._queued_bytes += len(data)
-        if self._queued_bytes > self.config.backlog_high_water and not self._reading_paused:
-            self._reading_paused = True
-            return [PauseClientReading()]
-        return []
-
-    def _replay(self) -> list[Command]:
-        """The wait is over: handle what the client sent meanwhile, in order, until the next wait."""
-        commands: list[Command] = []
-        while self._queued and not self._durable_tokens and self._apart_held is None \
-                and self.phase is not Phase.CLOSED:
-            data = self._queued.popleft()
-            self._queued_bytes -= len(data)
-            commands += self.handle(ClientData(data))
-        if self._reading_paused and not self._queued and not self._durable_tokens and self._apart_held is None \
-                and self.phase is not Phase.CLOSED:
-            self._reading_paused = False
-            commands.append(ResumeClientReading())
-        return commands
-
-    def _audit_durable(self, event: AuditDurable) -> list[Command]:
-        self._durable_tokens.discard(event.token)
-        if self._durable_tokens:
-            return []
-        held, self._durable_held = self._durable_held, []
-        return held + self._replay()
-
-    def _audit_failed(self, event: AuditFailed) -> list[Command]:
-        if event.token not in self._durable_tokens:
-            return []
-        self._durable_tokens.clear()
-        self._durable_held = []
-        return self.fail("58030", "pgveil cannot write its audit journal; the statement was not sent")
-
     def _timer_fired(self, event: TimerFired) -> list[Command]:
         if event.name == "startup" and self.phase is not Phase.ACTIVE:
             return self.fail("08P01", "pgveil: timeout expired before the client authenticated")
         return []
-
-    @property
-    def waiting(self) -> bool:
-        """A statement waits for its durable record or its decision, or client bytes are queued."""
-        return bool(self._durable_tokens or self._apart_held is not None or self._queued)
 
     # ------------------------------------------------------------------ events
     def _client_data(self, event: ClientData) -> list[Command]:

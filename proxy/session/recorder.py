@@ -6,6 +6,7 @@ from .. import policy
 from ..audit import records
 from ..audit.tracker import StatementTracker
 from .commands import Command, WriteAudit
+from .readonly import proven_read_only
 from .shared import Phase, Z, P
 
 
@@ -21,6 +22,8 @@ class Recorder:
         self._decision_us = 0
         self._seals = self.config.sealing.session() if self.config.sealing is not None else None
         self.last_statement: tuple | None = None  # (fingerprint, monotonic time) of the latest, for the console
+        self._uncovered: dict[str, bool] = {}  # statements of this batch whose record covers an execution
+        self._read_only: dict[str, bool] = {}  # statement id -> proven read-only (strict audit)
 
     # ------------------------------------------------------------------ audit
     def _who(self) -> dict:
@@ -99,7 +102,15 @@ class Recorder:
             sealed = self._seals.statement(decoded.name if kind == P else None, statement_id, sql, decision, self.tier)
             if sealed is not None:
                 record["sealed"] = sealed
-        audits.append(WriteAudit(record, durable=self.config.audit_strict and not (decision and decision.refused)))
+        durable = self.config.audit_strict and not (decision and decision.refused)
+        read_only = durable and proven_read_only(record["sql"], decision, getattr(engine, "catalog", None),
+                                                 self.server_params.get("search_path"))
+        audits.append(WriteAudit(record, durable=durable, answer_only=read_only))
+        self._read_only[statement_id] = read_only
+        if len(self._read_only) > 4096:
+            del self._read_only[next(iter(self._read_only))]
+        if durable:  # its record covers its first execution in this batch; any other gets its own
+            self._uncovered[statement_id] = read_only
         self.last_statement = (record["fingerprint"], self._now())
         # each execution's outcome names the access its statement was decided under: a change of
         # access decides (and records) the statement again before it runs again
@@ -111,6 +122,20 @@ class Recorder:
         else:
             self._tracker.query(statement_id, self._now())
         return statement_id
+
+    def _execution_record(self, portal: str) -> list[Command]:
+        """Strict audit: an Execute of a statement prepared in an earlier batch, or executed
+        again, gets a durable record of its own (its answer, or it, waits as its statement's did)."""
+        statement_id = self._tracker.portal_statement(portal) or None
+        if statement_id is not None and self._uncovered.pop(statement_id, None) is not None:
+            return []  # its first execution: the statement's record covers it
+        if statement_id in self._refused_ids:
+            return []  # it fails on the server in the refusal's place
+        read_only = self._read_only.get(statement_id, False)
+        grant, purpose = self._ran_under.get(statement_id, (None, None))
+        record = records.base("execution", self._who())
+        record.update({"statement": statement_id, "portal": portal, "purpose": purpose, "grant": grant})
+        return [WriteAudit(record, durable=True, answer_only=read_only)]
 
     def _audit_purpose(self, audits: list) -> None:
         if self.config.audit:

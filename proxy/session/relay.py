@@ -142,9 +142,12 @@ class Relay:
                     edit.replace(start, end, replacement)
             elif self.config.audit:
                 self._track_extended(kind, out, start, end)
+                if kind == E and self.config.audit_strict:
+                    audits += self._execution_record(self._portal_of(out, start))
                 if self._seals is not None and kind in SEALED_MESSAGES:  # Bind values, COPY data
                     audits += [WriteAudit(r, durable=kind == B and self.config.audit_strict)
                                for r in self._seals.message(kind, out[start:end], self._who())]
+        self._uncovered.clear()  # a statement's record covers its executions in the same batch only
         out = edit.result(resumed)  # (resumed: what preceded the held message was sent before it was held)
         commands: list[Command] = audits + ([SendToServer(out)] if out else [])
         if self._ddl_seen:
@@ -196,7 +199,7 @@ class Relay:
             if refused is not None:
                 edit.replace(start, end, refused)
                 if self.config.audit:
-                    self._track_extended(kind, out, start, end)
+                    self._track_extended(kind, out, start, end)  # (refused: no execution record)
                 return DONE
         elif kind == C:
             body = out[start + 5:end]
@@ -204,6 +207,11 @@ class Relay:
                 self._prepared.forget(codec._text(bytes(body[1:body.index(b"\0", 1)])))
                 self._opened.closed_statement(codec._text(bytes(body[1:body.index(b"\0", 1)])))
         return None
+
+    @staticmethod
+    def _portal_of(out: bytes, start: int) -> str:
+        """An Execute's portal name."""
+        return codec._text(bytes(out[start + 5:out.index(b"\0", start + 5)]))
 
     def _server_active(self, data: bytes) -> list[Command]:
         out, marks = self._from_server.feed(data)
