@@ -14,8 +14,14 @@ No network, no clock: the scripts run in milliseconds.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from proxy import codec
-from proxy.session import SendToClient, SendToServer, WriteAudit
+from proxy.catalog import Catalog
+from proxy.policy import Engine
+from proxy.rules import load_rules
+from proxy.session import (ClientData, OpenUpstream, SendToClient, SendToServer, ServerData, Session, SessionConfig,
+                           SessionStarted, UpstreamConnected, WriteAudit)
 
 
 class Playbook:
@@ -161,3 +167,57 @@ def server_error(text: str, code: str = "22P02") -> bytes:
 def refused_by_server(token: int) -> bytes:
     """What PostgreSQL answers to the failing statement sent in place of refusal ``token``."""
     return server_error(f'invalid input syntax for type integer: "pgveil-refused-{token}"')
+
+
+# ----------------------------------------------------------------------------- the scene: rules, a catalog, users
+T0 = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
+RULES = f"""
+version: 1
+classes:
+  id_number: {{mask: {{fn: partial, keep_first: 3, keep_last: 4}}}}
+columns:
+  public.customers.id_number: id_number
+tiers:
+  sales:
+    see: {{id_number: mask}}
+    statements: [read]
+    max_rows: 2
+  support:
+    see: {{id_number: {{clear: {{purpose: required}}}}}}
+  clerk:
+    see: {{id_number: mask}}
+    statements: [read, write, session]
+identities:
+  - {{user: sales_li, tier: sales}}
+  - {{user: sup_wu, tier: support}}
+  - {{user: clerk_wu, tier: clerk}}
+grants:
+  - {{user: sales_li, see: {{id_number: clear}}, from: "{(T0 + timedelta(seconds=10)).isoformat()}",
+     until: "{(T0 + timedelta(seconds=20)).isoformat()}", reason: CS-1, approved_by: [li_na]}}
+default: deny
+"""
+CATALOG = Catalog.from_spec({"public.customers": {"id": "integer", "id_number": "text"}})
+SELECT_ID = "SELECT id_number FROM customers"
+MASKED = 'CASE WHEN "id_number" IS NULL'
+ROW = codec.encode(codec.DataRow((b"110***0021",)))
+DESCRIPTION = codec.encode(codec.RowDescription((("id_number", 0, 0, 25, -1, -1, 0),)))
+AUTH_OK = codec.encode(codec.Authentication(0, b""))
+
+
+def startup(user: str) -> bytes:
+    return codec.encode_startup(codec.StartupMessage(codec.PROTOCOL_3_0, (("user", user), ("database", "crm"))))
+
+
+def active(user: str, now=None, **config) -> Session:
+    """A session of ``user`` through start-up and authentication, at the clock ``now()``."""
+    engine = Engine(load_rules(RULES), CATALOG)
+    s = Session(SessionConfig(engine=engine, clock=now or (lambda: T0), **config), ("10.1.2.3", 5000))
+    audited = [Audit(type="connection", result="accepted")] if config.get("audit") else []
+    assert (Playbook(s)
+            >> ClientData(startup(user))
+            << OpenUpstream
+            >> UpstreamConnected(False)
+            << SendToServer(startup(user))
+            >> ServerData(AUTH_OK + ready())
+            << audited + [SendToClient(AUTH_OK), SendToClient(ready()), SessionStarted()])
+    return s

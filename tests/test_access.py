@@ -7,7 +7,7 @@ from proxy.access import Access, resolve
 from proxy.catalog import Catalog
 from proxy.policy import Engine
 from proxy.rules import load_rules
-from proxy.session.events import ClientData, ServerData, UpstreamConnected
+from proxy.session.events import AuditDurable, ClientData, ServerData, UpstreamConnected
 from proxy.session import Session, SessionConfig, SendToServer
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
@@ -179,10 +179,12 @@ def test_a_reload_mid_result_keeps_counting_rows_against_the_limit():
     s.handle(UpstreamConnected(False))
     s.handle(ServerData(codec.encode(codec.Authentication(0, b"")) + READY))
     s.handle(ClientData(codec.encode(codec.Query("SELECT id_number FROM customers"))))
+    s.handle(AuditDurable(1))  # strict audit: the answer waits for the read's record
     row = codec.encode(codec.DataRow((b"110***0021",)))
     s.handle(ServerData(codec.encode(codec.RowDescription((("id_number", 0, 0, 25, -1, -1, 0),))) + row))
     engine.rules = load_rules(limited + "# edited\n")  # a reload while the result streams
     s.handle(ClientData(codec.encode(codec.Query("SELECT 1"))))  # pipelined: the access is decided again
+    s.handle(AuditDurable(2))
     out = s.handle(ServerData(row * 3 + codec.encode(codec.CommandComplete("SELECT 4")) + READY))
     sent_back = b"".join(c.data for c in out if hasattr(c, "data"))
     assert sent_back.count(row) == 1 and b"may read at most 2 rows" in sent_back
