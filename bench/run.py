@@ -303,7 +303,7 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=SESSIONS, help="idle sessions for the memory section")
     args = parser.parse_args()
     sections = args.sections.split(",")
-    from proxy.server import raise_file_limit
+    from proxy.startup import raise_file_limit
     raise_file_limit()  # this process holds the memory section's client ends
 
     report = {"date": datetime.now(timezone.utc).isoformat(), "machine": platform.node(), "cores": os.cpu_count(),

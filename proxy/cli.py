@@ -45,7 +45,7 @@ def _serve_parser(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from .tools import load_engine  # not the server yet: prometheus_client must see the environment first
+    from .runtime import check_rules  # not the server yet: prometheus_client must see the environment first
 
     flags = {k: getattr(args, k) for k in ("listen", "upstream", "rules", "tls_cert", "tls_key", "upstream_sslmode",
                                             "upstream_ca", "workers", "metrics", "auth_dsn", "auth_query",
@@ -55,7 +55,8 @@ def cmd_serve(args) -> int:
     try:
         file_values = load_config_file(args.config) if args.config else {}
         settings = build_settings(file_values, flags)
-        load_engine(settings)  # a broken rule file stops here, with its file and line
+        if settings.rules:
+            check_rules(settings.rules)  # a broken rule file stops here, with its file and line
     except ConfigError as exc:
         print(f"pgveil: {exc}", file=sys.stderr)
         return 2
@@ -63,7 +64,7 @@ def cmd_serve(args) -> int:
     if settings.workers > 1 and settings.metrics and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # every worker's values in shared files, summed by the endpoint (set before the metrics import)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pgveil-metrics-")
-    from .server import serve
+    from .startup import serve
     try:
         return serve(settings)
     except OSError as exc:

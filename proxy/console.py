@@ -92,7 +92,8 @@ def _rows(table: Table) -> bytes:
     return b"".join(out) + codec.encode(codec.CommandComplete(table.tag))
 
 
-Q, P, B, D, E, S, H, C, X = (ord(c) for c in "QPBDESHCX")
+Q, P, B, D, E, S, H, C, X = (codec.FE.QUERY, codec.FE.PARSE, codec.FE.BIND, codec.FE.DESCRIBE, codec.FE.EXECUTE,
+                              codec.FE.SYNC, codec.FE.FLUSH, codec.FE.CLOSE, codec.FE.TERMINATE)
 
 
 class ConsoleProtocol:

@@ -144,17 +144,17 @@ class ConsoleConnection:
             params = []
             while True:
                 kind, message = await asyncio.wait_for(_read_message(reader), settings.startup_timeout)
-                if kind == ord("E"):
+                if kind == codec.BE.ERROR:
                     error = codec.decode_message(codec.BACKEND, message)
-                    self._connection_record("auth_failed", error.get(b"M") or "", error.get(b"C"))
+                    self._connection_record("auth_failed", error.message or "", error.sqlstate)
                     self.writer.write(message)
                     return None
-                if kind == ord("S"):
+                if kind == codec.BE.PARAMETER_STATUS:
                     params.append(message)
-                elif kind == ord("Z"):
+                elif kind == codec.BE.READY_FOR_QUERY:
                     writer.write(codec.encode(codec.Terminate()))
                     return b"".join(params)
-                elif kind == ord("R"):
+                elif kind == codec.BE.AUTHENTICATION:
                     auth = codec.decode_message(codec.BACKEND, message)
                     if auth.code in (codec.Authentication.OK, codec.Authentication.SASL_FINAL):
                         if auth.code == codec.Authentication.SASL_FINAL:
@@ -163,7 +163,7 @@ class ConsoleConnection:
                     self.writer.write(message)  # the server asks for the password: the client answers
                     answer_kind, answer = await asyncio.wait_for(_read_message(self.reader),
                                                                  settings.startup_timeout)
-                    if answer_kind != ord("p"):
+                    if answer_kind != codec.FE.AUTH_RESPONSE:
                         raise codec.ProtocolViolation(f"expected a password message, got {chr(answer_kind)!r}")
                     writer.write(answer)
         finally:

@@ -50,8 +50,8 @@ def prepare(cluster: Cluster, customers: int) -> None:
 def apply_privileges(cluster: Cluster, rules_path: str) -> None:
     """The database refuses what pgveil refuses, for blocked columns (pgveil privileges)."""
     from .privileges import statements
-    from .tools import fetch_catalog, read_rules
-    lines = statements(read_rules(rules_path), fetch_catalog(cluster.dsn(database="crm")), list(DEMO_USERS))
+    from .runtime import read_catalog, read_rules
+    lines = statements(read_rules(rules_path)[0], read_catalog(cluster.dsn(database="crm")), list(DEMO_USERS))
     cluster.psql("\n".join(line for line in lines if not line.startswith("--")), "crm")
 
 
@@ -69,7 +69,7 @@ def compose_init_sql(customers: int = 500) -> str:
 
 
 def run_demo(args) -> int:
-    from .server import install_event_loop_policy
+    from .startup import install_event_loop_policy
 
     logs.configure("console", "warning")
     signal.signal(signal.SIGTERM, _interrupted)  # until the proxy runs: stop PostgreSQL too
@@ -101,7 +101,8 @@ def run_demo(args) -> int:
 
 
 async def _serve(settings: Settings, cluster: Cluster) -> int:
-    from .server import Proxy, last_resort
+    from .server import Proxy
+    from .startup import last_resort
 
     proxy = Proxy(settings)
     await proxy.start()

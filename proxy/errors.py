@@ -21,10 +21,13 @@ Pure: fields in, fields out.
 
 from __future__ import annotations
 
+from .codec import Field
+
 # Fields kept as they are: severity (localized and not), SQLSTATE, position in the statement,
 # and object names.  Everything else (D detail, H hint, W context, q internal query, p its
 # position, F/L/R source location) is dropped.
-KEPT_FIELDS = frozenset({b"S", b"V", b"C", b"P", b"s", b"t", b"c", b"d", b"n"})
+KEPT_FIELDS = frozenset({Field.SEVERITY, Field.SEVERITY_NONLOCALIZED, Field.SQLSTATE, Field.POSITION, Field.SCHEMA,
+                         Field.TABLE, Field.COLUMN, Field.DATA_TYPE, Field.CONSTRAINT})
 
 # Messages kept verbatim: classes and codes whose messages name objects or states, never values.
 KEPT_CLASSES = frozenset({"08", "0A", "0B", "23", "25", "28", "2B", "2D", "3B", "40", "53", "54", "55", "57", "58"})
@@ -75,10 +78,10 @@ def message_for(code: str, message: str, tier: str) -> str:
 
 def scrub(fields: tuple, tier: str) -> tuple:
     """ErrorResponse or NoticeResponse fields as a restricted tier may receive them."""
-    code = next((value for key, value in fields if key == b"C"), "XX000")
+    code = next((value for key, value in fields if key == Field.SQLSTATE), "XX000")
     out = []
     for key, value in fields:
-        if key == b"M":
+        if key == Field.MESSAGE:
             out.append((key, message_for(code, value, tier)))
         elif key in KEPT_FIELDS:
             out.append((key, value))

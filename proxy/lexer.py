@@ -15,7 +15,7 @@ leaves an unpaired quote or a bare digit in the code, which the second expressio
 All of it runs inside the regular-expression engine, with Python only once per literal.
 
 What :func:`quick` returns is what the sqlglot-based code returns for the same text (the
-shape of :func:`proxy.policy.shape_of` and the text of :func:`proxy.audit.normalize.normalize`);
+shape of :func:`proxy.policy.shape_of` and the text of :func:`proxy.normalize.normalize`);
 ``tests/test_lexer.py`` holds it to that over the policy fixtures and generated statements.
 
 >>> quick("SELECT abalance FROM pgbench_accounts WHERE aid = 42;")

@@ -26,7 +26,7 @@ True
 
 from __future__ import annotations
 
-from .audit.normalize import normalize
+from .normalize import normalize
 
 APART_BYTES = 2048  # a text this long may cost a cold decision more than a few milliseconds
 APART_PARENS = 64  # nesting costs the parser's recursion whatever the length
@@ -42,7 +42,7 @@ def decided_apart(sql: str) -> bool:
 
 
 def normalize_bounded(sql: str) -> str:
-    """:func:`proxy.audit.normalize.normalize`, without keeping long texts in its cache (8,192
+    """:func:`proxy.normalize.normalize`, without keeping long texts in its cache (8,192
     entries of any size) and reading at most :data:`NORMALIZE_PREFIX` characters.
 
     >>> normalize_bounded("SELECT '" + "x" * 100_000 + "'")

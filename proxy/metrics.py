@@ -18,6 +18,8 @@ from bisect import bisect_left
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, multiprocess
 
+from .verdicts import Reason
+
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 REGISTRY = CollectorRegistry()
 if not MULTIPROCESS:
@@ -31,7 +33,7 @@ CONNECTIONS = Counter("pgveil_connections_total", "Connection attempts by result
                       ["result", "tier"], registry=REGISTRY)
 STATEMENTS = Counter("pgveil_statements_total", "Statements executed (or refused), by tier, kind and decision",
                      ["tier", "kind", "decision"], registry=REGISTRY)
-REFUSALS = Counter("pgveil_refusals_total", "Refused statements by tier and reason",
+REFUSALS = Counter("pgveil_refusals_total", "Refused statements by tier and reason (a proxy.verdicts.Reason code)",
                    ["tier", "reason"], registry=REGISTRY)
 SENSITIVE = Counter("pgveil_sensitive_columns_total", "Sensitive columns reached, by tier, class and action",
                     ["tier", "class", "action"], registry=REGISTRY)
@@ -96,6 +98,8 @@ RULES_INFO = Gauge("pgveil_rules_info", "The rules in force, by version (1 per w
 # statement has one decision and an outcome per execution, so entries stay until pushed out (the
 # oldest half at a time: a plain dict, cheaper per statement than an OrderedDict)
 _DECIDED: dict = {}
+# refusals that count as parse failures too: the statement could not be analysed
+UNANALYSED = frozenset((Reason.NOT_UNDERSTOOD.value, Reason.ANALYSIS_FAILED.value))
 _DECIDED_KEEP = 10_000
 
 
@@ -154,10 +158,10 @@ def observe(record: dict) -> None:
                 _count(SENSITIVE_ROWS, (tier, "yes" if decided[2] else "no"), rows)
     elif kind == "statement":
         decision = record.get("decision", "allow")
-        reason = record.get("reason", "")
+        code = record.get("reason_code")  # proxy.verdicts.Reason: refused statements only
         if decision == "refuse":
-            _count(REFUSALS, (tier, reason_class(reason)))
-        if record.get("unparsed") or reason and "could not analyze" in reason:
+            _count(REFUSALS, (tier, code or "other"))
+        if record.get("unparsed") or code in UNANALYSED:
             _count(PARSE_FAILURES, (tier,))
         if record.get("decision_us"):
             _observe(DECISION_SECONDS, (tier,), record["decision_us"] / 1e6)
@@ -176,17 +180,6 @@ def observe(record: dict) -> None:
         _count(BYTES, ("from_server",), record.get("bytes_out", 0))
 
 
-def reason_class(reason: str) -> str:
-    """A short, bounded label for a refusal's reason."""
-    for words, label in (("is not visible", "not_visible"), ("could not analyze", "not_understood"),
-                         ("statements (", "statement_kind"), ("function", "function"), ("writing column", "write"),
-                         ("audit journal", "audit"), ("catalog", "catalog"), ("changing", "setting"),
-                         ("COPY", "copy"), ("DO blocks", "do"), ("CREATE", "create")):
-        if words in reason:
-            return label
-    return "other"
-
-
 def update(proxy) -> None:
     """Copy the values that live elsewhere into the metrics: periodically in every worker, and
     just before a scrape."""
@@ -201,7 +194,7 @@ def update(proxy) -> None:
     for shipper in getattr(proxy, "shippers", []):
         AUDIT_SHIPPED.labels(shipper.sink.name).set(shipper.shipped)
         AUDIT_SINK_ERRORS.labels(shipper.sink.name).set(shipper.errors)
-    from .audit.normalize import normalize
+    from .normalize import normalize
     CACHE_ENTRIES.labels("normalized").set(normalize.cache_info().currsize)
     CACHE_BYTES.labels("prepared").set(sum(link.session._prepared.bytes for link in proxy.links
                                            if link.session is not None))

@@ -38,6 +38,7 @@ import re
 from collections import deque
 
 from . import heads
+from .codec import TxStatus
 from .heads import keyword
 from .sql import SqlglotError, fold_name, tokenize
 
@@ -46,8 +47,8 @@ CHANGED = "access changed since it was opened"
 
 
 def segments(sql: str) -> list:
-    """The statements of a text (see :func:`proxy.policy.split_statements`); [] if it does not tokenize."""
-    from .policy import split_statements
+    """The statements of a text (see :func:`proxy.segments.split_statements`); [] if it does not tokenize."""
+    from .segments import split_statements
     try:
         return split_statements(sql, tokenize(sql))
     except SqlglotError:
@@ -285,7 +286,7 @@ class Opened:
             self._wait(entry[1], -1)
             if entry[0] != PORTAL:
                 break
-        if status == b"I" and len(self.held) < len(self.cursors):
+        if status == TxStatus.IDLE and len(self.held) < len(self.cursors):
             self.cursors = {n: a for n, a in self.cursors.items() if n in self.held}
 
     def _apply(self, effect: tuple, tag: str) -> None:

@@ -12,9 +12,10 @@ the next Sync, answering nothing in between; a ReadyForQuery drops what was skip
 
 Pure.
 
+>>> from proxy.codec import BE, FE
 >>> p = PreparedStatements()
->>> p.client(ord("P")); p.inject(); p.client(ord("S"))
->>> [p.server(k) for k in (ord("1"), ord("3"), ord("1"), ord("Z"))]
+>>> p.client(FE.PARSE); p.inject(); p.client(FE.SYNC)
+>>> [p.server(k) for k in (BE.PARSE_COMPLETE, BE.CLOSE_COMPLETE, BE.PARSE_COMPLETE, BE.READY_FOR_QUERY)]
 [False, True, True, False]
 """
 
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 from collections import deque
 
-PARSE, CLOSE, SYNC, QUERY, FUNCTION = (ord(c) for c in "PCSQF")
-PARSE_COMPLETE, CLOSE_COMPLETE, ERROR, READY = (ord(c) for c in "13EZ")
+from .codec import BE, FE
+
+PARSE, CLOSE, SYNC, QUERY, FUNCTION = FE.PARSE, FE.CLOSE, FE.SYNC, FE.QUERY, FE.FUNCTION_CALL
+PARSE_COMPLETE, CLOSE_COMPLETE, ERROR, READY = BE.PARSE_COMPLETE, BE.CLOSE_COMPLETE, BE.ERROR, BE.READY_FOR_QUERY
 
 
 class PreparedStatements:

@@ -15,8 +15,13 @@ purpose is cleared (fail closed): a ``ROLLBACK TO SAVEPOINT`` (its tag is ``ROLL
 block that changed the purpose, several blocks ending within one Query, a block ending with
 another tag (``PREPARE TRANSACTION``).  Clearing only ever masks more.
 
+The declaration itself is read by :func:`read_declaration` (one possessive regular expression,
+linear in the text): the session only asks it and acts on the answer.
+
 Pure.
 
+>>> read_declaration("SET LOCAL pgveil.purpose = 'CS-1042'")
+Declaration(value='CS-1042', local=True, tag='SET', audit_text='SET LOCAL pgveil.purpose = ?')
 >>> p = PurposeSetting()
 >>> p.set("T-1", local=False, in_block=False); p.current
 'T-1'
@@ -28,7 +33,55 @@ True
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
+from .codec import TxStatus
+
 ENDING_TAGS = ("COMMIT", "ROLLBACK", "PREPARE TRANSACTION")
+PURPOSE_WORD = "pgveil.purpose"
+# possessive throughout (linear in the text: nothing taken is given back to be tried again)
+PURPOSE_SET = re.compile(r"""^\s*+(?:SET\s++(?:(?P<scope>SESSION|LOCAL)\s++)?+pgveil\.purpose\s*+(?:=|TO)\s*+"""
+                         r"""(?:'(?P<value>(?:[^']++|'')*+)'|DEFAULT)|RESET\s++pgveil\.purpose)\s*+(?:;\s*+)?+$""",
+                         re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Declaration:
+    """``SET [SESSION|LOCAL] pgveil.purpose = '...'``, ``... TO DEFAULT`` or ``RESET pgveil.purpose``."""
+    value: str | None  # the purpose; None clears it (RESET, DEFAULT, '')
+    local: bool  # SET LOCAL: until the transaction block ends
+    tag: str  # the CommandComplete tag the client gets: "SET" or "RESET"
+    audit_text: str  # the statement as the audit records it (the purpose itself is a literal: left out)
+
+
+def mentions_purpose(sql: str) -> bool:
+    """Whether a statement's text names ``pgveil.purpose`` at all (then either it is a
+    declaration of its own, or it is refused: :meth:`proxy.verdicts.Refusal.purpose_not_alone`)."""
+    return PURPOSE_WORD in sql.lower()
+
+
+def read_declaration(sql: str) -> Declaration | None:
+    """A Query's text that declares the purpose and nothing else; None for any other text.
+
+    >>> read_declaration("reset pgveil.purpose;")
+    Declaration(value=None, local=False, tag='RESET', audit_text='RESET pgveil.purpose')
+    >>> read_declaration("SET pgveil.purpose TO 'it''s T-7'").value
+    "it's T-7"
+    >>> read_declaration("SET pgveil.purpose = 'a'; SELECT 1") is None
+    True
+    """
+    if PURPOSE_WORD not in sql.lower():
+        return None
+    match = PURPOSE_SET.match(sql)
+    if match is None:
+        return None
+    value = match.group("value")
+    value = (value.replace("''", "'") or None) if value is not None else None
+    local = (match.group("scope") or "").upper() == "LOCAL"
+    tag = "RESET" if sql.lstrip()[:1] in "rR" else "SET"
+    audit = "RESET pgveil.purpose" if value is None else f"SET {'LOCAL ' if local else ''}pgveil.purpose = ?"
+    return Declaration(value, local, tag, audit)
 
 
 class PurposeSetting:
@@ -66,7 +119,7 @@ class PurposeSetting:
         if not self._changed:
             return
         ended, self._ended = self._ended, []
-        if status == b"I":
+        if status == TxStatus.IDLE:
             if ended == ["COMMIT"]:
                 self.current = self._kept
             elif ended == ["ROLLBACK"]:

@@ -31,6 +31,7 @@ from .catalog import Catalog, Relation
 from .masks import MaskError, mask_sql, null_of
 from .rowlimits import packs_rows
 from .rules import BLOCK, CLEAR, ClassAction, RuleSet, Tier
+from .verdicts import ColumnUse, Context, NotUnderstood, Reason, Refusal  # noqa: F401 (re-exported)
 
 # Relations that expose other sessions' statements, column statistics (sampled values) or
 # large objects and credentials: refused for every tier that is not all-clear.
@@ -57,25 +58,6 @@ STRICTNESS = {"clear": 0, "mask": 1, "block": 2}
 PLACEHOLDER = f"pgveil_{os.urandom(8).hex()}_"
 
 
-class Refusal(Exception):
-    """The statement is refused; ``str()`` is the message the client sees."""
-
-    sqlstate = "42501"
-
-
-class NotUnderstood(Refusal):
-    def __init__(self, why: str) -> None:
-        super().__init__(f"pgveil could not analyze this statement: {why}")
-
-
-@dataclass(frozen=True)
-class ColumnUse:
-    relation: str
-    column: str
-    cls: str
-    action: str
-
-
 def name_of(identifier) -> str:
     """An identifier as PostgreSQL folds it: unquoted names are lower-cased."""
     if identifier is None:
@@ -87,15 +69,6 @@ def name_of(identifier) -> str:
 
 def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-@dataclass
-class Context:
-    tier: Tier
-    rules: RuleSet
-    catalog: Catalog
-    search_path: tuple = ("$user", "public")
-    user: str = ""
 
 
 @dataclass
@@ -194,10 +167,10 @@ class Rewriter:
         tier = self.ctx.tier
         if rel.schema in SYSTEM_SCHEMAS:
             if rel.name in DENIED_RELATIONS:
-                raise Refusal(f"relation {rel.qualified} is not visible to tier {tier.name}")
+                raise Refusal(f"relation {rel.qualified} is not visible to tier {tier.name}", Reason.NOT_VISIBLE)
             return
         if not tier.may_reach(rel.schema, rel.name):
-            raise Refusal(f"relation {rel.qualified} is not visible to tier {tier.name}")
+            raise Refusal(f"relation {rel.qualified} is not visible to tier {tier.name}", Reason.NOT_VISIBLE)
         if rel.qualified not in self.analysis.relations:
             self.analysis.relations.append(rel.qualified)
 
@@ -238,7 +211,7 @@ class Rewriter:
                 continue
             if self.row_filter(base):
                 raise Refusal(f"view {view.qualified} reads {base.qualified}, of which tier {self.ctx.tier.name} may "
-                              f"see only some rows; query {base.qualified} itself")
+                              f"see only some rows; query {base.qualified} itself", Reason.NOT_VISIBLE)
             if base.sources and depth < 8:
                 self.check_view_rows(base, depth + 1)
 
@@ -345,7 +318,7 @@ class Rewriter:
                 try:
                     columns.append(f"{mask_sql(q, col.type, act.mask)} AS {q}")
                 except MaskError as exc:
-                    raise Refusal(str(exc)) from None
+                    raise Refusal(str(exc), Reason.MASK) from None
             else:
                 columns.append(f"{null_of(col.type)} AS {q}")
         rel = source.relation
@@ -377,7 +350,8 @@ class Rewriter:
                 self.check_set_config(call)
                 continue
             if name in DENIED_FUNCTIONS or name.startswith(DENIED_PREFIXES):
-                raise Refusal(f"function {name} is not allowed for tier {tier.name}: it reaches data by other doors")
+                raise Refusal(f"function {name} is not allowed for tier {tier.name}: it reaches data by other doors",
+                              Reason.FUNCTION)
             qualified = f"{schema}.{name}" if schema else name
             if schema in (None, "pg_catalog") and name in functions:
                 continue
@@ -386,14 +360,15 @@ class Rewriter:
             if any(fnmatch.fnmatchcase(c, p) for c in candidates for p in tier.functions):
                 continue
             raise Refusal(f"function {qualified} is not allowed for tier {tier.name} "
-                          f"(only built-in functions, or those listed in the tier's 'functions')")
+                          f"(only built-in functions, or those listed in the tier's 'functions')", Reason.FUNCTION)
 
     def check_set_config(self, call: exp.Anonymous) -> None:
         """set_config() is what SET is, as a function: the same allow list of settings holds, and
         the setting (and a checked setting's value) must be literals the engine can read."""
         args = call.expressions
         if not args or not isinstance(args[0], exp.Literal) or not args[0].is_string:
-            raise Refusal(f"set_config with a computed setting name is not allowed for tier {self.ctx.tier.name}")
+            raise Refusal(f"set_config with a computed setting name is not allowed for tier {self.ctx.tier.name}",
+                          Reason.SETTING)
         setting = args[0].this.lower()
         value = args[1] if len(args) > 1 else None
         if isinstance(value, exp.Literal) and value.is_string:
@@ -403,7 +378,7 @@ class Rewriter:
             values = [None]
         problem = settings.check(setting, values, self.ctx.tier.settings)
         if problem:
-            raise Refusal(problem.replace("this tier", f"tier {self.ctx.tier.name}"))
+            raise Refusal(problem.replace("this tier", f"tier {self.ctx.tier.name}"), Reason.SETTING)
 
     def check_columns(self, tree: exp.Expression, sources: list[Source]) -> None:
         """Refuse explicit references to blocked columns; note the sensitive ones used."""
@@ -426,7 +401,7 @@ class Rewriter:
                 cls, act = found
                 if act.action == "block":
                     raise Refusal(f"column {s.relation.name}.{s.renames.get(column, column)} is not visible to tier "
-                                  f"{self.ctx.tier.name}")
+                                  f"{self.ctx.tier.name}", Reason.NOT_VISIBLE)
                 self.analysis.use(s, column, cls, act)
         star = tree.find(exp.Star) is not None
         for s in sources:  # a star or a whole row reaches every column, masked or nulled

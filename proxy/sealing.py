@@ -31,8 +31,7 @@ COPY_PART = 64 << 10  # bytes of COPY data per copy_data record
 _WORD = re.compile(r"[a-z_][a-z0-9_$]*+")
 _FROM_STDIN = re.compile(r"\bfrom\s++stdin\b", re.I)
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
-B, d, c, f = (ord(x) for x in "Bdcf")
-MESSAGES = frozenset((B, d, c, f))  # the client messages :meth:`SessionSeals.message` wants
+MESSAGES = frozenset((codec.FE.BIND, codec.FE.COPY_DATA, codec.FE.COPY_DONE, codec.FE.COPY_FAIL))  # the client messages :meth:`SessionSeals.message` wants
 
 
 def protected_relations(rules, catalog) -> frozenset:
@@ -151,7 +150,7 @@ class SessionSeals:
     def message(self, kind: int, message: bytes, who: dict) -> list[dict]:
         """Records for a client's Bind, CopyData, CopyDone or CopyFail (usually none)."""
         from .audit.records import base
-        if kind == B:
+        if kind == codec.FE.BIND:
             bind = codec.decode_message(codec.FRONTEND, bytes(message))
             statement_id = self._statements.get(bind.statement)
             if statement_id is None:
@@ -161,7 +160,7 @@ class SessionSeals:
         if self._copy is None:
             return []
         out = []
-        if kind == d:
+        if kind == codec.FE.COPY_DATA:
             self._copy_data += message[5:]
             while len(self._copy_data) >= COPY_PART:
                 out.append(self._copy_part(who, bytes(self._copy_data[:COPY_PART])))

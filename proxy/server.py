@@ -1,5 +1,7 @@
-"""The only asyncio and socket code: accept clients, open upstream connections, carry out
-the commands a :class:`~proxy.session.Session` returns.
+"""The client side's asyncio and socket code: accept clients, carry out the commands a
+:class:`~proxy.session.Session` returns, run the timers and background tasks.  The database
+side (connections, their TLS, cancels, verifiers) is :mod:`proxy.upstream`'s; the rules and
+catalog in force are :mod:`proxy.runtime`'s; the process's start-up is :mod:`proxy.startup`'s.
 
 Each client connection is a :class:`ClientLink` (an asyncio Protocol) paired with an
 :class:`UpstreamLink`.  Events reach the session one at a time, from the event loop's
@@ -11,24 +13,21 @@ streams at the client's pace with bounded memory.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
-import signal
 import socket
 import ssl
 import time
 from collections import deque
-from datetime import datetime, timezone
 from itertools import count
 
 from . import codec, logs, metrics
 from .config import Settings, split_host_port
-from .audit import records as audit_records
 from .audit.writer import AuditWriter
 from .scram import tls_server_end_point
 from .tasks import Tasks
-from .tools import load_engine
 from .analyst import Analyst
+from .runtime import Runtime, utc_now
+from .upstream import WRITE_HIGH_WATER, Upstream, UpstreamLink
 from .session import (Alert, AuditDurable, AuditFailed, AuditHealth, ClientClosed, ClientData, ClientTLSEstablished,
                       Close, DecideApart, DecidedApart, ForwardCancel, HandlerCrashed, LookupVerifier, OpenUpstream,
                       PauseClientReading, PauseServerReading, Phase, RefreshCatalog, ResumeClientReading,
@@ -37,38 +36,11 @@ from .session import (Alert, AuditDurable, AuditFailed, AuditHealth, ClientClose
                       UpstreamFailed, VerifierFound, VerifierLookupFailed, WriteAudit)
 
 log = logs.get("pgveil.server")
-WRITE_HIGH_WATER = 256 * 1024
 # a diagnosis aid (bench/stall.py sets it): events that hold the event loop longer are logged
 SLOW_EVENT_S = float(os.environ.get("PGVEIL_SLOW_EVENT_MS") or 0) / 1000
 _session_ids = count(1)
 
 
-class UpstreamLink(asyncio.Protocol):
-    """The connection to the database for one client."""
-
-    def __init__(self, client: "ClientLink") -> None:
-        self.client = client
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-
-    def data_received(self, data: bytes) -> None:
-        self.client.dispatch(ServerData(data))
-
-    def eof_received(self):
-        return False
-
-    def connection_lost(self, exc) -> None:
-        self.transport = None
-        self.client.dispatch(ServerClosed())
-
-    def pause_writing(self) -> None:
-        self.client.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.client.resume_reading()
 
 
 class ClientLink(asyncio.Protocol):
@@ -105,6 +77,14 @@ class ClientLink(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.dispatch(ClientData(data))
+
+    def server_data(self, data: bytes) -> None:
+        """Bytes from the database (UpstreamLink's callback)."""
+        self.dispatch(ServerData(data))
+
+    def server_closed(self) -> None:
+        """The database connection ended (UpstreamLink's callback)."""
+        self.dispatch(ServerClosed())
 
     def eof_received(self):
         return False
@@ -349,20 +329,19 @@ class ClientLink(asyncio.Protocol):
 
 
 class Proxy:
-    """Listens for clients and owns what is shared between their sessions."""
+    """Listens for clients and owns what is shared between their sessions: the runtime (rules
+    and catalog in force), the way upstream, the audit writer, and the tasks and timers."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.links: set[ClientLink] = set()
         self.client_tls = make_client_tls(settings)
-        self.upstream_tls = make_upstream_tls(settings)
+        self.runtime = Runtime(settings, submit=lambda record: self.audit.submit(record))
+        self.upstream = Upstream(settings)
         cert_hash = None
         if settings.tls_cert:
             with open(settings.tls_cert, encoding="ascii") as f:
                 cert_hash = tls_server_end_point(ssl.PEM_cert_to_DER_cert(f.read()))
-        # stamped before reading: a change in between is seen by the first poll
-        self._rules_stamp = _file_stamp(settings.rules) if settings.rules else ()
-        self.engine = load_engine(settings)  # already checked by the command line
         self.session_config = SessionConfig(
             tls_available=self.client_tls is not None,
             scram_bridge_possible=bool(settings.auth_dsn),
@@ -371,22 +350,24 @@ class Proxy:
             engine=self.engine,
             audit=settings.audit_mode != "off",
             audit_strict=settings.audit_mode == "strict",
-            clock=_utc_clock,
+            clock=utc_now,
             monotonic=time.monotonic,
             new_id=lambda: os.urandom(8).hex(),
         )
         self.audit = AuditWriter(settings.audit_dir, settings.audit_mode, str(settings.worker_index),
                                  settings.audit_interval)
         self.sealer = self._make_sealer()
-        self._catalog_refresh_pending = False
-        self._privileges_checked: set = set()  # (user, tier, rules version, catalog version) checked
         self.metrics_server = None
         self.metrics_seen: dict = {}
-        self._auth_pool = None
         self._tasks = Tasks()
         self.server: asyncio.base_events.Server | None = None
         self.analyst = Analyst()
         self.cancels = Tasks()  # CancelRequests on their way: stopping waits a moment for them
+
+    @property
+    def engine(self):
+        """The policy engine sessions share (None: no rule file, relay only)."""
+        return self.runtime.engine
 
     def _make_sealer(self):
         """With --audit-seal-key: this worker's sealer, its data keys journaled like any record."""
@@ -419,13 +400,11 @@ class Proxy:
                          for spec in self.settings.audit_sink]
         for shipper in self.shippers:
             self.spawn(shipper.run())
-        if self.engine is not None:
-            self.audit.submit(dict(audit_records.base("rules", {}), event="loaded", file=self.settings.rules,
-                                   rules_version=self.engine.rules.version, sha256=self.engine.rules_sha256))
+        self.runtime.announce()
         if self.engine is not None:  # before listening, so that the first sessions find it
             self.spawn(self.analyst.prestart())
-            await self.refresh_catalog()
-            self.spawn(self._refresh_periodically())
+            await self.runtime.refresh_catalog()
+            self.spawn(self.runtime.refresh_periodically())
             if self.settings.rules_poll > 0:
                 self.spawn(self._watch_rules())
         self.server = await loop.create_server(lambda: ClientLink(self), sock=sock)
@@ -443,127 +422,38 @@ class Proxy:
             await asyncio.sleep(2.0)
 
     async def _watch_rules(self) -> None:
-        """Reload the rule file when it changes (polled: works for edits, renames and the
-        symlink swaps a Kubernetes ConfigMap volume does)."""
+        """Reload the rule file when it changes (polled every ``--rules-poll`` seconds)."""
         while True:
             await asyncio.sleep(self.settings.rules_poll)
-            stamp = _file_stamp(self.settings.rules)
-            if stamp != self._rules_stamp:
-                self._rules_stamp = stamp
+            if self.runtime.rules_file_changed():
                 self.reload_rules("file changed")
 
     def reload_rules(self, why: str = "SIGHUP") -> bool:
-        """Load, validate and compile the rule file, then swap it in whole; a file that fails
-        keeps the rules in force.  Every open session's next statement is decided under the new
-        rules, and sessions whose identity they deny are ended."""
-        from .rules import RuleError, load_rules
-        path = self.settings.rules
-        record = audit_records.base("rules", {})
-        record.update(file=path, reason=why)
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-            record["sha256"] = hashlib.sha256(text.encode()).hexdigest()
-            rules = load_rules(text, path, datetime.now(timezone.utc))
-        except (RuleError, OSError) as exc:
-            message = str(exc) if isinstance(exc, RuleError) else f"{path}: {exc.strerror or exc}"
-            log.error("rules_reload_rejected", error=message, kept_version=self.engine.rules.version)
-            metrics.RULES_RELOADS.labels("rejected").inc()
-            self.audit.submit(dict(record, event="rejected", error=message,
-                                   rules_version=self.engine.rules.version))
-            return False
-        if rules.version == self.engine.rules.version:
-            return True
-        old = self.engine.rules.version
-        self.engine.rules, self.engine.rules_sha256 = rules, record["sha256"]
-        log.info("rules_reloaded", version=rules.version, previous=old, reason=why)
-        metrics.RULES_RELOADS.labels("accepted").inc()
-        self.audit.submit(dict(record, event="reloaded", rules_version=rules.version, previous_version=old))
-        for link in list(self.links):
-            if link.session is not None:
-                link.dispatch(RulesChanged())
-        return True
+        """Reload the rule file (:meth:`Runtime.reload_rules`); False when it is rejected.  Every
+        open session's next statement is decided under the new rules, and sessions whose
+        identity they deny are ended."""
+        outcome = self.runtime.reload_rules(why)
+        if outcome == "reloaded":
+            for link in list(self.links):
+                if link.session is not None:
+                    link.dispatch(RulesChanged())
+        return outcome != "rejected"
 
     async def refresh_catalog(self) -> bool:
-        import asyncpg
-
-        from .catalog import load_catalog
-        dsn = self.settings.catalog_dsn or self.settings.auth_dsn
-        try:
-            conn = await asyncpg.connect(dsn, timeout=10)
-            try:
-                catalog = await load_catalog(conn)
-            finally:
-                await conn.close()
-        except Exception as exc:
-            log.error("catalog_load_failed", error=str(exc))
-            return False
-        if self.engine.catalog is None or catalog.version != self.engine.catalog.version:
-            log.info("catalog_loaded", relations=len(catalog.by_oid), version=catalog.version)
-        self.engine.catalog = catalog
-        return True
+        return await self.runtime.refresh_catalog()
 
     def check_privileges(self, user: str, tier) -> None:
-        """Warn (log line and metric) when the session's database role can read a column its tier
-        has blocked: the database would not refuse what pgveil refuses (pgveil privileges prints
-        the fix).  Once per role, tier, rules and catalog version."""
-        engine = self.engine
-        if engine is None or engine.catalog is None or not (self.settings.catalog_dsn or self.settings.auth_dsn):
-            return
-        key = (user, tier.name, engine.rules.version, engine.catalog.version)
-        if key in self._privileges_checked:
-            return
-        if len(self._privileges_checked) > 10_000:
-            self._privileges_checked.clear()
-        self._privileges_checked.add(key)
-
-        async def check() -> None:
-            import asyncpg
-
-            from .privileges import blocked, readable_blocked
-            catalog = engine.catalog
-            columns = blocked(engine.rules, catalog, tier)
-            if not columns:
-                return
-            pairs = [(oid, col.name) for oid, names in columns.items() for col in catalog.by_oid[oid].columns
-                     if names is None or col.name in names]
-            try:
-                conn = await asyncpg.connect(self.settings.catalog_dsn or self.settings.auth_dsn, timeout=10)
-                try:
-                    rows = await conn.fetch(
-                        "SELECT t.oid, t.attname FROM unnest($2::oid[], $3::text[]) AS t(oid, attname) "
-                        "WHERE pg_catalog.has_column_privilege($1, t.oid, t.attname, 'SELECT')",
-                        user, [p[0] for p in pairs], [p[1] for p in pairs])
-                finally:
-                    await conn.close()
-            except Exception as exc:
-                log.warning("privilege_check_failed", user=user, error=str(exc))
-                return
-            readable = {(r[0], r[1]) for r in rows}
-            found = readable_blocked(catalog, columns, lambda rel, name: (rel.oid, name) in readable)
-            if found:
-                metrics.PRIVILEGE_WARNINGS.labels(tier.name).inc()
-                log.warning("role_can_read_blocked_columns", user=user, tier=tier.name, columns=found[:20],
-                            count=len(found), fix="pgveil privileges RULES --catalog-dsn DSN")
-        self.spawn(check())
-
-    async def _refresh_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.catalog_refresh if self.engine.catalog is not None else 2)
-            await self.refresh_catalog()
+        """Warn when the session's database role can read a column its tier has blocked
+        (:meth:`Runtime.privilege_check`)."""
+        check = self.runtime.privilege_check(user, tier)
+        if check is not None:
+            self.spawn(check)
 
     def catalog_changed(self) -> None:
         """DDL went through a session: refresh once it has had time to commit."""
-        if self._catalog_refresh_pending:
-            return
-        self._catalog_refresh_pending = True
-
-        async def later():
-            for delay in (0.2, 1.0):
-                await asyncio.sleep(delay)
-                await self.refresh_catalog()
-            self._catalog_refresh_pending = False
-        self.spawn(later())
+        refresh = self.runtime.after_ddl()
+        if refresh is not None:
+            self.spawn(refresh)
 
     @property
     def port(self) -> int:
@@ -594,11 +484,7 @@ class Proxy:
         metrics.process_exit()
         for link in list(self.links):
             link.close("pgveil is shutting down")
-        if self._auth_pool is not None:
-            try:
-                await asyncio.wait_for(self._auth_pool.close(), 0.2)
-            except asyncio.TimeoutError:
-                self._auth_pool.terminate()
+        await self.upstream.close()
         # the cancels of statements still running upstream, and the journal's last sync, together
         waits = [asyncio.ensure_future(self.audit.close())]
         if self.cancels:
@@ -608,126 +494,31 @@ class Proxy:
         for shipper in getattr(self, "shippers", []):
             await shipper.sink.close()
 
-    # -- upstream -------------------------------------------------------------------
+    # -- the way upstream (proxy.upstream): the names ClientLink and the console call ------
+    @property
+    def upstream_tls(self) -> ssl.SSLContext | None:
+        return self.upstream.tls
+
     async def _open_socket(self) -> tuple[socket.socket, bool]:
-        """A connected socket to the database, and whether TLS should be started on it."""
-        loop = asyncio.get_running_loop()
-        host, port = self.settings.upstream_address
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        last: Exception | None = None
-        for family, type_, proto, _, addr in infos:
-            sock = socket.socket(family, type_, proto)
-            sock.setblocking(False)
-            try:
-                await asyncio.wait_for(loop.sock_connect(sock, addr), 10)
-            except (OSError, asyncio.TimeoutError) as exc:
-                sock.close()
-                last = exc
-                continue
-            if family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            mode = self.settings.upstream_sslmode
-            if mode == "disable":
-                return sock, False
-            try:
-                await loop.sock_sendall(sock, codec.encode_startup(codec.SSLRequest()))
-                answer = await asyncio.wait_for(loop.sock_recv(sock, 1), 10)
-            except (OSError, asyncio.TimeoutError) as exc:
-                sock.close()
-                raise ConnectionError(f"SSL negotiation with {host}:{port} failed: {exc}") from None
-            if answer == b"S":
-                return sock, True
-            if mode == "prefer":
-                return sock, False
-            sock.close()
-            raise ConnectionError(f"the server at {host}:{port} does not support SSL, but sslmode is {mode}")
-        raise ConnectionError(f"connection to {host}:{port} failed: {last}")
+        return await self.upstream.open_socket()
 
     async def open_upstream(self, client: ClientLink):
-        loop = asyncio.get_running_loop()
-        sock, tls = await self._open_socket()
-        host = self.settings.upstream_address[0]
-        upstream = UpstreamLink(client)
-        try:
-            if tls:
-                transport, _ = await loop.create_connection(
-                    lambda: upstream, sock=sock, ssl=self.upstream_tls,
-                    server_hostname=host,  # checked only in verify-full (check_hostname)
-                    ssl_handshake_timeout=10)
-            else:
-                transport, _ = await loop.create_connection(lambda: upstream, sock=sock)
-        except BaseException:
-            sock.close()
-            raise
-        cert_hash = None
-        if tls:
-            der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-            cert_hash = tls_server_end_point(der) if der else None
-        return transport, upstream, tls, cert_hash
+        return await self.upstream.connect(client)
 
     async def forward_cancel(self, request: codec.CancelRequest) -> None:
-        """Send a CancelRequest to the database on a fresh connection; the key is the server's own."""
-        loop = asyncio.get_running_loop()
-        try:
-            sock, tls = await self._open_socket()
-            packet = codec.encode_startup(request)
-            if tls:
-                reader, writer = await asyncio.open_connection(
-                    sock=sock, ssl=self.upstream_tls, server_hostname=self.settings.upstream_address[0])
-                writer.write(packet)
-                await writer.drain()
-                await asyncio.wait_for(reader.read(1), 5)
-                writer.close()
-            else:
-                await loop.sock_sendall(sock, packet)
-                await asyncio.wait_for(loop.sock_recv(sock, 1), 5)
-                sock.close()
-        except Exception as exc:
-            log.warning("cancel_forward_failed", error=str(exc))
+        await self.upstream.forward_cancel(request)
 
     async def lookup_verifier(self, user: str) -> str | None:
-        import asyncpg
-
-        if self._auth_pool is None:
-            self._auth_pool = await asyncpg.create_pool(self.settings.auth_dsn, min_size=0, max_size=2)
-        return await self._auth_pool.fetchval(self.settings.auth_query, user)
-
-
-def _utc_clock() -> datetime:
-    """The clock sessions decide grants by (they read none themselves)."""
-    return datetime.now(timezone.utc)
-
-
-def _file_stamp(path: str) -> tuple:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return ()
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return await self.upstream.lookup_verifier(user)
 
 
 def make_client_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context offered to clients (None: no --tls-cert)."""
     if not settings.tls_cert:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    return context
-
-
-def make_upstream_tls(settings: Settings) -> ssl.SSLContext | None:
-    mode = settings.upstream_sslmode
-    if mode == "disable":
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if mode in ("verify-ca", "verify-full"):
-        context.load_verify_locations(settings.upstream_ca)
-        context.check_hostname = mode == "verify-full"
-        context.verify_mode = ssl.CERT_REQUIRED
-    else:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
     return context
 
 
@@ -742,106 +533,3 @@ def listen_socket(host: str, port: int, *, reuse_port: bool, listen: bool = True
         sock.listen(1024)
     sock.setblocking(False)
     return sock
-
-
-def install_event_loop_policy() -> None:
-    """Use uvloop when it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-async def _serve_forever(settings: Settings, sock: socket.socket | None, ready=None) -> None:
-    proxy = Proxy(settings)
-    await proxy.start(sock)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if proxy.engine is not None:
-        loop.add_signal_handler(signal.SIGHUP, proxy.reload_rules)
-    log.info("listening", listen=settings.listen, upstream=settings.upstream, pid=os.getpid(),
-             tls=proxy.client_tls is not None, upstream_sslmode=settings.upstream_sslmode)
-    if settings.audit_mode == "off":
-        log.warning("audit_off", detail="auditing is OFF (--audit-mode off): use this only to measure its cost")
-    if ready:
-        ready()
-    await stop.wait()
-    log.info("shutting_down", grace_s=settings.shutdown_grace, sessions=len(proxy.links))
-    last_resort(settings.shutdown_grace)
-    await proxy.stop(settings.shutdown_grace)
-
-
-def last_resort(grace: float) -> None:
-    """Should stopping hang (it should not), SIGALRM's default action ends the process a second
-    after the grace period."""
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)
-    signal.setitimer(signal.ITIMER_REAL, grace + 1.0)
-
-
-def _exit_now(status: int) -> None:
-    """The journal is synced and closed, the sessions ended: exit without the interpreter's
-    teardown of every module (a few tenths of a second of the 2 s a stop may take)."""
-    import sys
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(status)
-
-
-def raise_file_limit() -> int:
-    """Two descriptors per client session: lift the soft limit to the hard one, as servers do."""
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
-def serve(settings: Settings) -> int:
-    """Run the proxy until SIGTERM/SIGINT, in ``settings.workers`` processes."""
-    install_event_loop_policy()
-    raise_file_limit()
-    host, port = settings.listen_address
-    if settings.workers == 1:
-        asyncio.run(_serve_forever(settings, None))
-        _exit_now(0)
-    # bind once here so a bad address fails early; each worker binds its own SO_REUSEPORT socket
-    probe = listen_socket(host, port, reuse_port=True, listen=False)
-    children = []
-    for _ in range(settings.workers):
-        pid = os.fork()
-        if pid == 0:
-            probe.close()
-            settings.worker_index = len(children)
-            try:
-                asyncio.run(_serve_forever(settings, listen_socket(host, port, reuse_port=True)))
-            finally:
-                os._exit(0)
-        children.append(pid)
-    probe.close()
-
-    def forward(signum, _frame):
-        for child in children:
-            try:
-                os.kill(child, signum)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward)  # each worker reloads its rules
-    status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    _exit_now(status)

@@ -1,61 +1,22 @@
-"""``pgveil check`` and ``pgveil explain``: the rule file and the engine without a proxy."""
+"""The rule tools of the command line (``pgveil check``, ``explain``, ``diff``, ``report
+entitlements``, ``privileges``): the rule file and the engine without a proxy.  Loading is
+:mod:`proxy.runtime`'s; the server's start-up is :mod:`proxy.startup`'s."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import sys
 from datetime import datetime, timezone
 
-import yaml
-
-from .catalog import Catalog, load_catalog
+from .catalog import Catalog
 from .policy import Context, decide, parse_search_path
-from .rules import RuleError, RuleSet, load_rules, unmatched_globs
+from .rules import RuleError, RuleSet, unmatched_globs
+from .runtime import catalog_from_file, read_catalog as fetch_catalog, read_rules as _read_rules
 
 
 def read_rules(path: str) -> RuleSet:
-    with open(path, encoding="utf-8") as f:
-        return load_rules(f.read(), path, datetime.now(timezone.utc))
-
-
-def load_engine(settings):
-    """The policy engine for ``--rules`` (None: relay only).  A bad file is a ConfigError naming
-    the file and line."""
-    if not settings.rules:
-        return None
-    from .config import ConfigError
-    from .policy import Engine
-    try:
-        with open(settings.rules, encoding="utf-8") as f:
-            text = f.read()
-        rules = load_rules(text, settings.rules, datetime.now(timezone.utc))
-    except RuleError as exc:
-        raise ConfigError(str(exc)) from None
-    except OSError as exc:
-        raise ConfigError(f"{settings.rules}: {exc.strerror}") from None
-    engine = Engine(rules)
-    engine.rules_sha256 = hashlib.sha256(text.encode()).hexdigest()
-    return engine
-
-
-def fetch_catalog(dsn: str) -> Catalog:
-    import asyncpg
-
-    async def run():
-        conn = await asyncpg.connect(dsn, timeout=10)
-        try:
-            return await load_catalog(conn)
-        finally:
-            await conn.close()
-    return asyncio.run(run())
-
-
-def catalog_from_file(path: str) -> Catalog:
-    """A catalog from YAML: ``{schema.table: {column: type}}``, for explain without a database."""
-    with open(path, encoding="utf-8") as f:
-        spec = yaml.safe_load(f) or {}
-    return Catalog.from_spec(spec)
+    """The rule file (:func:`proxy.runtime.read_rules`); RuleError or OSError when it fails."""
+    return _read_rules(path)[0]
 
 
 def catalog_from_rules(rules: RuleSet) -> Catalog:

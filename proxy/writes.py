@@ -15,7 +15,8 @@ from .sql import exp, parse_one, to_sql
 
 from .barrier import guard_write
 from .masks import mask_sql, null_of
-from .rewrite import SYSTEM_SCHEMAS, Refusal, Rewriter, Source, name_of, qualify, quote
+from .rewrite import SYSTEM_SCHEMAS, Rewriter, Source, name_of, qualify, quote
+from .verdicts import NotUnderstood, Reason, Refusal
 
 
 def _target_table(node) -> tuple[exp.Table, list[str] | None]:
@@ -23,7 +24,7 @@ def _target_table(node) -> tuple[exp.Table, list[str] | None]:
         return node.this, [name_of(c) for c in node.expressions]
     if isinstance(node, exp.Table):
         return node, None
-    raise Refusal(f"pgveil could not analyze this statement: write target {to_sql(node)}")
+    raise NotUnderstood(f"write target {to_sql(node)}")
 
 
 def check_written(rw: Rewriter, target: Source, columns: list[str]) -> None:
@@ -34,7 +35,8 @@ def check_written(rw: Rewriter, target: Source, columns: list[str]) -> None:
             continue  # PostgreSQL will report the unknown column itself
         cls, act = found
         if act.action != "clear" and cls not in tier.write and "*" not in tier.write:
-            raise Refusal(f"writing column {target.relation.name}.{column} ({cls}) is not allowed for tier {tier.name}")
+            raise Refusal(f"writing column {target.relation.name}.{column} ({cls}) is not allowed for tier {tier.name}",
+                          Reason.WRITE)
         rw.analysis.use(target, column, cls, act)
 
 
@@ -76,14 +78,14 @@ def check_reads_of_target(rw: Rewriter, target: Source, parts: list, tree: exp.E
                 if isinstance(col.parent, exp.Returning) and qualifier in (target.alias, target.relation.name):
                     continue  # RETURNING c.*: expanded into the masked column list below
                 if hidden:
-                    raise Refusal(whole_row)
+                    raise Refusal(whole_row, Reason.NOT_VISIBLE)
                 continue
             column = name_of(col.this) if isinstance(col.this, exp.Identifier) else None
             if column is None:
-                raise Refusal(f"pgveil could not analyze this statement: column reference {to_sql(col)}")
+                raise NotUnderstood(f"column reference {to_sql(col)}")
             if qualifier is None and column in names and target.action(column) is None:
                 if hidden:
-                    raise Refusal(whole_row)
+                    raise Refusal(whole_row, Reason.NOT_VISIBLE)
                 continue
             found = target.action(column)
             if found is None:
@@ -91,7 +93,7 @@ def check_reads_of_target(rw: Rewriter, target: Source, parts: list, tree: exp.E
             cls, act = found
             if act.action != "clear":
                 raise Refusal(f"column {target.relation.name}.{column} is {'masked' if act.action == 'mask' else 'not visible'}"
-                              f" for tier {tier.name} and cannot be used in a write statement")
+                              f" for tier {tier.name} and cannot be used in a write statement", Reason.WRITE)
             rw.analysis.use(target, column, cls, act)
 
 
@@ -103,7 +105,7 @@ def set_columns(sets: list) -> list[str]:
         items = left.expressions if isinstance(left, exp.Tuple) else [left]
         for item in items:
             if not isinstance(item, exp.Column) or not isinstance(item.this, exp.Identifier):
-                raise Refusal(f"pgveil could not analyze this statement: SET {to_sql(eq)}")
+                raise NotUnderstood(f"SET {to_sql(eq)}")
             names.append(name_of(item.this))
     return names
 
@@ -114,7 +116,8 @@ def expand_returning(target: Source, returning, has_other_sources: bool):
         return
     for star in list(returning.find_all(exp.Star)):
         if has_other_sources:
-            raise Refusal("RETURNING * with other relations is not supported for this tier; list the columns")
+            raise Refusal("RETURNING * with other relations is not supported for this tier; list the columns",
+                          Reason.NOT_VISIBLE)
         items, target_uses = [], []
         alias = quote(target.alias)
         for col, cls, act in target.actions:
@@ -148,7 +151,7 @@ def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
     target = rw.source(table)
     if target.relation.schema in SYSTEM_SCHEMAS:  # UPDATE pg_settings is SET; the catalogs are the server's
         raise Refusal(f"writing {target.relation.qualified} is not allowed for tier {rw.ctx.tier.name}: "
-                      f"it is a system catalog")
+                      f"it is a system catalog", Reason.WRITE)
     all_columns = [col.name for col, _, _ in target.actions]
     if isinstance(tree, exp.Insert):
         check_written(rw, target, listed or all_columns)
@@ -175,7 +178,7 @@ def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
     elif isinstance(tree, exp.Merge):
         if target.row_filter:
             raise Refusal(f"MERGE into {target.relation.name} is not allowed for tier {rw.ctx.tier.name}: "
-                          f"it has a row filter")
+                          f"it has a row filter", Reason.WRITE)
         parts = [tree.args.get("on"), tree.args.get("returning")]
         for when in tree.args["whens"].expressions:
             parts.append(when.args.get("condition"))
@@ -189,7 +192,7 @@ def rewrite_write(rw: Rewriter, tree: exp.Expression) -> exp.Expression:
                 parts.append(then.expression)
         others = True
     else:
-        raise Refusal(f"pgveil could not analyze this statement: {type(tree).__name__}")
+        raise NotUnderstood(type(tree).__name__)
     check_reads_of_target(rw, target, parts, tree, table)
     for column, cls, act in expand_returning(target, tree.args.get("returning"), others):
         rw.analysis.use(target, column, cls, act)
@@ -205,11 +208,11 @@ def rewrite_copy(rw: Rewriter, tree: exp.Copy) -> exp.Expression:
         and files[0].name.upper() in ("STDIN", "STDOUT")  # a quoted "stdout" is a name, not the keyword
     if not to_client or tree.args.get("params") and any(
             name_of(p.this).upper() == "PROGRAM" for p in tree.args["params"] if isinstance(p.this, exp.Var)):
-        raise Refusal(f"COPY to or from a file or program is not allowed for tier {tier.name}")
+        raise Refusal(f"COPY to or from a file or program is not allowed for tier {tier.name}", Reason.COPY)
     node = tree.this
     if tree.args.get("kind"):  # COPY ... FROM STDIN: a write
         if "write" not in tier.statements:
-            raise Refusal(f"write statements (COPY FROM) are not allowed for tier {tier.name}")
+            raise Refusal(f"write statements (COPY FROM) are not allowed for tier {tier.name}", Reason.STATEMENT_KIND)
         table, listed = _target_table(node)
         target = rw.source(table)
         check_written(rw, target, listed or [c.name for c, _, _ in target.actions])
@@ -223,7 +226,7 @@ def rewrite_copy(rw: Rewriter, tree: exp.Copy) -> exp.Expression:
     for column in listed or []:
         found = source.action(column)
         if found and found[1].action == "block":
-            raise Refusal(f"column {source.relation.name}.{column} is not visible to tier {tier.name}")
+            raise Refusal(f"column {source.relation.name}.{column} is not visible to tier {tier.name}", Reason.NOT_VISIBLE)
         if found:
             rw.analysis.use(source, column, *found)
     if not source.protected:

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from proxy.audit.journal import Journal, read_records, verify
-from proxy.audit.normalize import fingerprint, normalize
+from proxy.audit.records import fingerprint
+from proxy.normalize import normalize
 from proxy.audit.tracker import StatementTracker
 
 

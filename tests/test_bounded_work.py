@@ -18,7 +18,7 @@ import pytest
 from policy_fixture import fixture_catalog
 from proxy import codec, limits, policy
 from proxy.analyst import Analyst, decide_cold
-from proxy.audit.normalize import normalize
+from proxy.normalize import normalize
 from proxy.policy import DecisionCache, Engine, failed_analysis
 from proxy.prepared import PreparedStatements
 from proxy.rewrite import Context

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from proxy import policy
-from proxy.audit.normalize import from_tokens
+from proxy.normalize import from_tokens
 from proxy.lexer import quick
 from proxy.sql import SqlglotError, tokenize
 

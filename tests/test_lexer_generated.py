@@ -19,7 +19,7 @@ import sys
 from hypothesis import given, settings, strategies as st
 
 from proxy import policy
-from proxy.audit.normalize import from_tokens, normalize
+from proxy.normalize import from_tokens, normalize
 from proxy.lexer import quick
 from proxy.sql import SqlglotError, tokenize
 
@@ -123,7 +123,7 @@ FOLLOWERS = ["#", "~", "-- first customers", "/* c */", "@", "?", "!", "`", "\\"
 CHILD = """
 import sys, time
 from proxy.lexer import quick
-from proxy.audit.normalize import normalize
+from proxy.normalize import normalize
 for follower in {followers!r}:
     for space in (" ", "\\t", "\\r\\n", " \\n\\t"):
         for n in (30, 3000):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 
 import asyncpg
 import psycopg
@@ -293,7 +294,7 @@ def test_psql_describe_and_query_for_restricted_tier(crm, psql_bin):
 
 def test_cli_check_and_explain(pg):
     pgveil = [str(ROOT / ".venv" / "bin" / "pgveil")] if (ROOT / ".venv" / "bin" / "pgveil").exists() else \
-        ["python", "-m", "proxy"]
+        [sys.executable, "-m", "proxy"]
     result = subprocess.run([*pgveil, "check", str(RULES), "--catalog-dsn", pg.dsn(database="crm")],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr

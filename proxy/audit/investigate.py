@@ -31,7 +31,7 @@ from decimal import Decimal, InvalidOperation
 
 from ..lexer import quick
 from ..sql import SqlglotError, exp, tokenize
-from .normalize import LITERALS
+from ..normalize import LITERALS
 from .seal import Opener
 
 _COMMAND_TOKENS = ("COMMAND", "EXECUTE", "FETCH", "SHOW")

@@ -5,13 +5,14 @@ The journal adds ``seq``, ``stream``, ``prev`` and ``hash``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import os
 import re
 import time
 
 from . import SCHEMA_VERSION
-from .normalize import fingerprint
 from ..limits import normalize_bounded
 
 _COUNT = re.compile(r"(\d+)\s*$")
@@ -45,7 +46,7 @@ def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, r
               purpose: str | None = None, grant: str | None = None) -> dict:
     """The decision on one statement: recorded before the statement reaches the database."""
     normalized = (decision.normalized if decision is not None else "") or normalize_bounded(sql)
-    return {**base("statement", who, statement_id),
+    record = {**base("statement", who, statement_id),
             "protocol": protocol,
             "sql": normalized,
             "fingerprint": fingerprint(normalized),
@@ -59,6 +60,9 @@ def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, r
             "rules_version": rules_version,
             "purpose": purpose,
             "grant": grant}
+    if decision is not None and decision.refused:
+        record["reason_code"] = str(decision.reason_code)  # proxy.verdicts.Reason
+    return record
 
 
 def outcome(who: dict, statement_id: str, status: str, rows: int | None, seconds: float,
@@ -68,6 +72,12 @@ def outcome(who: dict, statement_id: str, status: str, rows: int | None, seconds
     JSON is the same in every JSON library."""
     return {**base("outcome", who), "statement": statement_id, "status": status, "rows": rows,
             "duration_us": int(seconds * 1_000_000), "sqlstate": sqlstate, "purpose": purpose, "grant": grant}
+
+
+@functools.lru_cache(maxsize=8192)
+def fingerprint(normalized: str) -> str:
+    """A short, stable name for a statement's shape (its normalised text, :mod:`proxy.normalize`)."""
+    return hashlib.sha256(normalized.encode()).hexdigest()[:16]
 
 
 def rows_of(tag: str) -> int | None:

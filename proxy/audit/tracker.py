@@ -5,11 +5,12 @@ ReadyForQuery), an Execute (answered by CommandComplete, PortalSuspended, EmptyQ
 or an error) and a Sync.  After an error in the extended protocol the server skips to Sync,
 so the Executes queued before that Sync are recorded as skipped.
 
+>>> from proxy.codec import BE
 >>> t = StatementTracker()
 >>> t.query("s1", 0.0)
->>> t.server(ord("C"), b"SELECT 3\\0", 0.002)
+>>> t.server(BE.COMMAND_COMPLETE, b"SELECT 3\\0", 0.002)
 []
->>> [(sid, status, rows) for sid, status, rows, _, _ in t.server(ord("Z"), b"I", 0.003)]
+>>> [(sid, status, rows) for sid, status, rows, _, _ in t.server(BE.READY_FOR_QUERY, b"I", 0.003)]
 [('s1', 'ok', 3)]
 """
 
@@ -17,9 +18,12 @@ from __future__ import annotations
 
 from collections import deque
 
+from .. import codec
+from ..codec import BE
 from .records import rows_of
 
-C, E, Z, s, I = (ord(x) for x in "CEZsI")
+C, E, Z, s, I = (BE.COMMAND_COMPLETE, BE.ERROR, BE.READY_FOR_QUERY, BE.PORTAL_SUSPENDED,  # noqa: E741
+                 BE.EMPTY_QUERY_RESPONSE)
 
 
 class StatementTracker:
@@ -95,7 +99,7 @@ class StatementTracker:
         head = self._queue[0]
         if head[0] == "Q":
             if kind == C:
-                rows = rows_of(body.rstrip(b"\0").decode("utf-8", "replace"))
+                rows = rows_of(_tag(body))
                 head[3] = (head[3] or 0) + rows if rows is not None else head[3]
             elif kind == E:
                 head[4] = head[4] or _sqlstate(body)
@@ -106,7 +110,7 @@ class StatementTracker:
         if head[0] == "E":
             if kind in (C, s, I):
                 self._queue.popleft()
-                rows = rows_of(body.rstrip(b"\0").decode("utf-8", "replace")) if kind == C else None
+                rows = rows_of(_tag(body)) if kind == C else None
                 return [(head[1], "suspended" if kind == s else "ok", rows, at - head[2], None)]
             if kind == E:
                 self._queue.popleft()
@@ -133,8 +137,17 @@ def _status(entry: list) -> str:
     return "error" if entry[4] else "ok"
 
 
+def _tag(body: bytes) -> str:
+    """A CommandComplete's tag; '' for a malformed one (the outcome then has no row count)."""
+    try:
+        return codec.command_tag(body)
+    except codec.ProtocolViolation:
+        return ""
+
+
 def _sqlstate(body: bytes) -> str | None:
-    for field in body.split(b"\0"):
-        if field[:1] == b"C":
-            return field[1:].decode("ascii", "replace")
-    return None
+    """An ErrorResponse's SQLSTATE; None for a malformed one."""
+    try:
+        return codec.error_fields(body).sqlstate
+    except codec.ProtocolViolation:
+        return None

@@ -1,7 +1,9 @@
 """SQL with every literal replaced by ``?``: the audit never stores a customer's value.
 
 Built from tokens, so comments (which can hold anything) are dropped too, and a statement
-the tokenizer cannot read keeps only its shape.
+the tokenizer cannot read keeps only its shape.  Part of the SQL text layer, beside
+:mod:`proxy.lexer` and :mod:`proxy.sql`: the policy engine and the audit records both read it,
+and it reads neither.
 
 >>> normalize("SELECT * FROM customers WHERE id_number = '110105194912310021' -- 110105")
 'SELECT * FROM customers WHERE id_number = ?'
@@ -12,11 +14,11 @@ the tokenizer cannot read keeps only its shape.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 
-from ..lexer import LIST as _LIST, quick
-from ..sql import SqlglotError, tokenize
+from .lexer import LIST as _LIST, quick
+from .sql import SqlglotError, tokenize
+
 LITERALS = frozenset({"STRING", "NUMBER", "BYTE_STRING", "HEREDOC_STRING", "BIT_STRING", "HEX_STRING",
                       "NATIONAL_STRING", "RAW_STRING", "UNICODE_STRING"})
 
@@ -83,9 +85,3 @@ def _rough(sql: str, limit: int, prefix: str = "unreadable: ") -> str:
     """No tokens: keep words and punctuation, drop everything that could be a value."""
     text = _ROUGH_NUMBER.sub("?", _ROUGH_VALUE.sub("?", sql))
     return (prefix + " ".join(text.split()))[:limit]
-
-
-@functools.lru_cache(maxsize=8192)
-def fingerprint(normalized: str) -> str:
-    """A short, stable name for a statement's shape."""
-    return hashlib.sha256(normalized.encode()).hexdigest()[:16]
