@@ -29,7 +29,7 @@ CLIENT_TEXT_PATTERNS = {
     "lexer._LITERAL": lexer._LITERAL, "lexer._CODE": lexer._CODE, "lexer._WORD": lexer._WORD,
     "lexer._PARAM": lexer._PARAM, "lexer._PAIR_ODD_SPACE": lexer._PAIR_ODD_SPACE, "lexer._SPACE": lexer._SPACE,
     "lexer._FIRST": lexer._FIRST, "lexer.LIST": lexer.LIST, "normalize._ROUGH_VALUE": normalizer._ROUGH_VALUE,
-    "normalize._ROUGH_NUMBER": normalizer._ROUGH_NUMBER, "session.PURPOSE_SET": session.PURPOSE_SET,
+    "normalize._ROUGH_NUMBER": normalizer._ROUGH_NUMBER,
     "purpose.PURPOSE_SET": purpose.PURPOSE_SET,
     "session.RESET_ALL": session.RESET_ALL, "opened.WORDS": opened.WORDS, "searchpath.CHANGES": searchpath.CHANGES,
     "readonly._TOKENS": readonly._TOKENS, "readonly._OPERATOR_RUN": readonly._OPERATOR_RUN,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from ..access import Access, deciding_tier
-from ..purpose import PurposeSetting
-from ..rowlimits import RowLimits
 from .. import codec, encodings, limits, policy, searchpath, settings
+from ..access import Access, deciding_tier
+from ..codec import BE, FE, TxStatus
+from ..purpose import PurposeSetting, mentions_purpose, read_declaration
+from ..rowlimits import RowLimits
+from ..verdicts import Refusal
 from .commands import Command, SendToClient
-from .shared import (Phase, SERVER_WATCH, FILTER_WATCH, OUTCOME_WATCH, PURPOSE_WORD, PURPOSE_SET, STATE_WORDS,
-                     PREPARE_WATCH, ALL_KINDS, Q, F, P, D, COPY_DATA, C_, s_, I_)
+from .shared import Phase, SERVER_WATCH, FILTER_WATCH, OUTCOME_WATCH, STATE_WORDS, PREPARE_WATCH, ALL_KINDS
 
 
 class Gate:
@@ -41,14 +42,14 @@ class Gate:
             return []
         tier = self._resolve(engine)
         if tier is None:
+            revoked = Refusal.revoked(self.user, engine.rules.version)
             return self._connection_record("revoked", "the reloaded rules deny this identity") + self.fail(
-                "28000", f'pgveil: the rules (version {engine.rules.version}) no longer give user "{self.user}" '
-                         f"access; the session is ended")
+                revoked.sqlstate, str(revoked))
         self.tier = tier
         self._filtering = not tier.all_clear
         self._active_watch = self._server_watch()
         # a result still counted against a row limit keeps its rows watched
-        self._from_server.watch = self._active_watch | ({D} if self._row_limits else set())
+        self._from_server.watch = self._active_watch | ({BE.DATA_ROW} if self._row_limits else set())
         return []
 
     def _resolve(self, engine):
@@ -85,7 +86,7 @@ class Gate:
         if self.config.audit:
             watch |= OUTCOME_WATCH
         if self.config.engine is not None:
-            watch |= PREPARE_WATCH | {C_, s_, I_}  # CommandComplete: how a block that set the purpose ended,
+            watch |= PREPARE_WATCH | {BE.COMMAND_COMPLETE, BE.PORTAL_SUSPENDED, BE.EMPTY_QUERY_RESPONSE}  # CommandComplete: how a block that set the purpose ended,
             # and (with PortalSuspended, EmptyQueryResponse) what a statement opened (proxy.opened)
         return watch
 
@@ -99,28 +100,24 @@ class Gate:
     def _decide_message(self, kind: int, message: bytes, audits: list, sql: str | None = None) -> bytes | None:
         """Decide a Query (its text in ``sql`` when already read), Parse or FunctionCall; the bytes
         to send instead, or None."""
-        decoded = codec.decode_message(codec.FRONTEND, message) if kind != Q else None
+        decoded = codec.decode_message(codec.FRONTEND, message) if kind != FE.QUERY else None
         engine = self.config.engine
         wire = reading = None
-        if kind == F:
+        if kind == FE.FUNCTION_CALL:
             sql = f"/* FunctionCall message, function oid {decoded.function_oid} */"
-            decision = None if self.tier is None or self.tier.all_clear else policy.Decision(
-                "refuse", "", reason=f"the FunctionCall message is not allowed for tier {self.tier.name}",
-                sqlstate="42501")
+            decision = None if self.tier is None or self.tier.all_clear else \
+                Refusal.function_call(self.tier.name).decision()
         else:
             if sql is None:
                 sql = decoded.query if decoded is not None else codec.query_text(message)
             wire, reading = sql, self._reading()
             sql, decision = self._decide_text(wire, reading, audits)
-        kept = kind == P and engine is not None  # the unnamed statement too: it can be bound again later
+        kept = kind == FE.PARSE and engine is not None  # the unnamed statement too: it can be bound again later
         if kept and not self._prepared.fits(decoded.name, sql, limits.PREPARED_BYTES):
             kept = False
-            decision = policy.Decision("refuse", "", sqlstate="54000", reason=(
-                f"pgveil keeps at most {limits.PREPARED_BYTES >> 20} MB of prepared statement text per session; "
-                f"close (DEALLOCATE) prepared statements before preparing more"))
+            decision = Refusal.prepared_limit(limits.PREPARED_BYTES >> 20).decision()
         if self.config.audit and not self._audit_ok:
-            decision = policy.Decision("refuse", "", sqlstate="58030", reason=(
-                "pgveil cannot write its audit journal, so it refuses statements until it can"))
+            decision = Refusal.audit_unavailable().decision()
         self._ddl_seen = self._ddl_seen or (decision is not None and "ddl" in decision.kinds)
         if kept:
             self._prepared.remember(decoded.name, wire, decoded.param_types, self.access)
@@ -130,24 +127,24 @@ class Gate:
             limit = self.tier.row_limit({c.cls for c in decision.columns}) if decision.columns else None
             self._row_limits.decided(statement_id, limit, decision.cursors)
             if self._row_limits:
-                self._from_server.watch = self._active_watch | {D, COPY_DATA}
+                self._from_server.watch = self._active_watch | {BE.DATA_ROW, BE.COPY_DATA}
         effects = self._opened.take()  # what it opens or closes, staged by _check_opened
-        if engine is not None and kind != F and not (decision is not None and decision.refused):
-            self._opened.sent(effects, decoded.name if kind == P else None)
+        if engine is not None and kind != FE.FUNCTION_CALL and not (decision is not None and decision.refused):
+            self._opened.sent(effects, decoded.name if kind == FE.PARSE else None)
         if decision is not None and decision.refused:
             if statement_id:
                 self._refused_ids.add(statement_id)
                 self._refusal_states[statement_id] = decision.sqlstate or "42501"
-            return self._refusal(decision.reason, decision.sqlstate, parse=decoded if kind == P else None)
+            return self._refusal(decision.reason, decision.sqlstate, parse=decoded if kind == FE.PARSE else None)
         if decision is None or decision.sql == sql:
             return None
         try:
             text = encodings.to_wire(decision.sql, reading) if reading is not None else decision.sql
         except UnicodeError:
-            return self._refusal(f"the statement pgveil would send cannot be written in the client encoding "
-                                 f"{self.server_params.get('client_encoding')}", "22P05",
-                                 parse=decoded if kind == P else None)
-        if kind == Q:
+            untranslatable = Refusal.untranslatable(self.server_params.get("client_encoding"))
+            return self._refusal(str(untranslatable), untranslatable.sqlstate,
+                                 parse=decoded if kind == FE.PARSE else None)
+        if kind == FE.QUERY:
             return codec.encode(codec.Query(text))
         return codec.encode(codec.Parse(decoded.name, text, decoded.param_types))
 
@@ -159,22 +156,16 @@ class Gate:
             try:
                 sql = encodings.decode(wire, reading)
             except UnicodeError:
-                unreadable = ("22021", f"invalid byte sequence for encoding "
-                                       f"{self.server_params.get('client_encoding', 'UTF8')}: pgveil refuses "
-                                       f"statements that are not valid in the session's client encoding")
+                unreadable = Refusal.invalid_encoding(self.server_params.get("client_encoding", "UTF8"))
         if unreadable is not None:
-            return sql, policy.Decision("refuse", "", sqlstate=unreadable[0], reason=unreadable[1])
+            return sql, unreadable.decision()
         if self._filtering and self.server_params.get("standard_conforming_strings", "on") != "on":
-            return sql, policy.Decision("refuse", "", sqlstate="42501", reason=(
-                "the server reports standard_conforming_strings off: pgveil would read string literals "
-                "differently from the server"))
+            return sql, Refusal.nonstandard_strings().decision()
         if engine is None or self.tier is None:
             return sql, None
-        low = sql.lower()
-        if PURPOSE_WORD in low:
-            return sql, policy.Decision("refuse", "", sqlstate="42501", reason=(
-                "declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'"))
-        return sql, self._decide_sql(sql, low, audits)
+        if mentions_purpose(sql):
+            return sql, Refusal.purpose_not_alone().decision()
+        return sql, self._decide_sql(sql, sql.lower(), audits)
 
     def _decide_sql(self, sql: str, low: str, audits: list):
         """The engine's decision under the access in force, and the session's own checks on it."""
@@ -185,9 +176,7 @@ class Gate:
         decision = self.config.engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
                                              self.user or "", self.access, *ready)
         if path == searchpath.UNKNOWN and not tier.all_clear and decision.relations:
-            decision = policy.Decision("refuse", "", sqlstate="42501", reason=(
-                "a statement sent before this one changes search_path in a way pgveil cannot follow; "
-                "wait for its result before sending statements that use relations"))
+            decision = Refusal.search_path_unknown().decision()
         if not decision.refused and (self._pending_path is not None or any(w in low for w in STATE_WORDS)):
             decision = self._state_after(sql, decision, path)
         self._decision_us = int((self._now() - started) * 1_000_000)
@@ -210,18 +199,18 @@ class Gate:
             self._reader = encodings.reader(*key)
         return self._reader[0] or "unreadable"
 
-    def _unreadable(self, reading: str | None) -> tuple[str, str] | None:
-        """(SQLSTATE, reason) when the server's parameters are ones pgveil cannot follow."""
+    def _unreadable(self, reading: str | None) -> Refusal | None:
+        """The refusal when the server's parameters are ones pgveil cannot follow."""
         if reading is None:
             return None
         if reading == "unreadable":
-            return "42501", f"{self._reader[1]}; set client_encoding to UTF8"
+            return Refusal.unreadable_encoding(self._reader[1])
         path = self.server_params.get("search_path")
         if self._filtering and path is not None:
             names = settings.split_identifiers(path)
             if names is None or settings.search_path_problem(names):
-                return "42501", f"the server reports a search_path pgveil cannot follow ({path[:60]}): " \
-                                f"{settings.search_path_problem(names) if names else 'it does not parse'}"
+                return Refusal.search_path_unreadable(
+                    path, settings.search_path_problem(names) if names else "it does not parse")
         return None
 
     def _purpose_notice(self, decision, audits: list) -> None:
@@ -230,35 +219,27 @@ class Gate:
         if bound and not self._from_server.mid_message:
             text = (f"pgveil: {', '.join(bound)} masked until you declare a purpose: "
                     f"SET pgveil.purpose = 'your ticket or reason'")
-            audits.append(SendToClient(codec.encode(codec.NoticeResponse(
-                ((b"S", "NOTICE"), (b"V", "NOTICE"), (b"C", "01000"), (b"M", text))))))
+            audits.append(SendToClient(codec.notice_response("01000", text)))
 
     def _declare_purpose(self, sql: str) -> bytes | None:
         """``SET pgveil.purpose = '...'`` / ``RESET pgveil.purpose`` (a Query's text), answered here:
         the database never sees it.  Returns the reply, or None if the Query is not such a statement."""
-        if PURPOSE_WORD not in sql.lower():
-            return None
-        match = PURPOSE_SET.match(sql)
-        if match is None or self.outstanding != 1:
+        declared = read_declaration(sql)
+        if declared is None or self.outstanding != 1:
             return None  # not alone: refused as any other statement naming it
         self.outstanding -= 1
         self._opened.unsent()
         status = self.transaction_status
         ready = codec.encode(codec.ReadyForQuery(status))
-        if status == b"E":
+        if status == TxStatus.FAILED:
             return codec.error_response("25P02", "current transaction is aborted, commands ignored until end of "
                                                  "transaction block") + ready
-        value = match.group("value")
-        value = value.replace("''", "'") or None if value is not None else None
-        local = (match.group("scope") or "").upper() == "LOCAL"
-        tag = "RESET" if sql.lstrip()[:1] in "rR" else "SET"
-        self._purpose_statement = "RESET pgveil.purpose" if value is None else \
-            f"SET {'LOCAL ' if local else ''}pgveil.purpose = ?"
-        if local and status != b"T":
-            warning = codec.encode(codec.NoticeResponse(((b"S", "WARNING"), (b"V", "WARNING"), (b"C", "25P01"), (
-                b"M", "SET LOCAL can only be used in transaction blocks"))))
+        value, local, tag = declared.value, declared.local, declared.tag
+        self._purpose_statement = declared.audit_text
+        if local and status != TxStatus.IN_BLOCK:
+            warning = codec.notice_response("25P01", "SET LOCAL can only be used in transaction blocks", "WARNING")
             return warning + codec.encode(codec.CommandComplete(tag)) + ready
-        self._purpose.set(value, local=local, in_block=status == b"T")
+        self._purpose.set(value, local=local, in_block=status == TxStatus.IN_BLOCK)
         return codec.encode(codec.CommandComplete(tag)) + ready
 
     @property

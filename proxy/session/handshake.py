@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from .. import codec, settings
-from ..codec import ProtocolViolation
+from ..codec import BE, FE, Field, ProtocolViolation
 from ..scram import ScramError
-from .commands import (Command, ForwardCancel, OpenUpstream, SendToClient, SendToServer,
-                       SessionStarted, StartClientTLS)
+from .commands import (Command, ForwardCancel, OpenUpstream, SendToClient, SendToServer, SessionStarted,
+                       StartClientTLS)
 from .events import UpstreamConnected, UpstreamFailed, VerifierFound
 from .scram_bridge import ScramBridge
-from .shared import enter, Phase, ALL_BYTES, Z, E, K, R, X, p
+from .shared import Phase, enter, ALL_BYTES
 
 
 class Handshake:
@@ -100,10 +100,10 @@ class Handshake:
         out, marks = self._from_client.feed(data)
         commands: list[Command] = []
         for kind, start, end in marks:
-            if kind == X:
+            if kind == FE.TERMINATE:
                 return commands + self._close("client terminated during authentication")
-            if kind != p or self._held:
-                if self._auth_request_pending or kind == p:
+            if kind != FE.AUTH_RESPONSE or self._held:
+                if self._auth_request_pending or kind == FE.AUTH_RESPONSE:
                     raise ProtocolViolation(
                         f"expected an authentication response, got message type {chr(kind)!r}")
                 # as PostgreSQL does, keep what the client pipelined until it is authenticated
@@ -121,20 +121,20 @@ class Handshake:
         commands: list[Command] = []
         for i, (kind, start, end) in enumerate(marks):
             message = bytes(out[start:end])
-            if kind == R:
+            if kind == BE.AUTHENTICATION:
                 commands += self._server_authentication(message)
                 if self.phase is Phase.CLOSED:
                     return commands  # refused at authentication: nothing after it reaches the client
                 continue
-            if kind == K:
+            if kind == BE.BACKEND_KEY_DATA:
                 key = codec.decode_message(codec.BACKEND, message)
                 self.backend_key = codec.CancelRequest(key.pid, key.key)
-            elif kind == E and self.config.audit:
+            elif kind == BE.ERROR and self.config.audit:
                 error = codec.decode_message(codec.BACKEND, message)
                 result = "auth_failed" if self.phase is Phase.AUTH else "error"
-                commands += self._connection_record(result, error.get(b"M") or "", error.get(b"C"))
+                commands += self._connection_record(result, error.get(Field.MESSAGE) or "", error.get(Field.SQLSTATE))
             commands.append(SendToClient(message))
-            if kind == Z:
+            if kind == BE.READY_FOR_QUERY:
                 # start-up is over: from here on only the relay's few types are looked at
                 self.phase = enter(self.phase, "ReadyForQuery")
                 commands.append(SessionStarted())

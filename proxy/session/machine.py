@@ -43,7 +43,7 @@ from __future__ import annotations
 from itertools import count
 
 from .. import codec
-from ..codec import ProtocolViolation
+from ..codec import ProtocolViolation, TxStatus
 from .commands import Close, Command, ForwardCancel, SendToClient, SendToServer
 from .events import (AuditDurable, AuditFailed, AuditHealth, ClientClosed, ClientData, ClientTLSEstablished,
                      DecidedApart, HandlerCrashed, KillRequested, RulesChanged, ServerClosed, ServerData,
@@ -82,7 +82,7 @@ class Session(Waits, Handshake, Relay, Statements, Gate, Recorder):
         self.database: str | None = None
         self.backend_key: codec.CancelRequest | None = None
         self.server_params: dict[str, str] = {}
-        self.transaction_status = b"I"
+        self.transaction_status = TxStatus.IDLE
         self.outstanding = 0  # Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
         self.close_reason: str | None = None
         self.stats = Stats()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from .. import policy
 from ..audit import records
 from ..audit.tracker import StatementTracker
+from ..codec import BE, FE, TxStatus
+from ..verdicts import Decision
 from .commands import Command, WriteAudit
 from .readonly import proven_read_only
-from .shared import Phase, Z, P
+from .shared import Phase
 
 
 class Recorder:
@@ -61,7 +62,7 @@ class Recorder:
         result = self._tracker.running_result() if self._row_limits else None
         ended = self._tracker.server(kind, body, self._now())
         commands: list[Command] = []
-        if kind == Z and body[:1] == b"I":
+        if kind == BE.READY_FOR_QUERY and body[:1] == TxStatus.IDLE:
             self._row_limits.idle()  # no transaction: no portal is left to resume
         for statement_id, status, rows, seconds, sqlstate in ended:
             if self._row_limits and result is not None and statement_id == result[0]:
@@ -92,14 +93,14 @@ class Recorder:
         self.statements += 1
         statement_id = f"{self.id}-{self.statements}"
         engine = self.config.engine
-        record = records.statement(self._who(), statement_id, sql, "extended" if kind == P else "simple",
+        record = records.statement(self._who(), statement_id, sql, "extended" if kind == FE.PARSE else "simple",
                                    decision, engine.rules.version if engine else None,
                                    purpose=self.purpose, grant=self._grant_used(decision))
         # strict: a statement that will reach the database waits for its record; a refusal reaches nothing
         record["decision_us"] = self._decision_us
         self._decision_us = 0
         if self._seals is not None:
-            sealed = self._seals.statement(decoded.name if kind == P else None, statement_id, sql, decision, self.tier)
+            sealed = self._seals.statement(decoded.name if kind == FE.PARSE else None, statement_id, sql, decision, self.tier)
             if sealed is not None:
                 record["sealed"] = sealed
         durable = self.config.audit_strict and not (decision and decision.refused)
@@ -117,7 +118,7 @@ class Recorder:
         self._ran_under[statement_id] = (record["grant"], record["purpose"])
         if len(self._ran_under) > 4096:
             del self._ran_under[next(iter(self._ran_under))]
-        if kind == P:
+        if kind == FE.PARSE:
             self._tracker.parse(decoded.name, statement_id)
         else:
             self._tracker.query(statement_id, self._now())
@@ -140,7 +141,7 @@ class Recorder:
     def _audit_purpose(self, audits: list) -> None:
         if self.config.audit:
             self.statements += 1
-            decision = policy.Decision("allow", "", kinds=("session",))
+            decision = Decision("allow", "", kinds=("session",))
             record = records.statement(self._who(), f"{self.id}-{self.statements}", "SET pgveil.purpose = ''",
                                        "simple", decision, self.config.engine.rules.version, purpose=self.purpose)
             record["sql"] = self._purpose_statement

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from .. import codec, errors, searchpath
-from ..codec import ProtocolViolation
+from ..codec import BE, FE, Field, ProtocolViolation, Target, TxStatus
 from ..opened import QUERY as OPENED_QUERY, SYNC as OPENED_SYNC
+from ..purpose import mentions_purpose
 from .commands import Alert, Command, DecideApart, RefreshCatalog, SendToClient, SendToServer, WriteAudit
 from .events import DecidedApart
-from .shared import (ACTIVE_FRONTEND, OUTCOME_KINDS, PURPOSE_WORD, PREPARE_WATCH, PREPARE_CLIENT, REFUSAL_MARK, Z,
-                     E, S, Q, X, F, N, P, T, B, C, D, A, COPY_DATA, C_, s_, I_, SEALED_MESSAGES, SYNC)
+from .shared import ACTIVE_FRONTEND, OUTCOME_KINDS, PREPARE_WATCH, PREPARE_CLIENT, REFUSAL_MARK, SEALED_MESSAGES
 
 
 DONE = object()  # a message dealt with (see Relay._track_message)
@@ -76,12 +76,12 @@ class Relay:
         """A DecideApart for this Query or Parse when its cold decision belongs in a child process
         (see :mod:`proxy.limits`); None to decide it here."""
         engine = self.config.engine
-        if engine is None or self.tier is None or kind == F:
+        if engine is None or self.tier is None or kind == FE.FUNCTION_CALL:
             return None
         if sql is None:
-            sql = codec.decode_message(codec.FRONTEND, out[start:end]).query if kind == P else \
+            sql = codec.decode_message(codec.FRONTEND, out[start:end]).query if kind == FE.PARSE else \
                 codec.query_text(out[start:end])
-        if PURPOSE_WORD in sql.lower() or self._filtering and \
+        if mentions_purpose(sql) or self._filtering and \
                 self.server_params.get("standard_conforming_strings", "on") != "on":
             return None  # refused at once by _decide_message
         path = self._pending_path if self._pending_path is not None else self._search_path()
@@ -113,9 +113,9 @@ class Relay:
                 continue
             if kind not in ACTIVE_FRONTEND:
                 raise ProtocolViolation(f"invalid frontend message type {kind}")
-            if kind == Q or kind == SYNC or kind == F:
+            if kind == FE.QUERY or kind == FE.SYNC or kind == FE.FUNCTION_CALL:
                 self.outstanding += 1
-            elif kind == X:
+            elif kind == FE.TERMINATE:
                 sent = b"".join(edit.before(end))
                 return audits + self._client_leaves([SendToServer(sent)], "client terminated the session")
             engine = self.config.engine
@@ -125,7 +125,7 @@ class Relay:
                     continue
                 if step is not None:
                     return audits + step
-            sql = codec.query_text(out[start:end]) if kind == Q and decide else None  # read once for both below
+            sql = codec.query_text(out[start:end]) if kind == FE.QUERY and decide else None  # read once for both below
             if sql is not None and engine is not None and self.tier is not None:
                 reply = self._declare_purpose(sql)
                 if reply is not None:
@@ -133,7 +133,7 @@ class Relay:
                     edit.replace(start, end, b"")
                     self._audit_purpose(audits)
                     continue
-            if decide and (kind == Q or kind == P or kind == F):
+            if decide and (kind == FE.QUERY or kind == FE.PARSE or kind == FE.FUNCTION_CALL):
                 apart = self._apart(kind, out, start, end, sql)
                 if apart is not None:  # the rest waits for the child's answer (decided_apart)
                     return self._hold(out, marks, index, edit.before(start), audits, apart)
@@ -142,10 +142,10 @@ class Relay:
                     edit.replace(start, end, replacement)
             elif self.config.audit:
                 self._track_extended(kind, out, start, end)
-                if kind == E and self.config.audit_strict:
-                    audits += self._execution_record(self._portal_of(out, start))
+                if kind == FE.EXECUTE and self.config.audit_strict:
+                    audits += self._execution_record(self._portal_of(out, start, end))
                 if self._seals is not None and kind in SEALED_MESSAGES:  # Bind values, COPY data
-                    audits += [WriteAudit(r, durable=kind == B and self.config.audit_strict)
+                    audits += [WriteAudit(r, durable=kind == FE.BIND and self.config.audit_strict)
                                for r in self._seals.message(kind, out[start:end], self._who())]
         self._uncovered.clear()  # a statement's record covers its executions in the same batch only
         out = edit.result(resumed)  # (resumed: what preceded the held message was sent before it was held)
@@ -162,7 +162,7 @@ class Relay:
         revoked = self._access_now(self.config.engine)  # a grant may have ended meanwhile
         if revoked:
             return audits + revoked
-        sql = codec.query_text(out[start:end]) if kind == Q else None
+        sql = codec.query_text(out[start:end]) if kind == FE.QUERY else None
         apart = self._apart(kind, out, start, end, sql)
         if apart is not None and apart.key != self._apart_ready[0]:  # the rules changed meanwhile
             return self._hold(out, marks, 0, edit.before(start), audits, apart)
@@ -177,41 +177,39 @@ class Relay:
         the commands that end the session."""
         if kind in PREPARE_CLIENT:
             self._prepared.client(kind)
-        if kind == Q or kind == SYNC or kind == F:  # answered in order (proxy.opened)
-            self._opened.client(OPENED_QUERY if kind == Q else OPENED_SYNC)
-        if kind == Q or kind == P or kind == F or kind == B or kind == E:
+        if kind == FE.QUERY or kind == FE.SYNC or kind == FE.FUNCTION_CALL:  # answered in order (proxy.opened)
+            self._opened.client(OPENED_QUERY if kind == FE.QUERY else OPENED_SYNC)
+        if kind == FE.QUERY or kind == FE.PARSE or kind == FE.FUNCTION_CALL or kind == FE.BIND or kind == FE.EXECUTE:
             # new rules, a grant that began or ended, a purpose: the access of this statement
             revoked = self._access_now(self.config.engine)
             if revoked:
                 return revoked
-        if kind == B:
+        if kind == FE.BIND:
             again = self._prepare_again(out, start, end, audits)
             if again is not None:
                 edit.insert(start, again)
-            body = out[start + 5:end]
-            portal_end = body.index(b"\0")
-            self._opened.bind(codec._text(bytes(body[:portal_end])), self.access,
-                              codec._text(bytes(body[portal_end + 1:body.index(b"\0", portal_end + 1)])))
-        elif kind == E:
-            self._opened.executed(codec._text(bytes(out[start + 5:out.index(b"\0", start + 5)])))
-        if kind == E and self._opened.portals:
+            portal, statement = codec.bind_names(out[start + 5:end])
+            self._opened.bind(portal, self.access, statement)
+        elif kind == FE.EXECUTE:
+            self._opened.executed(self._portal_of(out, start, end))
+        if kind == FE.EXECUTE and self._opened.portals:
             refused = self._refuse_execute(out, start, end)
             if refused is not None:
                 edit.replace(start, end, refused)
                 if self.config.audit:
                     self._track_extended(kind, out, start, end)  # (refused: no execution record)
                 return DONE
-        elif kind == C:
-            body = out[start + 5:end]
-            if body[:1] == b"S":
-                self._prepared.forget(codec._text(bytes(body[1:body.index(b"\0", 1)])))
-                self._opened.closed_statement(codec._text(bytes(body[1:body.index(b"\0", 1)])))
+        elif kind == FE.CLOSE:
+            target, name = codec.close_target(out[start + 5:end])
+            if target == Target.STATEMENT:
+                self._prepared.forget(name)
+                self._opened.closed_statement(name)
         return None
 
     @staticmethod
-    def _portal_of(out: bytes, start: int) -> str:
+    def _portal_of(out: bytes, start: int, end: int) -> str:
         """An Execute's portal name."""
-        return codec._text(bytes(out[start + 5:out.index(b"\0", start + 5)]))
+        return codec.execute_target(out[start + 5:end])[0]
 
     def _server_active(self, data: bytes) -> list[Command]:
         out, marks = self._from_server.feed(data)
@@ -226,26 +224,26 @@ class Relay:
         for kind, start, end in marks:
             if not prepared_seen and kind in PREPARE_WATCH and self.config.engine is not None:
                 self._prepared.server(kind)
-            if kind == Z:
+            if kind == BE.READY_FOR_QUERY:
                 self.transaction_status = out[start + 5:start + 6]
                 self._purpose.ready(self.transaction_status)
-                if self.transaction_status == b"I" and self._opened.portals:
+                if self.transaction_status == TxStatus.IDLE and self._opened.portals:
                     self._opened.portals.clear()  # no transaction: no portal is left open
                 self._opened.ready(self.transaction_status)
                 if self.outstanding:
                     self.outstanding -= 1
                 if not self.outstanding:
                     self._pending_path = None  # all ran: the server's report is the path
-            elif kind == C_:
+            elif kind == BE.COMMAND_COMPLETE:
                 if self._purpose.watching:
-                    self._purpose.tag(codec._text(bytes(out[start + 5:end - 1])))
-                self._opened.answered(codec._text(bytes(out[start + 5:end - 1])))
-            elif kind == s_ or kind == I_:
+                    self._purpose.tag(codec.command_tag(out[start + 5:end]))
+                self._opened.answered(codec.command_tag(out[start + 5:end]))
+            elif kind == BE.PORTAL_SUSPENDED or kind == BE.EMPTY_QUERY_RESPONSE:
                 self._opened.answered(None)
-            elif kind == E:
+            elif kind == BE.ERROR:
                 self._opened.error()
                 self._note_error(out[start:end])
-            elif kind == S:
+            elif kind == BE.PARAMETER_STATUS:
                 self._note_parameter(out[start:end])
             if self.config.audit and len(self._tracker) and kind in OUTCOME_KINDS:
                 audits += self._outcomes(kind, bytes(out[start + 5:end]))
@@ -259,11 +257,12 @@ class Relay:
         commands: list[Command] = []
         for kind, start, end in marks:
             if self._suppressing:
-                if kind != Z:
-                    if kind == E:  # the server still runs the rest: what it opens counts
+                if kind != BE.READY_FOR_QUERY:
+                    if kind == BE.ERROR:  # the server still runs the rest: what it opens counts
                         self._opened.error()
-                    elif kind in (C_, s_, I_):
-                        self._opened.answered(codec._text(bytes(out[start + 5:end - 1])) if kind == C_ else None)
+                    elif kind in (BE.COMMAND_COMPLETE, BE.PORTAL_SUSPENDED, BE.EMPTY_QUERY_RESPONSE):
+                        self._opened.answered(codec.command_tag(out[start + 5:end]) if kind == BE.COMMAND_COMPLETE
+                                             else None)
                     continue
                 pos = start  # everything up to this ReadyForQuery is dropped
                 self._suppressing = False
@@ -271,15 +270,15 @@ class Relay:
             replacement = None
             if kind in PREPARE_WATCH and self.config.engine is not None and self._prepared.server(kind):
                 replacement = b""  # the reply to a Close or Parse the client never sent
-            elif kind == E or kind == N:
+            elif kind == BE.ERROR or kind == BE.NOTICE:
                 replacement = self._filter_error(message)
-            elif kind == A and self._filtering:
+            elif kind == BE.NOTIFICATION and self._filtering:
                 note = codec.decode_message(codec.BACKEND, message)
                 if note.payload:  # any session's pg_notify() can carry any value: the payload is dropped
                     replacement = codec.encode(codec.NotificationResponse(note.pid, note.channel, ""))
-            elif (kind == D or kind == COPY_DATA) and self._row_limits:  # a row, or a COPY TO line
+            elif (kind == BE.DATA_ROW or kind == BE.COPY_DATA) and self._row_limits:  # a row, or a COPY TO line
                 replacement = self._count_row(commands)
-            elif kind == T and self._filtering:
+            elif kind == BE.ROW_DESCRIPTION and self._filtering:
                 leak = self._leaking_column(message)
                 if leak:
                     replacement = codec.error_response(
@@ -288,7 +287,7 @@ class Relay:
                     self._suppressing = True
                     commands.append(Alert("second_layer_stop", f"RowDescription named {leak} for tier "
                                                                f"{self.tier.name}"))
-            if kind in OUTCOME_KINDS or kind == S:
+            if kind in OUTCOME_KINDS or kind == BE.PARAMETER_STATUS:
                 commands += self._observe_server(out, [(kind, start, end)], prepared_seen=True)
             if replacement is not None:
                 pieces += (out[pos:start], replacement)
@@ -317,7 +316,7 @@ class Relay:
 
     def _filter_error(self, message: bytes) -> bytes | None:
         error = codec.decode_message(codec.BACKEND, message)
-        text = next((value for code, value in error.fields if code == b"M"), None) or ""  # a notice has no get()
+        text = next((value for code, value in error.fields if code == Field.MESSAGE), None) or ""  # a notice has no get()
         if REFUSAL_MARK in text:
             token = text[text.index(REFUSAL_MARK):].split('"')[0]
             found = self._refusals.pop(token, None)
@@ -340,7 +339,7 @@ class Relay:
 
     def _note_error(self, message: bytes) -> None:
         error = codec.decode_message(codec.BACKEND, message)
-        self._last_server_fatal = error.get(b"S") in ("FATAL", "PANIC")
+        self._last_server_fatal = error.get(Field.SEVERITY) in ("FATAL", "PANIC")
 
     def _note_parameter(self, message: bytes) -> None:
         status = codec.decode_message(codec.BACKEND, message)

@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Callable
 
 from .. import codec
+from ..codec import BE, FE
 from ..rules import STATEMENT_KINDS
 
 
@@ -41,36 +42,29 @@ def enter(phase: Phase, trigger: str) -> Phase:
         raise codec.ProtocolViolation(f"unexpected {trigger} while {phase.value}") from None
 
 
-# Frontend message types allowed once authenticated ('p' is only for authentication).
-ACTIVE_FRONTEND = frozenset(t for t in codec.FRONTEND if t != ord("p"))
+# Frontend message kinds allowed once authenticated (AuthResponse is only for authentication).
+ACTIVE_FRONTEND = frozenset(t for t in codec.FRONTEND if t != FE.AUTH_RESPONSE)
 # Server messages the relay must look at; everything else (rows above all) passes as bytes.
-SERVER_WATCH = frozenset(b"ZESK")
+SERVER_WATCH = frozenset({BE.READY_FOR_QUERY, BE.ERROR, BE.PARAMETER_STATUS, BE.BACKEND_KEY_DATA})
 ALL_BYTES = frozenset(range(256))
 # For a restricted tier, also errors and notices (details stripped), RowDescription and
 # NotificationResponse (payloads written by other sessions are outputs pgveil cannot mask).
-FILTER_WATCH = frozenset(b"ZESKNTA")
-OUTCOME_WATCH = frozenset(b"CsI")  # what the audit's outcome records need besides
-OUTCOME_KINDS = frozenset(b"CsIEZ")
-PURPOSE_WORD = "pgveil.purpose"
-# possessive throughout (linear in the text: nothing taken is given back to be tried again)
-PURPOSE_SET = re.compile(r"""^\s*+(?:SET\s++(?:(?P<scope>SESSION|LOCAL)\s++)?+pgveil\.purpose\s*+(?:=|TO)\s*+"""
-                         r"""(?:'(?P<value>(?:[^']++|'')*+)'|DEFAULT)|RESET\s++pgveil\.purpose)\s*+(?:;\s*+)?+$""",
-                         re.IGNORECASE)
+FILTER_WATCH = SERVER_WATCH | {BE.NOTICE, BE.ROW_DESCRIPTION, BE.NOTIFICATION}
+ENDS = frozenset({BE.COMMAND_COMPLETE, BE.PORTAL_SUSPENDED, BE.EMPTY_QUERY_RESPONSE})  # how an execution ended
+OUTCOME_WATCH = ENDS  # what the audit's outcome records need besides
+OUTCOME_KINDS = ENDS | {BE.ERROR, BE.READY_FOR_QUERY}
 RESET_ALL = re.compile(r"\b(?:reset|discard)\s++all\b", re.IGNORECASE)  # a quick look; the statements decide
 # words after which the session's state needs a closer look (see _state_after); substrings of the
 # lower-cased text, a third of a regular expression's time
 STATE_WORDS = ("prepare", "execute", "declare", "fetch", "move", "close", "deallocate", "discard", "reset",
                "search_path", "set_config", "rollback", "abort")
-PREPARE_WATCH = frozenset(b"13EZ")  # replies that tell which Parse/Close they answer
-PREPARE_CLIENT = frozenset(b"PCSQF")
+# replies that tell which Parse/Close they answer
+PREPARE_WATCH = frozenset({BE.PARSE_COMPLETE, BE.CLOSE_COMPLETE, BE.ERROR, BE.READY_FOR_QUERY})
+PREPARE_CLIENT = frozenset({FE.PARSE, FE.CLOSE, FE.SYNC, FE.QUERY, FE.FUNCTION_CALL})
 REFUSAL_MARK = "pgveil-refused-"
 ALL_KINDS = frozenset(STATEMENT_KINDS)
-
-Z, E, S, K, R, Q, X, F, N, P, T, B, C, D, p, A = (ord(c) for c in "ZESKRQXFNPTBCDpA")
-COPY_DATA = ord("d")
-C_, s_, I_ = (ord(c) for c in "CsI")
-SEALED_MESSAGES = frozenset(b"Bdcf")  # Bind, CopyData, CopyDone, CopyFail (see proxy.sealing)
-SYNC = ord("S")
+# Bind, CopyData, CopyDone, CopyFail (see proxy.sealing)
+SEALED_MESSAGES = frozenset({FE.BIND, FE.COPY_DATA, FE.COPY_DONE, FE.COPY_FAIL})
 
 
 @dataclass(slots=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from .. import codec, policy, searchpath
+from .. import codec, searchpath
+from ..codec import FE, Target, TxStatus
+from ..opened import Opened, segments
 from ..prepared import PreparedStatements
 from ..sqlnames import SqlNames
-from ..opened import Opened, segments
-from .shared import RESET_ALL, REFUSAL_MARK, E, P, B, SYNC
+from ..verdicts import Refusal
+from .shared import RESET_ALL, REFUSAL_MARK
 
 
 def _clears_all(seg) -> bool:
@@ -41,24 +43,21 @@ class Statements:
     def _prepare_again(self, out: bytes, start: int, end: int, audits: list) -> bytes | None:
         """Before a Bind of a statement (named or unnamed) prepared under another effective access:
         Close and Parse it again, decided under the access in force (see :mod:`proxy.prepared`)."""
-        body = out[start + 5:end]
-        portal_end = body.index(b"\0")
-        name = codec._text(bytes(body[portal_end + 1:body.index(b"\0", portal_end + 1)]))
+        _, name = codec.bind_names(out[start + 5:end])
         known = self._prepared.statements.get(name)
         if known is None or known[2] == self.access:
             return None
         sql, types, _ = known
         parse = codec.encode(codec.Parse(name, sql, types))
         self._prepared.inject()  # first: the decision below is kept once the server prepares it
-        decided = self._decide_message(P, parse, audits)  # records the new decision as well
-        return codec.encode(codec.Close(b"S", name)) + (decided if decided is not None else parse)
+        decided = self._decide_message(FE.PARSE, parse, audits)  # records the new decision as well
+        return codec.encode(codec.Close(Target.STATEMENT, name)) + (decided if decided is not None else parse)
 
     def _refuse_execute(self, out: bytes, start: int, end: int) -> bytes | None:
         """An Execute of a portal opened under access that has since narrowed: in its place, a
         Parse that fails (of a name no client uses, so no statement is replaced), put back as the
         refusal; the server then skips to Sync as after any error."""
-        body = out[start + 5:end]
-        portal = codec._text(bytes(body[:body.index(b"\0")]))
+        portal = codec.execute_target(out[start + 5:end])[0]
         reason = self._opened.execute(portal, self.access)
         if reason is None:
             return None
@@ -70,16 +69,11 @@ class Statements:
 
     def _track_extended(self, kind: int, out: bytes, start: int, end: int) -> None:
         """Bind, Execute and Sync, for linking outcomes to statements (names read in place)."""
-        if kind == B:
-            body = out[start + 5:end]
-            portal_end = body.index(b"\0")
-            statement_end = body.index(b"\0", portal_end + 1)
-            self._tracker.bind(codec._text(bytes(body[:portal_end])),
-                               codec._text(bytes(body[portal_end + 1:statement_end])))
-        elif kind == E:
-            body = out[start + 5:end]
-            self._tracker.execute(codec._text(bytes(body[:body.index(b"\0")])), self._now())
-        elif kind == SYNC:
+        if kind == FE.BIND:
+            self._tracker.bind(*codec.bind_names(out[start + 5:end]))
+        elif kind == FE.EXECUTE:
+            self._tracker.execute(codec.execute_target(out[start + 5:end])[0], self._now())
+        elif kind == FE.SYNC:
             self._tracker.sync()
 
     def _check_names(self, decision, tier):
@@ -88,8 +82,7 @@ class Statements:
         reason = self._sql_names.apply(decision.names, self._prepared.statements, self.access)
         if reason is None:
             return decision
-        return policy.Decision("refuse", "", reason=f"{reason} (tier {tier.name})", sqlstate="42501",
-                               kinds=decision.kinds)
+        return Refusal.undeclared(reason, tier.name).decision(kinds=decision.kinds)
 
     def _state_after(self, sql: str, decision, path):
         """A statement allowed to go that may change what later ones run under: the search_path
@@ -111,8 +104,8 @@ class Statements:
         reason = self._opened.query(segments(sql), self.access, not self.tier.all_clear)
         if reason is None:
             return decision
-        return policy.Decision("refuse", "", reason=reason, sqlstate="42501", kinds=decision.kinds,
-                               relations=decision.relations, normalized=decision.normalized)
+        return Refusal.access_changed(reason).decision(kinds=decision.kinds, relations=decision.relations,
+                                                       normalized=decision.normalized)
 
     def _refusal(self, reason: str, sqlstate: str = "42501", parse=None) -> bytes:
         """A statement that fails on the server in place of a refused one.
@@ -133,4 +126,4 @@ class Statements:
         """RESET ALL or DISCARD ALL clear the purpose as they clear every setting (at once, before
         the server runs them: that only masks more)."""
         if any(_clears_all(seg) for seg in segments(sql)):
-            self._purpose.set(None, local=False, in_block=self.transaction_status != b"I")
+            self._purpose.set(None, local=False, in_block=self.transaction_status != TxStatus.IDLE)
