@@ -25,7 +25,7 @@ class UpstreamLink(asyncio.Protocol):
     """The connection to the database for one client."""
 
     def __init__(self, client) -> None:
-        self.client = client  # proxy.server.ClientLink
+        self.client = client  # proxy.clientlink.ClientLink
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport) -> None:
