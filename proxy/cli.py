@@ -33,6 +33,8 @@ def _serve_parser(sub) -> None:
                    help="strict (default): decisions on disk first; off exists only to measure the cost")
     p.add_argument("--audit-sink", action="append", help="postgresql://... or stdout (repeatable)")
     p.add_argument("--console", help="HOST:PORT of the admin console (psql -p PORT pgveil; tiers with 'console')")
+    p.add_argument("--console-idle-timeout", type=float,
+                   help="seconds a console connection may stay idle (default 900; 0: no limit)")
     p.add_argument("--audit-seal-key", help="investigators' public key (pgveil audit keygen): the values of "
                    "statements reaching classified relations are recorded sealed to it")
     p.add_argument("--startup-timeout", type=float, help="seconds a client has to authenticate (default 60)")
@@ -51,7 +53,8 @@ def cmd_serve(args) -> int:
                                             "upstream_ca", "workers", "metrics", "auth_dsn", "auth_query",
                                             "log_format", "log_level", "startup_timeout", "catalog_dsn",
                                             "catalog_refresh", "audit_dir", "audit_mode", "audit_sink", "rules_poll",
-                                            "audit_seal_key", "console", "shutdown_grace")}
+                                            "audit_seal_key", "console", "shutdown_grace",
+                                            "console_idle_timeout")}
     try:
         file_values = load_config_file(args.config) if args.config else {}
         settings = build_settings(file_values, flags)

@@ -46,6 +46,7 @@ class Settings:
     audit_sink: list = field(default_factory=list)  # postgresql://... or stdout, repeatable
     audit_interval: float = 0.2  # batched mode: seconds between fsyncs
     console: str | None = None  # HOST:PORT of the admin console (virtual database pgveil)
+    console_idle_timeout: float = 900.0  # seconds a console connection may stay idle; 0: no limit
     audit_seal_key: str | None = None  # investigators' X25519 public key: values sealed to it
     shutdown_grace: float = 1.5  # seconds running statements get to finish on SIGTERM/SIGINT
     worker_index: int = 0  # set for each worker process; names its journal stream
@@ -106,6 +107,9 @@ class Settings:
                 read_key(self.audit_seal_key, PUBLIC_TAG)
             except SealKeyError as exc:
                 raise ConfigError(f"audit_seal_key: {exc}") from None
+        if not isinstance(self.console_idle_timeout, (int, float)) or self.console_idle_timeout < 0:
+            raise ConfigError(f"console_idle_timeout: must be a number of seconds >= 0, got "
+                              f"{self.console_idle_timeout!r}")
         if not isinstance(self.shutdown_grace, (int, float)) or self.shutdown_grace < 0:
             raise ConfigError(f"shutdown_grace: must be a number of seconds >= 0, got {self.shutdown_grace!r}")
         if self.log_format not in ("auto", "json", "console"):

@@ -5,8 +5,8 @@ reads its messages and answers them as a PostgreSQL server would: a simple Query
 extended protocol's Parse / Bind / Describe / Execute / Sync (which asyncpg and JDBC use), with
 ordinary RowDescription and DataRow messages (every column ``text``), so psql, DBeaver and
 Grafana's PostgreSQL data source read the answers.  What a command *means* is left to a
-``run(command) -> Table`` callable given by the server; this module only parses commands and
-speaks the protocol.
+``run(command, argument, protocol) -> Table`` coroutine function given by the server (it may
+have to ask the other workers); this module only parses commands and speaks the protocol.
 
 Commands (case-insensitive, an optional ``;``)::
 
@@ -23,8 +23,8 @@ Commands (case-insensitive, an optional ``;``)::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 from . import codec
 
@@ -35,13 +35,14 @@ TEXT_OID = 25
 # the columns of each answer, for Describe (asked before anything runs)
 COLUMNS = {
     "SHOW SESSIONS": ("id", "user", "tier", "grants", "client_addr", "application_name", "database", "tls",
-                      "purpose", "state", "statement", "statement_age_s", "age_s", "bytes_in", "bytes_out"),
-    "SHOW RULES": ("version", "file", "sha256", "tiers", "classes", "columns", "identities", "grants"),
+                      "purpose", "state", "statement", "statement_age_s", "age_s", "bytes_in", "bytes_out",
+                      "worker"),
+    "SHOW RULES": ("version", "file", "sha256", "tiers", "classes", "columns", "identities", "grants", "worker"),
     "SHOW GRANTS": ("user", "tier", "see", "starts", "ends", "seconds_left", "reason", "active"),
     "SHOW TIERS": ("tier", "statements", "see", "tables", "max_rows", "sessions"),
     "SHOW STATS": ("tier", "sessions", "statements", "refusals", "rows", "bytes_in", "bytes_out"),
     "SHOW AUDIT": ("stream", "seq", "head", "file", "healthy", "error", "mode", "written", "pending", "fsyncs",
-                   "syncs_per_s", "last_fsync_ms", "sinks", "sink_lag"),
+                   "syncs_per_s", "last_fsync_ms", "sinks", "sink_lag", "worker"),
     "SHOW VERSION": ("version",),
     "RELOAD": (),
     "KILL": (),
@@ -58,10 +59,12 @@ class ConsoleError(Exception):
 
 @dataclass
 class Table:
-    """One command's answer: columns and rows of text (None is NULL), and its command tag."""
+    """One command's answer: columns and rows of text (None is NULL), its command tag, and
+    warnings sent before it (NoticeResponse: a worker that did not answer, say)."""
     columns: tuple
     rows: list
     tag: str
+    notices: list = field(default_factory=list)
 
 
 def parse_command(sql: str) -> tuple[str, str]:
@@ -86,6 +89,11 @@ def row_description(columns: tuple) -> bytes:
     return codec.encode(codec.RowDescription(tuple((name, 0, 0, TEXT_OID, -1, -1, 0) for name in columns)))
 
 
+def _notices(table: Table) -> bytes:
+    return b"".join(codec.encode(codec.NoticeResponse(
+        ((b"S", "WARNING"), (b"V", "WARNING"), (b"C", "01000"), (b"M", text)))) for text in table.notices)
+
+
 def _rows(table: Table) -> bytes:
     out = [codec.encode(codec.DataRow(tuple(None if v is None else str(v).encode() for v in row)))
            for row in table.rows]
@@ -98,9 +106,9 @@ Q, P, B, D, E, S, H, C, X = (codec.FE.QUERY, codec.FE.PARSE, codec.FE.BIND, code
 
 class ConsoleProtocol:
     """An authenticated console client: bytes in, the answer's bytes out.  ``run`` carries out a
-    command; ``closed`` turns True on Terminate."""
+    command (awaited: it may ask the other workers); ``closed`` turns True on Terminate."""
 
-    def __init__(self, run: Callable[[str, str, str], Table], max_message_size: int = 1 << 20) -> None:
+    def __init__(self, run: Callable[[str, str, str], Awaitable[Table]], max_message_size: int = 1 << 20) -> None:
         self._run = run  # (command, argument, protocol) -> Table, or ConsoleError
         self._splitter = codec.Splitter(frozenset(range(256)), max_message_size)
         self._statements: dict[str, str] = {}
@@ -108,7 +116,7 @@ class ConsoleProtocol:
         self._failed = False  # an error in the extended protocol: skip to Sync
         self.closed = False
 
-    def feed(self, data: bytes) -> bytes:
+    async def feed(self, data: bytes) -> bytes:
         out, marks = self._splitter.feed(data)
         replies = []
         for kind, start, end in marks:
@@ -120,30 +128,30 @@ class ConsoleProtocol:
                 self._failed = False
                 replies.append(codec.encode(codec.ReadyForQuery(b"I")))
             elif kind == Q:
-                replies.append(self._query(codec.query_text(message)))
+                replies.append(await self._query(codec.query_text(message)))
             elif self._failed or kind == H:
                 continue
             else:
                 try:
-                    replies.append(self._extended(kind, message))
+                    replies.append(await self._extended(kind, message))
                 except ConsoleError as exc:
                     self._failed = True
                     replies.append(codec.error_response(exc.sqlstate, str(exc)))
         return b"".join(replies)
 
-    def _query(self, sql: str) -> bytes:
+    async def _query(self, sql: str) -> bytes:
         ready = codec.encode(codec.ReadyForQuery(b"I"))
         if not sql.strip(" \t\r\n;"):
             return codec.encode(codec.EmptyQueryResponse()) + ready
         try:
             command, argument = parse_command(sql)
-            table = self._run(command, argument, "simple")
+            table = await self._run(command, argument, "simple")
         except ConsoleError as exc:
             return codec.error_response(exc.sqlstate, str(exc)) + ready
         head = row_description(table.columns) if table.columns else b""
-        return head + _rows(table) + ready
+        return _notices(table) + head + _rows(table) + ready
 
-    def _extended(self, kind: int, message: bytes) -> bytes:
+    async def _extended(self, kind: int, message: bytes) -> bytes:
         decoded = codec.decode_message(codec.FRONTEND, message)
         if kind == P:
             parse_command(decoded.query)  # refused at Parse, as the server refuses bad SQL
@@ -165,7 +173,8 @@ class ConsoleProtocol:
             if decoded.portal not in self._portals:
                 raise ConsoleError("34000", f'portal "{decoded.portal}" does not exist')
             command, argument = parse_command(self._portals[decoded.portal])
-            return _rows(self._run(command, argument, "extended"))
+            table = await self._run(command, argument, "extended")
+            return _notices(table) + _rows(table)
         if kind == C:
             (self._statements if decoded.kind == b"S" else self._portals).pop(decoded.name, None)
             return codec.encode(codec.CloseComplete())

@@ -1,55 +1,66 @@
 """The admin console's I/O: ``--console HOST:PORT``, a virtual database ``pgveil`` never forwarded.
 
 A console connection is checked as any other: the password goes to PostgreSQL, which stays the
-authority on it.  pgveil opens an upstream connection with the client's user name (to the
-catalog's database) and relays the authentication exchange (cleartext, md5 or SCRAM; the
-console takes no TLS, so SCRAM is never channel-bound); once the database says
-AuthenticationOk, that connection is closed and pgveil answers the client itself.  Only an
-identity whose tier has the ``console`` statement kind gets this far; any other gets 28000.
-Every connection and every command is audited (statement records of kind ``console``).
+authority on it (see :mod:`proxy.console_auth`).  With ``--tls-cert`` the console port offers
+TLS as the proxy's port does.  Only an identity whose tier has the ``console`` statement kind
+gets this far; any other gets 28000.  Every connection and every command is audited (statement
+records of kind ``console``).  A connection idle for ``console_idle_timeout`` seconds is ended
+with FATAL 57P05.
 
 With ``--workers N`` each worker has its own console listener on the same port
-(SO_REUSEPORT), and a console connection sees and acts on the sessions of the worker it
-landed on only.
+(SO_REUSEPORT); the worker a console connection lands on answers every command for all
+workers, asking the others through their control sockets (see :mod:`proxy.console_peers`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
 
-from . import __version__, codec, logs
+from . import __version__, codec, console_peers, logs
 from .audit import records
 from .console import COLUMNS, ConsoleError, ConsoleProtocol, Table
+from .console_auth import relay_authentication
 from .policy import Decision
 
 log = logs.get("pgveil.console")
 DATABASE = "pgveil"
-STATES = {b"I": "idle", b"T": "idle in transaction", b"E": "idle in failed transaction"}
 
 
-async def start_console(proxy, host: str, port: int, sock=None) -> asyncio.base_events.AbstractServer:
+class ConsoleService:
+    """The console's listener and, with ``--workers N``, this worker's control socket."""
+
+    def __init__(self, server, peers) -> None:
+        self.server, self.peers = server, peers
+
+    def close(self) -> None:
+        self.server.close()
+        if self.peers is not None:
+            self.peers.close()
+
+
+async def start_console(proxy, host: str, port: int, sock=None) -> ConsoleService:
+    directory = getattr(proxy.settings, "console_peers", None)  # set by serve() with --workers N
+    peers = console_peers.Peers(proxy, directory, proxy.settings.workers) if directory else None
+    if peers is not None:
+        await peers.start()
+
     async def accept(reader, writer):
-        await ConsoleConnection(proxy, reader, writer).run()
+        await ConsoleConnection(proxy, reader, writer, peers).run()
     if sock is not None:
-        return await asyncio.start_server(accept, sock=sock)
-    return await asyncio.start_server(accept, host, port, reuse_port=proxy.settings.workers > 1)
-
-
-async def _read_message(reader, limit: int = 1 << 20) -> tuple[int, bytes]:
-    head = await reader.readexactly(5)
-    length = int.from_bytes(head[1:5], "big")
-    if length < 4 or length > limit:
-        raise codec.ProtocolViolation(f"invalid message length {length}")
-    return head[0], head + await reader.readexactly(length - 4)
+        server = await asyncio.start_server(accept, sock=sock)
+    else:
+        server = await asyncio.start_server(accept, host, port, reuse_port=proxy.settings.workers > 1)
+    return ConsoleService(server, peers)
 
 
 class ConsoleConnection:
-    def __init__(self, proxy, reader, writer) -> None:
+    def __init__(self, proxy, reader, writer, peers=None) -> None:
         self.proxy = proxy
+        self.peers = peers  # the other workers, or None
         self.reader, self.writer = reader, writer
         peer = writer.get_extra_info("peername") or ("", 0)
         self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) else ("local", 0)
@@ -58,6 +69,9 @@ class ConsoleConnection:
         self.tier = None
         self.application_name = None
         self.commands = 0
+        self.end_reason = "console closed"
+        self.tls = False  # the client's leg
+        self.upstream_tls = False  # the leg that checked the password
 
     def who(self) -> dict:
         return {"session": self.id, "user": self.user, "tier": self.tier.name if self.tier else None,
@@ -69,18 +83,22 @@ class ConsoleConnection:
         started = time.monotonic()
         accepted = False
         try:
-            startup = await self._startup()
-            if startup is not None and await self._authenticate(startup):
-                accepted = True
+            async with asyncio.timeout(self.proxy.settings.startup_timeout):  # the whole log-in, as PostgreSQL
+                startup = await self._startup()
+                accepted = startup is not None and await self._authenticate(startup)
+            if accepted:
                 await self._serve()
         except (asyncio.IncompleteReadError, OSError, codec.ProtocolError, asyncio.TimeoutError) as exc:
             log.info("console_closed", session=self.id, reason=str(exc) or type(exc).__name__)
-            if not accepted and isinstance(exc, OSError) and not isinstance(exc, asyncio.IncompleteReadError):
+            if not accepted and isinstance(exc, asyncio.TimeoutError):
+                self._fatal("08P01", "pgveil: timeout expired before the client authenticated")
+            elif not accepted and isinstance(exc, OSError) and not isinstance(exc, (asyncio.IncompleteReadError,
+                                                                                   ssl.SSLError)):
                 self._fatal("08006", f"pgveil could not reach the database to check the password: {exc}")
         finally:
             if accepted:
                 record = records.base("session_end", self.who())
-                record.update(reason="console closed", duration_ms=int((time.monotonic() - started) * 1000),
+                record.update(reason=self.end_reason, duration_ms=int((time.monotonic() - started) * 1000),
                               statements=self.commands, bytes_in=0, bytes_out=0)
                 self.proxy.audit.submit(record)
             self.writer.close()
@@ -92,8 +110,16 @@ class ConsoleConnection:
             if length < 8 or length > 10000:
                 raise codec.ProtocolViolation(f"invalid startup packet length {length}")
             message = codec.decode_startup(head + await self.reader.readexactly(length - 4))
+            if self.tls and isinstance(message, (codec.SSLRequest, codec.GSSENCRequest)):
+                raise codec.ProtocolViolation("a second encryption request after TLS started")
+            if isinstance(message, codec.SSLRequest) and self.proxy.client_tls is not None and not self.tls:
+                self.writer.write(b"S")  # the console offers TLS with --tls-cert, as the proxy's port does
+                await self.writer.start_tls(self.proxy.client_tls,
+                                            ssl_handshake_timeout=self.proxy.settings.startup_timeout)
+                self.tls = True
+                continue
             if isinstance(message, (codec.SSLRequest, codec.GSSENCRequest)):
-                self.writer.write(b"N")  # the console takes no TLS: keep it on a local or private address
+                self.writer.write(b"N")
                 continue
             if isinstance(message, codec.CancelRequest):
                 return None
@@ -111,7 +137,7 @@ class ConsoleConnection:
 
     async def _authenticate(self, startup: codec.StartupMessage) -> bool:
         """Relay the password exchange to the database; then the tier must have ``console``."""
-        params = await self._relay_authentication(startup)
+        params = await relay_authentication(self)
         if params is None:
             return False
         engine = self.proxy.engine
@@ -129,62 +155,35 @@ class ConsoleConnection:
                           codec.encode(key) + codec.encode(codec.ReadyForQuery(b"I")))
         return True
 
-    async def _relay_authentication(self, startup: codec.StartupMessage) -> bytes | None:
-        """The server's ParameterStatus messages once it accepted the password, or None."""
-        settings = self.proxy.settings
-        dsn = settings.catalog_dsn or settings.auth_dsn or ""
-        database = (urlsplit(dsn).path or "/").lstrip("/") or "postgres"
-        sock, tls = await self.proxy._open_socket()
-        host = settings.upstream_address[0]
-        reader, writer = await asyncio.open_connection(sock=sock, ssl=self.proxy.upstream_tls if tls else None,
-                                                       server_hostname=host if tls else None)
-        try:
-            writer.write(codec.encode_startup(codec.StartupMessage(
-                196608, (("user", self.user), ("database", database), ("application_name", "pgveil console")))))
-            params = []
-            while True:
-                kind, message = await asyncio.wait_for(_read_message(reader), settings.startup_timeout)
-                if kind == codec.BE.ERROR:
-                    error = codec.decode_message(codec.BACKEND, message)
-                    self._connection_record("auth_failed", error.message or "", error.sqlstate)
-                    self.writer.write(message)
-                    return None
-                if kind == codec.BE.PARAMETER_STATUS:
-                    params.append(message)
-                elif kind == codec.BE.READY_FOR_QUERY:
-                    writer.write(codec.encode(codec.Terminate()))
-                    return b"".join(params)
-                elif kind == codec.BE.AUTHENTICATION:
-                    auth = codec.decode_message(codec.BACKEND, message)
-                    if auth.code in (codec.Authentication.OK, codec.Authentication.SASL_FINAL):
-                        if auth.code == codec.Authentication.SASL_FINAL:
-                            self.writer.write(message)
-                        continue
-                    self.writer.write(message)  # the server asks for the password: the client answers
-                    answer_kind, answer = await asyncio.wait_for(_read_message(self.reader),
-                                                                 settings.startup_timeout)
-                    if answer_kind != codec.FE.AUTH_RESPONSE:
-                        raise codec.ProtocolViolation(f"expected a password message, got {chr(answer_kind)!r}")
-                    writer.write(answer)
-        finally:
-            writer.close()
-
     def _connection_record(self, result: str, reason: str, sqlstate: str | None = None) -> None:
         record = records.base("connection", self.who())
-        record.update(result=result, reason=reason, sqlstate=sqlstate, tls=False, upstream_tls=False)
+        record.update(result=result, reason=reason, sqlstate=sqlstate, tls=self.tls, upstream_tls=self.upstream_tls)
         self.proxy.audit.submit(record)
 
     async def _serve(self) -> None:
+        """Answer the client until it leaves, or stays idle (or does not read its answers) for
+        ``console_idle_timeout`` seconds: then FATAL 57P05, as PostgreSQL's idle_session_timeout."""
         protocol = ConsoleProtocol(self._run)
+        idle = self.proxy.settings.console_idle_timeout or None
         while not protocol.closed:
-            data = await self.reader.read(65536)
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), idle)
+            except asyncio.TimeoutError:
+                self.end_reason = "idle timeout"
+                self._fatal("57P05", f"terminating connection due to idle-session timeout (the pgveil console's "
+                                     f"console_idle_timeout, {idle:g} s)")
+                return
             if not data:
                 return
-            self.writer.write(protocol.feed(data))
-            await self.writer.drain()
+            self.writer.write(await protocol.feed(data))
+            try:
+                await asyncio.wait_for(self.writer.drain(), idle)
+            except asyncio.TimeoutError:
+                self.end_reason = "the client did not read its answer"
+                return
 
     # -- commands -------------------------------------------------------------------------
-    def _run(self, command: str, argument: str, protocol: str) -> Table:
+    async def _run(self, command: str, argument: str, protocol: str) -> Table:
         """Carry out one command, audited: a statement record (kind console) and its outcome."""
         self.commands += 1
         statement_id = f"{self.id}-{self.commands}"
@@ -197,7 +196,7 @@ class ConsoleConnection:
         started = time.monotonic()
         status, rows, sqlstate = "ok", None, None
         try:
-            table = getattr(self, "_" + command.lower().replace(" ", "_"))(argument)
+            table = await getattr(self, "_" + command.lower().replace(" ", "_"))(argument)
             rows = len(table.rows)
             return table
         except ConsoleError as exc:
@@ -207,33 +206,32 @@ class ConsoleConnection:
             self.proxy.audit.submit(records.outcome(self.who(), statement_id, status, rows,
                                                     time.monotonic() - started, sqlstate))
 
-    def _sessions(self):
-        return [link.session for link in list(self.proxy.links) if link.session is not None]
+    async def _gather(self, op: str, arg: str = "", by: str = "") -> tuple[list, list[str]]:
+        """This worker's answer to ``op`` and every other worker's: ``[(pid, answer)]``, warnings."""
+        mine = [(os.getpid(), console_peers.local(self.proxy, op, arg, by))]
+        if self.peers is None:
+            return mine, []
+        answers, missing = await self.peers.ask(op, arg, by)
+        return mine + answers, missing
 
-    def _show_sessions(self, _: str) -> Table:
-        now = time.monotonic()
+    async def _rows_of_all(self, command: str, op: str) -> Table:
+        """One row per worker (SHOW RULES, SHOW AUDIT), or every worker's rows (SHOW SESSIONS)."""
+        answers, missing = await self._gather(op)
         rows = []
-        for s in self._sessions():
-            last = getattr(s, "last_statement", None)
-            state = s.phase.value
-            if state == "active":
-                state = "active" if s.outstanding else STATES.get(s.transaction_status, "idle")
-            rows.append((s.id, s.user, s.tier.name if s.tier else None,
-                         "; ".join(g.label() for g in getattr(s, "_grants", ())) or None,
-                         f"{s.peer[0]}:{s.peer[1]}", s.startup.param("application_name") if s.startup else None,
-                         s.database, "on" if s.client_tls else "off", s.purpose, state,
-                         last[0] if last else None, f"{now - last[1]:.3f}" if last else None,
-                         f"{now - s.started:.3f}", s.stats.bytes_from_client, s.stats.bytes_from_server))
-        return Table(COLUMNS["SHOW SESSIONS"], rows, f"SHOW {len(rows)}")
+        for _, answer in answers:
+            rows.extend(answer if op == "sessions" else [answer])
+        return Table(COLUMNS[command], [tuple(r) for r in rows], f"SHOW {len(rows)}", missing)
 
-    def _show_rules(self, _: str) -> Table:
-        engine = self.proxy.engine
-        rules = engine.rules
-        row = (rules.version, self.proxy.settings.rules, engine.rules_sha256, len(rules.tiers), len(rules.classes),
-               len(rules.columns), len(rules.identities), len(rules.grants))
-        return Table(COLUMNS["SHOW RULES"], [row], "SHOW 1")
+    async def _show_sessions(self, _: str) -> Table:
+        return await self._rows_of_all("SHOW SESSIONS", "sessions")
 
-    def _show_grants(self, _: str) -> Table:
+    async def _show_rules(self, _: str) -> Table:
+        return await self._rows_of_all("SHOW RULES", "rules")
+
+    async def _show_audit(self, _: str) -> Table:
+        return await self._rows_of_all("SHOW AUDIT", "audit")
+
+    async def _show_grants(self, _: str) -> Table:
         now = datetime.now(timezone.utc)
         rows = []
         for g in self.proxy.engine.rules.grants:
@@ -242,63 +240,49 @@ class ConsoleConnection:
                          max(0, int((g.until - now).total_seconds())), g.reason, "yes" if g.active(now) else "no"))
         return Table(COLUMNS["SHOW GRANTS"], rows, f"SHOW {len(rows)}")
 
-    def _show_tiers(self, _: str) -> Table:
-        sessions = self._sessions()
+    async def _show_tiers(self, _: str) -> Table:
+        answers, missing = await self._gather("tiers")
         rows = []
         for name, tier in self.proxy.engine.rules.tiers.items():
-            count = sum(1 for s in sessions if s.tier is not None and s.tier.name.split("+")[0] == name)
+            count = sum(answer.get(name, 0) for _, answer in answers)
             rows.append((name, ",".join(sorted(tier.statements)),
                          ", ".join(f"{c}:{a.action}" for c, a in tier.see.items()) or None,
                          ", ".join(tier.tables) if tier.tables is not None else None,
                          ", ".join(f"{c}:{n}" for c, n in tier.max_rows.items()) or None, count))
-        return Table(COLUMNS["SHOW TIERS"], rows, f"SHOW {len(rows)}")
+        return Table(COLUMNS["SHOW TIERS"], rows, f"SHOW {len(rows)}", missing)
 
-    def _show_stats(self, _: str) -> Table:
-        from . import metrics
+    async def _show_stats(self, _: str) -> Table:
+        answers, missing = await self._gather("stats")
         totals: dict[str, list] = {}
-
-        def add(tier, at, value):
-            totals.setdefault(tier, [0, 0, 0, 0, 0, 0])[at] += value
-        metrics.flush()  # the counts waiting to be pushed into the metrics
-        for metric, at in ((metrics.STATEMENTS, 1), (metrics.REFUSALS, 2), (metrics.ROWS, 3)):
-            for family in metric.collect():
-                for sample in family.samples:
-                    if sample.name.endswith("_total"):
-                        add(sample.labels.get("tier", "none"), at, int(sample.value))
-        for s in self._sessions():
-            tier = s.tier.name.split("+")[0] if s.tier else "none"
-            add(tier, 0, 1)
-            add(tier, 4, s.stats.bytes_from_client)
-            add(tier, 5, s.stats.bytes_from_server)
+        for _, answer in answers:
+            for tier, values in answer.items():
+                into = totals.setdefault(tier, [0] * len(values))
+                for at, value in enumerate(values):
+                    into[at] += value
         rows = [(tier, *values) for tier, values in sorted(totals.items())]
-        return Table(COLUMNS["SHOW STATS"], rows, f"SHOW {len(rows)}")
+        return Table(COLUMNS["SHOW STATS"], rows, f"SHOW {len(rows)}", missing)
 
-    def _show_audit(self, _: str) -> Table:
-        writer = self.proxy.audit
-        journal = writer.journal
-        uptime = max(time.monotonic() - self.proxy.started, 1e-6)
-        shippers = getattr(self.proxy, "shippers", [])
-        lag = ", ".join(f"{s.sink.name}:{journal.seq - s.last_seq}" for s in shippers) or None
-        row = (journal.stream, journal.seq, journal.head[:16], journal.file.name if journal.file else None,
-               "yes" if writer.healthy else "no", writer.error or None, writer.mode, writer.written, writer.pending,
-               writer.fsyncs, f"{writer.fsyncs / uptime:.2f}", f"{writer.last_fsync_seconds * 1000:.3f}",
-               ", ".join(s.sink.name for s in shippers) or None, lag)
-        return Table(COLUMNS["SHOW AUDIT"], [row], "SHOW 1")
-
-    def _show_version(self, _: str) -> Table:
+    async def _show_version(self, _: str) -> Table:
         return Table(COLUMNS["SHOW VERSION"], [(f"pgveil {__version__}",)], "SHOW 1")
 
-    def _reload(self, _: str) -> Table:
-        if not self.proxy.reload_rules(f"console, by {self.user} (session {self.id})"):
+    async def _reload(self, _: str) -> Table:
+        """RELOAD in every worker (as SIGHUP); an error when the file was rejected."""
+        answers, missing = await self._gather("reload", by=f"console, by {self.user} (session {self.id})")
+        rejected = [pid for pid, answer in answers if not answer["ok"]]
+        if rejected:
+            version = self.proxy.engine.rules.version
             raise ConsoleError("F0000", f"the rule file was rejected (its error is in the log and the audit); "
-                                        f"version {self.proxy.engine.rules.version} stays in force")
-        return Table((), [], "RELOAD")
+                                        f"version {version} stays in force")
+        return Table((), [], "RELOAD", missing)
 
-    def _kill(self, session_id: str) -> Table:
-        for link in list(self.proxy.links):
-            if link.session is not None and link.session.id == session_id:
-                from .session import KillRequested
-                link.dispatch(KillRequested(f"pgveil console, by user {self.user}, session {self.id}"))
-                log.warning("console_kill", session=session_id, by=self.user, console=self.id)
-                return Table((), [], "KILL")
-        raise ConsoleError("42704", f'no session "{session_id}" on this worker (SHOW SESSIONS lists them)')
+    async def _kill(self, session_id: str) -> Table:
+        """KILL the session on whichever worker holds it: FATAL 57P01 naming who asked."""
+        by = f"pgveil console, by user {self.user}, session {self.id}"
+        if console_peers.kill(self.proxy, session_id, by):
+            return Table((), [], "KILL")
+        answers, missing = (await self.peers.ask("kill", session_id, by)) if self.peers else ([], [])
+        if any(answer for _, answer in answers):
+            return Table((), [], "KILL", missing)
+        unsure = f" ({'; '.join(missing)})" if missing else ""
+        raise ConsoleError("42704", f'no session "{session_id}" on any pgveil worker that answered (SHOW SESSIONS '
+                                    f'lists them){unsure}')

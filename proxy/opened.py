@@ -165,28 +165,16 @@ class Opened:
                 name = _name(tokens[1])
                 prepared[name], effect = access, ("prepare", name, access)
             elif word == "EXECUTE" and len(tokens) > 1:
-                name = _name(tokens[1])
-                if name in prepared or all_deallocated:
-                    opened = [prepared[name]] if prepared.get(name) is not None else []
-                else:
-                    opened = self._possible("prepare", name)
-                if restricted and any(a != access for a in opened):
-                    shown = next(a for a in opened if a != access).describe()
-                    return (f"prepared statement {name} was prepared under other access ({shown}); "
-                            f"prepare it again: DEALLOCATE {name}, then PREPARE {name}")
+                problem = self._execute_problem(_name(tokens[1]), prepared, all_deallocated, access, restricted)
+                if problem is not None:
+                    return problem
             elif word == "DECLARE" and len(tokens) > 1:
                 name = _name(tokens[1])
                 cursors[name], effect = access, ("declare", name, access, _held(arguments, text))
             elif word in ("FETCH", "MOVE") and len(tokens) > 1:
-                name = _name(tokens[-1])
-                if name in cursors or all_closed:
-                    opened = [cursors[name]] if cursors.get(name) is not None else []
-                else:
-                    opened = self._possible("declare", name)
-                narrowed = [a for a in opened if a.narrowed_to(access)]
-                if narrowed:
-                    return (f"cursor {name} was opened under access that has since changed "
-                            f"({narrowed[0].describe()}); it returns no more rows: {CHANGED}")
+                problem = self._fetch_problem(_name(tokens[-1]), cursors, all_closed, access)
+                if problem is not None:
+                    return problem
             elif word == "CLOSE" and len(tokens) > 1:
                 if last == "ALL":
                     cursors, all_closed, effect = {}, True, ("close_all",)
@@ -204,6 +192,33 @@ class Opened:
                 effect = ("discard_all",)
             effects[-1] = effect
         self._staged = effects
+        return None
+
+    def _execute_problem(self, name: str, prepared: dict, all_deallocated: bool, access,
+                         restricted: bool) -> str | None:
+        """EXECUTE ``name``: refused (for a restricted tier) when the statement may have been
+        prepared under other access; ``prepared``: this Query's own PREPAREs and DEALLOCATEs."""
+        if name in prepared or all_deallocated:
+            opened = [prepared[name]] if prepared.get(name) is not None else []
+        else:
+            opened = self._possible("prepare", name)
+        if restricted and any(a != access for a in opened):
+            shown = next(a for a in opened if a != access).describe()
+            return (f"prepared statement {name} was prepared under other access ({shown}); "
+                    f"prepare it again: DEALLOCATE {name}, then PREPARE {name}")
+        return None
+
+    def _fetch_problem(self, name: str, cursors: dict, all_closed: bool, access) -> str | None:
+        """FETCH or MOVE from ``name``: refused when the cursor may have been opened under access
+        that has narrowed since; ``cursors``: this Query's own DECLAREs and CLOSEs."""
+        if name in cursors or all_closed:
+            opened = [cursors[name]] if cursors.get(name) is not None else []
+        else:
+            opened = self._possible("declare", name)
+        narrowed = [a for a in opened if a.narrowed_to(access)]
+        if narrowed:
+            return (f"cursor {name} was opened under access that has since changed "
+                    f"({narrowed[0].describe()}); it returns no more rows: {CHANGED}")
         return None
 
     def take(self) -> list:

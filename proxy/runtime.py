@@ -4,7 +4,7 @@ What is in force is one immutable :class:`Snapshot` (rules, catalog, the rule fi
 a generation number).  :class:`Runtime` publishes a new one in a single assignment, as PgDog
 swaps its configuration (``ArcSwap::store``): whoever took ``runtime.current`` keeps a
 consistent set, and the next reader sees the new one whole.  The sessions' shared
-:class:`~proxy.policy.Engine` reads the snapshot at each use.
+:class:`~proxy.engine.Engine` reads the snapshot at each use.
 
 - :meth:`Runtime.reload_rules` (SIGHUP, a changed file, the console): a file that fails to
   load keeps the snapshot in force and reports the file, line and problem.
@@ -29,7 +29,7 @@ from . import logs
 from .audit import records as audit_records
 from .catalog import Catalog, load_catalog
 from .config import ConfigError
-from .policy import Engine, carry_classes
+from .engine import Engine, carry_classes
 from .rules import RuleError, RuleSet, load_rules
 
 log = logs.get("pgveil.runtime")

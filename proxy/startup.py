@@ -93,6 +93,9 @@ def serve(settings: Settings) -> int:
         _exit_now(0)
     # bind once here so a bad address fails early; each worker binds its own SO_REUSEPORT socket
     probe = listen_socket(host, port, reuse_port=True, listen=False)
+    if settings.console:  # the workers' control sockets: a console command covers them all
+        from .console_peers import make_directory
+        settings.console_peers = make_directory()
     children = []
     for _ in range(settings.workers):
         pid = os.fork()
@@ -120,4 +123,7 @@ def serve(settings: Settings) -> int:
     for child in children:
         _, code = os.waitpid(child, 0)
         status = status or os.waitstatus_to_exitcode(code)
+    if settings.console:
+        from .console_peers import remove_directory
+        remove_directory(settings.console_peers)
     _exit_now(status)

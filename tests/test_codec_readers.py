@@ -147,3 +147,7 @@ def test_readers_read_bytearrays_as_bytes():
     wire = bytearray(codec.encode(codec.Bind("p", "s", (), (), ())))
     assert codec.bind_names(wire[5:]) == ("p", "s")
     assert codec.execute_target(bytearray(body(codec.Execute("p", 7)))) == ("p", 7)
+
+
+def test_the_answer_to_an_ssl_request_has_names():
+    assert (codec.SSL_ACCEPTED, codec.SSL_REFUSED) == (b"S", b"N")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from proxy import codec
@@ -17,12 +19,18 @@ def replies(data: bytes) -> list:
 
 
 def protocol(ran: list) -> ConsoleProtocol:
-    def run(command, argument, how):
+    async def run(command, argument, how):
         ran.append((command, argument, how))
         if command == "KILL":
             raise ConsoleError("42704", "no session")
+        if command == "SHOW STATS":
+            return Table(COLUMNS["SHOW STATS"], [], "SHOW 0", ["worker 7 did not answer"])
         return VERSION if command == "SHOW VERSION" else Table((), [], command)
     return ConsoleProtocol(run)
+
+
+def feed(console: ConsoleProtocol, data: bytes) -> bytes:
+    return asyncio.run(console.feed(data))
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -43,7 +51,7 @@ def test_anything_else_is_refused(text):
 def test_simple_query_answers_with_rows_and_errors():
     ran = []
     console = protocol(ran)
-    out = replies(console.feed(codec.encode(codec.Query("SHOW VERSION")) + codec.encode(codec.Query("SELECT 1"))))
+    out = replies(feed(console, codec.encode(codec.Query("SHOW VERSION")) + codec.encode(codec.Query("SELECT 1"))))
     assert [type(m).__name__ for m in out] == ["RowDescription", "DataRow", "CommandComplete", "ReadyForQuery",
                                                "ErrorResponse", "ReadyForQuery"]
     assert out[0].columns[0][0] == "version" and out[0].columns[0][3] == 25  # text
@@ -59,11 +67,18 @@ def test_extended_protocol_and_skip_to_sync_after_an_error():
         codec.Bind("", "s1", (), (), ()), codec.Execute("", 0), codec.Sync(),
         codec.Parse("", "KILL 42", ()), codec.Bind("", "", (), (), ()), codec.Execute("", 0),
         codec.Parse("", "SHOW VERSION", ()), codec.Sync()))
-    out = replies(console.feed(batch))
+    out = replies(feed(console, batch))
     assert [type(m).__name__ for m in out] == [
         "ParseComplete", "ParameterDescription", "RowDescription", "ReadyForQuery",
         "BindComplete", "DataRow", "CommandComplete", "ReadyForQuery",
         "ParseComplete", "BindComplete", "ErrorResponse", "ReadyForQuery"]  # the last Parse was skipped
     assert ran == [("SHOW VERSION", "", "extended"), ("KILL", "42", "extended")]
-    console.feed(codec.encode(codec.Terminate()))
+    feed(console, codec.encode(codec.Terminate()))
     assert console.closed
+
+
+def test_a_warning_goes_before_the_rows():
+    out = replies(feed(protocol([]), codec.encode(codec.Query("SHOW STATS"))))
+    assert [type(m).__name__ for m in out] == ["NoticeResponse", "RowDescription", "CommandComplete",
+                                               "ReadyForQuery"]
+    assert out[0].get(b"S") == "WARNING" and out[0].get(b"M") == "worker 7 did not answer"

@@ -178,3 +178,16 @@ def test_runtime_is_the_only_loader_of_rules_and_catalog():
     calls = [c for path in sorted((ROOT / "proxy").rglob("*.py")) for c in calls_to_loaders(path)]
     assert calls and all(c.startswith("proxy/runtime.py:") for c in calls), calls
     assert {c.rsplit(": ", 1)[1] for c in calls} == LOADERS
+
+
+def test_checking_the_rules_leaves_the_metrics_unimported():
+    """``pgveil serve`` checks the rule file before it sets PROMETHEUS_MULTIPROC_DIR for its
+    workers: prometheus_client must not be imported by then, or the workers' values are not
+    shared."""
+    import subprocess
+    import sys
+    code = ("import sys; import proxy.cli, proxy.tools; from proxy.runtime import check_rules; "
+            f"check_rules({str(ROOT / 'rules' / 'crm.yaml')!r}); print('prometheus_client' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -24,6 +24,29 @@ def calls(fn, *args) -> int:
     return count
 
 
+def steps(fn, *args) -> int:
+    """How many Python lines and calls ``fn(*args)`` executes (``sys.settrace``): a loop
+    without calls in it counts too, which :func:`calls` does not see."""
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        count += 1
+        return local
+
+    def trace(frame, event, arg):
+        nonlocal count
+        count += 1
+        return local
+
+    sys.settrace(trace)
+    try:
+        fn(*args)
+    finally:
+        sys.settrace(None)
+    return count
+
+
 def grows_linearly(fn, make, sizes=(1_000, 2_000, 4_000, 8_000), slack: int = 64) -> list[int]:
     """Assert that doubling the input at most doubles the calls (plus a constant); return them."""
     counts = [calls(fn, make(n)) for n in sizes]

@@ -49,8 +49,8 @@ from .readers import (bind_names, close_target, command_tag, describe_target, er
                       execute_target, notice_response, parameter_status, parse_fields, query_text, ready_for_query,
                       ready_status, row_sources)
 from .startup import (CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, MAX_CANCEL_KEY, MAX_STARTUP_PACKET, PROTOCOL_3_0,
-                      PROTOCOL_3_2, SSL_REQUEST_CODE, CancelRequest, GSSENCRequest, SSLRequest, StartupMessage,
-                      StartupPacket, decode_startup, encode_startup, startup_length)
+                      PROTOCOL_3_2, SSL_ACCEPTED, SSL_REFUSED, SSL_REQUEST_CODE, CancelRequest, GSSENCRequest,
+                      SSLRequest, StartupMessage, StartupPacket, decode_startup, encode_startup, startup_length)
 from .splitter import Splitter
 
 __all__ = [name for name in dir() if not name.startswith("__") and name not in ("kinds", "fields", "messages",

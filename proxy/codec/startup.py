@@ -18,6 +18,10 @@ SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102
 
+# the one byte a server answers an SSLRequest or GSSENCRequest with, before any message
+SSL_ACCEPTED = b"S"
+SSL_REFUSED = b"N"
+
 MAX_STARTUP_PACKET = 10_000  # PostgreSQL's MAX_STARTUP_PACKET_LENGTH
 MAX_CANCEL_KEY = 256  # protocol 3.2: the secret key is 4 to 256 bytes
 
