@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import codec, settings
-from ..codec import BE, FE, Field, ProtocolViolation
+from ..codec import BE, FE, ProtocolViolation
 from ..scram import ScramError
 from .commands import (Command, ForwardCancel, OpenUpstream, SendToClient, SendToServer, SessionStarted,
                        StartClientTLS)
@@ -75,11 +75,11 @@ class Handshake:
             if self.client_tls:
                 raise ProtocolViolation("SSLRequest on a connection that already uses TLS")
             if not self.config.tls_available:
-                return [SendToClient(b"N")]
+                return [SendToClient(codec.SSL_REFUSED)]
             self.phase = enter(self.phase, "SSLRequest")
-            return [SendToClient(b"S"), StartClientTLS()]
+            return [SendToClient(codec.SSL_ACCEPTED), StartClientTLS()]
         if isinstance(message, codec.GSSENCRequest):
-            return [SendToClient(b"N")] + (self._client_startup(rest) if rest else [])
+            return [SendToClient(codec.SSL_REFUSED)] + (self._client_startup(rest) if rest else [])
         if isinstance(message, codec.CancelRequest):
             return [ForwardCancel(message, client_waits=True)] + self._close("cancel request forwarded")
         return self._startup_message(message, rest)
@@ -132,7 +132,7 @@ class Handshake:
             elif kind == BE.ERROR and self.config.audit:
                 error = codec.decode_message(codec.BACKEND, message)
                 result = "auth_failed" if self.phase is Phase.AUTH else "error"
-                commands += self._connection_record(result, error.get(Field.MESSAGE) or "", error.get(Field.SQLSTATE))
+                commands += self._connection_record(result, error.message or "", error.sqlstate)
             commands.append(SendToClient(message))
             if kind == BE.READY_FOR_QUERY:
                 # start-up is over: from here on only the relay's few types are looked at

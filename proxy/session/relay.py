@@ -6,9 +6,10 @@ from .. import codec, errors, searchpath
 from ..codec import BE, FE, Field, ProtocolViolation, Target, TxStatus
 from ..opened import QUERY as OPENED_QUERY, SYNC as OPENED_SYNC
 from ..purpose import mentions_purpose
+from ..sealing import MESSAGES as SEALED_MESSAGES
 from .commands import Alert, Command, DecideApart, RefreshCatalog, SendToClient, SendToServer, WriteAudit
 from .events import DecidedApart
-from .shared import ACTIVE_FRONTEND, OUTCOME_KINDS, PREPARE_WATCH, PREPARE_CLIENT, REFUSAL_MARK, SEALED_MESSAGES
+from .shared import ACTIVE_FRONTEND, OUTCOME_KINDS, PREPARE_WATCH, PREPARE_CLIENT, REFUSAL_MARK
 
 
 DONE = object()  # a message dealt with (see Relay._track_message)
@@ -225,7 +226,7 @@ class Relay:
             if not prepared_seen and kind in PREPARE_WATCH and self.config.engine is not None:
                 self._prepared.server(kind)
             if kind == BE.READY_FOR_QUERY:
-                self.transaction_status = out[start + 5:start + 6]
+                self.transaction_status = codec.ready_status(out[start + 5:end])
                 self._purpose.ready(self.transaction_status)
                 if self.transaction_status == TxStatus.IDLE and self._opened.portals:
                     self._opened.portals.clear()  # no transaction: no portal is left open

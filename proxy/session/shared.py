@@ -63,8 +63,6 @@ PREPARE_WATCH = frozenset({BE.PARSE_COMPLETE, BE.CLOSE_COMPLETE, BE.ERROR, BE.RE
 PREPARE_CLIENT = frozenset({FE.PARSE, FE.CLOSE, FE.SYNC, FE.QUERY, FE.FUNCTION_CALL})
 REFUSAL_MARK = "pgveil-refused-"
 ALL_KINDS = frozenset(STATEMENT_KINDS)
-# Bind, CopyData, CopyDone, CopyFail (see proxy.sealing)
-SEALED_MESSAGES = frozenset({FE.BIND, FE.COPY_DATA, FE.COPY_DONE, FE.COPY_FAIL})
 
 
 @dataclass(slots=True)
