@@ -28,6 +28,7 @@ import tempfile
 import time
 
 from . import logs
+from .session import KillRequested
 
 log = logs.get("pgveil.console")
 PEER_TIMEOUT = float(os.environ.get("PGVEIL_CONSOLE_PEER_TIMEOUT") or 2.0)  # seconds per command
@@ -116,7 +117,7 @@ def kill(proxy, session_id: str, by: str) -> bool:
     """End this worker's session ``session_id`` with FATAL 57P01 naming ``by``; False: not here."""
     for link in list(proxy.links):
         if link.session is not None and link.session.id == session_id:
-            link.dispatch(link.session.fail, "57P01", f"terminating connection due to administrator command ({by})")
+            link.dispatch(KillRequested(by))  # the session ends with 57P01, naming who asked
             log.warning("console_kill", session=session_id, by=by)
             return True
     return False

@@ -1,13 +1,9 @@
-"""The client side's asyncio and socket code: accept clients, carry out the commands a
-:class:`~proxy.session.Session` returns, run the timers and background tasks.  The database
-side (connections, their TLS, cancels, verifiers) is :mod:`proxy.upstream`'s; the rules and
-catalog in force are :mod:`proxy.runtime`'s; the process's start-up is :mod:`proxy.startup`'s.
-
-Each client connection is a :class:`ClientLink` (an asyncio Protocol) paired with an
-:class:`UpstreamLink`.  Events reach the session one at a time, from the event loop's
-callbacks; the commands come back and are executed here.  Flow control couples the two
-links: when one side's write buffer is full, the other side stops reading, so a large result
-streams at the client's pace with bounded memory.
+"""The client side's asyncio and socket code: listen, accept clients, run the timers and
+background tasks a process's sessions share.  Each client connection is a
+:class:`~proxy.clientlink.ClientLink` (socket callbacks in as session events, the session's
+commands carried out).  The database side (connections, their TLS, cancels, verifiers) is
+:mod:`proxy.upstream`'s; the rules and catalog in force are :mod:`proxy.runtime`'s; the
+process's start-up is :mod:`proxy.startup`'s.
 """
 
 from __future__ import annotations
@@ -17,7 +13,6 @@ import os
 import socket
 import ssl
 import time
-from itertools import count
 
 from . import codec, logs, metrics
 from .config import Settings, split_host_port
@@ -26,309 +21,11 @@ from .scram import tls_server_end_point
 from .tasks import Tasks
 from .analyst import Analyst
 from .runtime import Runtime, utc_now
-from .upstream import WRITE_HIGH_WATER, Upstream, UpstreamLink
-from .session import (Alert, Audit, Close, DecideApart, Phase, RefreshCatalog, ConnectUpstream, ForwardCancel, LookupVerifier,
-                      SendToClient, SendToServer, Session, SessionConfig, StartClientTLS)
+from .upstream import Upstream
+from .clientlink import ClientLink
+from .session import RulesChanged, SessionConfig
 
 log = logs.get("pgveil.server")
-# a diagnosis aid (bench/stall.py sets it): events that hold the event loop longer are logged
-SLOW_EVENT_S = float(os.environ.get("PGVEIL_SLOW_EVENT_MS") or 0) / 1000
-_session_ids = count(1)
-
-
-class DurableWait:
-    """Holds one event's commands until all of its durable audit records are on disk."""
-
-    __slots__ = ("link", "remaining", "commands")
-
-    def __init__(self, link: "ClientLink", remaining: int, commands: list) -> None:
-        self.link, self.remaining, self.commands = link, remaining, commands
-
-    def done(self, error: Exception | None) -> None:
-        link = self.link
-        if self.remaining <= 0 or link.closed:
-            return
-        if error is not None:
-            self.remaining = 0
-            log.error("audit_write_failed", session=link.id, error=str(error))
-            link.dispatch(link.session.fail, "58030", "pgveil cannot write its audit journal; the statement was "
-                                                      "not sent")
-            return
-        self.remaining -= 1
-        if self.remaining == 0:
-            for command in self.commands:
-                link.execute(command)
-            link.durable_done()
-
-
-class ClientLink(asyncio.Protocol):
-    """One client connection: feeds its session and carries out the commands."""
-
-    def __init__(self, proxy: "Proxy") -> None:
-        self.proxy = proxy
-        self.session: Session | None = None
-        self.transport: asyncio.Transport | None = None
-        self.upstream: UpstreamLink | None = None
-        self.peer = ("", 0)
-        self.started = time.monotonic()
-        self.id = next(_session_ids)
-        self.closed = False
-        self._tasks = Tasks()
-        self._reading_paused = False
-        self._start_logged = False
-        # strict audit: while a statement waits for its record to reach the disk, what the client
-        # sends next waits here, in order (cheaper than pausing the socket for each statement)
-        self._durable_pending = False
-        self._backlog: list[bytes] = []
-        self._backlog_bytes = 0
-        self._backlog_paused = False
-        self._apart_pending = False  # a statement's decision is being taken in a child process
-        self._cancel_forward: asyncio.Task | None = None  # this is a cancel connection: its forward
-
-    # -- asyncio callbacks ------------------------------------------------------
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        peer = transport.get_extra_info("peername") or ("", 0)
-        self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) else (str(peer), 0)
-        self.session = Session(self.proxy.session_config, self.peer)
-        self.proxy.links.add(self)
-        self._startup_timer = asyncio.get_running_loop().call_later(
-            self.proxy.settings.startup_timeout, self._startup_expired)
-
-    def _startup_expired(self) -> None:
-        if self.session.phase not in (Phase.ACTIVE, Phase.CLOSED):
-            self.dispatch(self.session.fail, "08P01", "pgveil: timeout expired before the client authenticated")
-
-    def data_received(self, data: bytes) -> None:
-        if self._durable_pending or self._apart_pending:
-            self._backlog.append(data)
-            self._backlog_bytes += len(data)
-            if self._backlog_bytes > WRITE_HIGH_WATER and not self._backlog_paused:
-                self._backlog_paused = True
-                self.pause_reading()
-            return
-        self.dispatch(self.session.client_data, data)
-
-    def durable_done(self) -> None:
-        """The records a statement waited for are on disk (its commands are carried out): go
-        on with what the client sent meanwhile."""
-        self._durable_pending = False
-        self._drain()
-
-    def _drain(self) -> None:
-        """Feed the session what the client sent while a statement waited."""
-        while self._backlog and not self._durable_pending and not self._apart_pending and not self.closed:
-            data = self._backlog.pop(0)
-            self._backlog_bytes -= len(data)
-            self.dispatch(self.session.client_data, data)
-        if not self._durable_pending and not self._apart_pending and self._backlog_paused:
-            self._backlog_paused = False
-            self.resume_reading()
-
-    def eof_received(self):
-        return False
-
-    def connection_lost(self, exc) -> None:
-        self.dispatch(self.session.client_closed)
-        self._finish()
-
-    def pause_writing(self) -> None:
-        if self.upstream and self.upstream.transport:
-            self.upstream.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.upstream and self.upstream.transport:
-            self.upstream.transport.resume_reading()
-
-    def pause_reading(self) -> None:
-        if self.transport and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport and self._reading_paused:
-            self._reading_paused = False
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
-
-    # -- commands -----------------------------------------------------------------
-    def dispatch(self, event, *args) -> None:
-        """Feed one event to the session and carry out what it asks."""
-        if SLOW_EVENT_S:
-            self._timed(event, *args)
-            return
-        self._dispatch(event, *args)
-
-    def _timed(self, event, *args) -> None:
-        """:meth:`dispatch`, logging an event that held the loop longer than PGVEIL_SLOW_EVENT_MS,
-        with the CPU time this thread spent on it (the rest: the machine ran something else)."""
-        cpu, wall = time.thread_time(), time.perf_counter()
-        try:
-            self._dispatch(event, *args)
-        finally:
-            wall = time.perf_counter() - wall
-            if wall > SLOW_EVENT_S:
-                log.warning("slow_event", session=self.id, what=event.__name__, wall_ms=round(wall * 1000, 1),
-                            cpu_ms=round((time.thread_time() - cpu) * 1000, 1))
-
-    def _dispatch(self, event, *args) -> None:
-        try:
-            commands = event(*args)
-        except Exception:  # a bug in the session must cost this connection only
-            log.exception("session_error", session=self.id)
-            commands = self.session.fail("XX000", "pgveil internal error")
-        audits = [c for c in commands if type(c) is Audit]
-        rest = [c for c in commands if type(c) is not Audit] if audits else commands
-        durable = sum(1 for a in audits if a.durable)
-        waiter = DurableWait(self, durable, rest) if durable else None
-        for audit in audits:
-            metrics.observe(audit.record)
-            self.proxy.audit.submit(audit.record, waiter.done if audit.durable else None)
-        if not self._start_logged and self.session.phase is Phase.ACTIVE:
-            self._start_logged = True
-            log.info("session_start", session=self.id, peer=f"{self.peer[0]}:{self.peer[1]}", user=self.session.user,
-                     database=self.session.database, tier=self.session.tier.name if self.session.tier else None,
-                     tls=self.session.client_tls)
-            if self.session.tier is not None and not self.session.tier.all_clear and self.session.user:
-                self.proxy.check_privileges(self.session.user, self.session.tier)
-        if waiter is None:
-            for command in rest:
-                self.execute(command)
-        else:
-            # strict audit: nothing of this event goes upstream before its records are on disk
-            self._durable_pending = True
-
-    def execute(self, command) -> None:
-        kind = type(command)
-        if kind is SendToServer:
-            if self.upstream and self.upstream.transport:
-                self.upstream.transport.write(command.data)
-        elif kind is SendToClient:
-            if self.transport and not self.transport.is_closing():
-                self.transport.write(command.data)
-        elif kind is Close:
-            if self._cancel_forward is not None:  # closed once the server has taken the cancel
-                self._cancel_forward.add_done_callback(lambda _: self.close(command.reason, command.error))
-            else:
-                self.close(command.reason, command.error)
-        elif kind is ConnectUpstream:
-            self.pause_reading()
-            self._tasks.spawn(self._connect_upstream())
-        elif kind is StartClientTLS:
-            self._tasks.spawn(self._start_tls())
-        elif kind is ForwardCancel:
-            forward = self.proxy.cancels.spawn(self.proxy.forward_cancel(command.request))
-            if command.client_waits:
-                self._cancel_forward = forward
-        elif kind is LookupVerifier:
-            self._tasks.spawn(self._lookup_verifier(command.user))
-        elif kind is DecideApart:
-            self._apart_pending = True
-            self.proxy.spawn(self._decide_apart(command))
-        elif kind is RefreshCatalog:
-            self.proxy.catalog_changed()
-        elif kind is Alert:
-            tier = self.session.tier.name if self.session.tier else "none"
-            if command.event == "max_rows_stop":
-                log.warning(command.event, session=self.id, user=self.session.user, detail=command.detail)
-                metrics.ROW_LIMIT_STOPS.labels(tier).inc()
-            else:
-                log.error(command.event, session=self.id, user=self.session.user, detail=command.detail)
-                metrics.SECOND_LAYER.labels(tier).inc()
-        else:  # pragma: no cover - a new command without a handler is a bug
-            raise TypeError(f"unknown command {command!r}")
-
-    async def _decide_apart(self, command: DecideApart) -> None:
-        """A large statement's cold decision, in one of the worker's child processes; the other
-        sessions go on meanwhile (see :mod:`proxy.analyst`)."""
-        engine = self.proxy.engine
-        decision = await self.proxy.analyst.decide(engine, command.sql, command.tier, command.search_path,
-                                                   command.user, command.access)
-        engine.cache.adopt(command.key, decision)
-        self._apart_pending = False
-        if self.closed:
-            return
-        self.dispatch(self.session.decided_apart, command.key, decision)
-        self._drain()
-
-    @property
-    def busy(self) -> bool:
-        """A statement is running or waiting (for its decision, its audit record or the server)."""
-        s = self.session
-        return s is not None and s.phase is Phase.ACTIVE and (
-            s.outstanding > 0 or self._durable_pending or self._apart_pending or bool(self._backlog))
-
-    async def _start_tls(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            transport = await loop.start_tls(self.transport, self, self.proxy.client_tls, server_side=True)
-        except (OSError, ssl.SSLError, ConnectionError) as exc:
-            log.info("client_tls_failed", session=self.id, peer=self.peer[0], error=str(exc))
-            self.close("TLS handshake failed", True)
-            return
-        if transport is None:
-            return
-        self.transport = transport
-        self.dispatch(self.session.tls_established)
-
-    async def _connect_upstream(self) -> None:
-        started = time.monotonic()
-        try:
-            transport, upstream, tls, cert_hash = await self.proxy.open_upstream(self)
-            metrics.UPSTREAM_CONNECT_SECONDS.observe(time.monotonic() - started)
-        except Exception as exc:
-            metrics.UPSTREAM_ERRORS.inc()
-            self.resume_reading()
-            self.dispatch(self.session.upstream_failed, str(exc) or type(exc).__name__)
-            return
-        if self.closed:
-            transport.close()
-            return
-        self.upstream = upstream
-        self.dispatch(self.session.upstream_connected, tls, cert_hash)
-        self.resume_reading()
-
-    async def _lookup_verifier(self, user: str) -> None:
-        try:
-            verifier = await self.proxy.lookup_verifier(user)
-        except Exception as exc:
-            log.warning("auth_query_failed", session=self.id, error=str(exc))
-            self.dispatch(self.session.fail, "28000", "pgveil could not look up the role's credentials")
-            return
-        self.dispatch(self.session.verifier_found, verifier)
-
-    def terminate(self) -> None:
-        """pgveil is shutting down: end the session (FATAL 57P01), cancelling what runs upstream."""
-        if self.session is None or self.closed:
-            self.close("pgveil is shutting down")
-            return
-        self.dispatch(self.session.shutdown)
-        if not self.closed:
-            self.close("pgveil is shutting down")
-
-    def close(self, reason: str, error: bool = False) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._startup_timer.cancel()
-        if self.transport:
-            self.transport.close()
-        if self.upstream and self.upstream.transport:
-            self.upstream.transport.close()
-        self._tasks.cancel()
-        self._finish()
-
-    def _finish(self) -> None:
-        if self not in self.proxy.links:
-            return
-        self.proxy.links.discard(self)
-        s = self.session
-        log.info("session_end", session=self.id, peer=f"{self.peer[0]}:{self.peer[1]}", user=s.user,
-                 database=s.database, tls=self.session.client_tls,
-                 duration_s=round(time.monotonic() - self.started, 3),
-                 bytes_in=s.stats.bytes_from_client, bytes_out=s.stats.bytes_from_server,
-                 reason=s.close_reason)
 
 
 class Proxy:
@@ -353,8 +50,9 @@ class Proxy:
             engine=self.engine,
             audit=settings.audit_mode != "off",
             audit_strict=settings.audit_mode == "strict",
-            audit_ok=self._audit_ok,
             clock=utc_now,
+            monotonic=time.monotonic,
+            new_id=lambda: os.urandom(8).hex(),
         )
         self.audit = AuditWriter(settings.audit_dir, settings.audit_mode, str(settings.worker_index),
                                  settings.audit_interval)
@@ -385,9 +83,6 @@ class Proxy:
         while True:
             await asyncio.sleep(1.0)
             self.sealer.expire()
-
-    def _audit_ok(self) -> bool:
-        return self.audit.healthy
 
     def spawn(self, coro) -> asyncio.Task:
         return self._tasks.spawn(coro)
@@ -441,7 +136,7 @@ class Proxy:
         if outcome == "reloaded":
             for link in list(self.links):
                 if link.session is not None:
-                    link.dispatch(link.session.rules_changed)
+                    link.dispatch(RulesChanged())
         return outcome != "rejected"
 
     async def refresh_catalog(self) -> bool:

@@ -25,7 +25,7 @@ class UpstreamLink(asyncio.Protocol):
     """The connection to the database for one client."""
 
     def __init__(self, client) -> None:
-        self.client = client  # proxy.server.ClientLink
+        self.client = client  # proxy.clientlink.ClientLink
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport) -> None:
@@ -33,14 +33,14 @@ class UpstreamLink(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
-        self.client.dispatch(self.client.session.server_data, data)
+        self.client.server_data(data)
 
     def eof_received(self):
         return False
 
     def connection_lost(self, exc) -> None:
         self.transport = None
-        self.client.dispatch(self.client.session.server_closed)
+        self.client.server_closed()
 
     def pause_writing(self) -> None:
         self.client.pause_reading()

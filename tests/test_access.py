@@ -7,6 +7,7 @@ from proxy.access import Access, resolve
 from proxy.catalog import Catalog
 from proxy.policy import Engine
 from proxy.rules import load_rules
+from proxy.session.events import AuditDurable, ClientData, ServerData, UpstreamConnected
 from proxy.session import Session, SessionConfig, SendToServer
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
@@ -75,9 +76,9 @@ def test_the_decision_cache_is_keyed_by_the_access_not_the_tier_name():
 def session_at(clock) -> tuple[Session, Engine]:
     engine = Engine(load_rules(RULES), CATALOG)
     s = Session(SessionConfig(engine=engine, clock=clock), peer=("10.1.2.3", 5000))
-    s.client_data(codec.encode_startup(STARTUP))
-    s.upstream_connected(tls=False)
-    s.server_data(codec.encode(codec.Authentication(0, b"")) + READY)
+    s.handle(ClientData(codec.encode_startup(STARTUP)))
+    s.handle(UpstreamConnected(False))
+    s.handle(ServerData(codec.encode(codec.Authentication(0, b"")) + READY))
     return s, engine
 
 
@@ -89,15 +90,15 @@ def test_each_statement_is_decided_under_the_access_at_the_servers_clock():
     now = [T0]
     s, _ = session_at(lambda: now[0])
     query = codec.encode(codec.Query("SELECT id_number FROM customers"))
-    masked = sent(s.client_data(query))
+    masked = sent(s.handle(ClientData(query)))
     assert "CASE WHEN \"id_number\" IS NULL" in masked  # sales masks id_number
-    s.server_data(READY)
+    s.handle(ServerData(READY))
     now[0] = T0 + timedelta(seconds=11)
-    clear = sent(s.client_data(query))
+    clear = sent(s.handle(ClientData(query)))
     assert s.access.grants == (1,) and clear != masked and "CASE" not in clear
     now[0] = T0 + timedelta(seconds=21)
-    s.server_data(READY)
-    assert sent(s.client_data(query)) == masked and s.access.grants == ()
+    s.handle(ServerData(READY))
+    assert sent(s.handle(ClientData(query))) == masked and s.access.grants == ()
 
 
 def test_the_unnamed_statement_is_parsed_again_when_the_access_changed():
@@ -106,17 +107,17 @@ def test_the_unnamed_statement_is_parsed_again_when_the_access_changed():
     parse = codec.encode(codec.Parse("", "SELECT id_number FROM customers", ()))
     bind = codec.encode(codec.Bind("", "", (), (), ()))
     execute = codec.encode(codec.Execute("", 0)) + codec.encode(codec.Sync())
-    first = sent(s.client_data(parse + bind + execute))
+    first = sent(s.handle(ClientData(parse + bind + execute)))
     assert "CASE" not in first  # the grant is in force: clear
-    s.server_data(codec.encode(codec.ParseComplete()) + codec.encode(codec.BindComplete()) + READY)
+    s.handle(ServerData(codec.encode(codec.ParseComplete()) + codec.encode(codec.BindComplete()) + READY))
     now[0] = T0 + timedelta(seconds=21)  # the grant ended; the client binds the unnamed statement again
-    again = s.client_data(bind + execute)
+    again = s.handle(ClientData(bind + execute))
     wire = b"".join(c.data for c in again if isinstance(c, SendToServer))
     messages = [m for m in codec.Splitter(frozenset(range(256))).feed(wire)[1]]
     assert [chr(k) for k, _, _ in messages] == ["C", "P", "B", "E", "S"]
     assert "CASE WHEN" in sent(again)  # decided again: masked
-    out = s.server_data(codec.encode(codec.CloseComplete()) + codec.encode(codec.ParseComplete())
-                        + codec.encode(codec.BindComplete()) + READY)
+    out = s.handle(ServerData(codec.encode(codec.CloseComplete()) + codec.encode(codec.ParseComplete())
+                        + codec.encode(codec.BindComplete()) + READY))
     assert b"".join(c.data for c in out if hasattr(c, "data")).startswith(codec.encode(codec.BindComplete()))
 
 
@@ -174,15 +175,17 @@ def test_a_reload_mid_result_keeps_counting_rows_against_the_limit():
     limited = RULES.replace("  sales:\n    see: {id_number: mask}", "  sales:\n    see: {id_number: mask}\n    max_rows: 2")
     engine = Engine(load_rules(limited), CATALOG)
     s = Session(SessionConfig(engine=engine, clock=lambda: T0, audit=True), peer=("10.1.2.3", 5000))
-    s.client_data(codec.encode_startup(STARTUP))
-    s.upstream_connected(tls=False)
-    s.server_data(codec.encode(codec.Authentication(0, b"")) + READY)
-    s.client_data(codec.encode(codec.Query("SELECT id_number FROM customers")))
+    s.handle(ClientData(codec.encode_startup(STARTUP)))
+    s.handle(UpstreamConnected(False))
+    s.handle(ServerData(codec.encode(codec.Authentication(0, b"")) + READY))
+    s.handle(ClientData(codec.encode(codec.Query("SELECT id_number FROM customers"))))
+    s.handle(AuditDurable(1))  # strict audit: the answer waits for the read's record
     row = codec.encode(codec.DataRow((b"110***0021",)))
-    s.server_data(codec.encode(codec.RowDescription((("id_number", 0, 0, 25, -1, -1, 0),))) + row)
+    s.handle(ServerData(codec.encode(codec.RowDescription((("id_number", 0, 0, 25, -1, -1, 0),))) + row))
     engine.rules = load_rules(limited + "# edited\n")  # a reload while the result streams
-    s.client_data(codec.encode(codec.Query("SELECT 1")))  # pipelined: the access is decided again
-    out = s.server_data(row * 3 + codec.encode(codec.CommandComplete("SELECT 4")) + READY)
+    s.handle(ClientData(codec.encode(codec.Query("SELECT 1"))))  # pipelined: the access is decided again
+    s.handle(AuditDurable(2))
+    out = s.handle(ServerData(row * 3 + codec.encode(codec.CommandComplete("SELECT 4")) + READY))
     sent_back = b"".join(c.data for c in out if hasattr(c, "data"))
     assert sent_back.count(row) == 1 and b"may read at most 2 rows" in sent_back
 
@@ -191,20 +194,20 @@ def test_statements_pipelined_after_a_search_path_change_are_decided_under_it():
     engine = Engine(load_rules(RULES), Catalog.from_spec({"public.customers": {"id": "integer", "id_number": "text"},
                                                           "staging.customers": {"id": "integer", "id_number": "text"}}))
     s = Session(SessionConfig(engine=engine, clock=lambda: T0), peer=("10.1.2.3", 5000))
-    s.client_data(codec.encode_startup(STARTUP))
-    s.upstream_connected(tls=False)
-    s.server_data(codec.encode(codec.Authentication(0, b"")) + codec.encode(
-        codec.ParameterStatus("search_path", "staging, public")) + READY)
+    s.handle(ClientData(codec.encode_startup(STARTUP)))
+    s.handle(UpstreamConnected(False))
+    s.handle(ServerData(codec.encode(codec.Authentication(0, b"")) + codec.encode(
+        codec.ParameterStatus("search_path", "staging, public")) + READY))
 
     def extended(sql):
         return (codec.encode(codec.Parse("", sql, ())) + codec.encode(codec.Bind("", "", (), (), ()))
                 + codec.encode(codec.Execute("", 0)))
-    wire = sent(s.client_data(extended("SET search_path = public") + extended("SELECT id_number FROM customers")
-                              + codec.encode(codec.Sync())))
+    wire = sent(s.handle(ClientData(extended("SET search_path = public") + extended("SELECT id_number FROM customers")
+                              + codec.encode(codec.Sync()))))
     assert '"public"."customers"' in wire and "CASE WHEN" in wire  # decided under public: masked
-    s.server_data(codec.encode(codec.ParameterStatus("search_path", "public")) + READY)
-    assert "CASE WHEN" in sent(s.client_data(codec.encode(codec.Query("SELECT id_number FROM customers"))))
-    s.server_data(READY)
-    lost = sent(s.client_data(extended("RESET search_path") + extended("SELECT id_number FROM customers")
-                              + codec.encode(codec.Sync())))
+    s.handle(ServerData(codec.encode(codec.ParameterStatus("search_path", "public")) + READY))
+    assert "CASE WHEN" in sent(s.handle(ClientData(codec.encode(codec.Query("SELECT id_number FROM customers")))))
+    s.handle(ServerData(READY))
+    lost = sent(s.handle(ClientData(extended("RESET search_path") + extended("SELECT id_number FROM customers")
+                              + codec.encode(codec.Sync()))))
     assert "pgveil-refused-" in lost and "CASE WHEN" not in lost

@@ -23,6 +23,7 @@ from proxy.policy import DecisionCache, Engine, failed_analysis
 from proxy.prepared import PreparedStatements
 from proxy.rewrite import Context
 from proxy.rules import load_rules
+from proxy.session.events import ClientData, DecidedApart, ServerData
 from proxy.session import DecideApart, SendToServer, SessionConfig
 from conftest import RULES
 from stall_cases import distinct_statement, pathological
@@ -98,14 +99,14 @@ def test_the_session_holds_what_follows_a_statement_decided_apart():
     s = guarded_session("sales")
     big = UNION
     first, after = codec.encode(codec.Query("SELECT 1")), codec.encode(codec.Query("SELECT 2"))
-    commands = s.client_data(first + codec.encode(codec.Query(big)) + after)
+    commands = s.handle(ClientData(first + codec.encode(codec.Query(big)) + after))
     apart = [c for c in commands if isinstance(c, DecideApart)]
     assert len(apart) == 1 and apart[0].sql == big
     assert sent_to_server(commands) == first, "the statements before it go now, nothing after it"
     e = s.config.engine
     decision, _ = decide_cold(big, Context(apart[0].tier, e.rules, e.catalog, apart[0].search_path, apart[0].user), {})
     assert decision.verdict == "rewrite"
-    commands = s.decided_apart(apart[0].key, decision)
+    commands = s.handle(DecidedApart(apart[0].key, decision))
     assert sent_to_server(commands) == codec.encode(codec.Query(decision.sql)) + after
     assert s.outstanding == 3
 
@@ -113,9 +114,9 @@ def test_the_session_holds_what_follows_a_statement_decided_apart():
 def test_a_decision_taken_apart_for_other_rules_is_not_used():
     s = guarded_session("sales")
     big = UNION
-    apart = [c for c in s.client_data(codec.encode(codec.Query(big))) if isinstance(c, DecideApart)][0]
+    apart = [c for c in s.handle(ClientData(codec.encode(codec.Query(big)))) if isinstance(c, DecideApart)][0]
     wrong_key = ("another rules version",) + apart.key[1:]
-    commands = s.decided_apart(wrong_key, policy.Decision("allow", big))
+    commands = s.handle(DecidedApart(wrong_key, policy.Decision("allow", big)))
     again = [c for c in commands if isinstance(c, DecideApart)]
     assert again and not sent_to_server(commands), "decided apart again, never sent on a stale decision"
 
@@ -209,11 +210,11 @@ def test_prepared_statement_text_per_session_is_bounded(monkeypatch):
     assert p.bytes == 10 and p.fits("c", "w" * 90, 100) and not p.fits("c", "w" * 91, 100)
     monkeypatch.setattr(limits, "PREPARED_BYTES", 1000)
     s = guarded_session("dba")
-    ok = s.client_data(codec.encode(codec.Parse("s1", "SELECT " + "1, " * 200 + "1", ())))
+    ok = s.handle(ClientData(codec.encode(codec.Parse("s1", "SELECT " + "1, " * 200 + "1", ()))))
     assert b"pgveil-refused" not in sent_to_server(ok)
-    refused = s.client_data(codec.encode(codec.Parse("s2", "SELECT " + "2, " * 200 + "2", ())))
+    refused = s.handle(ClientData(codec.encode(codec.Parse("s2", "SELECT " + "2, " * 200 + "2", ()))))
     assert b"pgveil-refused" in sent_to_server(refused), "beyond the bound: refused, not kept"
-    s.server_data(codec.encode(codec.ParseComplete()))  # s1 is kept once the server prepared it
+    s.handle(ServerData(codec.encode(codec.ParseComplete())))  # s1 is kept once the server prepared it
     assert set(s._prepared.statements) == {"s1"}
 
 

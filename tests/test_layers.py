@@ -13,6 +13,7 @@ PURE = ["codec/__init__.py", "codec/kinds.py", "codec/fields.py", "codec/message
         "codec/readers.py", "codec/startup.py", "codec/splitter.py",
         "verdicts.py", "segments.py", "statement.py", "pipeline.py", "decision_cache.py", "engine.py", "policy.py",
         "rewrite.py", "writes.py", "rules.py", "ruleset.py", "sql.py", "lexer.py", "normalize.py", "heads.py", "purpose.py"]
+PURE += sorted(f"session/{p.name}" for p in (PROXY / "session").glob("*.py"))  # the session: events in, commands out
 IO_MODULES = {"asyncio", "socket", "ssl", "select", "selectors", "subprocess", "threading", "time", "signal"}
 SQL_LAYER = {"sql", "lexer", "normalize", "heads", "segments", "statement", "pipeline", "policy", "rewrite", "writes"}
 

@@ -69,12 +69,19 @@ async def test_bad_startup_length_closes_without_answer(pg, proxy, bystander, pa
     (struct.pack("!ii", 12, 2 << 16) + b"\0\0\0\0", "unsupported frontend protocol 2.0"),
     (struct.pack("!ii", 9, 3 << 16) + b"x", "not NUL-terminated"),
     (struct.pack("!ii", 14, 3 << 16) + b"user\0\0", "name without a value"),
-    (struct.pack("!ii", 9, 3 << 16) + b"\0", "no PostgreSQL user name"),
     (codec.encode_startup(codec.SSLRequest()) + b"Q\0\0\0\x05x", "unencrypted data after SSL request"),
 ])
 async def test_bad_startup_is_fatal_08p01(proxy, bystander, payload, words):
     messages = await exchange(proxy.port, payload)
     assert words in fatal_08p01(messages)
+
+
+async def test_startup_without_user_is_28000_as_postgresql(pg, proxy, bystander):
+    payload = struct.pack("!ii", 9, 3 << 16) + b"\0"
+    for port in (pg.port, proxy.port):
+        error = (await exchange(port, payload))[-1]
+        assert isinstance(error, codec.ErrorResponse) and error.get(b"S") == "FATAL", port
+        assert error.get(b"C") == "28000" and error.get(b"M") == "no PostgreSQL user name specified in startup packet"
 
 
 async def test_garbage_after_authentication(proxy, bystander):

@@ -1,0 +1,129 @@
+"""Prepared statements, portals, cursors and refusals put in a statement's place."""
+
+from __future__ import annotations
+
+from .. import codec, searchpath
+from ..codec import FE, Target, TxStatus
+from ..opened import Opened, segments
+from ..prepared import PreparedStatements
+from ..sqlnames import SqlNames
+from ..verdicts import Refusal
+from .shared import RESET_ALL, REFUSAL_MARK
+
+
+def _clears_all(seg) -> bool:
+    """Is this statement RESET ALL or DISCARD ALL?  (sqlglot keeps a command's arguments as one
+    string: they are read on their own, by token types.)"""
+    if seg.word not in ("RESET", "DISCARD") or len(seg.tokens) < 2:
+        return False
+    from ..heads import keyword
+    from ..sql import SqlglotError, tokenize
+    rest = seg.text[seg.tokens[0].end + 1 - seg.offset:]
+    try:
+        tokens = tokenize(rest)
+    except SqlglotError:
+        return True  # unreadable: clear (that only masks more)
+    return len(tokens) == 1 and keyword(tokens[0], rest) == "ALL"
+
+
+class Statements:
+    """Prepared statements, portals, cursors and refusals put in a statement's place (a part of :class:`~proxy.session.Session`)."""
+
+    def _init_statements(self) -> None:
+        """This part's state, set up by the session."""
+        self._prepared = PreparedStatements()
+        self._sql_names = SqlNames()
+        self._opened = Opened()  # SQL prepared statements, cursors and portals, with their access
+        self._refused_ids: set[str] = set()
+        self._refusals: dict[str, tuple[str, str]] = {}
+        self._refusal_states: dict[str, str] = {}  # refused statement id -> its SQLSTATE
+        self._refusal_seq = 0
+        self._pending_path = None  # the path statements sent but not yet run leave (searchpath.UNKNOWN: lost)
+
+    def _prepare_again(self, out: bytes, start: int, end: int, audits: list) -> bytes | None:
+        """Before a Bind of a statement (named or unnamed) prepared under another effective access:
+        Close and Parse it again, decided under the access in force (see :mod:`proxy.prepared`)."""
+        _, name = codec.bind_names(out[start + 5:end])
+        known = self._prepared.statements.get(name)
+        if known is None or known[2] == self.access:
+            return None
+        sql, types, _ = known
+        parse = codec.encode(codec.Parse(name, sql, types))
+        self._prepared.inject()  # first: the decision below is kept once the server prepares it
+        decided = self._decide_message(FE.PARSE, parse, audits)  # records the new decision as well
+        return codec.encode(codec.Close(Target.STATEMENT, name)) + (decided if decided is not None else parse)
+
+    def _refuse_execute(self, out: bytes, start: int, end: int) -> bytes | None:
+        """An Execute of a portal opened under access that has since narrowed: in its place, a
+        Parse that fails (of a name no client uses, so no statement is replaced), put back as the
+        refusal; the server then skips to Sync as after any error."""
+        portal = codec.execute_target(out[start + 5:end])[0]
+        reason = self._opened.execute(portal, self.access)
+        if reason is None:
+            return None
+        statement_id = self._tracker.portal_statement(portal)
+        if statement_id:
+            self._refused_ids.add(statement_id)
+            self._refusal_states[statement_id] = "42501"
+        return self._refusal(reason, "42501", parse=codec.Parse("pgveil_refused", "", ()))
+
+    def _track_extended(self, kind: int, out: bytes, start: int, end: int) -> None:
+        """Bind, Execute and Sync, for linking outcomes to statements (names read in place)."""
+        if kind == FE.BIND:
+            self._tracker.bind(*codec.bind_names(out[start + 5:end]))
+        elif kind == FE.EXECUTE:
+            self._tracker.execute(codec.execute_target(out[start + 5:end])[0], self._now())
+        elif kind == FE.SYNC:
+            self._tracker.sync()
+
+    def _check_names(self, decision, tier):
+        """Cursors and SQL-prepared statements: a use must name one declared through pgveil in
+        this session (see :mod:`proxy.sqlnames`)."""
+        reason = self._sql_names.apply(decision.names, self._prepared.statements, self.access)
+        if reason is None:
+            return decision
+        return Refusal.undeclared(reason, tier.name).decision(kinds=decision.kinds)
+
+    def _state_after(self, sql: str, decision, path):
+        """A statement allowed to go that may change what later ones run under: the search_path
+        statements sent after it are decided under, the prepared statements and cursors it uses
+        or opens, a purpose cleared by RESET ALL or DISCARD ALL."""
+        if self._pending_path is not None or searchpath.CHANGES.search(sql):
+            # statements sent before this one has run are decided under the path it leaves
+            changed = self._pending_path not in (None, self._search_path())
+            self._pending_path = searchpath.after(segments(sql), path, changed)
+        if Opened.concerns(sql):
+            decision = self._check_opened(sql, decision)
+        if not decision.refused and RESET_ALL.search(sql):
+            self._reset_all(sql)
+        return decision
+
+    def _check_opened(self, sql: str, decision):
+        """A statement that executes, fetches from or opens a prepared statement or cursor: refused
+        when what it uses was opened under other access (see :mod:`proxy.opened`)."""
+        reason = self._opened.query(segments(sql), self.access, not self.tier.all_clear)
+        if reason is None:
+            return decision
+        return Refusal.access_changed(reason).decision(kinds=decision.kinds, relations=decision.relations,
+                                                       normalized=decision.normalized)
+
+    def _refusal(self, reason: str, sqlstate: str = "42501", parse=None) -> bytes:
+        """A statement that fails on the server in place of a refused one.
+
+        The server then does exactly what it does for any error (aborts the transaction block,
+        skips to Sync in the extended protocol); its error is swapped for the refusal on the
+        way back (see :meth:`_server_filtered`).
+        """
+        self._refusal_seq += 1
+        token = f"{REFUSAL_MARK}{self._refusal_seq}"
+        self._refusals[token] = (reason, sqlstate or "42501")
+        sql = f"SELECT '{token}'::pg_catalog.int4"
+        if parse is not None:
+            return codec.encode(codec.Parse(parse.name, sql, ()))
+        return codec.encode(codec.Query(sql))
+
+    def _reset_all(self, sql: str) -> None:
+        """RESET ALL or DISCARD ALL clear the purpose as they clear every setting (at once, before
+        the server runs them: that only masks more)."""
+        if any(_clears_all(seg) for seg in segments(sql)):
+            self._purpose.set(None, local=False, in_block=self.transaction_status != TxStatus.IDLE)
