@@ -1,0 +1,125 @@
+"""Round 5 of the attacks (helper "rev"): strict audit's "proven read-only" door (issue 17,
+proxy/session/readonly.py) and the policy's "built-in functions only" door, each against the
+real PostgreSQL the tests start.
+
+A statement is proven read-only by its words: the functions it calls are known by *name*
+(``md5``, ``lower``, ``count``), operators by their spelling (``+``, ``=``), casts by the type
+after ``::``.  PostgreSQL resolves none of these by name alone:
+
+- ``SELECT md5(1)``: there is no ``pg_catalog.md5(integer)``, so a ``public.md5(integer)``
+  (anyone's who may create in public, or a migration's) is the exact match and runs;
+- ``SELECT "COUNT"(1)``: a quoted name is not folded, ``"COUNT"`` is not ``count``;
+- ``SELECT CAST(1 AS d)``, ``SELECT d '1'``: a domain's CHECK may call any function, and only
+  the ``::`` spelling of a cast is checked;
+- ``SELECT 'a'::text + 'b'::text``: there is no built-in ``text + text``, a user's is found.
+
+Each runs a function that writes, in a statement sent at once, before its record is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from conftest import TIER_PASSWORD, RULES, run_psql, start_with_rules
+from proxy.catalog import load_catalog
+from proxy.normalize import normalize
+from proxy.policy import Engine
+from proxy.rules import load_rules
+from proxy.session.readonly import proven_read_only
+
+RULES_TEXT = """
+version: 1
+classes:
+  id_number: {mask: {fn: partial, keep_first: 3, keep_last: 4}}
+columns:
+  public.customers.id_number: id_number
+tiers:
+  sales:
+    see: {id_number: mask}
+  dba:
+    see: {"*": clear}
+    statements: [read, write, ddl, copy, session, admin]
+identities:
+  - {user: a, tier: sales}
+default: deny
+"""
+
+# each runs public.note() (which writes) in PostgreSQL, given the objects of SIDE_EFFECTS
+WRITES_UNDER_A_READ = {
+    "SELECT md5(1)": "md5(integer)",
+    "SELECT CAST(1 AS d)": "domain d",
+    "SELECT 'a'::text + 'b'::text": "operator text + text",
+}
+SIDE_EFFECTS = """
+CREATE TABLE side(what text);
+CREATE TABLE customers(id integer, id_number text);
+INSERT INTO customers VALUES (1, '110101199003071234');
+CREATE FUNCTION public.note(what text) RETURNS boolean LANGUAGE sql
+    AS $$ INSERT INTO side VALUES (what); SELECT true $$;
+CREATE FUNCTION public.md5(integer) RETURNS text LANGUAGE sql AS $$ SELECT public.note('md5(integer)')::text $$;
+CREATE FUNCTION public."COUNT"(integer) RETURNS int LANGUAGE sql AS $$ SELECT public.note('COUNT(integer)')::int $$;
+CREATE DOMAIN public.d AS integer CHECK (public.note('domain d'));
+CREATE FUNCTION public.tplus(text, text) RETURNS text LANGUAGE sql
+    AS $$ SELECT public.note('operator text + text')::text $$;
+CREATE OPERATOR public.+ (LEFTARG = text, RIGHTARG = text, FUNCTION = public.tplus);
+"""
+
+
+@pytest.fixture(scope="module")
+def side_db(pg):
+    """A database of its own (the session's crm is shared) holding a user's function, domain
+    and operator spelled like PostgreSQL's own."""
+    pg.psql("CREATE DATABASE rev5")
+    pg.psql(SIDE_EFFECTS, "rev5")
+
+    async def read():
+        conn = await asyncpg.connect(pg.dsn(database="rev5"))
+        try:
+            return await load_catalog(conn)
+        finally:
+            await conn.close()
+    catalog = asyncio.run(read())
+    yield pg, catalog, Engine(load_rules(RULES_TEXT), catalog)
+    pg.psql("DROP DATABASE rev5 WITH (FORCE)")
+
+
+@pytest.mark.parametrize("sql", sorted(WRITES_UNDER_A_READ))
+def test_a_statement_that_runs_a_users_function_is_not_proven_read_only(side_db, sql):
+    """The catalog is read from the database, as the proxy reads it."""
+    side_db, catalog, engine = side_db
+    wrote = []
+    for tier in ("sales", "dba"):
+        decision = engine.decide(sql, engine.rules.tier(tier), ("public",), "a", None)
+        if decision.refused:
+            continue
+        side_db.psql("TRUNCATE side", "rev5")
+        side_db.psql(decision.sql, "rev5")  # the text the proxy sends
+        if WRITES_UNDER_A_READ[sql] in side_db.psql("SELECT what FROM side", "rev5"):
+            wrote.append(tier)
+            assert not proven_read_only(decision.normalized or normalize(sql), decision, catalog, None), (tier, sql)
+    assert wrote, "the scene: PostgreSQL ran the user's function for the text some tier sends"
+
+
+def test_a_restricted_tier_cannot_reach_a_users_overload_of_a_builtin_name(pg, tier_users, tmp_path):
+    """The policy lets restricted tiers call built-in functions only, by name: ``md5(1)`` is
+    taken for pg_catalog's md5, but PostgreSQL runs ``public.md5(integer)`` (the exact match),
+    as the client's role, so it reads any column in clear."""
+    phone = pg.psql("SELECT phone FROM customers WHERE phone IS NOT NULL ORDER BY id LIMIT 1", "crm").strip()
+    pg.psql("CREATE FUNCTION public.md5(integer) RETURNS text LANGUAGE sql "
+            "AS $$ SELECT string_agg(phone, ',') FROM public.customers $$;"
+            "CREATE FUNCTION public.phones(text, text) RETURNS text LANGUAGE sql "
+            "AS $$ SELECT string_agg(phone, ',') FROM public.customers $$;"
+            "CREATE OPERATOR public.+ (LEFTARG = text, RIGHTARG = text, FUNCTION = public.phones)", "crm")
+    proxy = start_with_rules(pg, tmp_path / "crm.yaml", RULES.read_text())
+    try:
+        for sql in ("SELECT md5(1)", "SELECT\n  ''::text + ''::text -- an operator"):
+            out = run_psql(pg.bin_dir / "psql", proxy, "-v", "VERBOSITY=verbose", "-Atc", sql, user="admin_chen", password=TIER_PASSWORD)
+            assert phone not in out.stdout, f"a masked phone read in clear through a user's object: {sql}"
+            assert out.returncode != 0 and "42501" in out.stderr, out.stderr
+    finally:
+        proxy.stop()
+        pg.psql("DROP OPERATOR public.+ (text, text); DROP FUNCTION public.phones(text, text);"
+                "DROP FUNCTION public.md5(integer)", "crm")
