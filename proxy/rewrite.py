@@ -219,6 +219,10 @@ class Rewriter:
     def relation_tables(self, tree: exp.Expression, skip: set) -> list[exp.Table]:
         """Table nodes that name relations (not CTEs, not functions in FROM, not ``skip``)."""
         found = []
+        # a name no WITH of the statement defines is no CTE: is_cte walks up to the root, which
+        # for every branch of a long UNION is quadratic, so it is asked only about those names
+        cte_names = {name_of(cte.args["alias"].this) for cte in tree.root().find_all(exp.CTE)
+                     if cte.args.get("alias") is not None}
         for table in tree.find_all(exp.Table):
             if id(table) in skip:
                 continue
@@ -226,7 +230,7 @@ class Rewriter:
                 if table.this is not None and not isinstance(table.this, exp.Func):
                     raise NotUnderstood(f"table expression {to_sql(table)}")
                 continue
-            if table.args.get("db") is None and self.is_cte(table):
+            if table.args.get("db") is None and name_of(table.this) in cte_names and self.is_cte(table):
                 continue
             for unsupported in ("sample", "pivots", "version", "when", "changes", "partition"):
                 if table.args.get(unsupported):
@@ -262,15 +266,25 @@ class Rewriter:
             self.analysis.packs = packs_rows(tree)
         self.check_functions(tree)
         self.check_columns(tree, [s for _, s in sources])
+        root = tree.root()
+        by_select: dict[int, list] = {}  # the sources named in one SELECT's FROM and JOINs (barrier.join_copies)
         for table, source in sources:
-            if source.protected:
-                self.replace(table, source, sources)
+            by_select.setdefault(_select_of(table), []).append((table, source))
+        stripped: set[str] = set()
+        untouched = untouched_sources(root, sources)
+        for table, source in sources:
+            if source.protected and id(source) not in untouched:
+                if self.replace(table, source, by_select[_select_of(table)]):
+                    stripped.add(source.alias)
             else:
                 qualify(table, source.relation)
+        if stripped:
+            self._strip_schema(root, stripped)
         return tree
 
-    def replace(self, table: exp.Table, source: Source, others: list | None = None) -> None:
-        """Put the masking subquery where the relation was.
+    def replace(self, table: exp.Table, source: Source, others: list | None = None) -> bool:
+        """Put the masking subquery where the relation was; True when the reference had no alias,
+        so that columns qualified by schema and name must lose the schema (:meth:`_strip_schema`).
 
         The subquery's text is spliced in after generation (see :meth:`substitute`): the tree
         gets a placeholder name made of a per-process random token, so that the large masking
@@ -281,29 +295,39 @@ class Rewriter:
         self.substitutions[token] = fenced(self.template_sql(source, only), index_copies(table, source, others)) \
             if source.row_filter else self.template_sql(source, only)
         alias = table.args.get("alias")
-        if alias is None or alias.this is None:
+        unaliased = alias is None or alias.this is None
+        if unaliased:
             alias_node = exp.TableAlias(this=exp.to_identifier(source.alias, quoted=True),
                                         columns=alias.args.get("columns") if alias else None)
-            self._strip_schema(table, source)
         else:
             alias_node = alias.copy()
         table.replace(exp.Table(this=exp.to_identifier(token, quoted=True), alias=alias_node))
+        return unaliased
 
     def substitute(self, text: str) -> str:
-        """The generated SQL with every placeholder replaced by its masking subquery."""
-        for token, subquery in self.substitutions.items():
-            quoted = f'"{token}"'
-            if text.count(quoted) != 1:
+        """The generated SQL with every placeholder replaced by its masking subquery: one pass
+        over the text (a replace per placeholder was quadratic in UNION branches)."""
+        if not self.substitutions:
+            return text
+        parts = text.split(f'"{PLACEHOLDER}')
+        out, seen = [parts[0]], set()
+        for part in parts[1:]:
+            number, quote_mark, rest = part.partition('"')
+            token = PLACEHOLDER + number
+            if not quote_mark or token in seen or token not in self.substitutions:
                 raise NotUnderstood("a masking placeholder was lost in generation")
-            text = text.replace(quoted, f"({subquery})")
-        return text
+            seen.add(token)
+            out += ("(", self.substitutions[token], ")", rest)
+        if len(seen) != len(self.substitutions):
+            raise NotUnderstood("a masking placeholder was lost in generation")
+        return "".join(out)
 
     @staticmethod
-    def _strip_schema(table: exp.Table, source: Source) -> None:
-        """``public.customers.id`` must now say ``customers.id``: the subquery has no schema."""
-        root = table.root()
+    def _strip_schema(root: exp.Expression, aliases: set) -> None:
+        """``public.customers.id`` must now say ``customers.id``: the subquery has no schema.
+        One walk for every relation replaced (a walk per relation was quadratic in UNION branches)."""
         for col in root.find_all(exp.Column):
-            if col.args.get("db") is not None and name_of(col.args.get("table")) == source.alias:
+            if col.args.get("db") is not None and name_of(col.args.get("table")) in aliases:
                 col.set("db", None)
                 col.set("catalog", None)
 
@@ -381,19 +405,26 @@ class Rewriter:
             raise Refusal(problem.replace("this tier", f"tier {self.ctx.tier.name}"), Reason.SETTING)
 
     def check_columns(self, tree: exp.Expression, sources: list[Source]) -> None:
-        """Refuse explicit references to blocked columns; note the sensitive ones used."""
-        by_alias: dict[str, list[Source]] = {}
+        """Refuse explicit references to blocked columns; note the sensitive ones used.
+
+        Sources of the same relation with the same renames see alike, so one stands for all of
+        them (500 UNION branches over one table are one candidate, not 500 per column)."""
+        alike: dict[tuple, Source] = {}
+        by_alias: dict[str, dict[tuple, Source]] = {}
         for s in sources:
-            by_alias.setdefault(s.alias, []).append(s)
-        whole_rows: set[int] = set()
+            key = (s.relation.oid, s.relation.qualified, tuple(s.renames.items()))
+            alike.setdefault(key, s)
+            by_alias.setdefault(s.alias, {}).setdefault(key, s)
+        distinct = list(alike.values())
+        whole_rows: set[tuple] = set()  # keys of the sources a whole-row reference reaches
         for col in tree.find_all(exp.Column):
             column = name_of(col.this) if isinstance(col.this, exp.Identifier) else None
             if column is None:
                 continue
             qualifier = name_of(col.args.get("table")) if col.args.get("table") is not None else None
-            candidates = by_alias.get(qualifier, []) if qualifier else sources
-            if qualifier is None and column in by_alias and not any(s.action(column) for s in sources):
-                whole_rows.update(id(s) for s in by_alias[column])  # row_to_json(c), SELECT c: every column
+            candidates = by_alias.get(qualifier, {}).values() if qualifier else distinct
+            if qualifier is None and column in by_alias and not any(s.action(column) for s in distinct):
+                whole_rows.update(by_alias[column])  # row_to_json(c), SELECT c: every column
             for s in candidates:
                 found = s.action(column)
                 if found is None:
@@ -404,12 +435,60 @@ class Rewriter:
                                   f"{self.ctx.tier.name}", Reason.NOT_VISIBLE)
                 self.analysis.use(s, column, cls, act)
         star = tree.find(exp.Star) is not None
-        for s in sources:  # a star or a whole row reaches every column, masked or nulled
-            if not star and id(s) not in whole_rows:
+        for key, s in alike.items():  # a star or a whole row reaches every column, masked or nulled
+            if not star and key not in whole_rows:
                 continue
             for col, cls, act in s.actions:
                 if cls is not None and (s.relation.qualified, col.name) not in self.analysis.columns:
                     self.analysis.use(s, col.name, cls, act)
+
+
+def untouched_sources(root: exp.Expression, sources: list) -> set[int]:
+    """The sources (their ids) whose protected columns the statement cannot reach: they need no
+    masking subquery, and PostgreSQL is sent the relation itself (issue 17: the subquery cost
+    the planner a quarter of pgbench -S's throughput, for a column it never read).
+
+    Only when that is plain from the text PostgreSQL will be sent (the tree, as generated): no
+    row filter, no name of a masked or blocked column anywhere in it (as a column, a function,
+    a literal, whatever its case or quoting), no ``*`` (but ``count(*)``), no whole-row reference
+    to the source, no NATURAL join, no alias list renaming its columns, and no column name the
+    catalog does not know for the statement's relations (a column renamed or added since the
+    catalog was read: the subquery, which lists the columns known, makes PostgreSQL refuse it,
+    where the relation itself would answer it).  Anything else keeps the subquery."""
+    if not any(source.protected and source.row_filter is None for _, source in sources):
+        return set()
+    known = {col.name.lower() for _, source in sources for col, _, _ in source.actions}
+    names, whole = set(), set()
+    for node in root.walk():
+        if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
+            return set()
+        if isinstance(node, exp.Join) and str(node.args.get("method") or "").upper() == "NATURAL":
+            return set()
+        if isinstance(node, exp.Column) and isinstance(node.this, exp.Identifier):
+            name = node.this.this.lower()
+            if name not in known:  # an output alias, a subquery's column, or the catalog is stale
+                return set()
+            whole.add(name)  # c, t.c: a whole row when c names a source
+        for value in node.args.values():
+            if isinstance(value, str):
+                names.add(value.lower())
+    untouched = set()
+    for table, source in sources:
+        alias = table.args.get("alias")
+        if source.row_filter is not None or (alias is not None and alias.args.get("columns")) \
+                or source.alias.lower() in whole or source.relation.name.lower() in whole:
+            continue
+        if all(col.name.lower() not in names for col, _, act in source.actions if act.action != "clear"):
+            untouched.add(id(source))
+    return untouched
+
+
+def _select_of(table: exp.Table) -> int:
+    """The SELECT whose FROM or JOIN names ``table`` directly (its id), or 0."""
+    holder = table.parent
+    if isinstance(holder, (exp.From, exp.Join)) and isinstance(holder.parent, exp.Select):
+        return id(holder.parent)
+    return 0
 
 
 def qualify(table: exp.Table, rel: Relation) -> None:
