@@ -123,3 +123,22 @@ def test_a_restricted_tier_cannot_reach_a_users_overload_of_a_builtin_name(pg, t
         proxy.stop()
         pg.psql("DROP OPERATOR public.+ (text, text); DROP FUNCTION public.phones(text, text);"
                 "DROP FUNCTION public.md5(integer)", "crm")
+
+
+def test_a_qualified_name_the_relation_lacks_keeps_the_masking_subquery(pg, tier_users, tmp_path):
+    """``c.quantity`` where customers has no column quantity is PostgreSQL's attribute notation
+    for ``quantity(c)``: a function of the whole row.  ``quantity`` is a column the catalog knows
+    (of orders, also in the statement), so the relation was sent as itself (issue 17's shortcut),
+    and a user's ``quantity(customers)`` read the row in clear."""
+    phone = pg.psql("SELECT phone FROM customers WHERE phone IS NOT NULL ORDER BY id LIMIT 1", "crm").strip()
+    pg.psql("CREATE FUNCTION public.quantity(c public.customers) RETURNS text LANGUAGE sql "
+            "AS $$ SELECT c.phone $$", "crm")
+    proxy = start_with_rules(pg, tmp_path / "crm.yaml", RULES.read_text())
+    try:
+        sql = ("SELECT c.quantity\n  FROM customers c\n  JOIN orders o ON o.customer_id = c.id -- attribute notation\n"
+               " ORDER BY c.id")
+        out = run_psql(pg.bin_dir / "psql", proxy, "-Atc", sql, user="admin_chen", password=TIER_PASSWORD)
+        assert phone not in out.stdout, "a masked phone read in clear through c.quantity"
+    finally:
+        proxy.stop()
+        pg.psql("DROP FUNCTION public.quantity(public.customers)", "crm")
