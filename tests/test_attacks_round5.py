@@ -142,3 +142,40 @@ def test_a_qualified_name_the_relation_lacks_keeps_the_masking_subquery(pg, tier
     finally:
         proxy.stop()
         pg.psql("DROP FUNCTION public.quantity(public.customers)", "crm")
+
+
+# ----------------------------------------------------------------------------- a proof taken at Parse, used later
+def _dba_session():
+    """A session of an all-clear tier (which may put public before pg_catalog), strict audit."""
+    import playbook
+    from proxy.session import Session, SessionConfig
+    rules = playbook.RULES.replace("identities:\n", "  dba:\n    see: {\"*\": clear}\n    statements: [read, write, "
+                                   "session, ddl, admin]\nidentities:\n  - {user: dba_sun, tier: dba}\n")
+    s = Session(SessionConfig(engine=Engine(load_rules(rules), playbook.CATALOG), clock=lambda: playbook.T0,
+                              audit=True), ("10.1.2.3", 5000))
+    for event in (playbook.ClientData(playbook.startup("dba_sun")), playbook.UpstreamConnected(False),
+                  playbook.ServerData(playbook.AUTH_OK + playbook.ready())):
+        s.handle(event)
+    return s
+
+
+def test_a_statement_proven_read_only_at_parse_is_not_so_once_the_search_path_puts_public_first():
+    """``lower('x')`` prepared under the default path is pg_catalog's; after ``SET search_path =
+    public, pg_catalog`` PostgreSQL re-plans it and runs ``public.lower(text)`` if there is one.
+    Its later execution was sent at once (answer_only), before its record was durable."""
+    from proxy import codec
+    from proxy.session import AuditDurable, ClientData, SendToServer, ServerData, WriteAudit
+    from playbook import SYNC, complete, q, ready
+    s = _dba_session()
+    s.handle(ClientData(codec.encode(codec.Parse("s1", "SELECT lower('x')", ())) + SYNC))
+    s.handle(AuditDurable(1))
+    s.handle(ServerData(codec.encode(codec.ParseComplete()) + ready()))
+    s.handle(ClientData(q("SET search_path = public, pg_catalog")))
+    s.handle(AuditDurable(2))
+    s.handle(ServerData(complete("SET") + codec.encode(codec.ParameterStatus("search_path", "public, pg_catalog"))
+                        + ready()))
+    commands = s.handle(ClientData(codec.encode(codec.Bind("", "s1", (), (), ())) + codec.encode(codec.Execute("", 0))
+                                   + SYNC))
+    audits = [c for c in commands if isinstance(c, WriteAudit) and c.durable]
+    assert audits and not any(c.answer_only for c in audits), audits
+    assert not [c for c in commands if isinstance(c, SendToServer)], "the execution waits for its record"
