@@ -179,3 +179,21 @@ def test_a_statement_proven_read_only_at_parse_is_not_so_once_the_search_path_pu
     audits = [c for c in commands if isinstance(c, WriteAudit) and c.durable]
     assert audits and not any(c.answer_only for c in audits), audits
     assert not [c for c in commands if isinstance(c, SendToServer)], "the execution waits for its record"
+
+
+def test_a_statement_longer_than_its_recorded_text_is_not_proven_read_only():
+    """The record keeps the normalised text up to 4,000 characters (and reads a prefix of a huge
+    statement): what lies beyond was not read, so ``SELECT id, id, ... , nextval('s')`` was
+    proven read-only by its first 4,000 characters and sent before its record was durable."""
+    from proxy.session import ClientData, DecideApart, DecidedApart, SendToServer, WriteAudit
+    from playbook import q
+    for sql in ("SELECT " + ", ".join(["id"] * 1500) + ",\n  nextval('s') -- advances a sequence\n  FROM customers",
+                "SELECT '" + "x" * 70_000 + "' AS pad, id, id, pg_advisory_lock(1) FROM customers"):
+        s = _dba_session()
+        commands = s.handle(ClientData(q(sql)))
+        for apart in [c for c in commands if isinstance(c, DecideApart)]:  # a long text is decided apart
+            decision = s.config.engine.decide(apart.sql, apart.tier, apart.search_path, apart.user, apart.access)
+            commands += s.handle(DecidedApart(apart.key, decision))
+        audits = [c for c in commands if isinstance(c, WriteAudit) and c.durable]
+        assert audits and not any(c.answer_only for c in audits), sql[-60:]
+        assert not [c for c in commands if isinstance(c, SendToServer)], "it waits for its record"

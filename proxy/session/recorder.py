@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import limits
 from ..audit import records
 from ..audit.tracker import StatementTracker
 from ..codec import BE, FE, TxStatus
@@ -105,8 +106,10 @@ class Recorder:
             if sealed is not None:
                 record["sealed"] = sealed
         durable = self.config.audit_strict and not (decision and decision.refused)
-        read_only = durable and proven_read_only(record["sql"], decision, getattr(engine, "catalog", None),
-                                                 self.server_params.get("search_path"))
+        # the record's text is the whole statement only up to 4,000 characters (and a prefix of a huge one)
+        whole = len(sql) <= limits.NORMALIZE_PREFIX and len(record["sql"]) < 4000
+        read_only = durable and whole and proven_read_only(record["sql"], decision, getattr(engine, "catalog", None),
+                                                           self.server_params.get("search_path"))
         audits.append(WriteAudit(record, durable=durable, answer_only=read_only))
         self._read_only[statement_id] = (read_only, self._read_only_under())
         if len(self._read_only) > 4096:
