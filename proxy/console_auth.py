@@ -17,7 +17,9 @@ import asyncio
 from urllib.parse import urlsplit
 
 from . import codec
-from .scram import ScramBridge, ScramError, tls_server_end_point
+from .scram import ScramError, tls_server_end_point
+from .session import LookupVerifier, SendToServer
+from .session.scram_bridge import ScramBridge
 
 AUTH = codec.Authentication
 _OK = codec.encode(AUTH(AUTH.OK, b""))
@@ -110,16 +112,17 @@ async def _steps(conn, bridge: ScramBridge, upstream_writer, steps: list) -> Non
     verifier lookup.  The final AuthenticationOk is the console's own, sent after the tier check."""
     timeout = conn.proxy.settings.startup_timeout
     while steps:
-        target, payload = steps.pop(0)
-        if target == "server":
-            upstream_writer.write(payload)
-        elif target == "lookup":
+        step = steps.pop(0)  # the bridge's commands (proxy.session.commands)
+        if type(step) is SendToServer:
+            upstream_writer.write(step.data)
+        elif type(step) is LookupVerifier:
             try:
-                verifier = await conn.proxy.lookup_verifier(payload)
+                verifier = await conn.proxy.lookup_verifier(step.user)
             except Exception as exc:  # the auth account's connection or query failed
                 raise ScramError(f"pgveil could not look up the role's credentials: {exc}", "28000") from None
             steps += bridge.verifier_found(verifier)
-        elif target == "client" and payload != _OK:
+        elif step.data != _OK:  # SendToClient
+            payload = step.data
             conn.writer.write(payload)
             if payload[5:9] in (AUTH.SASL.to_bytes(4, "big"), AUTH.SASL_CONTINUE.to_bytes(4, "big")):
                 answer = await _client_answer(conn, timeout)

@@ -16,18 +16,17 @@ import uvloop
 
 from proxy import console_peers
 from proxy.console_peers import Peers, make_directory, remove_directory
+from proxy.session import KillRequested
 
 
 class Link:
     def __init__(self, session_id: str) -> None:
-        self.session = SimpleNamespace(id=session_id, fail=self.fail, tier=None)
+        self.session = SimpleNamespace(id=session_id, tier=None)
         self.asked = []
 
-    def fail(self, *args):
-        return args
-
-    def dispatch(self, event, *args):
-        self.asked.append(event(*args))
+    def dispatch(self, event):
+        """The events the session is given (it picks 57P01 and the text: tests/test_playbook.py)."""
+        self.asked.append(event)
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -89,7 +88,7 @@ def test_a_peer_answers_known_operations_only_and_before_their_deadline(run, dir
     late, unknown, garbage, kill, tiers = run(go())
     assert late == unknown == garbage == b""  # closed without an answer
     assert json.loads(kill) == {"worker": os.getpid(), "answer": True}
-    assert link.asked == [("57P01", "terminating connection due to administrator command (pgveil console, by user u)")]
+    assert link.asked == [KillRequested("pgveil console, by user u")]
     assert json.loads(tiers)["answer"] == {}
 
 

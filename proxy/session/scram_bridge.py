@@ -143,7 +143,7 @@ class ScramBridge:
             signature = _hmac(self._verifier.server_key, self._client_auth_message)
             final = codec.Authentication(codec.Authentication.SASL_FINAL, f"v={_b64(signature)}".encode())
             self.authenticated = True
-            return [SendToClient(codec.encode(final) + codec.encode(auth))]
+            return [SendToClient(codec.encode(final)), SendToClient(codec.encode(auth))]
         raise ScramError(f"unexpected authentication request {auth.code} from the server", "08P01")
 
     def _upstream_final(self, server_first: str) -> list[Command]:
