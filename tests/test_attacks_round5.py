@@ -197,3 +197,66 @@ def test_a_statement_longer_than_its_recorded_text_is_not_proven_read_only():
         audits = [c for c in commands if isinstance(c, WriteAudit) and c.durable]
         assert audits and not any(c.answer_only for c in audits), sql[-60:]
         assert not [c for c in commands if isinstance(c, SendToServer)], "it waits for its record"
+
+
+# ----------------------------------------------------------------------------- the console under strict audit
+class _Journal:
+    """An audit writer in strict mode whose records become durable only when the test says so."""
+
+    mode = "strict"
+
+    def __init__(self) -> None:
+        self.records, self.waiting = [], []
+
+    def submit(self, record, on_durable=None) -> None:
+        self.records.append(record)
+        if on_durable is not None:
+            self.waiting.append(on_durable)
+
+
+class _Link:
+    def __init__(self, session) -> None:
+        self.session, self.failed = session, []
+
+    def dispatch(self, handler, *args) -> None:
+        self.failed.append(args)
+
+
+def _console(journal, links=()):
+    from types import SimpleNamespace
+    from proxy.console_server import ConsoleConnection
+    proxy = SimpleNamespace(engine=None, audit=journal, links=list(links))
+    writer = SimpleNamespace(get_extra_info=lambda name: ("127.0.0.1", 5000))
+    conn = ConsoleConnection(proxy, None, writer)
+    conn.user = "it_zhou"
+    return conn
+
+
+def test_a_console_kill_waits_for_its_durable_record_under_strict_audit():
+    """Strict audit: nothing is changed without a durable record.  KILL ended the session while its
+    record was only queued; now it waits, and a journal that fails refuses it (58030)."""
+    from types import SimpleNamespace
+    from proxy.console import ConsoleError
+
+    async def scene():
+        journal = _Journal()
+        link = _Link(SimpleNamespace(id="abc123", fail=None))
+        conn = _console(journal, [link])
+        kill = asyncio.ensure_future(conn._run("KILL", "abc123", "simple"))
+        await asyncio.sleep(0.05)
+        assert journal.records and journal.records[0]["sql"] == "KILL abc123"
+        assert not link.failed and not kill.done(), "the session was ended before the record was durable"
+        journal.waiting.pop(0)(None)
+        await asyncio.wait_for(kill, 2)
+        assert link.failed, "once durable, the KILL is carried out"
+
+        journal = _Journal()
+        link = _Link(SimpleNamespace(id="abc123", fail=None))
+        conn = _console(journal, [link])
+        kill = asyncio.ensure_future(conn._run("KILL", "abc123", "simple"))
+        await asyncio.sleep(0.05)
+        journal.waiting.pop(0)(OSError("the disk is gone"))
+        with pytest.raises(ConsoleError) as refused:
+            await asyncio.wait_for(kill, 2)
+        assert refused.value.sqlstate == "58030" and not link.failed
+    asyncio.run(scene())
