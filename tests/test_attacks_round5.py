@@ -52,6 +52,7 @@ WRITES_UNDER_A_READ = {
     "SELECT md5(1)": "md5(integer)",
     "SELECT CAST(1 AS d)": "domain d",
     "SELECT 'a'::text + 'b'::text": "operator text + text",
+    "SELECT \u00f1lower('x')": "nlower",  # readonly.py's tokens: "\u00f1" then "lower(", a known name
 }
 SIDE_EFFECTS = """
 CREATE TABLE side(what text);
@@ -61,6 +62,7 @@ CREATE FUNCTION public.note(what text) RETURNS boolean LANGUAGE sql
     AS $$ INSERT INTO side VALUES (what); SELECT true $$;
 CREATE FUNCTION public.md5(integer) RETURNS text LANGUAGE sql AS $$ SELECT public.note('md5(integer)')::text $$;
 CREATE FUNCTION public."COUNT"(integer) RETURNS int LANGUAGE sql AS $$ SELECT public.note('COUNT(integer)')::int $$;
+CREATE FUNCTION public.\u00f1lower(text) RETURNS text LANGUAGE sql AS $$ SELECT public.note('nlower')::text $$;
 CREATE DOMAIN public.d AS integer CHECK (public.note('domain d'));
 CREATE FUNCTION public.tplus(text, text) RETURNS text LANGUAGE sql
     AS $$ SELECT public.note('operator text + text')::text $$;
