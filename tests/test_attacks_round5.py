@@ -262,3 +262,15 @@ def test_a_console_kill_waits_for_its_durable_record_under_strict_audit():
             await asyncio.wait_for(kill, 2)
         assert refused.value.sqlstate == "58030" and not link.failed
     asyncio.run(scene())
+
+
+def test_a_name_with_non_ascii_letters_is_not_read_as_the_known_name_it_ends_with():
+    """With a catalog that does not know public.ñlower yet (created since it was read),
+    readonly.py's ASCII tokens saw ``ñ`` then ``lower(``, a known read-only function."""
+    from proxy.catalog import Catalog
+    catalog = Catalog.from_spec({"public.customers": {"id": "integer", "id_number": "text"}})
+    engine = Engine(load_rules(RULES_TEXT), catalog)
+    for sql in ("SELECT \u00f1lower('x')", "SELECT lower\u00f1('x')", "SELECT count(*) FROM customers WHERE id = 1"):
+        decision = engine.decide(sql, engine.rules.tier("dba"), ("public",), "a", None)
+        proven = proven_read_only(decision.normalized or normalize(sql), decision, catalog, None)
+        assert proven == sql.isascii(), sql

@@ -95,6 +95,8 @@ def _words_read_only(tokens: list[str]) -> bool:
     previous = ""
     for i, token in enumerate(tokens):
         word = token.lower()
+        if not token.isascii():
+            return False  # the tokens split a name at non-ASCII: "ñlower(" is not lower(
         if word in FORBIDDEN:
             return False
         if previous == ":" and tokens[i - 2:i] == [":", ":"] and word.strip('"') not in CAST_TYPES:
