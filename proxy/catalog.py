@@ -45,8 +45,10 @@ class Relation:
 
 class Catalog:
     def __init__(self, relations: list[Relation], functions: frozenset = frozenset(),
-                 memberships: dict | None = None, database: str | None = None) -> None:
-        self.database = database  # the database this catalog describes (None: any, for tests)
+                 memberships: dict | None = None, database: str | None = None, users: tuple = ()) -> None:
+        self.database = database
+        # names of functions, operators and types outside pg_catalog (proxy/shadowing.py)
+        self.user_functions, self.user_operators, self.user_types = (tuple(users) + (frozenset(),) * 3)[:3]  # the database this catalog describes (None: any, for tests)
         self.by_oid = {r.oid: r for r in relations}
         self.by_name = {(r.schema, r.name): r for r in relations}
         self.functions = functions  # names of functions in pg_catalog
@@ -56,6 +58,8 @@ class Catalog:
         for r in sorted(relations, key=lambda r: r.oid):
             digest.update(repr((r.oid, r.schema, r.name, r.kind, r.columns, r.parents,
                                 sorted(r.sources.items()))).encode())
+        digest.update(repr([sorted(names) for names in (self.user_functions, self.user_operators,
+                                                         self.user_types)]).encode())
         self.version = digest.hexdigest()[:12]
 
     def resolve(self, schema: str | None, name: str, search_path: tuple, user: str = "") -> Relation | None:
@@ -153,6 +157,20 @@ FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamesp
 WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 """
 FUNCTIONS_SQL = "SELECT DISTINCT proname::text FROM pg_catalog.pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace"
+# a user's functions, operators and types (extensions' members aside): see proxy/shadowing.py
+USERS_OBJECTS_SQL = """
+SELECT 'f', p.proname::text FROM pg_catalog.pg_proc p
+WHERE p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass
+                  AND d.objid = p.oid AND d.deptype = 'e')
+UNION SELECT 'o', o.oprname::text FROM pg_catalog.pg_operator o
+WHERE o.oprnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_operator'::regclass
+                  AND d.objid = o.oid AND d.deptype = 'e')
+UNION SELECT 't', t.typname::text FROM pg_catalog.pg_type t
+WHERE t.typnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+  AND t.typtype IN ('b', 'd', 'r', 'm')
+"""
 GENERATED_DEPS_SQL = """
 SELECT d.adrelid AS rel, d.adnum::int AS attnum, dep.refobjsubid::int AS source
 FROM pg_catalog.pg_attrdef d
@@ -243,4 +261,9 @@ async def load_catalog(conn) -> Catalog:
                 todo.extend(direct.get(role, ()))
         memberships[member] = frozenset(seen)
     database = await conn.fetchval("SELECT current_database()")
-    return Catalog(relations, functions, memberships, database)
+    users = {"f": set(), "o": set(), "t": set()}
+    for kind, name in await conn.fetch(USERS_OBJECTS_SQL):
+        users[kind].add(name)
+    functions = functions - users["f"]  # a name a user's function shares is no longer plainly built-in
+    return Catalog(relations, functions, memberships, database,
+                   (frozenset(users["f"]), frozenset(users["o"]), frozenset(users["t"])))

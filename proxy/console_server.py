@@ -192,10 +192,12 @@ class ConsoleConnection:
                                    Decision("allow", text, kinds=("console",)),
                                    self.proxy.engine.rules.version if self.proxy.engine else None)
         record["sql"] = text  # a session id is not a customer's value: kept, so the record says whom
-        self.proxy.audit.submit(record)
+        durable = self._durable(record)
         started = time.monotonic()
         status, rows, sqlstate = "ok", None, None
         try:
+            if durable is not None and await durable is not None:  # strict: nothing seen or changed before it
+                raise ConsoleError("58030", "pgveil cannot write its audit journal; the command was not carried out")
             table = await getattr(self, "_" + command.lower().replace(" ", "_"))(argument)
             rows = len(table.rows)
             return table
@@ -205,6 +207,20 @@ class ConsoleConnection:
         finally:
             self.proxy.audit.submit(records.outcome(self.who(), statement_id, status, rows,
                                                     time.monotonic() - started, sqlstate))
+
+    def _durable(self, record: dict):
+        """Submit the command's record; under strict audit, a future of its durability (None once on
+        disk, else the error), which the command waits for before it shows or changes anything."""
+        if getattr(self.proxy.audit, "mode", None) != "strict":
+            self.proxy.audit.submit(record)
+            return None
+        done = asyncio.get_running_loop().create_future()
+
+        def on_durable(error) -> None:
+            if not done.done():
+                done.set_result(error)
+        self.proxy.audit.submit(record, on_durable)
+        return done
 
     async def _gather(self, op: str, arg: str = "", by: str = "") -> tuple[list, list[str]]:
         """This worker's answer to ``op`` and every other worker's: ``[(pid, answer)]``, warnings."""

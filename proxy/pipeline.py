@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from . import heads, searchpath
+from . import heads, searchpath, shadowing
 from .limits import normalize_bounded
 from .rewrite import PLACEHOLDER, Rewriter
 from .rowlimits import cursor_ref
@@ -70,6 +70,10 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
     if rw.analysis.packs and columns and ctx.tier.row_limit({c.cls for c in columns}) is not None:
         return _refuse(Refusal(f"{rw.analysis.packs} packs many rows into one value: tier {ctx.tier.name} has "
                                f"max_rows, so it may not use it over sensitive columns", Reason.ROW_LIMIT), rw)
+    reached = shadowing.users_objects("; ".join(texts), ctx.catalog, tuple(ctx.tier.functions), ctx.search_path)
+    if reached:
+        return _refuse(Refusal(f"{reached} is not allowed for tier {ctx.tier.name}: PostgreSQL may run the user's "
+                               f"object, not its own", Reason.FUNCTION), rw)
     masked = any(c.action != "clear" for c in columns) or any(
         ctx.tier.rows and rw.row_filter(ctx.catalog.by_name[tuple(r.split(".", 1))]) for r in rw.analysis.relations)
     return Decision("rewrite" if masked else "allow", "; ".join(texts), kinds=tuple(dict.fromkeys(kinds)),

@@ -138,6 +138,11 @@ def untouched_sources(root: exp.Expression, sources: list) -> set[int]:
     if not any(source.protected and source.row_filter is None for _, source in sources):
         return set()
     known = {col.name.lower() for _, source in sources for col, _, _ in source.actions}
+    own: dict[str, set] = {}  # a source's alias (and its relation's name) -> the columns it has
+    for _, source in sources:
+        columns = {col.name.lower() for col, _, _ in source.actions}
+        for label in {source.alias.lower(), source.relation.name.lower()}:
+            own[label] = own[label] & columns if label in own else columns
     names, whole = set(), set()
     for node in root.walk():
         if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
@@ -148,6 +153,9 @@ def untouched_sources(root: exp.Expression, sources: list) -> set[int]:
             name = node.this.this.lower()
             if name not in known:  # an output alias, a subquery's column, or the catalog is stale
                 return set()
+            qualifier = node.args.get("table")
+            if isinstance(qualifier, exp.Identifier) and name not in own.get(qualifier.this.lower(), {name}):
+                return set()  # t.f where t has no column f: PostgreSQL's attribute notation, f(t), a whole row
             whole.add(name)  # c, t.c: a whole row when c names a source
         for value in node.args.values():
             if isinstance(value, str):

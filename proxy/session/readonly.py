@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import re
 
+from .. import shadowing
+
 _TOKENS = re.compile(r'"(?:[^"]++|"")*+"|[A-Za-z_][A-Za-z0-9_$]*+|\S')
 FIRST_WORDS = frozenset({"select", "with", "values", "table", "show"})
 FORBIDDEN = frozenset({
@@ -77,6 +79,8 @@ def proven_read_only(normalized: str, decision, catalog, search_path: str | None
         return False
     if not _tables_only(decision.relations, catalog) or not _catalog_first(search_path):
         return False
+    if shadowing.users_objects(decision.sql or normalized, catalog):
+        return False  # a user's function, operator or type spelled like a built-in one
     if any(run not in OPERATORS for run in _OPERATOR_RUN.findall(normalized)):
         return False  # an operator of the user's may run any function
     tokens = _TOKENS.findall(normalized)
@@ -91,6 +95,8 @@ def _words_read_only(tokens: list[str]) -> bool:
     previous = ""
     for i, token in enumerate(tokens):
         word = token.lower()
+        if not token.isascii():
+            return False  # the tokens split a name at non-ASCII: "ñlower(" is not lower(
         if word in FORBIDDEN:
             return False
         if previous == ":" and tokens[i - 2:i] == [":", ":"] and word.strip('"') not in CAST_TYPES:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import limits
 from ..audit import records
 from ..audit.tracker import StatementTracker
 from ..codec import BE, FE, TxStatus
@@ -24,7 +25,8 @@ class Recorder:
         self._seals = self.config.sealing.session() if self.config.sealing is not None else None
         self.last_statement: tuple | None = None  # (fingerprint, monotonic time) of the latest, for the console
         self._uncovered: dict[str, bool] = {}  # statements of this batch whose record covers an execution
-        self._read_only: dict[str, bool] = {}  # statement id -> proven read-only (strict audit)
+        # statement id -> proven read-only (strict audit), and under what: the search path and catalog
+        self._read_only: dict[str, tuple] = {}
 
     # ------------------------------------------------------------------ audit
     def _who(self) -> dict:
@@ -104,10 +106,12 @@ class Recorder:
             if sealed is not None:
                 record["sealed"] = sealed
         durable = self.config.audit_strict and not (decision and decision.refused)
-        read_only = durable and proven_read_only(record["sql"], decision, getattr(engine, "catalog", None),
-                                                 self.server_params.get("search_path"))
+        # the record's text is the whole statement only up to 4,000 characters (and a prefix of a huge one)
+        whole = len(sql) <= limits.NORMALIZE_PREFIX and len(record["sql"]) < 4000
+        read_only = durable and whole and proven_read_only(record["sql"], decision, getattr(engine, "catalog", None),
+                                                           self.server_params.get("search_path"))
         audits.append(WriteAudit(record, durable=durable, answer_only=read_only))
-        self._read_only[statement_id] = read_only
+        self._read_only[statement_id] = (read_only, self._read_only_under())
         if len(self._read_only) > 4096:
             del self._read_only[next(iter(self._read_only))]
         if durable:  # its record covers its first execution in this batch; any other gets its own
@@ -124,6 +128,12 @@ class Recorder:
             self._tracker.query(statement_id, self._now())
         return statement_id
 
+    def _read_only_under(self) -> tuple:
+        """What a statement's read-only proof depends on besides its text: the server's search path
+        and the catalog (its functions, operators and types)."""
+        return self.server_params.get("search_path"), getattr(getattr(self.config.engine, "catalog", None),
+                                                              "version", None)
+
     def _execution_record(self, portal: str) -> list[Command]:
         """Strict audit: an Execute of a statement prepared in an earlier batch, or executed
         again, gets a durable record of its own (its answer, or it, waits as its statement's did)."""
@@ -132,7 +142,9 @@ class Recorder:
             return []  # its first execution: the statement's record covers it
         if statement_id in self._refused_ids:
             return []  # it fails on the server in the refusal's place
-        read_only = self._read_only.get(statement_id, False)
+        read_only, under = self._read_only.get(statement_id, (False, None))
+        # proven under another search path or catalog: md5(1) may now be public.md5(integer)
+        read_only = read_only and under == self._read_only_under()
         grant, purpose = self._ran_under.get(statement_id, (None, None))
         record = records.base("execution", self._who())
         record.update({"statement": statement_id, "portal": portal, "purpose": purpose, "grant": grant})

@@ -1,0 +1,56 @@
+"""A user's objects spelled like PostgreSQL's own: a function, operator or type outside pg_catalog
+that a statement reaches by a name the policy and strict audit take for a built-in one.
+
+``md5(1)`` is pg_catalog's md5 by name, but there is no ``pg_catalog.md5(integer)``: when
+``public.md5(integer)`` exists, PostgreSQL runs it (the exact match wins over a cast, whatever
+the search path's order), as the client's role, so it may read any column in clear or write
+anything.  The same holds for an operator (``'a'::text + 'b'::text``: no built-in ``text + text``)
+and for a cast to a domain whose CHECK calls a function (``CAST(1 AS d)``).
+
+The catalog lists the names of such objects (functions, operators, domains and base or range
+types outside pg_catalog and information_schema, extensions' members aside); a statement whose
+text, as PostgreSQL is sent it, calls such a name, uses such an operator or names such a type
+is refused for restricted tiers unless the tier's ``functions`` lists it, and is never proven
+read-only.  Nothing to do, and no cost, for a database without them.  One pass over sqlglot's
+tokens of the text.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+from sqlglot.tokens import TokenType
+
+from .sql import DIALECT
+
+_NOT_CALLS = frozenset({TokenType.STRING, TokenType.NUMBER, TokenType.NATIONAL_STRING, TokenType.BIT_STRING,
+                        TokenType.HEX_STRING, TokenType.BYTE_STRING, TokenType.HEREDOC_STRING})
+
+
+def users_objects(sql: str, catalog, allowed: tuple = (), search_path: tuple = ()) -> str | None:
+    """What in ``sql`` reaches a user's function, operator or type spelled like a built-in one
+    (a phrase for the refusal), or None.  ``allowed``: the tier's ``functions`` patterns, matched
+    as the policy matches them (the name qualified by each schema of ``search_path``, and bare)."""
+    functions = getattr(catalog, "user_functions", frozenset())
+    operators = getattr(catalog, "user_operators", frozenset())
+    types = getattr(catalog, "user_types", frozenset())
+    if not (functions or operators or types):
+        return None
+    tokens = DIALECT.tokenize(sql)
+    for i, token in enumerate(tokens):
+        if token.token_type in _NOT_CALLS:
+            continue
+        quoted = token.token_type is TokenType.IDENTIFIER
+        name = token.text if quoted else token.text.lower()
+        after = tokens[i + 1].token_type if i + 1 < len(tokens) else None
+        before = tokens[i - 1].token_type if i else None
+        qualified = before is TokenType.DOT and i >= 2 and tokens[i - 2].text.lower() == "pg_catalog"
+        if after is TokenType.L_PAREN and name in functions and not qualified \
+                and not any(fnmatch.fnmatchcase(c, p) for c in [f"{s}.{name}" for s in search_path] + [name]
+                            for p in allowed):
+            return f"function {name} (a function of that name exists outside pg_catalog)"
+        if name in operators and not token.text[:1].isalnum() and not quoted:
+            return f"operator {name} (an operator of that name exists outside pg_catalog)"
+        if name in types and before in (TokenType.DCOLON, TokenType.ALIAS):
+            return f"type {name} (a type of that name exists outside pg_catalog)"
+    return None
