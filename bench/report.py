@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 
 def markdown(report: dict) -> str:
     lines = [f"Run of {report['date'][:10]} on `{report['machine']}` ({report['cores']} cores, shared), "
@@ -50,6 +52,8 @@ def markdown(report: dict) -> str:
                   f"{m['per_session_kb']:.1f} KB per session.", ""]
     if report.get("stall"):
         lines += stall_markdown(report["stall"])
+    from targets import markdown as targets_markdown
+    lines += targets_markdown(report)
     return "\n".join(lines)
 
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 from .sql import exp, parse_one, to_sql
 
-from . import settings
 from .barrier import FENCE, fenced, index_copies
+from .reach import (DENIED_FUNCTIONS, DENIED_PREFIXES, check_columns, check_functions,  # noqa: F401 (re-exported)
+                    name_of, select_of as _select_of, untouched_sources)
 from .catalog import Catalog, Relation
 from .masks import MaskError, mask_sql, null_of
 from .rowlimits import packs_rows
@@ -40,31 +41,10 @@ DENIED_RELATIONS = frozenset({
     "pg_stat_activity", "pg_stat_statements", "pg_stat_statements_info", "pg_largeobject",
     "pg_largeobject_metadata", "pg_authid", "pg_shadow", "pg_user_mappings", "pg_prepared_statements",
 })
-# Functions that run SQL given as data, read files or large objects, or show other sessions.
-DENIED_FUNCTIONS = frozenset({
-    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml", "cursor_to_xmlschema",
-    "table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema", "schema_to_xml", "schema_to_xmlschema",
-    "schema_to_xml_and_xmlschema", "database_to_xml", "database_to_xmlschema", "database_to_xml_and_xmlschema",
-    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_file_write",
-    "pg_stat_get_activity", "pg_stat_get_backend_activity", "current_query", "ts_stat", "ts_rewrite",
-    "pg_logical_slot_get_changes", "pg_logical_slot_peek_changes",
-    "pg_logical_slot_get_binary_changes", "pg_logical_slot_peek_binary_changes", "pg_logical_emit_message",
-    "pg_export_snapshot", "pg_import_system_collations",
-})
-DENIED_PREFIXES = ("dblink", "lo_", "pg_read_", "pg_ls_", "xpath_table")
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 STRICTNESS = {"clear": 0, "mask": 1, "block": 2}
 # Names no client can guess: they stand for masking subqueries until the text is generated.
 PLACEHOLDER = f"pgveil_{os.urandom(8).hex()}_"
-
-
-def name_of(identifier) -> str:
-    """An identifier as PostgreSQL folds it: unquoted names are lower-cased."""
-    if identifier is None:
-        return ""
-    if isinstance(identifier, exp.Identifier):
-        return identifier.this if identifier.quoted else identifier.this.lower()
-    return str(identifier).lower()
 
 
 def quote(name: str) -> str:
@@ -219,6 +199,10 @@ class Rewriter:
     def relation_tables(self, tree: exp.Expression, skip: set) -> list[exp.Table]:
         """Table nodes that name relations (not CTEs, not functions in FROM, not ``skip``)."""
         found = []
+        # a name no WITH of the statement defines is no CTE: is_cte walks up to the root, which
+        # for every branch of a long UNION is quadratic, so it is asked only about those names
+        cte_names = {name_of(cte.args["alias"].this) for cte in tree.root().find_all(exp.CTE)
+                     if cte.args.get("alias") is not None}
         for table in tree.find_all(exp.Table):
             if id(table) in skip:
                 continue
@@ -226,7 +210,7 @@ class Rewriter:
                 if table.this is not None and not isinstance(table.this, exp.Func):
                     raise NotUnderstood(f"table expression {to_sql(table)}")
                 continue
-            if table.args.get("db") is None and self.is_cte(table):
+            if table.args.get("db") is None and name_of(table.this) in cte_names and self.is_cte(table):
                 continue
             for unsupported in ("sample", "pivots", "version", "when", "changes", "partition"):
                 if table.args.get(unsupported):
@@ -262,15 +246,25 @@ class Rewriter:
             self.analysis.packs = packs_rows(tree)
         self.check_functions(tree)
         self.check_columns(tree, [s for _, s in sources])
+        root = tree.root()
+        by_select: dict[int, list] = {}  # the sources named in one SELECT's FROM and JOINs (barrier.join_copies)
         for table, source in sources:
-            if source.protected:
-                self.replace(table, source, sources)
+            by_select.setdefault(_select_of(table), []).append((table, source))
+        stripped: set[str] = set()
+        untouched = untouched_sources(root, sources)
+        for table, source in sources:
+            if source.protected and id(source) not in untouched:
+                if self.replace(table, source, by_select[_select_of(table)]):
+                    stripped.add(source.alias)
             else:
                 qualify(table, source.relation)
+        if stripped:
+            self._strip_schema(root, stripped)
         return tree
 
-    def replace(self, table: exp.Table, source: Source, others: list | None = None) -> None:
-        """Put the masking subquery where the relation was.
+    def replace(self, table: exp.Table, source: Source, others: list | None = None) -> bool:
+        """Put the masking subquery where the relation was; True when the reference had no alias,
+        so that columns qualified by schema and name must lose the schema (:meth:`_strip_schema`).
 
         The subquery's text is spliced in after generation (see :meth:`substitute`): the tree
         gets a placeholder name made of a per-process random token, so that the large masking
@@ -281,29 +275,39 @@ class Rewriter:
         self.substitutions[token] = fenced(self.template_sql(source, only), index_copies(table, source, others)) \
             if source.row_filter else self.template_sql(source, only)
         alias = table.args.get("alias")
-        if alias is None or alias.this is None:
+        unaliased = alias is None or alias.this is None
+        if unaliased:
             alias_node = exp.TableAlias(this=exp.to_identifier(source.alias, quoted=True),
                                         columns=alias.args.get("columns") if alias else None)
-            self._strip_schema(table, source)
         else:
             alias_node = alias.copy()
         table.replace(exp.Table(this=exp.to_identifier(token, quoted=True), alias=alias_node))
+        return unaliased
 
     def substitute(self, text: str) -> str:
-        """The generated SQL with every placeholder replaced by its masking subquery."""
-        for token, subquery in self.substitutions.items():
-            quoted = f'"{token}"'
-            if text.count(quoted) != 1:
+        """The generated SQL with every placeholder replaced by its masking subquery: one pass
+        over the text (a replace per placeholder was quadratic in UNION branches)."""
+        if not self.substitutions:
+            return text
+        parts = text.split(f'"{PLACEHOLDER}')
+        out, seen = [parts[0]], set()
+        for part in parts[1:]:
+            number, quote_mark, rest = part.partition('"')
+            token = PLACEHOLDER + number
+            if not quote_mark or token in seen or token not in self.substitutions:
                 raise NotUnderstood("a masking placeholder was lost in generation")
-            text = text.replace(quoted, f"({subquery})")
-        return text
+            seen.add(token)
+            out += ("(", self.substitutions[token], ")", rest)
+        if len(seen) != len(self.substitutions):
+            raise NotUnderstood("a masking placeholder was lost in generation")
+        return "".join(out)
 
     @staticmethod
-    def _strip_schema(table: exp.Table, source: Source) -> None:
-        """``public.customers.id`` must now say ``customers.id``: the subquery has no schema."""
-        root = table.root()
+    def _strip_schema(root: exp.Expression, aliases: set) -> None:
+        """``public.customers.id`` must now say ``customers.id``: the subquery has no schema.
+        One walk for every relation replaced (a walk per relation was quadratic in UNION branches)."""
         for col in root.find_all(exp.Column):
-            if col.args.get("db") is not None and name_of(col.args.get("table")) == source.alias:
+            if col.args.get("db") is not None and name_of(col.args.get("table")) in aliases:
                 col.set("db", None)
                 col.set("catalog", None)
 
@@ -338,78 +342,13 @@ class Rewriter:
             cached = self._templates[key] = text
         return cached
 
-    # ------------------------------------------------------------------ checks
-    def check_functions(self, tree: exp.Expression) -> None:
-        tier, functions = self.ctx.tier, self.ctx.catalog.functions
-        for call in tree.find_all(exp.Anonymous):
-            name = call.name.lower() if isinstance(call.this, str) else name_of(call.this)
-            schema = None
-            if isinstance(call.parent, exp.Dot) and call.parent.expression is call:
-                schema = name_of(call.parent.this)
-            if name == "set_config" and schema in (None, "pg_catalog"):
-                self.check_set_config(call)
-                continue
-            if name in DENIED_FUNCTIONS or name.startswith(DENIED_PREFIXES):
-                raise Refusal(f"function {name} is not allowed for tier {tier.name}: it reaches data by other doors",
-                              Reason.FUNCTION)
-            qualified = f"{schema}.{name}" if schema else name
-            if schema in (None, "pg_catalog") and name in functions:
-                continue
-            # an unqualified call resolves through the search path, like PostgreSQL resolves it
-            candidates = [qualified] if schema else [f"{s}.{name}" for s in self.ctx.search_path] + [name]
-            if any(fnmatch.fnmatchcase(c, p) for c in candidates for p in tier.functions):
-                continue
-            raise Refusal(f"function {qualified} is not allowed for tier {tier.name} "
-                          f"(only built-in functions, or those listed in the tier's 'functions')", Reason.FUNCTION)
 
-    def check_set_config(self, call: exp.Anonymous) -> None:
-        """set_config() is what SET is, as a function: the same allow list of settings holds, and
-        the setting (and a checked setting's value) must be literals the engine can read."""
-        args = call.expressions
-        if not args or not isinstance(args[0], exp.Literal) or not args[0].is_string:
-            raise Refusal(f"set_config with a computed setting name is not allowed for tier {self.ctx.tier.name}",
-                          Reason.SETTING)
-        setting = args[0].this.lower()
-        value = args[1] if len(args) > 1 else None
-        if isinstance(value, exp.Literal) and value.is_string:
-            values = settings.split_identifiers(value.this) if setting == "search_path" else [value.this]
-            values = values if values is not None else [None]
-        else:
-            values = [None]
-        problem = settings.check(setting, values, self.ctx.tier.settings)
-        if problem:
-            raise Refusal(problem.replace("this tier", f"tier {self.ctx.tier.name}"), Reason.SETTING)
+    # ------------------------------------------------------------------ checks (proxy/reach.py)
+    def check_functions(self, tree: exp.Expression) -> None:
+        check_functions(self.ctx, tree)
 
     def check_columns(self, tree: exp.Expression, sources: list[Source]) -> None:
-        """Refuse explicit references to blocked columns; note the sensitive ones used."""
-        by_alias: dict[str, list[Source]] = {}
-        for s in sources:
-            by_alias.setdefault(s.alias, []).append(s)
-        whole_rows: set[int] = set()
-        for col in tree.find_all(exp.Column):
-            column = name_of(col.this) if isinstance(col.this, exp.Identifier) else None
-            if column is None:
-                continue
-            qualifier = name_of(col.args.get("table")) if col.args.get("table") is not None else None
-            candidates = by_alias.get(qualifier, []) if qualifier else sources
-            if qualifier is None and column in by_alias and not any(s.action(column) for s in sources):
-                whole_rows.update(id(s) for s in by_alias[column])  # row_to_json(c), SELECT c: every column
-            for s in candidates:
-                found = s.action(column)
-                if found is None:
-                    continue
-                cls, act = found
-                if act.action == "block":
-                    raise Refusal(f"column {s.relation.name}.{s.renames.get(column, column)} is not visible to tier "
-                                  f"{self.ctx.tier.name}", Reason.NOT_VISIBLE)
-                self.analysis.use(s, column, cls, act)
-        star = tree.find(exp.Star) is not None
-        for s in sources:  # a star or a whole row reaches every column, masked or nulled
-            if not star and id(s) not in whole_rows:
-                continue
-            for col, cls, act in s.actions:
-                if cls is not None and (s.relation.qualified, col.name) not in self.analysis.columns:
-                    self.analysis.use(s, col.name, cls, act)
+        check_columns(self.ctx, self.analysis, tree, sources)
 
 
 def qualify(table: exp.Table, rel: Relation) -> None:

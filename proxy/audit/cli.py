@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .executions import Expander, expand
 from .journal import read_records, stream_files, verify
 
 
@@ -98,9 +99,7 @@ def cmd_search(args) -> int:
     since, until = _parse_time(args.since), _parse_time(args.until)
     outcomes: dict[str, dict] = {}
     hits = []
-    for _, _, record, _ in read_records(args.dir):
-        if record is None:
-            continue
+    for record in readable_records(args.dir):
         if record.get("type") == "outcome":
             outcomes[record.get("statement")] = record
         if matches(record, args, since, until):
@@ -117,6 +116,8 @@ def cmd_search(args) -> int:
         cols = ", ".join(f"{c['relation'].split('.')[-1]}.{c['column']}:{c['action']}" for c in r.get("columns", []))
         rows = out.get("rows")
         text = r.get("sql") or r.get("reason") or r.get("result") or r.get("event") or ""
+        if out.get("note"):  # an execution whose outcome never arrived
+            text = f"{text} [{out['note']}]"
         print(f"{r.get('ts', '')[:26]:27s} {str(r.get('user'))[:12]:12s} {str(r.get('tier'))[:16]:16s} "
               f"{str(r.get('decision', r.get('type')))[:8]:8s} {'' if rows is None else rows:>6}  "
               f"{cols + ' | ' if cols else ''}{text[:100]}")
@@ -175,8 +176,9 @@ def add_usage_parser(kinds) -> None:
 
 
 def readable_records(directory: str):
-    """Every record of the journal that reads as JSON (a cut last line is left to `pgveil audit verify`)."""
-    return (record for _, _, record, _ in read_records(directory) if record is not None)
+    """Every record of the journal that reads as JSON (a cut last line is left to `pgveil audit verify`),
+    executions of the compact form read as the outcome records they stand for (executions.py)."""
+    return expand(record for _, _, record, _ in read_records(directory) if record is not None)
 
 
 def _feed_from_sink(usage, dsn: str, since: str | None) -> None:
@@ -188,6 +190,7 @@ def _feed_from_sink(usage, dsn: str, since: str | None) -> None:
     import orjson
 
     async def feed() -> None:
+        expander = Expander()
         conn = await asyncpg.connect(dsn, timeout=10)
         try:
             start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
@@ -195,7 +198,10 @@ def _feed_from_sink(usage, dsn: str, since: str | None) -> None:
                 # outcomes follow their statements, so reading from `since` loses none of them
                 async for row in conn.cursor("SELECT record::text FROM pgveil_audit WHERE $1::timestamptz IS NULL "
                                              "OR ts >= $1 ORDER BY stream, seq", start, prefetch=2000):
-                    usage.add(orjson.loads(row[0]))
+                    for record in expander.add(orjson.loads(row[0])):
+                        usage.add(record)
+                for record in expander.finish():
+                    usage.add(record)
         finally:
             await conn.close()
 

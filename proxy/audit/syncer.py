@@ -109,7 +109,11 @@ class Syncer:
         self.in_flight += 1
 
     def _readable(self) -> None:
-        while self._sock is not None:
+        """Read the answers to the requests outstanding when the socket turned readable, and stop:
+        a probe for more, answered EAGAIN, was half the recv calls of a strict worker.  An answer
+        that arrives meanwhile (or the helper's end closing) makes the socket readable again."""
+        expected = max(self.in_flight, 1)  # at least one read: an end of file must be seen
+        while self._sock is not None and expected > 0:
             try:
                 answer = self._sock.recv(512)
             except BlockingIOError:
@@ -119,6 +123,7 @@ class Syncer:
             if not answer:
                 self._lost()
                 return
+            expected -= 1
             self.in_flight -= 1
             self._on_answer(None if answer == b"K" else answer[1:].decode("utf-8", "replace"))
 

@@ -1,0 +1,112 @@
+"""One record per execution (issue 17): the journal's compact form, read back as the readers know it.
+
+Today each simple or extended statement makes two records: its decision (``statement``, with
+the session's fields) and its ``outcome``.  The compact form a session may write instead:
+
+- the **decision once** per statement shape of a session (a ``statement`` record, as today),
+  and again only when it changes (rules, purpose, grants, tier);
+- the **session's unchanging fields once**, in its ``connection`` record (user, tier,
+  client_addr, client_port, database, application_name);
+- per execution **one** ``execution`` record, made before any byte of its answer reaches the
+  client (strict: durable before, see README "Strict auditing")::
+
+      {"type": "execution", "id": "<session>-x<n>", "session": "<session>",
+       "statement": "<id of the decision record>", "purpose": ..., "grant": ...,
+       "ended": [{"execution": "<an earlier execution's id>", "status": "ok", "rows": 1,
+                  "duration_us": 412, "sqlstate": null}, ...]}
+
+  ``ended`` carries the outcomes of the session's earlier executions that finished since its
+  last record, so that an execution costs one record, not two.  What is still open when the
+  session ends is in its ``session_end`` record's ``ended``; an ``outcome`` record with an
+  ``execution`` field says the same on its own (when nothing follows soon).
+
+:func:`expand` turns that back into what the readers (search, usage, investigate) already
+read: each execution becomes an ``outcome`` record with the session's fields, pointing at its
+decision by ``statement``; an execution whose outcome never arrived (the proxy stopped, or the
+journal ends) has ``status`` ``"unknown"`` and the note "outcome unknown (proxy stopped)".
+Records of the usual form pass through unchanged.  The hash chain is of the records as
+written: ``pgveil audit verify`` needs nothing of this.
+
+Pure: records in, records out; memory is the sessions open in the journal read so far and their
+executions not yet ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+WHO = ("user", "tier", "client_addr", "client_port", "database", "application_name")
+UNKNOWN = "unknown"
+UNKNOWN_NOTE = "outcome unknown (proxy stopped)"
+OUTCOME_FIELDS = ("status", "rows", "duration_us", "sqlstate")
+
+
+class Expander:
+    """Reads records in each stream's order; :meth:`add` returns what the readers should see."""
+
+    def __init__(self) -> None:
+        self._who: dict[str, dict] = {}  # session id -> its unchanging fields
+        self._open: dict[str, dict] = {}  # execution id -> its execution record, until its outcome
+
+    def add(self, record: dict) -> list[dict]:
+        kind = record.get("type")
+        session = record.get("session")
+        if kind == "connection" and session is not None:
+            self._who[session] = {k: record.get(k) for k in WHO if k in record}
+            return [record]
+        if kind == "execution":
+            out = [record, *self._ended(record)]
+            self._open[record["id"]] = record
+            return out
+        if kind == "outcome" and record.get("execution") is not None:
+            return self._ended({"ended": [record]})
+        if kind == "session_end":
+            out = self._ended(record)
+            out += [self._outcome(e, {"status": UNKNOWN, "note": UNKNOWN_NOTE}, record.get("ts"))
+                    for e in self._drop_session(session)]
+            self._who.pop(session, None)
+            return out + [record]
+        return [record]
+
+    def finish(self) -> list[dict]:
+        """The executions still open where the journal ends: their outcome is unknown."""
+        out = [self._outcome(e, {"status": UNKNOWN, "note": UNKNOWN_NOTE}, None) for e in self._open.values()]
+        self._open.clear()
+        return out
+
+    def _ended(self, record: dict) -> list[dict]:
+        out = []
+        for ended in record.get("ended") or ():
+            execution = self._open.pop(ended.get("execution"), None)
+            if execution is not None:
+                out.append(self._outcome(execution, ended, None))
+        return out
+
+    def _drop_session(self, session: str | None) -> list[dict]:
+        ours = [e for e in self._open.values() if e.get("session") == session]
+        for e in ours:
+            del self._open[e["id"]]
+        return ours
+
+    def _outcome(self, execution: dict, ended: dict, ts: str | None) -> dict:
+        """The execution as the ``outcome`` record the readers know."""
+        record = {"v": execution.get("v", 1), "id": execution["id"], "ts": execution.get("ts", ts),
+                  "type": "outcome", "session": execution.get("session"),
+                  **self._who.get(execution.get("session"), {}),
+                  "statement": execution.get("statement"), "execution": execution["id"],
+                  "purpose": execution.get("purpose"), "grant": execution.get("grant")}
+        for key in OUTCOME_FIELDS:
+            record[key] = ended.get(key)
+        if "note" in ended:
+            record["note"] = ended["note"]
+        if "stream" in execution:
+            record["stream"], record["seq"] = execution["stream"], execution.get("seq")
+        return record
+
+
+def expand(records: Iterable[dict]) -> Iterator[dict]:
+    """The records as the readers know them (see the module docstring)."""
+    expander = Expander()
+    for record in records:
+        yield from expander.add(record)
+    yield from expander.finish()
