@@ -82,6 +82,7 @@ def _demo_parser(sub) -> None:
     p.add_argument("--data-dir", help="where the demo database lives (default: under the user's cache)")
     p.add_argument("--customers", type=int, default=2000)
     p.add_argument("--rules", help="rule file to enforce (default: rules/crm.yaml)")
+    p.add_argument("--console", help="HOST:PORT of the admin console (default: the --listen port + 1)")
     p.set_defaults(func=cmd_demo)
 
 

@@ -55,6 +55,24 @@ def apply_privileges(cluster: Cluster, rules_path: str) -> None:
     cluster.psql("\n".join(line for line in lines if not line.startswith("--")), "crm")
 
 
+def _next_port(listen: str) -> str:
+    """The admin console's address: the proxy's, one port up."""
+    from .config import split_host_port
+    host, port = split_host_port(listen, "listen")
+    return f"[{host}]:{port + 1}" if ":" in host else f"{host}:{port + 1}"
+
+
+def investigators_key(data_dir: Path) -> Path:
+    """The demo's investigators' key pair (``pgveil audit keygen``), made once beside its database.
+    A real deployment keeps the private half offline (README, Deployment)."""
+    from .audit.seal import write_key_pair
+    key = data_dir / "investigators.key"
+    if not key.exists() or not Path(f"{key}.pub").exists():
+        key.unlink(missing_ok=True)
+        write_key_pair(key)
+    return key
+
+
 def compose_init_sql(customers: int = 500) -> str:
     """``deploy/compose/init.sql``: the same CRM and users for the compose stack's PostgreSQL, which
     runs no Python (a test holds the file to this; write it with ``python -m proxy.demo``)."""
@@ -90,6 +108,8 @@ def run_demo(args) -> int:
         settings = Settings(listen=args.listen, upstream=f"postgresql://127.0.0.1:{cluster.port}",
                             upstream_sslmode="disable", rules=rules,
                             catalog_dsn=cluster.dsn(database="crm"),
+                            console=getattr(args, "console", None) or _next_port(args.listen),
+                            audit_seal_key=str(investigators_key(data_dir)) + ".pub",
                             shutdown_grace=DEMO_GRACE).validate()
         install_event_loop_policy()
         return asyncio.run(_serve(settings, cluster))
@@ -117,6 +137,16 @@ async def _serve(settings: Settings, cluster: Cluster) -> int:
     for user, tier in DEMO_USERS.items():
         print(f"  {tier:17s} PGPASSWORD={DEMO_PASSWORD} {psql} -h {host} -p {port} -U {user} crm")
     print("Try: SELECT name, phone, id_number, bank_card, grade FROM customers LIMIT 5;")
+    if settings.console:
+        from .config import split_host_port
+        chost, cport = split_host_port(settings.console, "console")
+        print(f"Admin console (tier it): PGPASSWORD={DEMO_PASSWORD} {psql} -h {chost} -p {cport} -U it_zhou pgveil "
+              f"-c 'SHOW SESSIONS'")
+    if settings.audit_seal_key:
+        private = settings.audit_seal_key[:-len(".pub")]
+        print(f"Sealed values: who looked at customer 7?  pgveil audit investigate {audit_dir} --key {private} "
+              f"--value 7")
+        print(f"Who did see what: pgveil report usage {audit_dir}")
     print("Press Ctrl-C to stop.")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -180,3 +180,29 @@ def test_every_execution_of_a_prepared_statement_gets_a_durable_record():
             << Audit(type="execution", durable=True, token=4, answer_only=False)
             >> AuditDurable(4)
             << SendToServer(write_execute))
+
+
+def test_an_executions_outcome_names_its_execution_record_as_the_compact_form_reads_it():
+    """proxy/audit/executions.py ends an execution record by the outcome that names it; one
+    covered by its statement's record ends by the statement alone (no execution named)."""
+    from proxy.audit.executions import expand
+    s = active("clerk_wu", audit=True, audit_strict=False)
+    bind_execute = codec.encode(codec.Bind("", "r", (), (), ())) + codec.encode(codec.Execute("", 0)) + SYNC
+    answer = codec.encode(codec.BindComplete()) + ROW + complete("SELECT 1") + ready()
+    written = []
+    for event in [ClientData(extended(SELECT_ID, "r") + SYNC), ServerData(codec.encode(codec.ParseComplete()) + answer),
+                  ClientData(bind_execute), ServerData(answer)]:
+        written += [c.record for c in s.handle(event) if type(c).__name__ == "WriteAudit"]
+    assert [r["type"] for r in written] == ["statement", "outcome", "outcome"]  # not strict: no execution records
+    s = active("clerk_wu", audit=True)
+    written = []
+    for event in [ClientData(extended(SELECT_ID, "r") + SYNC), AuditDurable(1),
+                  ServerData(codec.encode(codec.ParseComplete()) + answer),
+                  ClientData(bind_execute), AuditDurable(2), ServerData(answer)]:
+        written += [c.record for c in s.handle(event) if type(c).__name__ == "WriteAudit"]
+    assert [r["type"] for r in written] == ["statement", "outcome", "execution", "outcome"]
+    first, execution, second = written[1], written[2], written[3]
+    assert "execution" not in first and second["execution"] == execution["id"] == f"{s.id}-x1"
+    outcomes = [r for r in expand(written) if r["type"] == "outcome"]
+    assert [(o["statement"], o["status"], o.get("execution")) for o in outcomes] == [
+        (first["statement"], "ok", None), (execution["statement"], "ok", execution["id"])]

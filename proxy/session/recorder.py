@@ -27,6 +27,8 @@ class Recorder:
         self._uncovered: dict[str, bool] = {}  # statements of this batch whose record covers an execution
         # statement id -> proven read-only (strict audit), and under what: the search path and catalog
         self._read_only: dict[str, tuple] = {}
+        self._executions: dict = {}  # statement id -> its executions awaiting an outcome: execution record id or None
+        self._execution_seq = 0
 
     # ------------------------------------------------------------------ audit
     def _who(self) -> dict:
@@ -76,8 +78,16 @@ class Recorder:
                 status, rows = "refused", None
                 sqlstate = self._refusal_states.pop(statement_id, "42501")
             grant, purpose = self._ran_under.get(statement_id, (None, None))
-            commands.append(WriteAudit(records.outcome(self._who(), statement_id, status, rows, seconds, sqlstate,
-                                                  purpose=purpose, grant=grant)))
+            record = records.outcome(self._who(), statement_id, status, rows, seconds, sqlstate,
+                                     purpose=purpose, grant=grant)
+            runs = self._executions.get(statement_id)
+            if runs:
+                execution = runs.pop(0)
+                if execution is not None:
+                    record["execution"] = execution
+                if not runs:
+                    del self._executions[statement_id]
+            commands.append(WriteAudit(record))
         return commands
 
     def _grant_used(self, decision) -> str | None:
@@ -138,16 +148,21 @@ class Recorder:
         """Strict audit: an Execute of a statement prepared in an earlier batch, or executed
         again, gets a durable record of its own (its answer, or it, waits as its statement's did)."""
         statement_id = self._tracker.portal_statement(portal) or None
-        if statement_id is not None and self._uncovered.pop(statement_id, None) is not None:
-            return []  # its first execution: the statement's record covers it
         if statement_id in self._refused_ids:
             return []  # it fails on the server in the refusal's place
+        runs = self._executions.setdefault(statement_id, []) if statement_id is not None else []
+        if statement_id is not None and self._uncovered.pop(statement_id, None) is not None:
+            runs.append(None)  # (its outcome names no execution record)
+            return []  # its first execution: the statement's record covers it
+        self._execution_seq += 1
         read_only, under = self._read_only.get(statement_id, (False, None))
         # proven under another search path or catalog: md5(1) may now be public.md5(integer)
         read_only = read_only and under == self._read_only_under()
         grant, purpose = self._ran_under.get(statement_id, (None, None))
-        record = records.base("execution", self._who())
+        # proxy/audit/executions.py's compact form: the outcome record says which execution it ends
+        record = records.base("execution", self._who(), f"{self.id}-x{self._execution_seq}")
         record.update({"statement": statement_id, "portal": portal, "purpose": purpose, "grant": grant})
+        runs.append(record["id"])
         return [WriteAudit(record, durable=True, answer_only=read_only)]
 
     def _audit_purpose(self, audits: list) -> None:
