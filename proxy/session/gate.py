@@ -29,6 +29,7 @@ class Gate:
         self._access_until = None  # when a grant of this user begins or ends next (datetime)
         self._access_catalog = None  # the catalog version the identity's roles were read from
         self._row_limits = RowLimits()  # max_rows: limits, counts, cursor names
+        self._decision_us = 0  # the engine's time on the latest statement, for its record
         self._purpose = PurposeSetting()  # declared with SET pgveil.purpose, kept as PostgreSQL keeps settings
         self._purpose_statement = ""  # the last declaration, for its audit record
         self._search_path_text: str | None = None
@@ -185,6 +186,15 @@ class Gate:
         if tier is not self.tier and decision.columns:
             self._purpose_notice(decision, audits)
         return decision
+
+    def _grant_used(self, decision) -> str | None:
+        """The grants that changed this statement: a tier grant always, a class grant when the
+        statement reached one of its classes."""
+        if not self._grants or decision is None:
+            return None
+        used = [g for g in self._grants
+                if g.tier is not None or any(c.cls in g.see or "*" in g.see for c in decision.columns)]
+        return "; ".join(g.label() for g in used) or None
 
     def _reading(self) -> str | None:
         """The codec a statement is read in, for a tier whose decisions depend on reading it as

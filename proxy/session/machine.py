@@ -30,12 +30,15 @@ client (``PauseClientReading``, then ``ResumeClientReading``).  The server's byt
 held: they answer statements sent before.
 
 The work is done by parts, one module each, which import only :mod:`.shared`, :mod:`.commands`
-and :mod:`.events`: :mod:`.handshake` (start-up, SSL, authentication relay, the SCRAM bridge of
-:mod:`.scram_bridge`, who may connect), :mod:`.relay` (splitting both streams; watching
-RowDescription, rows, CommandComplete, errors and ReadyForQuery), :mod:`.gate` (identity, tier,
-grants, purpose, row limits: the decision on each statement), :mod:`.statements` (prepared
-statements, portals, cursors, refusals in a statement's place) and :mod:`.recorder` (audit
-records).  Each keeps its own state; :class:`Session` combines them.
+and :mod:`.events` (and the layers below the session).  Composed objects, owned by the session
+and never calling back into it: :mod:`.recorder` (``session.recorder``: audit records; its
+methods take who acts and what happened, and return the records to write).  Still mixins of
+:class:`Session`, sharing its attributes: :mod:`.handshake` (start-up, SSL, authentication
+relay, the SCRAM bridge of :mod:`.scram_bridge`, who may connect), :mod:`.relay` (splitting both
+streams; watching RowDescription, rows, CommandComplete, errors and ReadyForQuery), :mod:`.gate`
+(identity, tier, grants, purpose, row limits: the decision on each statement),
+:mod:`.statements` (prepared statements, portals, cursors, the statement tracker, refusals in a
+statement's place) and :mod:`.waits` (strict audit's waits).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def _no_clock() -> float:
     return 0.0
 
 
-class Session(Waits, Handshake, Relay, Statements, Gate, Recorder):
+class Session(Waits, Handshake, Relay, Statements, Gate):
     """The state of one client connection; see the module docstring."""
 
     def __init__(self, config: SessionConfig | None = None, peer: tuple = ("", 0)) -> None:
@@ -88,8 +91,9 @@ class Session(Waits, Handshake, Relay, Statements, Gate, Recorder):
         self.stats = Stats()
         self._from_client = codec.Splitter(ALL_BYTES, self.config.max_message_size)
         self._from_server = codec.Splitter(ALL_BYTES, self.config.max_message_size)
+        self.recorder = Recorder(self.config, self.id, peer, self._now)
         for init in (self._init_handshake, self._init_relay, self._init_statements, self._init_gate,
-                     self._init_recorder, self._init_waits):
+                     self._init_waits):
             init()
 
     # ------------------------------------------------------------------ the one entry point
@@ -113,6 +117,19 @@ class Session(Waits, Handshake, Relay, Statements, Gate, Recorder):
         if event.name == "startup" and self.phase is not Phase.ACTIVE:
             return self.fail("08P01", "pgveil: timeout expired before the client authenticated")
         return []
+
+    # ------------------------------------------------------------------ audit (see .recorder)
+    def _who(self) -> dict:
+        """Who acts, for this session's records."""
+        return self.recorder.who(self.tier, self.user, self.database, self.startup, self.phase is Phase.ACTIVE)
+
+    def _connection_record(self, result: str, reason: str = "", sqlstate: str | None = None) -> list[Command]:
+        return self.recorder.connection(self._who(), result, reason, sqlstate, self.client_tls, self.upstream_tls)
+
+    @property
+    def last_statement(self) -> tuple | None:
+        """(fingerprint, monotonic time) of the latest statement recorded, for the console."""
+        return self.recorder.last_statement
 
     # ------------------------------------------------------------------ events
     def _client_data(self, event: ClientData) -> list[Command]:
@@ -188,7 +205,8 @@ class Session(Waits, Handshake, Relay, Statements, Gate, Recorder):
         return commands + self._close(message, error=True)
 
     def _close(self, reason: str, error: bool = False) -> list[Command]:
-        audit = self._session_end_record(reason) if self.phase in (Phase.ACTIVE, Phase.POSTAUTH) else []
+        audit = self.recorder.session_end(self._who(), reason, self._now() - self.started, self.stats) \
+            if self.phase in (Phase.ACTIVE, Phase.POSTAUTH) else []
         self.phase = Phase.CLOSED
         self.close_reason = reason
         return audit + [Close(reason, error)]

@@ -1,28 +1,36 @@
-"""The session's audit records: connection, statement, outcome and session end."""
+"""The session's audit records: connection, statement, execution, outcome and session end.
+
+:class:`Recorder` is a composed object, not a mixin: the session owns one (``session.recorder``)
+and gives each method what it needs (who acts, the statement, its decision, the search path);
+each returns the records to write, as :class:`~.commands.WriteAudit` commands, and keeps only
+its own state (the statement counter, which statement ran under which access, which was proven
+read-only, the executions awaiting an outcome).  It never reads or changes the session.
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from .. import limits
 from ..audit import records
-from ..audit.tracker import StatementTracker
-from ..codec import BE, FE, TxStatus
+from ..codec import FE
 from ..verdicts import Decision
 from .commands import Command, WriteAudit
 from .readonly import proven_read_only
-from .shared import Phase
 
 
 class Recorder:
-    """The session's audit records: connection, statement, outcome and session end (a part of :class:`~proxy.session.Session`)."""
+    """The audit records of one session (see the module docstring)."""
 
-    def _init_recorder(self) -> None:
-        """This part's state, set up by the session."""
+    def __init__(self, config, session_id: str, peer: tuple, now: Callable[[], float]) -> None:
+        self._config = config  # reads audit, audit_strict, engine (rules version, catalog) and sealing
+        self._id = session_id
+        self._peer = peer
+        self._now = now
         self.statements = 0
-        self._tracker = StatementTracker()
         self._ran_under: dict[str, tuple] = {}  # statement id -> (grant, purpose) for its outcome records
-        self._who_cache = None  # (tier, who) for the records, see _who
-        self._decision_us = 0
-        self._seals = self.config.sealing.session() if self.config.sealing is not None else None
+        self._who_cache = None  # (tier, who) for the records, see who
+        self.seals = config.sealing.session() if config.sealing is not None else None
         self.last_statement: tuple | None = None  # (fingerprint, monotonic time) of the latest, for the console
         self._uncovered: dict[str, bool] = {}  # statements of this batch whose record covers an execution
         # statement id -> proven read-only (strict audit), and under what: the search path and catalog
@@ -30,98 +38,72 @@ class Recorder:
         self._executions: dict = {}  # statement id -> its executions awaiting an outcome: execution record id or None
         self._execution_seq = 0
 
-    # ------------------------------------------------------------------ audit
-    def _who(self) -> dict:
+    def who(self, tier, user: str | None, database: str | None, startup, active: bool) -> dict:
         """Who acts, as this session's records say: built once the session is active, again when
         its tier changes.  Records copy it, never change it."""
         cached = self._who_cache
-        if cached is not None and cached[0] is self.tier:
+        if cached is not None and cached[0] is tier:
             return cached[1]
-        startup = self.startup
-        who = {"session": self.id, "user": self.user, "tier": self.tier.name if self.tier else None,
-               "client_addr": self.peer[0], "client_port": self.peer[1], "database": self.database,
+        who = {"session": self._id, "user": user, "tier": tier.name if tier else None,
+               "client_addr": self._peer[0], "client_port": self._peer[1], "database": database,
                "application_name": startup.param("application_name") if startup else None}
-        if self.phase is Phase.ACTIVE:
-            self._who_cache = (self.tier, who)
+        if active:
+            self._who_cache = (tier, who)
         return who
 
-    def _connection_record(self, result: str, reason: str = "", sqlstate: str | None = None) -> list[Command]:
-        if not self.config.audit:
+    def connection(self, who: dict, result: str, reason: str, sqlstate: str | None, tls: bool,
+                   upstream_tls: bool) -> list[Command]:
+        if not self._config.audit:
             return []
-        record = records.base("connection", self._who())
-        record.update({"result": result, "reason": reason, "sqlstate": sqlstate, "tls": self.client_tls,
-                       "upstream_tls": self.upstream_tls})
+        record = records.base("connection", who)
+        record.update({"result": result, "reason": reason, "sqlstate": sqlstate, "tls": tls,
+                       "upstream_tls": upstream_tls})
         return [WriteAudit(record)]
 
-    def _session_end_record(self, reason: str) -> list[Command]:
-        if not self.config.audit or self.user is None:
+    def session_end(self, who: dict, reason: str, seconds: float, stats) -> list[Command]:
+        if not self._config.audit or who["user"] is None:
             return []
-        record = records.base("session_end", self._who())
-        record.update({"reason": reason, "duration_ms": int((self._now() - self.started) * 1000),
-                       "statements": self.statements, "bytes_in": self.stats.bytes_from_client,
-                       "bytes_out": self.stats.bytes_from_server})
+        record = records.base("session_end", who)
+        record.update({"reason": reason, "duration_ms": int(seconds * 1000), "statements": self.statements,
+                       "bytes_in": stats.bytes_from_client, "bytes_out": stats.bytes_from_server})
         return [WriteAudit(record)]
 
-    def _outcomes(self, kind: int, body: bytes) -> list[Command]:
-        result = self._tracker.running_result() if self._row_limits else None
-        ended = self._tracker.server(kind, body, self._now())
-        commands: list[Command] = []
-        if kind == BE.READY_FOR_QUERY and body[:1] == TxStatus.IDLE:
-            self._row_limits.idle()  # no transaction: no portal is left to resume
-        for statement_id, status, rows, seconds, sqlstate in ended:
-            if self._row_limits and result is not None and statement_id == result[0]:
-                self._row_limits.ended(result, status, self._tracker.live_ids())  # (suspended: one result)
-                if not self._row_limits:
-                    self._from_server.watch = self._active_watch
-            if statement_id in self._refused_ids:
-                self._refused_ids.discard(statement_id)
-                status, rows = "refused", None
-                sqlstate = self._refusal_states.pop(statement_id, "42501")
-            grant, purpose = self._ran_under.get(statement_id, (None, None))
-            record = records.outcome(self._who(), statement_id, status, rows, seconds, sqlstate,
-                                     purpose=purpose, grant=grant)
-            runs = self._executions.get(statement_id)
-            if runs:
-                execution = runs.pop(0)
-                if execution is not None:
-                    record["execution"] = execution
-                if not runs:
-                    del self._executions[statement_id]
-            commands.append(WriteAudit(record))
-        return commands
+    def outcome(self, who: dict, statement_id: str, status: str, rows: int | None, seconds: float,
+                sqlstate: str | None) -> WriteAudit:
+        """What came of one execution, naming the access its statement ran under and, in the
+        compact form, the execution record it ends."""
+        grant, purpose = self._ran_under.get(statement_id, (None, None))
+        record = records.outcome(who, statement_id, status, rows, seconds, sqlstate, purpose=purpose, grant=grant)
+        runs = self._executions.get(statement_id)
+        if runs:
+            execution = runs.pop(0)
+            if execution is not None:
+                record["execution"] = execution
+            if not runs:
+                del self._executions[statement_id]
+        return WriteAudit(record)
 
-    def _grant_used(self, decision) -> str | None:
-        """The grants that changed this statement: a tier grant always, a class grant when the
-        statement reached one of its classes."""
-        if not self._grants or decision is None:
-            return None
-        used = [g for g in self._grants
-                if g.tier is not None or any(c.cls in g.see or "*" in g.see for c in decision.columns)]
-        return "; ".join(g.label() for g in used) or None
-
-    def _audit_statement(self, kind: int, decoded, sql: str, decision, audits: list) -> str | None:
-        if not self.config.audit:
-            return None
+    def statement(self, who: dict, kind: int, decoded, sql: str, decision, *, purpose: str | None,
+                  grant: str | None, tier, decision_us: int, search_path: str | None) -> tuple[str, WriteAudit]:
+        """The decision on one statement: its id and its record (strict audit: durable unless
+        refused, and ``answer_only`` when proven read-only)."""
         self.statements += 1
-        statement_id = f"{self.id}-{self.statements}"
-        engine = self.config.engine
-        record = records.statement(self._who(), statement_id, sql, "extended" if kind == FE.PARSE else "simple",
-                                   decision, engine.rules.version if engine else None,
-                                   purpose=self.purpose, grant=self._grant_used(decision))
-        # strict: a statement that will reach the database waits for its record; a refusal reaches nothing
-        record["decision_us"] = self._decision_us
-        self._decision_us = 0
-        if self._seals is not None:
-            sealed = self._seals.statement(decoded.name if kind == FE.PARSE else None, statement_id, sql, decision, self.tier)
+        statement_id = f"{self._id}-{self.statements}"
+        engine = self._config.engine
+        record = records.statement(who, statement_id, sql, "extended" if kind == FE.PARSE else "simple",
+                                   decision, engine.rules.version if engine else None, purpose=purpose, grant=grant)
+        record["decision_us"] = decision_us
+        if self.seals is not None:
+            sealed = self.seals.statement(decoded.name if kind == FE.PARSE else None, statement_id, sql, decision, tier)
             if sealed is not None:
                 record["sealed"] = sealed
-        durable = self.config.audit_strict and not (decision and decision.refused)
+        # strict: a statement that will reach the database waits for its record; a refusal reaches nothing
+        durable = self._config.audit_strict and not (decision and decision.refused)
         # the record's text is the whole statement only up to 4,000 characters (and a prefix of a huge one)
         whole = len(sql) <= limits.NORMALIZE_PREFIX and len(record["sql"]) < 4000
         read_only = durable and whole and proven_read_only(record["sql"], decision, getattr(engine, "catalog", None),
-                                                           self.server_params.get("search_path"))
-        audits.append(WriteAudit(record, durable=durable, answer_only=read_only))
-        self._read_only[statement_id] = (read_only, self._read_only_under())
+                                                           search_path)
+        self._read_only[statement_id] = (read_only, self._read_only_under(search_path))
         if len(self._read_only) > 4096:
             del self._read_only[next(iter(self._read_only))]
         if durable:  # its record covers its first execution in this batch; any other gets its own
@@ -132,24 +114,16 @@ class Recorder:
         self._ran_under[statement_id] = (record["grant"], record["purpose"])
         if len(self._ran_under) > 4096:
             del self._ran_under[next(iter(self._ran_under))]
-        if kind == FE.PARSE:
-            self._tracker.parse(decoded.name, statement_id)
-        else:
-            self._tracker.query(statement_id, self._now())
-        return statement_id
+        return statement_id, WriteAudit(record, durable=durable, answer_only=read_only)
 
-    def _read_only_under(self) -> tuple:
+    def _read_only_under(self, search_path: str | None) -> tuple:
         """What a statement's read-only proof depends on besides its text: the server's search path
         and the catalog (its functions, operators and types)."""
-        return self.server_params.get("search_path"), getattr(getattr(self.config.engine, "catalog", None),
-                                                              "version", None)
+        return search_path, getattr(getattr(self._config.engine, "catalog", None), "version", None)
 
-    def _execution_record(self, portal: str) -> list[Command]:
+    def execution(self, who: dict, statement_id: str | None, portal: str, search_path: str | None) -> list[Command]:
         """Strict audit: an Execute of a statement prepared in an earlier batch, or executed
         again, gets a durable record of its own (its answer, or it, waits as its statement's did)."""
-        statement_id = self._tracker.portal_statement(portal) or None
-        if statement_id in self._refused_ids:
-            return []  # it fails on the server in the refusal's place
         runs = self._executions.setdefault(statement_id, []) if statement_id is not None else []
         if statement_id is not None and self._uncovered.pop(statement_id, None) is not None:
             runs.append(None)  # (its outcome names no execution record)
@@ -157,19 +131,32 @@ class Recorder:
         self._execution_seq += 1
         read_only, under = self._read_only.get(statement_id, (False, None))
         # proven under another search path or catalog: md5(1) may now be public.md5(integer)
-        read_only = read_only and under == self._read_only_under()
+        read_only = read_only and under == self._read_only_under(search_path)
         grant, purpose = self._ran_under.get(statement_id, (None, None))
         # proxy/audit/executions.py's compact form: the outcome record says which execution it ends
-        record = records.base("execution", self._who(), f"{self.id}-x{self._execution_seq}")
+        record = records.base("execution", who, f"{self._id}-x{self._execution_seq}")
         record.update({"statement": statement_id, "portal": portal, "purpose": purpose, "grant": grant})
         runs.append(record["id"])
         return [WriteAudit(record, durable=True, answer_only=read_only)]
 
-    def _audit_purpose(self, audits: list) -> None:
-        if self.config.audit:
-            self.statements += 1
-            decision = Decision("allow", "", kinds=("session",))
-            record = records.statement(self._who(), f"{self.id}-{self.statements}", "SET pgveil.purpose = ''",
-                                       "simple", decision, self.config.engine.rules.version, purpose=self.purpose)
-            record["sql"] = self._purpose_statement
-            audits.append(WriteAudit(record))
+    def batch_ended(self) -> None:
+        """A statement's record covers its executions in the same batch only."""
+        self._uncovered.clear()
+
+    def purpose(self, who: dict, purpose: str | None, declaration: str) -> list[Command]:
+        """The record of a purpose declared (or reset) with SET pgveil.purpose."""
+        if not self._config.audit:
+            return []
+        self.statements += 1
+        decision = Decision("allow", "", kinds=("session",))
+        record = records.statement(who, f"{self._id}-{self.statements}", "SET pgveil.purpose = ''",
+                                   "simple", decision, self._config.engine.rules.version, purpose=purpose)
+        record["sql"] = declaration
+        return [WriteAudit(record)]
+
+    def sealed(self, who: dict, kind: int, message: bytes) -> list[Command]:
+        """Bind values and COPY data sealed for the investigators (durable Binds under strict audit)."""
+        if self.seals is None:
+            return []
+        return [WriteAudit(r, durable=kind == FE.BIND and self._config.audit_strict)
+                for r in self.seals.message(kind, message, who)]

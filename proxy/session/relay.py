@@ -7,7 +7,7 @@ from ..codec import BE, FE, Field, ProtocolViolation, Target, TxStatus
 from ..opened import QUERY as OPENED_QUERY, SYNC as OPENED_SYNC
 from ..purpose import mentions_purpose
 from ..sealing import MESSAGES as SEALED_MESSAGES
-from .commands import Alert, Command, DecideApart, RefreshCatalog, SendToClient, SendToServer, WriteAudit
+from .commands import Alert, Command, DecideApart, RefreshCatalog, SendToClient, SendToServer
 from .events import DecidedApart
 from .shared import ACTIVE_FRONTEND, OUTCOME_KINDS, PREPARE_WATCH, PREPARE_CLIENT, REFUSAL_MARK
 
@@ -132,7 +132,7 @@ class Relay:
                 if reply is not None:
                     audits.append(SendToClient(reply))
                     edit.replace(start, end, b"")
-                    self._audit_purpose(audits)
+                    audits += self.recorder.purpose(self._who(), self.purpose, self._purpose_statement)
                     continue
             if decide and (kind == FE.QUERY or kind == FE.PARSE or kind == FE.FUNCTION_CALL):
                 apart = self._apart(kind, out, start, end, sql)
@@ -145,10 +145,9 @@ class Relay:
                 self._track_extended(kind, out, start, end)
                 if kind == FE.EXECUTE and self.config.audit_strict:
                     audits += self._execution_record(self._portal_of(out, start, end))
-                if self._seals is not None and kind in SEALED_MESSAGES:  # Bind values, COPY data
-                    audits += [WriteAudit(r, durable=kind == FE.BIND and self.config.audit_strict)
-                               for r in self._seals.message(kind, out[start:end], self._who())]
-        self._uncovered.clear()  # a statement's record covers its executions in the same batch only
+                if self.recorder.seals is not None and kind in SEALED_MESSAGES:  # Bind values, COPY data
+                    audits += self.recorder.sealed(self._who(), kind, out[start:end])
+        self.recorder.batch_ended()  # a statement's record covers its executions in the same batch only
         out = edit.result(resumed)  # (resumed: what preceded the held message was sent before it was held)
         commands: list[Command] = audits + ([SendToServer(out)] if out else [])
         if self._ddl_seen:

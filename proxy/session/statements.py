@@ -1,9 +1,11 @@
-"""Prepared statements, portals, cursors and refusals put in a statement's place."""
+"""Prepared statements, portals, cursors, the statement tracker (each execution, for its outcome record) and refusals put in a statement's place."""
 
 from __future__ import annotations
 
 from .. import codec, searchpath
-from ..codec import FE, Target, TxStatus
+from ..audit.tracker import StatementTracker
+from ..codec import BE, FE, Target, TxStatus
+from .commands import Command
 from ..opened import Opened, segments
 from ..prepared import PreparedStatements
 from ..sqlnames import SqlNames
@@ -32,6 +34,7 @@ class Statements:
     def _init_statements(self) -> None:
         """This part's state, set up by the session."""
         self._prepared = PreparedStatements()
+        self._tracker = StatementTracker()  # each statement's executions, for their outcome records
         self._sql_names = SqlNames()
         self._opened = Opened()  # SQL prepared statements, cursors and portals, with their access
         self._refused_ids: set[str] = set()
@@ -127,3 +130,46 @@ class Statements:
         the server runs them: that only masks more)."""
         if any(_clears_all(seg) for seg in segments(sql)):
             self._purpose.set(None, local=False, in_block=self.transaction_status != TxStatus.IDLE)
+
+    # ------------------------------------------------------------------ their records (see .recorder)
+    def _audit_statement(self, kind: int, decoded, sql: str, decision, audits: list) -> str | None:
+        """Record the decision on a statement (its id, or None without audit), and track it."""
+        if not self.config.audit:
+            return None
+        statement_id, record = self.recorder.statement(
+            self._who(), kind, decoded, sql, decision, purpose=self.purpose, grant=self._grant_used(decision),
+            tier=self.tier, decision_us=self._decision_us, search_path=self.server_params.get("search_path"))
+        self._decision_us = 0
+        audits.append(record)
+        if kind == FE.PARSE:
+            self._tracker.parse(decoded.name, statement_id)
+        else:
+            self._tracker.query(statement_id, self._now())
+        return statement_id
+
+    def _execution_record(self, portal: str) -> list[Command]:
+        """Strict audit: the record of an Execute (none for a refused statement's: it fails on the
+        server in the refusal's place)."""
+        statement_id = self._tracker.portal_statement(portal) or None
+        if statement_id in self._refused_ids:
+            return []
+        return self.recorder.execution(self._who(), statement_id, portal, self.server_params.get("search_path"))
+
+    def _outcomes(self, kind: int, body: bytes) -> list[Command]:
+        """The outcome records of the executions this server message ends, and their row limits."""
+        result = self._tracker.running_result() if self._row_limits else None
+        ended = self._tracker.server(kind, body, self._now())
+        commands: list[Command] = []
+        if kind == BE.READY_FOR_QUERY and body[:1] == TxStatus.IDLE:
+            self._row_limits.idle()  # no transaction: no portal is left to resume
+        for statement_id, status, rows, seconds, sqlstate in ended:
+            if self._row_limits and result is not None and statement_id == result[0]:
+                self._row_limits.ended(result, status, self._tracker.live_ids())  # (suspended: one result)
+                if not self._row_limits:
+                    self._from_server.watch = self._active_watch
+            if statement_id in self._refused_ids:
+                self._refused_ids.discard(statement_id)
+                status, rows = "refused", None
+                sqlstate = self._refusal_states.pop(statement_id, "42501")
+            commands.append(self.recorder.outcome(self._who(), statement_id, status, rows, seconds, sqlstate))
+        return commands
