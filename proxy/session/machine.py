@@ -32,13 +32,15 @@ held: they answer statements sent before.
 The work is done by parts, one module each, which import only :mod:`.shared`, :mod:`.commands`
 and :mod:`.events` (and the layers below the session).  Composed objects, owned by the session
 and never calling back into it: :mod:`.recorder` (``session.recorder``: audit records; its
-methods take who acts and what happened, and return the records to write).  Still mixins of
-:class:`Session`, sharing its attributes: :mod:`.handshake` (start-up, SSL, authentication
-relay, the SCRAM bridge of :mod:`.scram_bridge`, who may connect), :mod:`.relay` (splitting both
-streams; watching RowDescription, rows, CommandComplete, errors and ReadyForQuery), :mod:`.gate`
-(identity, tier, grants, purpose, row limits: the decision on each statement),
-:mod:`.statements` (prepared statements, portals, cursors, the statement tracker, refusals in a
-statement's place) and :mod:`.waits` (strict audit's waits).
+methods take who acts and what happened, and return the records to write) and :mod:`.waits`
+(``session.waits``: strict audit's waits; it takes an event's commands, queued client bytes and
+durable or failed tokens, and returns what to carry out now; replaying the queue is the
+session's, below).  Still mixins of :class:`Session`, sharing its attributes: :mod:`.handshake`
+(start-up, SSL, authentication relay, the SCRAM bridge of :mod:`.scram_bridge`, who may
+connect), :mod:`.relay` (splitting both streams; watching RowDescription, rows, CommandComplete,
+errors and ReadyForQuery), :mod:`.gate` (identity, tier, grants, purpose, row limits: the
+decision on each statement), :mod:`.statements` (prepared statements, portals, cursors, the
+statement tracker, refusals in a statement's place).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def _no_clock() -> float:
     return 0.0
 
 
-class Session(Waits, Handshake, Relay, Statements, Gate):
+class Session(Handshake, Relay, Statements, Gate):
     """The state of one client connection; see the module docstring."""
 
     def __init__(self, config: SessionConfig | None = None, peer: tuple = ("", 0)) -> None:
@@ -92,8 +94,8 @@ class Session(Waits, Handshake, Relay, Statements, Gate):
         self._from_client = codec.Splitter(ALL_BYTES, self.config.max_message_size)
         self._from_server = codec.Splitter(ALL_BYTES, self.config.max_message_size)
         self.recorder = Recorder(self.config, self.id, peer, self._now)
-        for init in (self._init_handshake, self._init_relay, self._init_statements, self._init_gate,
-                     self._init_waits):
+        self.waits = Waits(self.config.backlog_high_water)
+        for init in (self._init_handshake, self._init_relay, self._init_statements, self._init_gate):
             init()
 
     # ------------------------------------------------------------------ the one entry point
@@ -104,14 +106,38 @@ class Session(Waits, Handshake, Relay, Statements, Gate):
         if self.phase is Phase.CLOSED:
             return []
         commands = self._step(event)
-        return self._hold_answers(commands) if self._answer_tokens else commands
+        return self.waits.hold_answers(commands, self.phase is Phase.CLOSED) if self.waits.answers else commands
 
     def _step(self, event) -> list[Command]:
         """:meth:`handle` but for the answers held for a read's record (applied once, outside)."""
         kind = type(event)
-        if kind is ClientData and (self._durable_tokens or self._apart_held is not None):
-            return self._queue_client(event.data)
-        return self._hold_for_durable(HANDLERS[kind](self, event))
+        if kind is ClientData and (self.waits.changes or self._apart_held is not None):
+            return self.waits.queue_client(event.data)
+        return self.waits.hold_for_durable(HANDLERS[kind](self, event))
+
+    # ------------------------------------------------------------------ waiting (see .waits)
+    @property
+    def waiting(self) -> bool:
+        """A statement waits for its durable record or its decision, or client bytes are queued."""
+        return self.waits.busy or self._apart_held is not None
+
+    def _replay(self) -> list[Command]:
+        """The wait is over: handle what the client sent meanwhile, in order, until the next wait."""
+        commands: list[Command] = []
+        while not self.waits.changes and self._apart_held is None and self.phase is not Phase.CLOSED:
+            data = self.waits.next_queued()
+            if data is None:
+                return commands + self.waits.resume_reading()
+            commands += self._step(ClientData(data))
+        return commands
+
+    def _audit_durable(self, event: AuditDurable) -> list[Command]:
+        released, over = self.waits.durable(event.token)
+        return released + self._replay() if over else released
+
+    def _audit_failed(self, event: AuditFailed) -> list[Command]:
+        message = self.waits.failed(event.token)
+        return self.fail("58030", message) if message is not None else []
 
     def _timer_fired(self, event: TimerFired) -> list[Command]:
         if event.name == "startup" and self.phase is not Phase.ACTIVE:

@@ -71,7 +71,7 @@ class Relay:
             return self.fail("08P01", str(exc))
         finally:
             self._apart_ready = None
-        return self._hold_for_durable(commands) + self._replay()
+        return self.waits.hold_for_durable(commands) + self._replay()
 
     def _apart(self, kind: int, out: bytes, start: int, end: int, sql: str | None) -> DecideApart | None:
         """A DecideApart for this Query or Parse when its cold decision belongs in a child process

@@ -12,6 +12,13 @@
   ErrorResponse, nor anything after them) until those records are durable.  The held answer
   is bounded the same way, by pausing the server.
 - ``AuditFailed`` ends the session with 58030, and what was held is never sent.
+
+:class:`Waits` is a composed object, not a mixin: the session owns one (``session.waits``),
+gives it the commands an event produced, the client's bytes that must wait, and the tokens
+that became durable or failed, and gets back the commands to carry out now (or the bytes to
+handle next, or the message to end with).  It keeps only its own state (tokens, what is held,
+what is queued, whether reading is paused) and never calls back into the session: replaying
+the queued bytes, and a decision taken apart, are the session's (:mod:`.machine`, :mod:`.relay`).
 """
 
 from __future__ import annotations
@@ -20,15 +27,13 @@ from collections import deque
 
 from .commands import (Command, PauseClientReading, PauseServerReading, ResumeClientReading, ResumeServerReading,
                        SendToClient, WriteAudit)
-from .events import AuditDurable, AuditFailed, ClientData
-from .shared import Phase
 
 
 class Waits:
-    """The session's waits for durable records and decisions (a part of :class:`~proxy.session.Session`)."""
+    """One session's waits for durable records (see the module docstring)."""
 
-    def _init_waits(self) -> None:
-        """This part's state, set up by the session."""
+    def __init__(self, high_water: int) -> None:
+        self._high_water = high_water  # bytes queued or held before reading from that side pauses
         self._durable_tokens: set[int] = set()  # records a change waits for
         self._durable_held: list[Command] = []  # what waits for them
         self._answer_tokens: set[int] = set()  # records a read's answer waits for
@@ -41,12 +46,23 @@ class Waits:
         self._reading_paused = False
 
     @property
-    def waiting(self) -> bool:
-        """A statement waits for its durable record or its decision, or client bytes are queued."""
-        return bool(self._durable_tokens or self._answer_tokens or self._apart_held is not None or self._queued)
+    def changes(self) -> bool:
+        """A change waits for its durable records: the client's bytes must be queued."""
+        return bool(self._durable_tokens)
 
-    def _hold_for_durable(self, commands: list[Command]) -> list[Command]:
-        """Give this event's new durable records their tokens, and hold what must wait for them."""
+    @property
+    def answers(self) -> bool:
+        """A read's answer waits for its durable records: what reaches the client is held."""
+        return bool(self._answer_tokens)
+
+    @property
+    def busy(self) -> bool:
+        """Records are awaited, or client bytes are queued."""
+        return bool(self._durable_tokens or self._answer_tokens or self._queued)
+
+    def hold_for_durable(self, commands: list[Command]) -> list[Command]:
+        """Give this event's new durable records their tokens; the commands to carry out now
+        (the rest is held until they are durable)."""
         if not any(type(c) is WriteAudit and c.durable and not c.token for c in commands):
             return commands  # (a token: already held, by the handler itself)
         if all(c.answer_only for c in commands if type(c) is WriteAudit and c.durable and not c.token):
@@ -70,9 +86,10 @@ class Waits:
                 audits.append(command)
         return audits
 
-    def _hold_answers(self, commands: list[Command]) -> list[Command]:
-        """While a read's record is not durable, what would reach the client waits, in order."""
-        if self.phase is Phase.CLOSED:  # ended: what was held is never shown
+    def hold_answers(self, commands: list[Command], closed: bool) -> list[Command]:
+        """While a read's record is not durable, what would reach the client waits, in order;
+        the commands to carry out now.  ``closed``: the session ended, what was held is dropped."""
+        if closed:  # ended: what was held is never shown
             self._answers, self._answer_bytes = [], 0
             return commands
         out: list[Command] = []
@@ -82,60 +99,65 @@ class Waits:
                 self._answer_bytes += len(command.data)
             else:
                 out.append(command)
-        if self._answer_bytes > self.config.backlog_high_water and not self._server_paused:
+        if self._answer_bytes > self._high_water and not self._server_paused:
             self._server_paused = True
             out.append(PauseServerReading())
         return out
 
-    def _queue_client(self, data: bytes) -> list[Command]:
+    def queue_client(self, data: bytes) -> list[Command]:
         """Client bytes that arrived while a change waits; past the high-water mark the server
         stops reading from the client."""
         self._queued.append(data)
         self._queued_bytes += len(data)
-        if self._queued_bytes > self.config.backlog_high_water and not self._reading_paused:
+        if self._queued_bytes > self._high_water and not self._reading_paused:
             self._reading_paused = True
             return [PauseClientReading()]
         return []
 
-    def _replay(self) -> list[Command]:
-        """The wait is over: handle what the client sent meanwhile, in order, until the next wait."""
-        commands: list[Command] = []
-        while self._queued and not self._durable_tokens and self._apart_held is None \
-                and self.phase is not Phase.CLOSED:
-            data = self._queued.popleft()
-            self._queued_bytes -= len(data)
-            commands += self._step(ClientData(data))
-        if self._reading_paused and not self._queued and not self._durable_tokens and self._apart_held is None \
-                and self.phase is not Phase.CLOSED:
-            self._reading_paused = False
-            commands.append(ResumeClientReading())
-        return commands
+    def next_queued(self) -> bytes | None:
+        """The oldest client bytes queued, taken off the queue (None: nothing queued)."""
+        if not self._queued:
+            return None
+        data = self._queued.popleft()
+        self._queued_bytes -= len(data)
+        return data
 
-    def _audit_durable(self, event: AuditDurable) -> list[Command]:
-        if event.token in self._answer_tokens:
-            self._answer_tokens.discard(event.token)
+    def resume_reading(self) -> list[Command]:
+        """The queue is drained and nothing waits: reading from the client resumes if paused."""
+        if self._reading_paused and not self._queued and not self._durable_tokens:
+            self._reading_paused = False
+            return [ResumeClientReading()]
+        return []
+
+    def durable(self, token: int) -> tuple[list[Command], bool]:
+        """A record is durable: the commands released by it, and whether the change's wait is
+        over (then the queued client bytes are to be handled)."""
+        if token in self._answer_tokens:
+            self._answer_tokens.discard(token)
             if self._answer_tokens:
-                return []
+                return [], False
             released, self._answers, self._answer_bytes = self._answers, [], 0
             if self._server_paused:
                 self._server_paused = False
                 released.append(ResumeServerReading())
-            return released
-        self._durable_tokens.discard(event.token)
+            return released, False
+        self._durable_tokens.discard(token)
         if self._durable_tokens:
-            return []
+            return [], False
         held, self._durable_held = self._durable_held, []
-        return held + self._replay()
+        return held, True
 
-    def _audit_failed(self, event: AuditFailed) -> list[Command]:
-        if event.token in self._answer_tokens:
+    def failed(self, token: int) -> str | None:
+        """A record could not be written: the message to end the session with (58030), or None
+        for a record nothing waits for.  What was held is dropped."""
+        if token in self._answer_tokens:
             message = "pgveil cannot write its audit journal; the statement's result was withheld"
-        elif event.token in self._durable_tokens:
+        elif token in self._durable_tokens:
             message = "pgveil cannot write its audit journal; the statement was not sent"
         else:
-            return []
+            return None
         self._durable_tokens.clear()
         self._durable_held = []
         self._answer_tokens.clear()
         self._answers, self._answer_bytes = [], 0
-        return self.fail("58030", message)
+        return message
