@@ -16,6 +16,7 @@ import time
 
 from . import codec, logs, metrics
 from .config import Settings, split_host_port
+from .audit import records
 from .audit.writer import AuditWriter
 from .scram import tls_server_end_point
 from .tasks import Tasks
@@ -53,6 +54,8 @@ class Proxy:
             clock=utc_now,
             monotonic=time.monotonic,
             new_id=lambda: os.urandom(8).hex(),
+            stamp=records.now,
+            record_id=records.new_id,
         )
         self.audit = AuditWriter(settings.audit_dir, settings.audit_mode, str(settings.worker_index),
                                  settings.audit_interval)

@@ -197,3 +197,15 @@ def test_the_phase_table_refuses_a_ready_for_query_before_authentication_ended()
             << fatal("08P01", "upstream protocol error: unexpected ReadyForQuery while auth")
             << Close)
     assert s.tier is None
+
+
+def test_the_sessions_records_take_their_time_and_ids_from_its_configuration():
+    """The session reads no clock and makes no id through audit.records: the server passes both in."""
+    ids = iter(f"id{n}" for n in range(100))
+    s = active("sales_li", audit=True, audit_strict=False, stamp=lambda: "2026-12-03T18:00:00.000001Z",
+               record_id=lambda: next(ids))
+    audits = [c.record for c in s.handle(ClientData(q("SELECT 1"))) + s.handle(ServerData(complete("SELECT 1") + ready()))
+              + s.handle(ClientClosed()) if type(c).__name__ == "WriteAudit"]
+    assert [r["type"] for r in audits] == ["statement", "outcome", "session_end"]
+    assert {r["ts"] for r in audits} == {"2026-12-03T18:00:00.000001Z"}
+    assert [r["id"] for r in audits[1:]] == ["id1", "id2"]  # (id0: the connection record; a statement's id is its own)

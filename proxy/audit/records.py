@@ -38,15 +38,18 @@ def new_id() -> str:
     return f"{_PREFIX}{next(_counter):x}"
 
 
-def base(kind: str, who: dict, record_id: str | None = None) -> dict:
-    return {"v": SCHEMA_VERSION, "id": record_id or new_id(), "ts": now(), "type": kind, **who}
+def base(kind: str, who: dict, record_id: str | None = None, stamp: str | None = None) -> dict:
+    """A record's common fields.  ``record_id`` and ``stamp`` (the UTC time, as :func:`now`
+    writes it) come from the caller when it has its own id source and clock (a session has);
+    otherwise they are made here."""
+    return {"v": SCHEMA_VERSION, "id": record_id or new_id(), "ts": stamp or now(), "type": kind, **who}
 
 
 def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, rules_version: str | None,
-              purpose: str | None = None, grant: str | None = None) -> dict:
+              purpose: str | None = None, grant: str | None = None, stamp: str | None = None) -> dict:
     """The decision on one statement: recorded before the statement reaches the database."""
     normalized = (decision.normalized if decision is not None else "") or normalize_bounded(sql)
-    record = {**base("statement", who, statement_id),
+    record = {**base("statement", who, statement_id, stamp),
             "protocol": protocol,
             "sql": normalized,
             "fingerprint": fingerprint(normalized),
@@ -66,11 +69,12 @@ def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, r
 
 
 def outcome(who: dict, statement_id: str, status: str, rows: int | None, seconds: float,
-            sqlstate: str | None, purpose: str | None = None, grant: str | None = None) -> dict:
+            sqlstate: str | None, purpose: str | None = None, grant: str | None = None,
+            record_id: str | None = None, stamp: str | None = None) -> dict:
     """What came of one execution of a statement: linked to its decision record by ``statement``,
     naming the purpose and grants it ran under.  Records hold no floats, so that their canonical
     JSON is the same in every JSON library."""
-    return {**base("outcome", who), "statement": statement_id, "status": status, "rows": rows,
+    return {**base("outcome", who, record_id, stamp), "statement": statement_id, "status": status, "rows": rows,
             "duration_us": int(seconds * 1_000_000), "sqlstate": sqlstate, "purpose": purpose, "grant": grant}
 
 

@@ -4,11 +4,15 @@
 and gives each method what it needs (who acts, the statement, its decision, the search path);
 each returns the records to write, as :class:`~.commands.WriteAudit` commands, and keeps only
 its own state (the statement counter, which statement ran under which access, which was proven
-read-only, the executions awaiting an outcome).  It never reads or changes the session.
+read-only, the executions awaiting an outcome).  It never reads or changes the session.  The
+records' time and ids come from the session's configuration (``SessionConfig.stamp`` and
+``record_id``, the server's :func:`proxy.audit.records.now` and ``new_id``), not from a clock
+of its own.  (Sealed Bind and COPY records, made by :mod:`proxy.sealing`, still take theirs there.)
 """
 
 from __future__ import annotations
 
+from itertools import count
 from typing import Callable
 
 from .. import limits
@@ -19,6 +23,10 @@ from .commands import Command, WriteAudit
 from .readonly import proven_read_only
 
 
+_record_ids = count(1)
+NO_CLOCK = "1970-01-01T00:00:00.000000Z"  # records' time without a clock (tests)
+
+
 class Recorder:
     """The audit records of one session (see the module docstring)."""
 
@@ -27,6 +35,8 @@ class Recorder:
         self._id = session_id
         self._peer = peer
         self._now = now
+        self._stamp = config.stamp or (lambda: NO_CLOCK)  # records' UTC time, from the session's configuration
+        self._record_id = config.record_id or (lambda: f"r{next(_record_ids)}")
         self.statements = 0
         self._ran_under: dict[str, tuple] = {}  # statement id -> (grant, purpose) for its outcome records
         self._who_cache = None  # (tier, who) for the records, see who
@@ -55,7 +65,7 @@ class Recorder:
                    upstream_tls: bool) -> list[Command]:
         if not self._config.audit:
             return []
-        record = records.base("connection", who)
+        record = records.base("connection", who, self._record_id(), self._stamp())
         record.update({"result": result, "reason": reason, "sqlstate": sqlstate, "tls": tls,
                        "upstream_tls": upstream_tls})
         return [WriteAudit(record)]
@@ -63,7 +73,7 @@ class Recorder:
     def session_end(self, who: dict, reason: str, seconds: float, stats) -> list[Command]:
         if not self._config.audit or who["user"] is None:
             return []
-        record = records.base("session_end", who)
+        record = records.base("session_end", who, self._record_id(), self._stamp())
         record.update({"reason": reason, "duration_ms": int(seconds * 1000), "statements": self.statements,
                        "bytes_in": stats.bytes_from_client, "bytes_out": stats.bytes_from_server})
         return [WriteAudit(record)]
@@ -73,7 +83,8 @@ class Recorder:
         """What came of one execution, naming the access its statement ran under and, in the
         compact form, the execution record it ends."""
         grant, purpose = self._ran_under.get(statement_id, (None, None))
-        record = records.outcome(who, statement_id, status, rows, seconds, sqlstate, purpose=purpose, grant=grant)
+        record = records.outcome(who, statement_id, status, rows, seconds, sqlstate, purpose=purpose, grant=grant,
+                                 record_id=self._record_id(), stamp=self._stamp())
         runs = self._executions.get(statement_id)
         if runs:
             execution = runs.pop(0)
@@ -91,7 +102,8 @@ class Recorder:
         statement_id = f"{self._id}-{self.statements}"
         engine = self._config.engine
         record = records.statement(who, statement_id, sql, "extended" if kind == FE.PARSE else "simple",
-                                   decision, engine.rules.version if engine else None, purpose=purpose, grant=grant)
+                                   decision, engine.rules.version if engine else None, purpose=purpose, grant=grant,
+                                   stamp=self._stamp())
         record["decision_us"] = decision_us
         if self.seals is not None:
             sealed = self.seals.statement(decoded.name if kind == FE.PARSE else None, statement_id, sql, decision, tier)
@@ -134,7 +146,7 @@ class Recorder:
         read_only = read_only and under == self._read_only_under(search_path)
         grant, purpose = self._ran_under.get(statement_id, (None, None))
         # proxy/audit/executions.py's compact form: the outcome record says which execution it ends
-        record = records.base("execution", who, f"{self._id}-x{self._execution_seq}")
+        record = records.base("execution", who, f"{self._id}-x{self._execution_seq}", self._stamp())
         record.update({"statement": statement_id, "portal": portal, "purpose": purpose, "grant": grant})
         runs.append(record["id"])
         return [WriteAudit(record, durable=True, answer_only=read_only)]
@@ -150,7 +162,8 @@ class Recorder:
         self.statements += 1
         decision = Decision("allow", "", kinds=("session",))
         record = records.statement(who, f"{self._id}-{self.statements}", "SET pgveil.purpose = ''",
-                                   "simple", decision, self._config.engine.rules.version, purpose=purpose)
+                                   "simple", decision, self._config.engine.rules.version, purpose=purpose,
+                                   stamp=self._stamp())
         record["sql"] = declaration
         return [WriteAudit(record)]
 

@@ -77,6 +77,8 @@ class SessionConfig:
     clock: Callable[[], object] | None = None  # the server's UTC clock (datetime); None: no grant is in force
     monotonic: Callable[[], float] | None = None  # seconds, for durations; None: no durations (0)
     new_id: Callable[[], str] | None = None  # a session's id; None: a counter (tests)
+    stamp: Callable[[], str] | None = None  # audit records' UTC time (audit.records.now); None: a fixed time (tests)
+    record_id: Callable[[], str] | None = None  # audit records' ids (audit.records.new_id); None: a counter (tests)
     backlog_high_water: int = 256 * 1024  # client bytes queued while waiting before PauseClientReading
     sealing: object = None  # proxy.sealing.Sealing: values sealed for the investigators (--audit-seal-key)
 
