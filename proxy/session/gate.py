@@ -134,16 +134,15 @@ class Gate:
             self._opened.sent(effects, decoded.name if kind == FE.PARSE else None)
         if decision is not None and decision.refused:
             if statement_id:
-                self._refused_ids.add(statement_id)
-                self._refusal_states[statement_id] = decision.sqlstate or "42501"
-            return self._refusal(decision.reason, decision.sqlstate, parse=decoded if kind == FE.PARSE else None)
+                self.refusals.refused(statement_id, decision.sqlstate or "42501")
+            return self.refusals.stand_in(decision.reason, decision.sqlstate, parse=decoded if kind == FE.PARSE else None)
         if decision is None or decision.sql == sql:
             return None
         try:
             text = encodings.to_wire(decision.sql, reading) if reading is not None else decision.sql
         except UnicodeError:
             untranslatable = Refusal.untranslatable(self.server_params.get("client_encoding"))
-            return self._refusal(str(untranslatable), untranslatable.sqlstate,
+            return self.refusals.stand_in(str(untranslatable), untranslatable.sqlstate,
                                  parse=decoded if kind == FE.PARSE else None)
         if kind == FE.QUERY:
             return codec.encode(codec.Query(text))

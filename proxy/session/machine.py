@@ -32,15 +32,19 @@ held: they answer statements sent before.
 The work is done by parts, one module each, which import only :mod:`.shared`, :mod:`.commands`
 and :mod:`.events` (and the layers below the session).  Composed objects, owned by the session
 and never calling back into it: :mod:`.recorder` (``session.recorder``: audit records; its
-methods take who acts and what happened, and return the records to write) and :mod:`.waits`
+methods take who acts and what happened, and return the records to write), :mod:`.waits`
 (``session.waits``: strict audit's waits; it takes an event's commands, queued client bytes and
 durable or failed tokens, and returns what to carry out now; replaying the queue is the
-session's, below).  Still mixins of :class:`Session`, sharing its attributes: :mod:`.handshake`
-(start-up, SSL, authentication relay, the SCRAM bridge of :mod:`.scram_bridge`, who may
-connect), :mod:`.relay` (splitting both streams; watching RowDescription, rows, CommandComplete,
-errors and ReadyForQuery), :mod:`.gate` (identity, tier, grants, purpose, row limits: the
-decision on each statement), :mod:`.statements` (prepared statements, portals, cursors, the
-statement tracker, refusals in a statement's place).
+session's, below) and :mod:`.refusals` (``session.refusals``: a refused statement's stand-in; it
+takes the refusal, the refused statement's id, the server's error text and an ended statement's
+id, and returns the bytes to send, the error to put back, or the outcome's SQLSTATE).  Still
+mixins of :class:`Session`, sharing its attributes: :mod:`.handshake` (start-up, SSL,
+authentication relay, the SCRAM bridge of :mod:`.scram_bridge`, who may connect), :mod:`.relay`
+(splitting both streams; watching RowDescription, rows, CommandComplete, errors and
+ReadyForQuery), :mod:`.gate` (identity, tier, grants, purpose, row limits: the decision on each
+statement), :mod:`.statements` (prepared statements, portals, cursors, the statement tracker):
+these four still read each other's state (a Bind prepared again is decided by the gate, the
+relay feeds the tracker and the opened portals, the gate reads the search path the relay notes).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from .events import (AuditDurable, AuditFailed, AuditHealth, ClientClosed, Clien
 from .gate import Gate
 from .handshake import Handshake
 from .recorder import Recorder
+from .refusals import Refusals
 from .relay import Relay
 from .shared import ALL_BYTES, Phase, SessionConfig, Stats
 from .statements import Statements
@@ -95,6 +100,7 @@ class Session(Handshake, Relay, Statements, Gate):
         self._from_server = codec.Splitter(ALL_BYTES, self.config.max_message_size)
         self.recorder = Recorder(self.config, self.id, peer, self._now)
         self.waits = Waits(self.config.backlog_high_water)
+        self.refusals = Refusals()
         for init in (self._init_handshake, self._init_relay, self._init_statements, self._init_gate):
             init()
 

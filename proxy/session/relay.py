@@ -9,7 +9,7 @@ from ..purpose import mentions_purpose
 from ..sealing import MESSAGES as SEALED_MESSAGES
 from .commands import Alert, Command, DecideApart, RefreshCatalog, SendToClient, SendToServer
 from .events import DecidedApart
-from .shared import ACTIVE_FRONTEND, OUTCOME_KINDS, PREPARE_WATCH, PREPARE_CLIENT, REFUSAL_MARK
+from .shared import ACTIVE_FRONTEND, OUTCOME_KINDS, PREPARE_WATCH, PREPARE_CLIENT
 
 
 DONE = object()  # a message dealt with (see Relay._track_message)
@@ -213,7 +213,7 @@ class Relay:
 
     def _server_active(self, data: bytes) -> list[Command]:
         out, marks = self._from_server.feed(data)
-        if not self._filtering and not self._refusals and not self._prepared.swallowing and not self._row_limits:
+        if not self._filtering and not self.refusals.standing and not self._prepared.swallowing and not self._row_limits:
             audits = self._observe_server(out, marks) if marks else []
             return ([SendToClient(out)] if out else []) + audits
         return self._server_filtered(out, marks)
@@ -295,8 +295,8 @@ class Relay:
         if not self._suppressing:
             pieces.append(out[pos:])
         data = b"".join(pieces) if len(pieces) != 1 else pieces[0]
-        if self._refusals and self.outstanding == 0:
-            self._refusals.clear()  # e.g. a refusal inside an aborted transaction got 25P02 instead
+        if self.refusals.standing and self.outstanding == 0:
+            self.refusals.settled()  # e.g. a refusal inside an aborted transaction got 25P02 instead
         return ([SendToClient(data)] if data else []) + commands
 
     def _count_row(self, commands: list) -> bytes | None:
@@ -317,12 +317,9 @@ class Relay:
     def _filter_error(self, message: bytes) -> bytes | None:
         error = codec.decode_message(codec.BACKEND, message)
         text = next((value for code, value in error.fields if code == Field.MESSAGE), None) or ""  # a notice has no get()
-        if REFUSAL_MARK in text:
-            token = text[text.index(REFUSAL_MARK):].split('"')[0]
-            found = self._refusals.pop(token, None)
-            if found is not None:
-                reason, sqlstate = found
-                return codec.error_response(sqlstate, reason)
+        refusal = self.refusals.error(text)
+        if refusal is not None:
+            return refusal
         if self._filtering:  # errors can print values: see proxy/errors.py
             fields = errors.scrub(error.fields, self.tier.name)
             return codec.encode(type(error)(fields)) if fields != error.fields else None

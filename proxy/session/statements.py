@@ -1,4 +1,4 @@
-"""Prepared statements, portals, cursors, the statement tracker (each execution, for its outcome record) and refusals put in a statement's place."""
+"""Prepared statements, portals, cursors and the statement tracker (each execution, for its outcome record); refusals in a statement's place are :mod:`.refusals`'."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ..opened import Opened, segments
 from ..prepared import PreparedStatements
 from ..sqlnames import SqlNames
 from ..verdicts import Refusal
-from .shared import RESET_ALL, REFUSAL_MARK
+from .shared import RESET_ALL
 
 
 def _clears_all(seg) -> bool:
@@ -29,7 +29,7 @@ def _clears_all(seg) -> bool:
 
 
 class Statements:
-    """Prepared statements, portals, cursors and refusals put in a statement's place (a part of :class:`~proxy.session.Session`)."""
+    """Prepared statements, portals, cursors and the statement tracker (a part of :class:`~proxy.session.Session`)."""
 
     def _init_statements(self) -> None:
         """This part's state, set up by the session."""
@@ -37,10 +37,6 @@ class Statements:
         self._tracker = StatementTracker()  # each statement's executions, for their outcome records
         self._sql_names = SqlNames()
         self._opened = Opened()  # SQL prepared statements, cursors and portals, with their access
-        self._refused_ids: set[str] = set()
-        self._refusals: dict[str, tuple[str, str]] = {}
-        self._refusal_states: dict[str, str] = {}  # refused statement id -> its SQLSTATE
-        self._refusal_seq = 0
         self._pending_path = None  # the path statements sent but not yet run leave (searchpath.UNKNOWN: lost)
 
     def _prepare_again(self, out: bytes, start: int, end: int, audits: list) -> bytes | None:
@@ -66,9 +62,8 @@ class Statements:
             return None
         statement_id = self._tracker.portal_statement(portal)
         if statement_id:
-            self._refused_ids.add(statement_id)
-            self._refusal_states[statement_id] = "42501"
-        return self._refusal(reason, "42501", parse=codec.Parse("pgveil_refused", "", ()))
+            self.refusals.refused(statement_id, "42501")
+        return self.refusals.stand_in(reason, "42501", parse=codec.Parse("pgveil_refused", "", ()))
 
     def _track_extended(self, kind: int, out: bytes, start: int, end: int) -> None:
         """Bind, Execute and Sync, for linking outcomes to statements (names read in place)."""
@@ -110,21 +105,6 @@ class Statements:
         return Refusal.access_changed(reason).decision(kinds=decision.kinds, relations=decision.relations,
                                                        normalized=decision.normalized)
 
-    def _refusal(self, reason: str, sqlstate: str = "42501", parse=None) -> bytes:
-        """A statement that fails on the server in place of a refused one.
-
-        The server then does exactly what it does for any error (aborts the transaction block,
-        skips to Sync in the extended protocol); its error is swapped for the refusal on the
-        way back (see :meth:`_server_filtered`).
-        """
-        self._refusal_seq += 1
-        token = f"{REFUSAL_MARK}{self._refusal_seq}"
-        self._refusals[token] = (reason, sqlstate or "42501")
-        sql = f"SELECT '{token}'::pg_catalog.int4"
-        if parse is not None:
-            return codec.encode(codec.Parse(parse.name, sql, ()))
-        return codec.encode(codec.Query(sql))
-
     def _reset_all(self, sql: str) -> None:
         """RESET ALL or DISCARD ALL clear the purpose as they clear every setting (at once, before
         the server runs them: that only masks more)."""
@@ -151,7 +131,7 @@ class Statements:
         """Strict audit: the record of an Execute (none for a refused statement's: it fails on the
         server in the refusal's place)."""
         statement_id = self._tracker.portal_statement(portal) or None
-        if statement_id in self._refused_ids:
+        if self.refusals.is_refused(statement_id):
             return []
         return self.recorder.execution(self._who(), statement_id, portal, self.server_params.get("search_path"))
 
@@ -167,9 +147,8 @@ class Statements:
                 self._row_limits.ended(result, status, self._tracker.live_ids())  # (suspended: one result)
                 if not self._row_limits:
                     self._from_server.watch = self._active_watch
-            if statement_id in self._refused_ids:
-                self._refused_ids.discard(statement_id)
-                status, rows = "refused", None
-                sqlstate = self._refusal_states.pop(statement_id, "42501")
+            refused = self.refusals.ended(statement_id)
+            if refused is not None:
+                status, rows, sqlstate = "refused", None, refused
             commands.append(self.recorder.outcome(self._who(), statement_id, status, rows, seconds, sqlstate))
         return commands
