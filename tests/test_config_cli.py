@@ -67,6 +67,10 @@ def children_of(pid: int) -> list[int]:
 def test_workers_share_the_port_and_cancel_across_them(pg):
     proxy = start_proxy(pg.port, "--upstream-sslmode", "disable", "--workers", "2")
     try:
+        # the first worker may listen before the parent has forked the second (a busy 2-core machine)
+        deadline = time.monotonic() + 10
+        while len(children_of(proxy.proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(children_of(proxy.proc.pid)) == 2
         # many connections: with SO_REUSEPORT both workers take some; cancels reach any worker
         for _ in range(6):
