@@ -119,10 +119,20 @@ def test_server_terminating_backend_relays_its_error(pg, proxy):
     """The server's own FATAL (57P01 from pg_terminate_backend) reaches the client unchanged."""
     import psycopg
 
+    import threading
+
+    # terminated while its statement runs, so the client is reading when the FATAL comes (an idle
+    # client that writes after the FATAL races the closed socket, through pgveil as directly:
+    # psycopg may then report "connection socket closed" before it reads the FATAL)
     with psycopg.connect(proxy.dsn(application_name="to_be_terminated"), autocommit=True) as conn:
-        pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'to_be_terminated'")
-        with pytest.raises(psycopg.OperationalError) as info:
-            conn.execute("SELECT 1")
+        killer = threading.Timer(0.5, pg.psql, ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                                "WHERE application_name = 'to_be_terminated'",))
+        killer.start()
+        try:
+            with pytest.raises(psycopg.OperationalError) as info:
+                conn.execute("SELECT pg_sleep(30)")
+        finally:
+            killer.join()
         assert "terminating connection due to administrator command" in str(info.value)
 
 
