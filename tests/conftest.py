@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,11 @@ def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = 
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port}")
+
+
+def sleep_past(moment: datetime, margin: float = 0.3) -> None:
+    """Sleep until ``moment`` (UTC, e.g. a grant's end) has passed by ``margin`` seconds."""
+    time.sleep(max(0.0, (moment - datetime.now(timezone.utc)).total_seconds()) + margin)
 
 
 def free_port() -> int:

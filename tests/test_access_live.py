@@ -13,7 +13,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from conftest import RULES, TIER_PASSWORD, start_with_rules
+from conftest import RULES, TIER_PASSWORD, sleep_past, start_with_rules
 from proxy.audit.journal import read_records
 
 # sales may PREPARE, DECLARE and SET in these tests
@@ -90,7 +90,7 @@ def test_a_grant_that_ends_ends_for_prepared_statements(pg, grant_users, tmp_pat
         assert not any(masked(v) for v in during.values()), during
         assert clients.run() == during  # again: the drivers' prepared statements run
         assert not masked(clients.simple.execute("EXECUTE p", prepare=False).fetchone()[0])
-        time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 0.3)
+        sleep_past(until)
         after = clients.run()
         assert all(masked(v) for v in after.values()), after
         with pytest.raises(psycopg.Error) as info:
@@ -256,7 +256,7 @@ def test_cursors_and_portals_opened_under_a_grant_return_no_more_rows_after_it_e
         portal = loop.run_until_complete(apg.cursor(SQL[:-8]))  # a portal, fetched with Execute
         assert not masked(loop.run_until_complete(portal.fetch(1))[0][0])
 
-        time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 0.3)
+        sleep_past(until)
         for statement in ("FETCH 1 FROM h", "MOVE 1 IN h", "FETCH NEXT FROM h"):
             with pytest.raises(psycopg.Error) as info:
                 simple.execute(statement, prepare=False)
@@ -331,7 +331,7 @@ def test_a_temporary_view_cannot_stand_in_for_a_catalog_relation(pg, grant_users
         with psycopg.connect(proxy.dsn("sales_end", TIER_PASSWORD), autocommit=True) as conn:
             conn.execute("CREATE TEMP VIEW pg_namespace AS SELECT id::oid AS oid, id_number::name AS nspname "
                          "FROM public.customers")  # while the grant makes the session dba
-            time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 0.3)
+            sleep_past(until)
             names = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace ORDER BY 1").fetchall()]
             assert "public" in names and not any(name[:1].isdigit() for name in names), names[:5]
     finally:
