@@ -12,19 +12,14 @@ OLD = Path(sys.argv[1]).resolve()
 NEW = Path(sys.argv[2]).resolve() if len(sys.argv) > 2 else HERE
 sys.path.insert(0, str(HERE)); sys.path.insert(0, str(HERE / "bench")); sys.path.insert(0, str(HERE / "tests"))
 from run import pgbench, BENCH_RULES, USER, PASSWORD  # noqa
-from conftest import free_port, wait_port  # noqa
+from conftest import start_proxy  # noqa
 from proxy.pgcluster import Cluster, embedded_bin_dir  # noqa
 
+
 def start(tree, upstream, *args):
-    port = free_port()
-    audit = tempfile.mkdtemp(prefix="ab-audit-")
-    cmd = [sys.executable, "-m", "proxy", "serve", "--listen", f"127.0.0.1:{port}", "--upstream",
-           f"postgresql://127.0.0.1:{upstream}", "--log-format", "json", "--audit-dir", audit,
-           "--upstream-sslmode", "disable", "--log-level", "warning", "--workers", "2", *args]
-    proc = subprocess.Popen(cmd, cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, proc=proc)
-    return proc, port
+    return start_proxy(upstream, "--upstream-sslmode", "disable", "--log-level", "warning", "--workers", "2",
+                       *args, tree=tree)
+
 
 cluster = Cluster(embedded_bin_dir(), settings={"max_connections": "300"})
 cluster.start()
@@ -42,9 +37,9 @@ try:
         for label, args in (("masking strict", ("--rules", str(rules), "--catalog-dsn", cat)),
                             ("masking batched", ("--rules", str(rules), "--catalog-dsn", cat, "--audit-mode", "batched")),
                             ("relay off", ("--audit-mode", "off",))):
-            p, port = start(tree, cluster.port, *args)
-            procs.append(p)
-            configs[f"{label} {name}"] = port
+            proxy = start(tree, cluster.port, *args)
+            procs.append(proxy)
+            configs[f"{label} {name}"] = proxy.port
     results = {}
     for mode in ("simple", "extended", "prepared"):
         for rnd in range(int(os.environ.get("ROUNDS", "2"))):
@@ -59,9 +54,6 @@ try:
             o = statistics.median(results[(mode, f'{label} old')]); n = statistics.median(results[(mode, f'{label} new')])
             print(f"{mode:9s} {label:16s} new/old = {n / o:.2f}")
 finally:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try: p.wait(10)
-        except Exception: p.kill()
+    for proxy in procs:
+        proxy.stop()
     cluster.stop()

@@ -82,7 +82,9 @@ class ProxyProcess:
                 self.proc.wait()
 
 
-def start_proxy(upstream_port: int, *args: str, port: int | None = None, preexec=None) -> ProxyProcess:
+def start_proxy(upstream_port: int, *args: str, port: int | None = None, preexec=None,
+                tree: Path = ROOT) -> ProxyProcess:
+    """``pgveil serve`` as a child process, from this source tree or another (``tree``)."""
     port = port or free_port()
     log_path = Path(tempfile.mkstemp(prefix="pgveil-proxy-", suffix=".log")[1])
     if "--audit-dir" not in args:
@@ -90,7 +92,8 @@ def start_proxy(upstream_port: int, *args: str, port: int | None = None, preexec
     cmd = [sys.executable, "-m", "proxy", "serve", "--listen", f"127.0.0.1:{port}",
            "--upstream", f"postgresql://127.0.0.1:{upstream_port}", "--log-format", "json", *args]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=preexec)
+        env = None if tree == ROOT else dict(os.environ, PYTHONPATH=str(tree))
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tree, preexec_fn=preexec, env=env)
     try:
         wait_port(port, proc=proc)
     except Exception:
