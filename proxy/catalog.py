@@ -48,8 +48,10 @@ class Catalog:
     def __init__(self, relations: list[Relation], functions: frozenset = frozenset(),
                  memberships: dict | None = None, database: str | None = None, users: tuple = ()) -> None:
         self.database = database
-        # names of functions, operators and types outside pg_catalog (proxy/shadowing.py)
-        self.user_functions, self.user_operators, self.user_types = (tuple(users) + (frozenset(),) * 3)[:3]  # the database this catalog describes (None: any, for tests)
+        # names of functions, operators and types outside pg_catalog, and of those functions callable
+        # with one argument, which attribute notation reaches (``o.f`` is ``f(o)``): proxy/shadowing.py
+        self.user_functions, self.user_operators, self.user_types, self.user_row_functions = \
+            (tuple(users) + (frozenset(),) * 4)[:4]  # the database this catalog describes (None: any, for tests)
         self.by_oid = {r.oid: r for r in relations}
         self.by_name = {(r.schema, r.name): r for r in relations}
         self.functions = functions  # names of functions in pg_catalog
@@ -64,7 +66,7 @@ class Catalog:
             digest.update(repr((r.oid, r.schema, r.name, r.kind, r.columns, r.parents,
                                 sorted(r.sources.items()), r.row_security)).encode())
         digest.update(repr([sorted(names) for names in (self.user_functions, self.user_operators,
-                                                         self.user_types)]).encode())
+                                                         self.user_types, self.user_row_functions)]).encode())
         self.version = digest.hexdigest()[:12]
 
     def resolve(self, schema: str | None, name: str, search_path: tuple, user: str = "") -> Relation | None:
@@ -188,6 +190,11 @@ WHERE o.oprnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::r
 UNION SELECT 't', t.typname::text FROM pg_catalog.pg_type t
 WHERE t.typnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
   AND t.typtype IN ('b', 'd', 'r', 'm')
+UNION SELECT 'a', p.proname::text FROM pg_catalog.pg_proc p
+WHERE p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+  AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 AND p.prokind <> 'p'
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass
+                  AND d.objid = p.oid AND d.deptype = 'e')
 """
 GENERATED_DEPS_SQL = """
 SELECT d.adrelid AS rel, d.adnum::int AS attnum, dep.refobjsubid::int AS source
@@ -280,9 +287,9 @@ async def load_catalog(conn) -> Catalog:
                 todo.extend(direct.get(role, ()))
         memberships[member] = frozenset(seen)
     database = await conn.fetchval("SELECT current_database()")
-    users = {"f": set(), "o": set(), "t": set()}
+    users = {"f": set(), "o": set(), "t": set(), "a": set()}
     for kind, name in await conn.fetch(USERS_OBJECTS_SQL):
         users[kind].add(name)
     functions = functions - users["f"]  # a name a user's function shares is no longer plainly built-in
     return Catalog(relations, functions, memberships, database,
-                   (frozenset(users["f"]), frozenset(users["o"]), frozenset(users["t"])))
+                   tuple(frozenset(users[kind]) for kind in "fota"))

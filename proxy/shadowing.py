@@ -5,7 +5,9 @@ that a statement reaches by a name the policy and strict audit take for a built-
 ``public.md5(integer)`` exists, PostgreSQL runs it (the exact match wins over a cast, whatever
 the search path's order), as the client's role, so it may read any column in clear or write
 anything.  The same holds for an operator (``'a'::text + 'b'::text``: no built-in ``text + text``)
-and for a cast to a domain whose CHECK calls a function (``CAST(1 AS d)``).
+and for a cast to a domain whose CHECK calls a function (``CAST(1 AS d)``).  A name after a dot
+that is not a column is a call too: attribute notation, ``o.f`` or ``(o).f`` is ``f(o)``, for
+any function callable with one argument.
 
 The catalog lists the names of such objects (functions, operators, domains and base or range
 types outside pg_catalog and information_schema, extensions' members aside); a statement whose
@@ -32,6 +34,7 @@ def users_objects(sql: str, catalog, allowed: tuple = (), search_path: tuple = (
     (a phrase for the refusal), or None.  ``allowed``: the tier's ``functions`` patterns, matched
     as the policy matches them (the name qualified by each schema of ``search_path``, and bare)."""
     functions = getattr(catalog, "user_functions", frozenset())
+    row_functions = getattr(catalog, "user_row_functions", frozenset())
     operators = getattr(catalog, "user_operators", frozenset())
     types = getattr(catalog, "user_types", frozenset())
     if not (functions or operators or types):
@@ -46,11 +49,25 @@ def users_objects(sql: str, catalog, allowed: tuple = (), search_path: tuple = (
         before = tokens[i - 1].token_type if i else None
         qualified = before is TokenType.DOT and i >= 2 and tokens[i - 2].text.lower() == "pg_catalog"
         if after is TokenType.L_PAREN and name in functions and not qualified \
-                and not any(fnmatch.fnmatchcase(c, p) for c in [f"{s}.{name}" for s in search_path] + [name]
-                            for p in allowed):
+                and not _allowed(name, allowed, search_path):
             return f"function {name} (a function of that name exists outside pg_catalog)"
+        if before is TokenType.DOT and after is not TokenType.L_PAREN and name in row_functions \
+                and not _relation(tokens, i) and not _allowed(name, allowed, search_path):
+            return f"{name} after a dot (attribute notation may call the function {name} outside pg_catalog)"
         if name in operators and not token.text[:1].isalnum() and not quoted:
             return f"operator {name} (an operator of that name exists outside pg_catalog)"
         if name in types and before in (TokenType.DCOLON, TokenType.ALIAS):
             return f"type {name} (a type of that name exists outside pg_catalog)"
     return None
+
+
+def _allowed(name: str, allowed: tuple, search_path: tuple) -> bool:
+    """Does the tier's ``functions`` list name it (qualified by a schema of the path, or bare)?"""
+    return any(fnmatch.fnmatchcase(c, p) for c in [f"{s}.{name}" for s in search_path] + [name] for p in allowed)
+
+
+def _relation(tokens: list, i: int) -> bool:
+    """Is ``schema.name`` at ``tokens[i - 2:i + 1]`` a relation named right after FROM, JOIN,
+    ONLY or TABLE (``FROM public.t``)?  Elsewhere (``SELECT x, public.t FROM t AS public``) it is
+    a column or attribute notation."""
+    return i >= 3 and tokens[i - 3].token_type in (TokenType.FROM, TokenType.JOIN, TokenType.ONLY, TokenType.TABLE)

@@ -1,0 +1,132 @@
+"""Round 6 of the attacks (helper "rev"): a user's function that PostgreSQL runs although the
+statement never spells its name.
+
+Round 5 closed the doors where a user's function or operator is *spelled* like a built-in one
+(``md5(1)``, ``'a'::text + 'b'::text``): proxy/shadowing.py refuses, for restricted tiers, a
+statement whose text calls such a name, and strict audit's proof of "read-only" asks the same.
+PostgreSQL also reaches functions by names that are not in the text:
+
+- attribute notation: ``o.f`` (and ``(o).f``) is ``f(o)`` when ``f`` is not a column of ``o``;
+- operators named by keywords: ``a LIKE b`` is ``a ~~ b``, ``a IN (b)`` is ``a = b``,
+  ``a BETWEEN b AND c`` is ``a >= b AND a <= c``, ``CASE a WHEN b``, ``NULLIF``, ``IS DISTINCT
+  FROM``, ``JOIN ... USING`` are ``=``;
+- casts a type's owner declared (``CREATE CAST (mood AS text) WITH FUNCTION f``): ``lower(m)``
+  or ``m::text`` for a column ``m`` of type ``mood`` runs ``f``.
+
+Each runs the user's function as the client's role: it reads any column in clear (a leak for a
+restricted tier), and it may write while strict audit sends the statement as "proven read-only"
+before its record is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from conftest import TIER_PASSWORD, RULES, run_psql, start_with_rules
+from proxy.catalog import load_catalog
+from proxy.normalize import normalize
+from proxy.policy import Engine
+from proxy.rules import load_rules
+from proxy.session.readonly import proven_read_only
+
+RULES_TEXT = """
+version: 1
+classes:
+  id_number: {mask: {fn: partial, keep_first: 3, keep_last: 4}}
+columns:
+  public.customers.id_number: id_number
+tiers:
+  sales:
+    see: {id_number: mask}
+  dba:
+    see: {"*": clear}
+    statements: [read, write, ddl, copy, session, admin]
+identities:
+  - {user: a, tier: sales}
+default: deny
+"""
+
+# statement -> what public.note() records when PostgreSQL runs the user's function for it
+WRITES_UNDER_A_READ = {
+    "SELECT c.attr FROM plain c": "attribute notation",
+    "SELECT (c).attr\n  FROM plain c -- the row's attribute": "attribute notation",
+}
+SIDE_EFFECTS = """
+CREATE TABLE side(what text);
+CREATE TABLE customers(id integer, id_number text);
+CREATE TABLE plain(id integer, name text);
+INSERT INTO customers VALUES (1, '110101199003071234');
+INSERT INTO plain VALUES (1, 'a');
+CREATE FUNCTION public.note(what text) RETURNS boolean LANGUAGE sql
+    AS $$ INSERT INTO side VALUES (what); SELECT true $$;
+CREATE FUNCTION public.attr(plain) RETURNS text LANGUAGE sql AS $$ SELECT public.note('attribute notation')::text $$;
+CREATE FUNCTION public.intlike(integer, text) RETURNS boolean LANGUAGE sql AS $$ SELECT public.note('operator ~~') $$;
+CREATE OPERATOR public.~~ (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.intlike);
+CREATE FUNCTION public.intnotlike(integer, text) RETURNS boolean LANGUAGE sql
+    AS $$ SELECT public.note('operator !~~') $$;
+CREATE OPERATOR public.!~~ (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.intnotlike);
+CREATE FUNCTION public.inteq(integer, text) RETURNS boolean LANGUAGE sql AS $$ SELECT public.note('operator =') $$;
+CREATE OPERATOR public.= (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.inteq);
+"""
+
+
+@pytest.fixture(scope="module")
+def side_db(pg):
+    """A database of its own holding a user's function reached by attribute notation and
+    operators reached by keywords."""
+    pg.psql("CREATE DATABASE rev6")
+    pg.psql(SIDE_EFFECTS, "rev6")
+
+    async def read():
+        conn = await asyncpg.connect(pg.dsn(database="rev6"))
+        try:
+            return await load_catalog(conn)
+        finally:
+            await conn.close()
+    catalog = asyncio.run(read())
+    yield pg, catalog, Engine(load_rules(RULES_TEXT), catalog)
+    pg.psql("DROP DATABASE rev6 WITH (FORCE)")
+
+
+@pytest.mark.parametrize("sql", sorted(WRITES_UNDER_A_READ))
+def test_a_statement_that_reaches_a_users_function_without_naming_it_is_not_proven_read_only(side_db, sql):
+    """The catalog is read from the database, as the proxy reads it; the text is the one the
+    proxy sends."""
+    side_db, catalog, engine = side_db
+    wrote = []
+    for tier in ("sales", "dba"):
+        decision = engine.decide(sql, engine.rules.tier(tier), ("public",), "a", None)
+        if decision.refused:
+            continue
+        side_db.psql("TRUNCATE side", "rev6")
+        side_db.psql(decision.sql, "rev6")
+        if WRITES_UNDER_A_READ[sql] in side_db.psql("SELECT what FROM side", "rev6"):
+            wrote.append(tier)
+            assert not proven_read_only(decision.normalized or normalize(sql), decision, catalog, None), (tier, sql)
+    assert wrote, "the scene: PostgreSQL ran the user's function for the text some tier sends"
+
+
+def _clear_id_number(pg) -> str:
+    return pg.psql("SELECT id_number FROM customers WHERE id_number IS NOT NULL ORDER BY id LIMIT 1", "crm").strip()
+
+
+def test_a_restricted_tier_cannot_reach_a_users_function_by_attribute_notation(pg, tier_users, tmp_path):
+    """``o.id_numbers`` is ``id_numbers(o)``: orders has no such column.  The production tier
+    (orders and products, no personal data) read every ID number in clear."""
+    id_number = _clear_id_number(pg)
+    pg.psql("CREATE FUNCTION public.id_numbers(public.orders) RETURNS text LANGUAGE sql "
+            "AS $$ SELECT string_agg(id_number, ',') FROM public.customers $$", "crm")
+    proxy = start_with_rules(pg, tmp_path / "crm.yaml", RULES.read_text())
+    try:
+        for sql in ("SELECT o.id_numbers\n  FROM orders o -- attribute notation\n LIMIT 1",
+                    "SELECT (o).id_numbers FROM orders AS o LIMIT 1"):
+            out = run_psql(pg.bin_dir / "psql", proxy, "-v", "VERBOSITY=verbose", "-Atc", sql, user="prod_wang", password=TIER_PASSWORD)
+            assert id_number not in out.stdout + out.stderr, f"an ID number read in clear: {sql}"
+            assert out.returncode != 0 and "42501" in out.stderr, out.stderr
+    finally:
+        proxy.stop()
+        pg.psql("DROP FUNCTION public.id_numbers(public.orders)", "crm")
+
