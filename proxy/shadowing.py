@@ -7,7 +7,11 @@ the search path's order), as the client's role, so it may read any column in cle
 anything.  The same holds for an operator (``'a'::text + 'b'::text``: no built-in ``text + text``)
 and for a cast to a domain whose CHECK calls a function (``CAST(1 AS d)``).  A name after a dot
 that is not a column is a call too: attribute notation, ``o.f`` or ``(o).f`` is ``f(o)``, for
-any function callable with one argument.
+any function callable with one argument.  And keywords name operators and functions:
+``a LIKE b`` is ``a ~~ b``, ``a IN (b)``, ``CASE a WHEN b``, ``NULLIF(a, b)``, ``IS DISTINCT
+FROM`` and ``JOIN ... USING`` are ``a = b``, ``BETWEEN`` is ``>=`` and ``<=``, ``TRIM(x)`` is
+``btrim(x)``, ``x AT TIME ZONE z`` is ``timezone(z, x)``: PostgreSQL resolves each by that name
+and the argument types, so a user's ``integer ~~ text`` runs for ``quantity LIKE 'x'::text``.
 
 The catalog lists the names of such objects (functions, operators, domains and base or range
 types outside pg_catalog and information_schema, extensions' members aside); a statement whose
@@ -25,6 +29,17 @@ from sqlglot.tokens import TokenType
 
 from .sql import DIALECT
 
+_COMPARISONS = ("=", "<>", "<", ">", "<=", ">=")
+# a keyword (sqlglot's token text, lower case) -> the operators and functions PostgreSQL resolves
+# by name for it
+KEYWORD_REACHES = {
+    "like": ("~~", "!~~", "like_escape"), "ilike": ("~~*", "!~~*", "like_escape"),
+    "similar to": ("~", "!~", "similar_to_escape", "similar_escape"), "~~": ("!~~",), "~~*": ("!~~*",),
+    "in": _COMPARISONS, "case": _COMPARISONS, "nullif": _COMPARISONS, "distinct": _COMPARISONS,
+    "using": _COMPARISONS, "natural": _COMPARISONS, "between": _COMPARISONS, "symmetric": _COMPARISONS,
+    "trim": ("btrim", "ltrim", "rtrim"), "extract": ("date_part",), "at": ("timezone",),
+    "overlaps": ("overlaps",), "normalized": ("is_normalized",), "collation": ("pg_collation_for",),
+}
 _NOT_CALLS = frozenset({TokenType.STRING, TokenType.NUMBER, TokenType.NATIONAL_STRING, TokenType.BIT_STRING,
                         TokenType.HEX_STRING, TokenType.BYTE_STRING, TokenType.HEREDOC_STRING})
 
@@ -54,6 +69,9 @@ def users_objects(sql: str, catalog, allowed: tuple = (), search_path: tuple = (
         if before is TokenType.DOT and after is not TokenType.L_PAREN and name in row_functions \
                 and not _relation(tokens, i) and not _allowed(name, allowed, search_path):
             return f"{name} after a dot (attribute notation may call the function {name} outside pg_catalog)"
+        for reached in () if quoted else KEYWORD_REACHES.get(name, ()):
+            if reached in operators or reached in functions and not _allowed(reached, allowed, search_path):
+                return f"{reached} (the {token.text.upper()} here may run a user's {reached} outside pg_catalog)"
         if name in operators and not token.text[:1].isalnum() and not quoted:
             return f"operator {name} (an operator of that name exists outside pg_catalog)"
         if name in types and before in (TokenType.DCOLON, TokenType.ALIAS):

@@ -53,6 +53,13 @@ default: deny
 WRITES_UNDER_A_READ = {
     "SELECT c.attr FROM plain c": "attribute notation",
     "SELECT (c).attr\n  FROM plain c -- the row's attribute": "attribute notation",
+    "SELECT id FROM plain WHERE id LIKE name": "operator ~~",
+    "SELECT id FROM plain WHERE id NOT LIKE name": "operator !~~",
+    "SELECT id FROM plain WHERE id IN (name)": "operator =",
+    "SELECT id FROM plain WHERE CASE id WHEN name THEN true END": "operator =",
+    "SELECT id FROM plain WHERE NULLIF(id, name) IS NULL": "operator =",
+    "SELECT id FROM plain WHERE id IS DISTINCT FROM name": "operator =",
+    "SELECT id FROM plain WHERE id BETWEEN name AND name": "operator >=",
 }
 SIDE_EFFECTS = """
 CREATE TABLE side(what text);
@@ -70,6 +77,9 @@ CREATE FUNCTION public.intnotlike(integer, text) RETURNS boolean LANGUAGE sql
 CREATE OPERATOR public.!~~ (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.intnotlike);
 CREATE FUNCTION public.inteq(integer, text) RETURNS boolean LANGUAGE sql AS $$ SELECT public.note('operator =') $$;
 CREATE OPERATOR public.= (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.inteq);
+CREATE FUNCTION public.intge(integer, text) RETURNS boolean LANGUAGE sql AS $$ SELECT public.note('operator >=') $$;
+CREATE OPERATOR public.>= (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.intge);
+CREATE OPERATOR public.<= (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.intge);
 """
 
 
@@ -130,3 +140,26 @@ def test_a_restricted_tier_cannot_reach_a_users_function_by_attribute_notation(p
         proxy.stop()
         pg.psql("DROP FUNCTION public.id_numbers(public.orders)", "crm")
 
+
+def test_a_restricted_tier_cannot_reach_a_users_operator_through_a_keyword(pg, tier_users, tmp_path):
+    """``quantity LIKE 'x'`` is ``quantity ~~ 'x'``: with no built-in ``integer ~~ text``, a
+    user's is the one PostgreSQL runs; ``quantity IN ('x')`` is ``quantity = 'x'``.  The text
+    has no ``~~`` or ``=`` for the round-5 check to see."""
+    id_number = _clear_id_number(pg)
+    pg.psql("CREATE FUNCTION public.ids_like(integer, text) RETURNS text LANGUAGE sql "
+            "AS $$ SELECT string_agg(id_number, ',') FROM public.customers $$;"
+            "CREATE OPERATOR public.~~ (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.ids_like);"
+            "CREATE FUNCTION public.ids_eq(integer, text) RETURNS boolean LANGUAGE plpgsql "
+            "AS $$ BEGIN RAISE EXCEPTION '%', (SELECT string_agg(id_number, ',') FROM public.customers); END $$;"
+            "CREATE OPERATOR public.= (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.ids_eq)", "crm")
+    proxy = start_with_rules(pg, tmp_path / "crm.yaml", RULES.read_text())
+    try:
+        for sql in ("SELECT o.quantity LIKE 'x'::text\n  FROM orders o -- integer ~~ text\n LIMIT 1",
+                    "SELECT o.id FROM orders o\n WHERE o.quantity IN ('x'::text)"):
+            out = run_psql(pg.bin_dir / "psql", proxy, "-v", "VERBOSITY=verbose", "-Atc", sql, user="prod_wang", password=TIER_PASSWORD)
+            assert id_number not in out.stdout + out.stderr, f"an ID number read in clear: {sql}"
+            assert out.returncode != 0 and "42501" in out.stderr, out.stderr
+    finally:
+        proxy.stop()
+        pg.psql("DROP OPERATOR public.~~ (integer, text); DROP FUNCTION public.ids_like(integer, text);"
+                "DROP OPERATOR public.= (integer, text); DROP FUNCTION public.ids_eq(integer, text)", "crm")
