@@ -29,6 +29,28 @@ from sqlglot.tokens import TokenType
 
 from .sql import DIALECT
 
+def cast_columns(relations, catalog, allowed: tuple = (), search_path: tuple = ()) -> str | None:
+    """A column of a relation read whose type a user's cast function converts (``lower(m)`` or
+    ``m::text`` for an enum ``m`` whose owner wrote ``CREATE CAST (mood AS text) WITH FUNCTION
+    f``: PostgreSQL runs ``f`` with no name of it in the text), as a phrase, or None.  The
+    statement's columns are not all known here (``SELECT *``, expressions), so any column of
+    such a type in a relation it reads counts, unless the tier's ``functions`` lists the cast's
+    functions."""
+    casts = getattr(catalog, "user_casts", None)
+    if not casts:
+        return None
+    if "*" in casts and not all(_allowed(f, allowed, search_path) for f in casts["*"]):
+        return f"a cast between built-in types by the user's function {min(casts['*'])}"
+    for qualified in relations:
+        relation = catalog.by_name.get(tuple(qualified.split(".", 1)))
+        for column in relation.columns if relation is not None else ():
+            name = column.type.removesuffix("[]").rpartition(".")[2].strip('"')
+            if name in casts and not all(_allowed(f, allowed, search_path) for f in casts[name]):
+                return (f"column {qualified}.{column.name} (its type {column.type} is cast by the user's function "
+                        f"{min(casts[name])})")
+    return None
+
+
 _COMPARISONS = ("=", "<>", "<", ">", "<=", ">=")
 # a keyword (sqlglot's token text, lower case) -> the operators and functions PostgreSQL resolves
 # by name for it
@@ -51,7 +73,7 @@ def users_objects(sql: str, catalog, allowed: tuple = (), search_path: tuple = (
     functions = getattr(catalog, "user_functions", frozenset())
     row_functions = getattr(catalog, "user_row_functions", frozenset())
     operators = getattr(catalog, "user_operators", frozenset())
-    types = getattr(catalog, "user_types", frozenset())
+    types = getattr(catalog, "user_types", frozenset()) | frozenset(getattr(catalog, "user_casts", ()))
     if not (functions or operators or types):
         return None
     tokens = DIALECT.tokenize(sql)

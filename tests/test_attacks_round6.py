@@ -57,6 +57,8 @@ WRITES_UNDER_A_READ = {
     "SELECT id FROM plain WHERE id NOT LIKE name": "operator !~~",
     "SELECT id FROM plain WHERE id IN (name)": "operator =",
     "SELECT id FROM plain WHERE CASE id WHEN name THEN true END": "operator =",
+    "SELECT lower(f.m) FROM feel f": "cast",
+    "SELECT id, m::text\n  FROM feel /* an enum cast to text */": "cast",
     "SELECT id FROM plain WHERE NULLIF(id, name) IS NULL": "operator =",
     "SELECT id FROM plain WHERE id IS DISTINCT FROM name": "operator =",
     "SELECT id FROM plain WHERE id BETWEEN name AND name": "operator >=",
@@ -80,6 +82,11 @@ CREATE OPERATOR public.= (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.
 CREATE FUNCTION public.intge(integer, text) RETURNS boolean LANGUAGE sql AS $$ SELECT public.note('operator >=') $$;
 CREATE OPERATOR public.>= (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.intge);
 CREATE OPERATOR public.<= (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.intge);
+CREATE TYPE public.mood AS ENUM ('happy', 'sad');
+CREATE TABLE feel(id integer, m mood);
+INSERT INTO feel VALUES (1, 'happy');
+CREATE FUNCTION public.mood_text(mood) RETURNS text LANGUAGE sql AS $$ SELECT public.note('cast')::text $$;
+CREATE CAST (mood AS text) WITH FUNCTION public.mood_text(mood) AS IMPLICIT;
 """
 
 
@@ -163,3 +170,33 @@ def test_a_restricted_tier_cannot_reach_a_users_operator_through_a_keyword(pg, t
         proxy.stop()
         pg.psql("DROP OPERATOR public.~~ (integer, text); DROP FUNCTION public.ids_like(integer, text);"
                 "DROP OPERATOR public.= (integer, text); DROP FUNCTION public.ids_eq(integer, text)", "crm")
+
+
+def test_a_restricted_tier_cannot_reach_a_users_cast_function(pg, tier_users, tmp_path):
+    """A type's owner may declare its casts: ``CREATE CAST (mood AS text) WITH FUNCTION f AS
+    IMPLICIT``.  ``lower(m)`` or ``m::text`` then runs ``f`` (as the client's role), and the text
+    names neither ``f`` nor the type.  The sales tier (ID numbers masked) read them in clear."""
+    id_number = _clear_id_number(pg)
+    pg.psql("CREATE TYPE public.rev6_mood AS ENUM ('happy', 'sad');"
+            "CREATE TABLE public.rev6_feel(id integer, m public.rev6_mood);"
+            "INSERT INTO public.rev6_feel VALUES (1, 'happy');"
+            "GRANT SELECT ON public.rev6_feel TO sales_li;"
+            "CREATE FUNCTION public.rev6_mood_text(public.rev6_mood) RETURNS text LANGUAGE sql "
+            "AS $$ SELECT string_agg(id_number, ',') FROM public.customers $$;"
+            "CREATE CAST (public.rev6_mood AS text) WITH FUNCTION public.rev6_mood_text(public.rev6_mood) AS IMPLICIT",
+            "crm")
+    proxy = start_with_rules(pg, tmp_path / "crm.yaml", RULES.read_text())
+    try:
+        for sql in ("SELECT lower(f.m)\n  FROM rev6_feel f -- an implicit cast to text", "SELECT m::text FROM rev6_feel",
+                    "SELECT CAST(m AS text) AS m FROM rev6_feel"):
+            out = run_psql(pg.bin_dir / "psql", proxy, "-v", "VERBOSITY=verbose", "-Atc", sql, user="sales_li",
+                           password=TIER_PASSWORD)
+            assert id_number not in out.stdout + out.stderr, f"an ID number read in clear: {sql}"
+            assert out.returncode != 0 and "42501" in out.stderr, out.stderr
+        out = run_psql(pg.bin_dir / "psql", proxy, "-Atc", "SELECT id FROM orders ORDER BY id LIMIT 1", user="sales_li",
+                       password=TIER_PASSWORD)
+        assert out.returncode == 0 and out.stdout.strip() == "1", "relations without such a column are read as before"
+    finally:
+        proxy.stop()
+        pg.psql("DROP TABLE public.rev6_feel; DROP CAST (public.rev6_mood AS text);"
+                "DROP FUNCTION public.rev6_mood_text(public.rev6_mood); DROP TYPE public.rev6_mood", "crm")

@@ -84,8 +84,9 @@ def proven_read_only(normalized: str, decision, catalog, search_path: str | None
         return False
     if not _tables_only(decision.relations, catalog) or not _catalog_first(search_path):
         return False
-    if shadowing.users_objects(decision.sql or normalized, catalog):
-        return False  # a user's function, operator or type spelled like a built-in one
+    if shadowing.users_objects(decision.sql or normalized, catalog) or shadowing.cast_columns(decision.relations,
+                                                                                               catalog):
+        return False  # a user's function, operator or type spelled like a built-in one, or a cast of the user's
     if any(run not in OPERATORS for run in _OPERATOR_RUN.findall(normalized)):
         return False  # an operator of the user's may run any function
     tokens = _TOKENS.findall(normalized)
