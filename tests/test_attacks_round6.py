@@ -10,6 +10,8 @@ PostgreSQL also reaches functions by names that are not in the text:
 - operators named by keywords: ``a LIKE b`` is ``a ~~ b``, ``a IN (b)`` is ``a = b``,
   ``a BETWEEN b AND c`` is ``a >= b AND a <= c``, ``CASE a WHEN b``, ``NULLIF``, ``IS DISTINCT
   FROM``, ``JOIN ... USING`` are ``=``;
+- operators spelled with ``?`` (``<?>``, ``?-``): the normalised text writes each literal as
+  ``?``, so the proof read ``1 <?> 2`` as ``? < ? > ?``, built-in ``<`` and ``>``;
 - casts a type's owner declared (``CREATE CAST (mood AS text) WITH FUNCTION f``): ``lower(m)``
   or ``m::text`` for a column ``m`` of type ``mood`` runs ``f``.
 
@@ -28,6 +30,7 @@ import pytest
 from conftest import TIER_PASSWORD, RULES, run_psql, start_with_rules
 from proxy.catalog import load_catalog
 from proxy.normalize import normalize
+from proxy.pgcluster import ClusterError
 from proxy.policy import Engine
 from proxy.rules import load_rules
 from proxy.session.readonly import proven_read_only
@@ -58,6 +61,8 @@ WRITES_UNDER_A_READ = {
     "SELECT id FROM plain WHERE id IN (name)": "operator =",
     "SELECT id FROM plain WHERE CASE id WHEN name THEN true END": "operator =",
     "SELECT lower(f.m) FROM feel f": "cast",
+    "SELECT 1 <?> 2": "operator with ?",
+    "SELECT 1 ?- 2 -- an operator": "operator with ?",
     "SELECT id, m::text\n  FROM feel /* an enum cast to text */": "cast",
     "SELECT id FROM plain WHERE NULLIF(id, name) IS NULL": "operator =",
     "SELECT id FROM plain WHERE id IS DISTINCT FROM name": "operator =",
@@ -82,6 +87,9 @@ CREATE OPERATOR public.= (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.
 CREATE FUNCTION public.intge(integer, text) RETURNS boolean LANGUAGE sql AS $$ SELECT public.note('operator >=') $$;
 CREATE OPERATOR public.>= (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.intge);
 CREATE OPERATOR public.<= (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.intge);
+CREATE FUNCTION public.q(integer, integer) RETURNS boolean LANGUAGE sql AS $$ SELECT public.note('operator with ?') $$;
+CREATE OPERATOR public.<?> (LEFTARG = integer, RIGHTARG = integer, FUNCTION = public.q);
+CREATE OPERATOR public.?- (LEFTARG = integer, RIGHTARG = integer, FUNCTION = public.q);
 CREATE TYPE public.mood AS ENUM ('happy', 'sad');
 CREATE TABLE feel(id integer, m mood);
 INSERT INTO feel VALUES (1, 'happy');
@@ -119,7 +127,10 @@ def test_a_statement_that_reaches_a_users_function_without_naming_it_is_not_prov
         if decision.refused:
             continue
         side_db.psql("TRUNCATE side", "rev6")
-        side_db.psql(decision.sql, "rev6")
+        try:
+            side_db.psql(decision.sql, "rev6")
+        except ClusterError:
+            continue  # (the sales tier's rewriting reads ``?`` as a parameter: 1 ?- 2 is sent as 1 ? -2)
         if WRITES_UNDER_A_READ[sql] in side_db.psql("SELECT what FROM side", "rev6"):
             wrote.append(tier)
             assert not proven_read_only(decision.normalized or normalize(sql), decision, catalog, None), (tier, sql)
