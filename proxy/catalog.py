@@ -201,24 +201,34 @@ WHERE p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::r
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass
                   AND d.objid = p.oid AND d.deptype = 'e')
 """
-# the types a user's cast function converts from or to, and those holding them (domains over them,
-# arrays of them, row types with a column of one); "*" for a user's cast between built-in types
+# the types a user's function converts (a cast) or compares (a default operator class's support
+# function or operator: ORDER BY, DISTINCT, GROUP BY run it), and those holding them (domains over
+# them, arrays of them, row types with a column of one); "*" for a user's cast between built-in types
 CASTS_SQL = """
-WITH RECURSIVE casts AS (
-  SELECT t.oid, p.proname::text AS fn, t.typnamespace = 'pg_catalog'::regnamespace AS builtin, c.oid AS castid
-  FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc
-  JOIN pg_catalog.pg_type t ON t.oid IN (c.castsource, c.casttarget)
+WITH RECURSIVE users AS (
+  SELECT p.oid, p.proname::text AS fn FROM pg_catalog.pg_proc p
   WHERE p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
     AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass
                     AND d.objid = p.oid AND d.deptype = 'e')
+), seeds AS (
+  SELECT t.oid, u.fn, t.typnamespace = 'pg_catalog'::regnamespace AS builtin, 'c' || c.oid AS id
+  FROM pg_catalog.pg_cast c JOIN users u ON u.oid = c.castfunc
+  JOIN pg_catalog.pg_type t ON t.oid IN (c.castsource, c.casttarget)
+  UNION ALL
+  SELECT t.oid, u.fn, t.typnamespace = 'pg_catalog'::regnamespace, 'o' || oc.oid
+  FROM pg_catalog.pg_opclass oc JOIN pg_catalog.pg_type t ON t.oid = oc.opcintype
+  JOIN users u ON u.oid IN (SELECT ap.amproc FROM pg_catalog.pg_amproc ap WHERE ap.amprocfamily = oc.opcfamily
+                            UNION SELECT o.oprcode FROM pg_catalog.pg_amop ao
+                            JOIN pg_catalog.pg_operator o ON o.oid = ao.amopopr WHERE ao.amopfamily = oc.opcfamily)
+  WHERE oc.opcdefault
 ), reach(oid, fn) AS (
-  SELECT oid, fn FROM casts WHERE NOT builtin
+  SELECT oid, fn FROM seeds WHERE NOT builtin
   UNION
   SELECT ty.oid, r.fn FROM reach r JOIN pg_catalog.pg_type ty ON ty.typbasetype = r.oid OR ty.typelem = r.oid
       OR ty.typrelid IN (SELECT a.attrelid FROM pg_catalog.pg_attribute a WHERE a.atttypid = r.oid AND NOT a.attisdropped)
 )
 SELECT t.typname::text, r.fn FROM reach r JOIN pg_catalog.pg_type t ON t.oid = r.oid
-UNION SELECT '*', fn FROM casts GROUP BY castid, fn HAVING bool_and(builtin)
+UNION SELECT '*', fn FROM seeds GROUP BY id, fn HAVING bool_and(builtin)
 """
 GENERATED_DEPS_SQL = """
 SELECT d.adrelid AS rel, d.adnum::int AS attnum, dep.refobjsubid::int AS source

@@ -32,7 +32,8 @@ from .sql import DIALECT
 def cast_columns(relations, catalog, allowed: tuple = (), search_path: tuple = ()) -> str | None:
     """A column of a relation read whose type a user's cast function converts (``lower(m)`` or
     ``m::text`` for an enum ``m`` whose owner wrote ``CREATE CAST (mood AS text) WITH FUNCTION
-    f``: PostgreSQL runs ``f`` with no name of it in the text), as a phrase, or None.  The
+    f``: PostgreSQL runs ``f`` with no name of it in the text), or whose default operator class
+    compares with a user's function (``ORDER BY p``, ``DISTINCT p``), as a phrase, or None.  The
     statement's columns are not all known here (``SELECT *``, expressions), so any column of
     such a type in a relation it reads counts, unless the tier's ``functions`` lists the cast's
     functions."""
@@ -46,7 +47,7 @@ def cast_columns(relations, catalog, allowed: tuple = (), search_path: tuple = (
         for column in relation.columns if relation is not None else ():
             name = column.type.removesuffix("[]").rpartition(".")[2].strip('"')
             if name in casts and not all(_allowed(f, allowed, search_path) for f in casts[name]):
-                return (f"column {qualified}.{column.name} (its type {column.type} is cast by the user's function "
+                return (f"column {qualified}.{column.name} (its type {column.type} is cast or compared by the user's function "
                         f"{min(casts[name])})")
     return None
 

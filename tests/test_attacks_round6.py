@@ -12,6 +12,8 @@ PostgreSQL also reaches functions by names that are not in the text:
   FROM``, ``JOIN ... USING`` are ``=``;
 - operators spelled with ``?`` (``<?>``, ``?-``): the normalised text writes each literal as
   ``?``, so the proof read ``1 <?> 2`` as ``? < ? > ?``, built-in ``<`` and ``>``;
+- a default operator class's support function (a superuser's ``CREATE OPERATOR CLASS ...
+  DEFAULT FOR TYPE pair``): ``ORDER BY p``, ``DISTINCT p`` run it;
 - casts a type's owner declared (``CREATE CAST (mood AS text) WITH FUNCTION f``): ``lower(m)``
   or ``m::text`` for a column ``m`` of type ``mood`` runs ``f``.
 
@@ -61,6 +63,8 @@ WRITES_UNDER_A_READ = {
     "SELECT id FROM plain WHERE id IN (name)": "operator =",
     "SELECT id FROM plain WHERE CASE id WHEN name THEN true END": "operator =",
     "SELECT lower(f.m) FROM feel f": "cast",
+    "SELECT id FROM pairs ORDER BY p": "comparison",
+    "SELECT DISTINCT p FROM pairs": "comparison",
     "SELECT 1 <?> 2": "operator with ?",
     "SELECT 1 ?- 2 -- an operator": "operator with ?",
     "SELECT id, m::text\n  FROM feel /* an enum cast to text */": "cast",
@@ -90,6 +94,17 @@ CREATE OPERATOR public.<= (LEFTARG = integer, RIGHTARG = text, FUNCTION = public
 CREATE FUNCTION public.q(integer, integer) RETURNS boolean LANGUAGE sql AS $$ SELECT public.note('operator with ?') $$;
 CREATE OPERATOR public.<?> (LEFTARG = integer, RIGHTARG = integer, FUNCTION = public.q);
 CREATE OPERATOR public.?- (LEFTARG = integer, RIGHTARG = integer, FUNCTION = public.q);
+CREATE TYPE pair AS (a int, b int);
+CREATE TABLE pairs(id int, p pair);
+INSERT INTO pairs VALUES (1, (1, 2)), (2, (2, 1));
+CREATE FUNCTION pair_cmp(pair, pair) RETURNS int LANGUAGE plpgsql
+    AS $$ BEGIN PERFORM public.note('comparison'); RETURN ($1).a - ($2).a; END $$;
+CREATE FUNCTION pair_lt(pair, pair) RETURNS bool LANGUAGE sql AS $$ SELECT pair_cmp($1, $2) < 0 $$;
+CREATE FUNCTION pair_eq(pair, pair) RETURNS bool LANGUAGE sql AS $$ SELECT pair_cmp($1, $2) = 0 $$;
+CREATE OPERATOR public.< (LEFTARG = pair, RIGHTARG = pair, FUNCTION = pair_lt);
+CREATE OPERATOR public.= (LEFTARG = pair, RIGHTARG = pair, FUNCTION = pair_eq);
+CREATE OPERATOR CLASS pair_ops DEFAULT FOR TYPE pair USING btree
+    AS OPERATOR 1 <, OPERATOR 3 =, FUNCTION 1 pair_cmp(pair, pair);
 CREATE TYPE public.mood AS ENUM ('happy', 'sad');
 CREATE TABLE feel(id integer, m mood);
 INSERT INTO feel VALUES (1, 'happy');
@@ -211,3 +226,14 @@ def test_a_restricted_tier_cannot_reach_a_users_cast_function(pg, tier_users, tm
         proxy.stop()
         pg.psql("DROP TABLE public.rev6_feel; DROP CAST (public.rev6_mood AS text);"
                 "DROP FUNCTION public.rev6_mood_text(public.rev6_mood); DROP TYPE public.rev6_mood", "crm")
+
+
+def test_a_restricted_tier_cannot_sort_by_a_type_a_users_function_compares(side_db):
+    """``ORDER BY p`` runs the default operator class's comparison function of p's type, as the
+    client's role (so it may read any column in clear): refused for a restricted tier, as a
+    call of that function would be; other relations are read as before."""
+    _, _, engine = side_db
+    for sql in ("SELECT id FROM pairs ORDER BY p", "SELECT id\n  FROM pairs -- grouped\n GROUP BY p, id"):
+        decision = engine.decide(sql, engine.rules.tier("sales"), ("public",), "a", None)
+        assert decision.refused and decision.sqlstate == "42501" and "pair_" in decision.reason, (sql, decision)
+    assert not engine.decide("SELECT id FROM plain ORDER BY id", engine.rules.tier("sales"), ("public",), "a", None).refused
