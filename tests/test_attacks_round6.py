@@ -237,3 +237,25 @@ def test_a_restricted_tier_cannot_sort_by_a_type_a_users_function_compares(side_
         decision = engine.decide(sql, engine.rules.tier("sales"), ("public",), "a", None)
         assert decision.refused and decision.sqlstate == "42501" and "pair_" in decision.reason, (sql, decision)
     assert not engine.decide("SELECT id FROM plain ORDER BY id", engine.rules.tier("sales"), ("public",), "a", None).refused
+
+
+def test_a_question_mark_operator_is_not_proven_after_a_literal_of_the_same_shape():
+    """``SELECT 1 <'x'> 2`` and ``SELECT 1 <?> 2`` have the same normalised text (``SELECT ? <?> ?``):
+    the first holds built-in ``<`` and ``>`` only, the second a user's ``<?>``.  A proof
+    remembered by the normalised text (branch pa's worker-wide proof cache) must not carry over:
+    the second statement waits for its record (no answer_only, nothing sent)."""
+    from playbook import q
+    from proxy.session import ClientData, SendToServer, WriteAudit
+    s = _dba_session()
+    s.handle(ClientData(q("SELECT 1 <'x'> 2")))  # (the proof of this one is not asserted: it may be cached)
+    s = _dba_session()  # a new session of the same worker
+    commands = s.handle(ClientData(q("SELECT 1 <?> 2")))
+    audits = [c for c in commands if isinstance(c, WriteAudit) and c.durable]
+    assert audits and not any(c.answer_only for c in audits)
+    assert not [c for c in commands if isinstance(c, SendToServer)], "it waits for its record"
+
+
+def _dba_session():
+    """A session of an all-clear tier under strict audit (test_attacks_round5's)."""
+    from test_attacks_round5 import _dba_session as dba_session
+    return dba_session()
