@@ -25,6 +25,7 @@ before its record is durable.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import asyncpg
 import pytest
@@ -259,3 +260,31 @@ def _dba_session():
     """A session of an all-clear tier under strict audit (test_attacks_round5's)."""
     from test_attacks_round5 import _dba_session as dba_session
     return dba_session()
+
+
+
+# ----------------------------------------------------------------------------- stalls
+MANY_TABLES = "\nUNION ALL\n".join(["TABLE customers"] * 74) + "\nLIMIT 1 -- {}"  # 1.9 KB, 74 relations read
+
+
+def test_reading_a_masking_tiers_sent_text_for_users_objects_is_cheap():
+    """Any function of the database's users (here one no statement names) made the policy and
+    strict audit's proof tokenize the *sent* text with sqlglot to look for users' objects.  A
+    masking tier's sent text repeats the masking subquery per relation read: ``TABLE customers``
+    74 times (1.9 KB, decided on the event loop) is sent as 120 KB, 0.2-0.5 s of tokenizing on
+    the loop, twice (the policy, then the proof).  A substring search for the few names first."""
+    from workcount import calls
+    from proxy import shadowing
+    from proxy.catalog import Catalog
+    from conftest import RULES as CRM_RULES
+    catalog = Catalog.from_spec({"public.customers": {"id": "integer", "name": "text", "phone": "text",
+                                                      "id_number": "character(18)", "address": "text"}})
+    catalog.user_functions = frozenset({"rev6_unrelated"})
+    engine = Engine(load_rules(CRM_RULES.read_text()), catalog)
+    decision = engine.decide(MANY_TABLES, engine.rules.tier("admin_office"), ("public",), "admin_chen", None)
+    assert decision.verdict == "rewrite" and len(decision.sql) > 80_000 and len(MANY_TABLES) < 2048
+    assert calls(shadowing.users_objects, decision.sql, catalog) < 200
+    assert calls(proven_read_only, decision.normalized, decision, catalog, None) < 2000
+    # what is looked for is still found
+    catalog.user_functions = frozenset({"rev6_unrelated", "repeat"})
+    assert shadowing.users_objects(decision.sql + ", repeat('x', 2)", catalog)
