@@ -47,7 +47,7 @@ class Relation:
 class Catalog:
     def __init__(self, relations: list[Relation], functions: frozenset = frozenset(),
                  memberships: dict | None = None, database: str | None = None, users: tuple = (),
-                 casts: dict | None = None) -> None:
+                 casts: dict | None = None, checked_types: frozenset = frozenset()) -> None:
         self.database = database  # the database this catalog describes (None: any, for tests)
         # names of functions, operators and types outside pg_catalog, and of those functions callable
         # with one argument, which attribute notation reaches (``o.f`` is ``f(o)``): proxy/shadowing.py
@@ -56,6 +56,9 @@ class Catalog:
         # type name -> the user's functions its casts run (a type cast by one, and the domains, arrays
         # and row types holding it; "*": a user's cast between built-in types): proxy/shadowing.py
         self.user_casts = casts or {}
+        # oids of the types whose input runs a user's code (a domain's CHECK, and the arrays, row types,
+        # ranges and domains holding one): a Parse naming one as a parameter's type runs it at Bind
+        self.checked_types = checked_types
         self.by_oid = {r.oid: r for r in relations}
         self.by_name = {(r.schema, r.name): r for r in relations}
         self.functions = functions  # names of functions in pg_catalog
@@ -72,6 +75,7 @@ class Catalog:
         digest.update(repr([sorted(names) for names in (self.user_functions, self.user_operators,
                                                          self.user_types, self.user_row_functions)]).encode())
         digest.update(repr(sorted((k, sorted(v)) for k, v in self.user_casts.items())).encode())
+        digest.update(repr(sorted(self.checked_types)).encode())
         self.version = digest.hexdigest()[:12]
 
     def resolve(self, schema: str | None, name: str, search_path: tuple, user: str = "") -> Relation | None:
@@ -230,6 +234,29 @@ WITH RECURSIVE users AS (
 SELECT t.typname::text, r.fn FROM reach r JOIN pg_catalog.pg_type t ON t.oid = r.oid
 UNION SELECT '*', fn FROM seeds GROUP BY id, fn HAVING bool_and(builtin)
 """
+# the types whose input runs a user's code: domains with a CHECK (users', not an extension's), types
+# with a user's input or receive function, and the domains, arrays, row types and ranges holding them
+CHECKED_TYPES_SQL = """
+WITH RECURSIVE seeds AS (
+  SELECT t.oid FROM pg_catalog.pg_type t
+  WHERE t.typtype = 'd' AND EXISTS (SELECT FROM pg_catalog.pg_constraint c WHERE c.contypid = t.oid AND c.contype = 'c')
+    AND t.typnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+    AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_type'::regclass
+                    AND d.objid = t.oid AND d.deptype = 'e')
+  UNION
+  SELECT t.oid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_proc p ON p.oid IN (t.typinput, t.typreceive)
+  WHERE p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+    AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass
+                    AND d.objid = p.oid AND d.deptype = 'e')
+), reach(oid) AS (
+  SELECT oid FROM seeds
+  UNION
+  SELECT ty.oid FROM reach r JOIN pg_catalog.pg_type ty ON ty.typbasetype = r.oid OR ty.typelem = r.oid
+      OR ty.typrelid IN (SELECT a.attrelid FROM pg_catalog.pg_attribute a WHERE a.atttypid = r.oid AND NOT a.attisdropped)
+      OR ty.oid IN (SELECT g.rngtypid FROM pg_catalog.pg_range g WHERE g.rngsubtype = r.oid)
+)
+SELECT oid::int FROM reach
+"""
 GENERATED_DEPS_SQL = """
 SELECT d.adrelid AS rel, d.adnum::int AS attnum, dep.refobjsubid::int AS source
 FROM pg_catalog.pg_attrdef d
@@ -328,6 +355,7 @@ async def load_catalog(conn) -> Catalog:
     casts: dict[str, set[str]] = {}
     for type_name, function in await conn.fetch(CASTS_SQL):
         casts.setdefault(type_name, set()).add(function)
+    checked = frozenset(row[0] for row in await conn.fetch(CHECKED_TYPES_SQL))
     return Catalog(relations, functions, memberships, database,
                    tuple(frozenset(users[kind]) for kind in "fota"),
-                   {name: frozenset(functions) for name, functions in casts.items()})
+                   {name: frozenset(functions) for name, functions in casts.items()}, checked)

@@ -29,6 +29,17 @@ from sqlglot.tokens import TokenType
 
 from .sql import DIALECT
 
+def checked_parameters(param_types, catalog) -> str | None:
+    """A Parse's parameter type whose input runs a user's code (a domain's CHECK may call any
+    function): PostgreSQL runs it at Bind, for ``SELECT $1`` whose text names nothing, as a
+    phrase, or None."""
+    checked = getattr(catalog, "checked_types", None)
+    for oid in param_types or () if checked else ():
+        if oid in checked:
+            return f"a parameter of type oid {oid} (its input runs a user's check or function)"
+    return None
+
+
 def cast_columns(relations, catalog, allowed: tuple = (), search_path: tuple = ()) -> str | None:
     """A column of a relation read whose type a user's cast function converts (``lower(m)`` or
     ``m::text`` for an enum ``m`` whose owner wrote ``CREATE CAST (mood AS text) WITH FUNCTION

@@ -25,6 +25,7 @@ before its record is durable.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import asyncpg
@@ -335,3 +336,64 @@ def test_a_short_statement_reading_many_relations_does_not_hold_the_worker(pg, t
     finally:
         proxy.stop()
         pg.psql("DROP FUNCTION public.rev6_unrelated()", "crm")
+
+
+# ----------------------------------------------------------------------------- a Parse's parameter types
+def test_a_parameter_typed_as_a_checked_domain_is_not_proven_read_only_nor_allowed(pg, tier_users, tmp_path):
+    """A Parse names its parameters' types by oid: ``SELECT $1`` with the type of a domain whose
+    CHECK calls a function runs that function at Bind, with nothing of it in the text (round 5
+    closed ``CAST(1 AS d)``).  Strict audit proved ``SELECT $1`` read-only and sent it before
+    its record was durable while the CHECK wrote; a restricted tier ran a user's function."""
+    import psycopg
+    from psycopg.adapt import Dumper
+    pg.psql("CREATE TABLE public.rev6_side(what text); GRANT INSERT, SELECT ON public.rev6_side TO PUBLIC;"
+            "CREATE FUNCTION public.rev6_note(v text) RETURNS boolean LANGUAGE sql "
+            "AS $$ INSERT INTO public.rev6_side VALUES (v); SELECT true $$;"
+            "CREATE DOMAIN public.rev6_d AS text CHECK (public.rev6_note(VALUE))", "crm")
+    oid = int(pg.psql("SELECT 'public.rev6_d'::regtype::oid", "crm"))
+    proxy = start_with_rules(pg, tmp_path / "crm.yaml", RULES.read_text(), "--audit-mode", "strict")
+
+    class Checked(str):
+        pass
+
+    class CheckedDumper(Dumper):
+        def dump(self, obj):
+            return str(obj).encode()
+    CheckedDumper.oid = oid
+
+    def run(user: str):
+        with psycopg.connect(f"host=127.0.0.1 port={proxy.port} user={user} password={TIER_PASSWORD} dbname=crm "
+                             f"sslmode=disable", autocommit=True) as conn:
+            conn.adapters.register_dumper(Checked, CheckedDumper)
+            return conn.execute("SELECT %s AS v", [Checked(f"{user} ran the check")]).fetchall()
+
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            run("sales_li")
+        assert "sales_li" not in pg.psql("SELECT what FROM public.rev6_side", "crm")
+        assert run("dba_sun") == [("dba_sun ran the check",)]  # an all-clear tier's runs, recorded first:
+        assert "dba_sun ran the check" in pg.psql("SELECT what FROM public.rev6_side", "crm")
+        records = [json.loads(line) for path in sorted(proxy.audit_dir.glob("audit-*.jsonl"))
+                   for line in path.read_text().splitlines() if line.strip()]
+        assert any(r.get("type") == "statement" and r.get("user") == "dba_sun" and r.get("sql") == "SELECT $1 AS v"
+                   for r in records), [r.get("sql") for r in records if r.get("user") == "dba_sun"]
+    finally:
+        proxy.stop()
+        pg.psql("DROP DOMAIN public.rev6_d; DROP FUNCTION public.rev6_note(text); DROP TABLE public.rev6_side", "crm")
+
+
+def test_a_parse_with_a_checked_parameter_type_is_not_sent_before_its_record_is_durable():
+    """The session level: a Parse of ``SELECT $1`` whose parameter type runs a user's check waits
+    for its durable record (no answer_only, nothing sent), as ``SELECT $1::text`` does not."""
+    from proxy import codec
+    from proxy.session import ClientData, SendToServer, WriteAudit
+    from playbook import SYNC
+    for types, proven in (((90001,), False), ((25,), True)):
+        s = _dba_session()
+        s.config.engine.catalog.checked_types = frozenset({90001})
+        commands = s.handle(ClientData(codec.encode(codec.Parse("", "SELECT $1", types))
+                                       + codec.encode(codec.Bind("", "", (), (b"x",), ()))
+                                       + codec.encode(codec.Execute("", 0)) + SYNC))
+        audits = [c for c in commands if isinstance(c, WriteAudit) and c.durable]
+        assert audits and any(c.answer_only for c in audits) == proven, types
+        assert bool([c for c in commands if isinstance(c, SendToServer)]) == proven, types

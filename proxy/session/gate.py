@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .. import codec, encodings, limits, policy, searchpath, settings
+from .. import codec, encodings, limits, policy, searchpath, settings, shadowing
 from ..access import Access, deciding_tier
 from ..codec import BE, FE, TxStatus
 from ..purpose import PurposeSetting, mentions_purpose, read_declaration
 from ..rowlimits import RowLimits
-from ..verdicts import Refusal
+from ..verdicts import Reason, Refusal
 from .commands import Command, SendToClient
 from .shared import Phase, SERVER_WATCH, FILTER_WATCH, OUTCOME_WATCH, STATE_WORDS, PREPARE_WATCH, ALL_KINDS
 
@@ -113,6 +113,8 @@ class Gate:
                 sql = decoded.query if decoded is not None else codec.query_text(message)
             wire, reading = sql, self._reading()
             sql, decision = self._decide_text(wire, reading, audits)
+            if kind == FE.PARSE and decision is not None and not decision.refused and not self.tier.all_clear:
+                decision = self._checked_parameters(decoded, decision)
         kept = kind == FE.PARSE and engine is not None  # the unnamed statement too: it can be bound again later
         if kept and not self._prepared.fits(decoded.name, sql, limits.PREPARED_BYTES):
             kept = False
@@ -147,6 +149,16 @@ class Gate:
         if kind == FE.QUERY:
             return codec.encode(codec.Query(text))
         return codec.encode(codec.Parse(decoded.name, text, decoded.param_types))
+
+    def _checked_parameters(self, parse, decision):
+        """A restricted tier's Parse naming a parameter type whose input runs a user's code is
+        refused, as a cast to it in the text is (proxy.shadowing)."""
+        reached = shadowing.checked_parameters(parse.param_types, getattr(self.config.engine, "catalog", None))
+        if reached is None:
+            return decision
+        return Refusal(f"{reached} is not allowed for tier {self.tier.name}: PostgreSQL may run the user's object",
+                       Reason.FUNCTION).decision(kinds=decision.kinds, relations=decision.relations,
+                                                 normalized=decision.normalized)
 
     def _decide_text(self, wire: str, reading: str | None, audits: list) -> tuple[str, object]:
         """A statement's text as the server reads it, and its decision (None: no policy)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from itertools import count
 from typing import Callable
 
-from .. import limits
+from .. import limits, shadowing
 from ..audit import records
 from ..codec import FE
 from ..verdicts import Decision
@@ -115,6 +115,8 @@ class Recorder:
         whole = len(sql) <= limits.NORMALIZE_PREFIX and len(record["sql"]) < 4000
         read_only = durable and whole and proven_read_only(record["sql"], decision, getattr(engine, "catalog", None),
                                                            search_path)
+        if read_only and kind == FE.PARSE and shadowing.checked_parameters(decoded.param_types, engine.catalog):
+            read_only = False  # a parameter's type runs a user's check at Bind
         self._read_only[statement_id] = (read_only, self._read_only_under(search_path))
         if len(self._read_only) > 4096:
             del self._read_only[next(iter(self._read_only))]
