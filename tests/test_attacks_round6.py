@@ -397,3 +397,43 @@ def test_a_parse_with_a_checked_parameter_type_is_not_sent_before_its_record_is_
         audits = [c for c in commands if isinstance(c, WriteAudit) and c.durable]
         assert audits and any(c.answer_only for c in audits) == proven, types
         assert bool([c for c in commands if isinstance(c, SendToServer)]) == proven, types
+
+
+# ----------------------------------------------------------------------------- audit records read back
+def _error() -> bytes:
+    from proxy import codec
+    return codec.encode(codec.ErrorResponse(((b'S', 'ERROR'), (b'C', '42501'), (b'M', 'refused'))))
+
+
+def test_a_repeated_query_read_back_after_many_refusals_still_names_what_it_read():
+    """(Guards branch pa's short records.)  A repeated simple Query may be recorded in short
+    (``same_as``: the id of the full record it repeats, at most a minute old), the readers putting
+    the full record's fields back from the session's newest 16,384 full Query records.  Refusals
+    are always recorded in full and counted among those: 16,400 refusals pushed the full record
+    out of the readers' memory while the recorder still referred to it, and the repeat reached
+    search and usage without its text, relations or columns."""
+    from proxy import codec
+    from proxy.audit import executions
+    from proxy.session import ClientData, ServerData, SessionConfig, Session, WriteAudit
+    from playbook import CATALOG, RULES as PLAYBOOK_RULES, T0, AUTH_OK, complete, q, ready, startup, UpstreamConnected
+    s = Session(SessionConfig(engine=Engine(load_rules(PLAYBOOK_RULES), CATALOG), clock=lambda: T0,
+                              audit=True, audit_strict=False), ("10.1.2.3", 5000))
+    records = []
+
+    def run(sql, answer):
+        for c in s.handle(ClientData(q(sql))):
+            if isinstance(c, WriteAudit):
+                records.append(c.record)
+        for c in s.handle(ServerData(answer + ready())):
+            if isinstance(c, WriteAudit):
+                records.append(c.record)
+
+    for event in (ClientData(startup("sales_li")), UpstreamConnected(False), ServerData(AUTH_OK + ready())):
+        s.handle(event)
+    run("SELECT id_number FROM customers", complete("SELECT 1"))
+    for i in range(16_400):
+        run(f"DELETE FROM customers WHERE id = {i} -- refused: sales reads only", _error())
+    run("SELECT id_number FROM customers", complete("SELECT 1"))
+    statements = [r for r in executions.expand(records) if r.get("type") == "statement"]
+    last = statements[-1]
+    assert last.get("relations") == ["public.customers"] and last.get("sql"), last
