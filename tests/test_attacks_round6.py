@@ -437,3 +437,47 @@ def test_a_repeated_query_read_back_after_many_refusals_still_names_what_it_read
     statements = [r for r in executions.expand(records) if r.get("type") == "statement"]
     last = statements[-1]
     assert last.get("relations") == ["public.customers"] and last.get("sql"), last
+
+
+# ----------------------------------------------------------------------------- standard_conforming_strings off
+SMUGGLED = "SELECT 'a\\' || ' , nextval($$rev6_seq$$) -- '"  # scs off: the server runs nextval
+
+
+def test_an_all_clear_tiers_text_under_nonstandard_strings_is_not_proven_read_only():
+    """An all-clear tier may turn standard_conforming_strings off (restricted tiers are refused).
+    pgveil reads ``'a\\'`` as a whole literal, the server as an open one ending at the next quote:
+    ``SELECT 'a\\' || ' , nextval(...) -- '`` was normalised to ``SELECT ? || ?`` and proven
+    read-only, sent before its record was durable while the server advanced a sequence."""
+    from proxy import codec
+    from proxy.session import AuditDurable, ClientData, SendToServer, ServerData, WriteAudit
+    from playbook import complete, q, ready
+    s = _dba_session()
+    s.handle(ClientData(q("SET standard_conforming_strings = off")))
+    s.handle(AuditDurable(1))
+    s.handle(ServerData(complete("SET") + codec.encode(codec.ParameterStatus("standard_conforming_strings", "off"))
+                        + ready()))
+    commands = s.handle(ClientData(q(SMUGGLED)))
+    audits = [c for c in commands if isinstance(c, WriteAudit) and c.durable]
+    assert audits and not any(c.answer_only for c in audits) and audits[0].record["unparsed"] is True
+    assert not [c for c in commands if isinstance(c, SendToServer)], "it waits for its record"
+
+
+def test_an_all_clear_tiers_record_under_nonstandard_strings_says_it_was_not_read(pg, tier_users, tmp_path):
+    """Live: the server runs what the record's text (``SELECT ? || ?``) does not show; the record
+    says so (unparsed), and the statement waited for it."""
+    pg.psql("CREATE SEQUENCE public.rev6_seq; GRANT USAGE ON SEQUENCE public.rev6_seq TO dba_sun", "crm")
+    proxy = start_with_rules(pg, tmp_path / "crm.yaml", RULES.read_text(), "--audit-mode", "strict")
+    try:
+        out = run_psql(pg.bin_dir / "psql", proxy, "-Atc", "SET standard_conforming_strings = off", "-c", SMUGGLED,
+                       user="dba_sun", password=TIER_PASSWORD)
+        assert out.returncode == 0, out.stderr
+        assert pg.psql("SELECT last_value FROM public.rev6_seq", "crm").strip() == "1", "the scene: nextval ran"
+        proxy.stop()
+        records = [json.loads(line) for path in sorted(proxy.audit_dir.glob("audit-*.jsonl"))
+                   for line in path.read_text().splitlines() if line.strip()]
+        ran = [r for r in records if r.get("type") == "statement" and r.get("user") == "dba_sun"
+               and "||" in (r.get("sql") or "")]
+        assert ran and ran[0]["unparsed"] is True, ran
+    finally:
+        proxy.stop()
+        pg.psql("DROP SEQUENCE public.rev6_seq", "crm")
