@@ -481,3 +481,17 @@ def test_an_all_clear_tiers_record_under_nonstandard_strings_says_it_was_not_rea
     finally:
         proxy.stop()
         pg.psql("DROP SEQUENCE public.rev6_seq", "crm")
+
+
+def test_a_text_sent_before_the_server_reports_nonstandard_strings_is_not_proven_read_only():
+    """The same, pipelined: the Query after ``SET standard_conforming_strings = off`` is decided
+    before the server's report arrives (and a Query holding both is one text)."""
+    from proxy.session import ClientData, SendToServer, WriteAudit
+    from playbook import q
+    for wire in (q("SET standard_conforming_strings = off") + q(SMUGGLED),
+                 q("SET standard_conforming_strings = off;\n" + SMUGGLED)):
+        s = _dba_session()
+        commands = s.handle(ClientData(wire))
+        audits = [c for c in commands if isinstance(c, WriteAudit) and c.durable]
+        assert audits and not any(c.answer_only for c in audits)
+        assert not [c for c in commands if isinstance(c, SendToServer)]

@@ -23,6 +23,7 @@ class Gate:
         self._reader: tuple = (None, "")
         self.tier = None  # the rules' tier for this identity, once authenticated
         self._ddl_seen = False
+        self._strings_named = False  # a statement named standard_conforming_strings (see _decide_text)
         self._filtering = False  # restricted tier: the server stream is inspected
         self._active_watch = SERVER_WATCH
         self._rules_version: str | None = None
@@ -179,8 +180,12 @@ class Gate:
             return sql, None
         if mentions_purpose(sql):
             return sql, Refusal.purpose_not_alone().decision()
-        decision = self._decide_sql(sql, sql.lower(), audits)
-        if decision is not None and self.server_params.get("standard_conforming_strings", "on") != "on":
+        low = sql.lower()
+        decision = self._decide_sql(sql, low, audits)
+        # (sticky: statements sent before the server reports the change, or after it in the same Query)
+        self._strings_named = self._strings_named or "standard_conforming_strings" in low
+        if decision is not None and (self._strings_named or
+                                     self.server_params.get("standard_conforming_strings", "on") != "on"):
             # (an all-clear tier's: restricted ones are refused above) pgveil reads 'a\' as a whole
             # literal, the server as an open one: the record's text may hide what runs, and the text
             # cannot be proven read-only (strict audit)
