@@ -183,7 +183,7 @@ class Gate:
         low = sql.lower()
         decision = self._decide_sql(sql, low, audits)
         # (sticky: statements sent before the server reports the change, or after it in the same Query)
-        self._strings_named = self._strings_named or "standard_conforming_strings" in low
+        self._strings_named = self._strings_named or not self._filtering and "standard_conforming_strings" in low
         if decision is not None and (self._strings_named or
                                      self.server_params.get("standard_conforming_strings", "on") != "on"):
             # (an all-clear tier's: restricted ones are refused above) pgveil reads 'a\' as a whole
