@@ -36,6 +36,18 @@ class Statements:
         decided = self._decide_message(FE.PARSE, parse, audits)  # records the new decision as well
         return codec.encode(codec.Close(Target.STATEMENT, name)) + (decided if decided is not None else parse)
 
+    def _prepare_apart(self, out: bytes, start: int, end: int):
+        """Before :meth:`_prepare_again`: a DecideApart when the statement's decision under the
+        access in force belongs in a child process (a large text, see :mod:`proxy.limits`); the
+        Bind and what follows it then wait for the answer, as after a Parse decided apart."""
+        known = self._prepared.statements.get(codec.bind_names(out[start + 5:end])[1])
+        if known is None or known[2] == self.access:
+            return None
+        apart = self._apart(FE.PARSE, b"", 0, 0, known[0])
+        if apart is None or self._apart_ready is not None and apart.key == self._apart_ready[0]:
+            return None  # decided here, or decided apart just now
+        return apart
+
     def _refuse_execute(self, out: bytes, start: int, end: int) -> bytes | None:
         """An Execute of a portal opened under access that has since narrowed: in its place, a
         Parse that fails (of a name no client uses, so no statement is replaced), put back as the
