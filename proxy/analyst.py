@@ -35,7 +35,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import logs
+from . import logs, state_after
 from .policy import Decision, DecisionCache, Template, failed_analysis
 
 log = logs.get("pgveil.analyst")
@@ -51,12 +51,14 @@ _CHILD = ("import sys; sys.path.insert(0, {root!r}); from proxy.analyst import c
 
 # ----------------------------------------------------------------------------- the child
 def decide_cold(sql: str, ctx, templates: dict, access=None) -> tuple[Decision, tuple | None]:
-    """A first decision of ``sql``, as :class:`proxy.policy.DecisionCache` takes it on a miss, and
-    the decision of its shape when one was made and can be reused ((key, template), for the
+    """A first decision of ``sql``, as :class:`proxy.policy.DecisionCache` takes it on a miss (with
+    what the statement changes for later ones: :mod:`proxy.state_after`), and the decision of its shape when one was made and can be reused ((key, template), for the
     worker's cache: statements of the same shape are then decided there, cheaply)."""
     cache = DecisionCache()
     cache.templates = templates
     decision = cache.decide(sql, ctx, access)
+    if not decision.refused:  # what it changes for later statements, read here rather than on the loop
+        decision = replace(decision, after=state_after.read(sql))
     shapes = [(k, v) for k, v in cache._entries.items() if len(k) > 6 and k[-2] == "shape" and isinstance(v, Template)]
     return decision, (shapes[0] if shapes else None)
 
