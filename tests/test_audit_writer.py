@@ -108,3 +108,30 @@ def test_batched_mode_starts_no_helper(tmp_path):
     helper, synced = asyncio.run(run())
     assert helper is None and synced >= 1
     assert events(tmp_path) == ["test-1"]
+
+
+def test_requests_waiting_at_the_helper_share_one_fdatasync(tmp_path):
+    """Records written in five loop turns while the helper is busy (here: stopped) are synced by
+    its next fdatasync, all of them: none waits for a queue of syncs each covering a part."""
+    async def run():
+        writer = AuditWriter(str(tmp_path), "strict", interval=60)
+        writer.start()
+        await submit_durable(writer, 0, 1)  # the helper has the file
+        pid, before = writer._syncer.pid, writer.fsyncs
+        os.kill(pid, signal.SIGSTOP)
+        loop = asyncio.get_running_loop()
+        pending = []
+        for turn in range(5):
+            pending.append(loop.create_task(submit_durable(writer, 10 * turn + 1, 3)))
+            await asyncio.sleep(0.02)  # one request per loop turn that wrote records
+        assert not any(task.done() for task in pending)  # nobody is told "on disk" before the sync
+        os.kill(pid, signal.SIGCONT)
+        errors = [e for answers in await asyncio.gather(*pending) for e in answers]
+        syncs = writer.fsyncs - before
+        await writer.close()
+        return errors, syncs
+
+    errors, syncs = asyncio.run(run())
+    assert errors == [None] * 15
+    assert syncs == 1
+    assert verify(tmp_path).ok

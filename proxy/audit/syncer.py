@@ -21,30 +21,41 @@ import subprocess
 import sys
 
 # One request per datagram: b"F" with a descriptor (sync this file from now on), b"S" (sync now).
-# One answer per b"S": b"K", or b"E" and the error text.
+# The helper takes every request waiting when it is free, runs one fdatasync for all of them, and
+# answers once: b"K<n>" (n requests done), or b"E<n> <error text>".  So a record written while a
+# sync runs waits for that one and the next, never for a queue of syncs each covering a part.
 HELPER = r"""
 import os, socket, sys
 sock = socket.socket(fileno=int(sys.argv[1]))
+room = socket.CMSG_LEN(4)
 fd = -1
 while True:
-    try:
-        data, fds, _, _ = socket.recv_fds(sock, 64, 1)
-    except OSError:
-        break
-    if not data:
-        break
-    if data == b"F":
-        if fd >= 0:
-            os.close(fd)
-        fd = fds[0] if fds else -1
-        continue
+    asked, flags = 0, 0
+    while True:  # wait for a request, then take those queued behind it without waiting
+        try:  # (socket.recv_fds ignores its flags before Python 3.12)
+            data, extra, _, _ = sock.recvmsg(64, room, flags)
+        except BlockingIOError:
+            break
+        except OSError:
+            sys.exit(0)
+        if not data:
+            sys.exit(0)
+        if data == b"F":  # (the worker synced the file it left, before it wrote to this one)
+            if fd >= 0:
+                os.close(fd)
+            fds = [int.from_bytes(d[:4], sys.byteorder, signed=True) for level, kind, d in extra
+                   if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(d) >= 4]
+            fd = fds[0] if fds else -1
+            continue
+        asked += 1
+        flags = socket.MSG_DONTWAIT
     try:
         if fd < 0:
             raise OSError("no journal file to sync")
         os.fdatasync(fd)
-        answer = b"K"
+        answer = b"K%d" % asked
     except OSError as exc:
-        answer = b"E" + str(exc).encode("utf-8", "replace")[:400]
+        answer = b"E%d " % asked + str(exc).encode("utf-8", "replace")[:400]
     try:
         sock.send(answer)
     except OSError:
@@ -55,9 +66,10 @@ while True:
 class Syncer:
     """A helper process that runs fdatasync on request; answers come back through the event loop.
 
-    ``on_answer(error)`` is called once per :meth:`request`, in order (error None, or the
-    helper's error text); ``on_lost()`` once, if the helper goes away with requests unanswered
-    or not.  Not thread-safe: the event loop's thread only.
+    ``on_answer(count, error)`` is called once per fdatasync the helper ran, for the ``count``
+    oldest requests still unanswered (error None, or the helper's error text); ``on_lost()``
+    once, if the helper goes away with requests unanswered or not.  Not thread-safe: the event
+    loop's thread only.
     """
 
     def __init__(self, loop, on_answer, on_lost) -> None:
@@ -95,37 +107,45 @@ class Syncer:
         self._loop.add_reader(ours.fileno(), self._readable)
         return True
 
-    def request(self, file) -> None:
-        """Ask for an fdatasync of ``file`` (an open file object) covering everything written so far."""
+    def request(self, file) -> bool:
+        """Ask for an fdatasync of ``file`` (an open file object) covering everything written so
+        far.  False: not asked, as the socket is full of requests the helper has not read yet;
+        the fdatasync that takes them starts after now, so it covers what was written too."""
         try:
             if file is not self._file:
                 socket.send_fds(self._sock, [b"F"], [file.fileno()])
                 self._file = file
             self._sock.send(b"S")
+        except BlockingIOError:
+            if self.in_flight:
+                return False
+            self.in_flight += 1  # (a full socket nobody reads: the helper is gone)
+            self._lost()
+            return True
         except OSError:
             self.in_flight += 1  # answered by on_lost, with the others
             self._lost()
-            return
+            return True
         self.in_flight += 1
+        return True
 
     def _readable(self) -> None:
-        """Read the answers to the requests outstanding when the socket turned readable, and stop:
-        a probe for more, answered EAGAIN, was half the recv calls of a strict worker.  An answer
-        that arrives meanwhile (or the helper's end closing) makes the socket readable again."""
-        expected = max(self.in_flight, 1)  # at least one read: an end of file must be seen
-        while self._sock is not None and expected > 0:
-            try:
-                answer = self._sock.recv(512)
-            except BlockingIOError:
-                return
-            except OSError:
-                answer = b""
-            if not answer:
-                self._lost()
-                return
-            expected -= 1
-            self.in_flight -= 1
-            self._on_answer(None if answer == b"K" else answer[1:].decode("utf-8", "replace"))
+        """Read one answer (another one waiting, or the helper's end closing, makes the socket
+        readable again): a probe for more, answered EAGAIN, was half the recv calls of a strict
+        worker."""
+        try:
+            answer = self._sock.recv(512)
+        except BlockingIOError:
+            return
+        except OSError:
+            answer = b""
+        if not answer:
+            self._lost()
+            return
+        count, _, error = answer[1:].partition(b" ")
+        count = min(int(count), self.in_flight)
+        self.in_flight -= count
+        self._on_answer(count, None if answer[:1] == b"K" else error.decode("utf-8", "replace"))
 
     def _lost(self) -> None:
         self._close(wait=0)
