@@ -21,55 +21,97 @@ import subprocess
 import sys
 
 # One request per datagram: b"F" with a descriptor (sync this file from now on), b"S" (sync now).
-# The helper takes every request waiting when it is free, runs one fdatasync for all of them, and
-# answers once: b"K<n>" (n requests done), or b"E<n> <error text>".  So a record written while a
-# sync runs waits for that one and the next, never for a queue of syncs each covering a part.
+# SYNCERS threads of the helper sync in parallel (on this disk two fdatasyncs overlap): a free one
+# takes every request received so far and answers, after its fdatasync, b"K<n>": the first n
+# requests are durable (n counts from the start; every sync covers what was written before it
+# began, so a later one may answer first).  b"E<n> <text>": an fdatasync failed.  A record
+# written while syncs run waits for one sync, started as soon as a thread is free.
+#
+# Each thread syncs through an open file of its own (reopened from /proc/self/fd): Linux reports
+# a failed writeback once per open file, so a sync sharing the file with another could answer
+# "durable" for pages whose failure the other one was told.  Without /proc the threads take
+# turns on the one descriptor.
+SYNCERS = 2
 HELPER = r"""
-import os, socket, sys
+import os, socket, sys, threading
 sock = socket.socket(fileno=int(sys.argv[1]))
 room = socket.CMSG_LEN(4)
-fd = -1
-while True:
-    asked, flags = 0, 0
-    while True:  # wait for a request, then take those queued behind it without waiting
-        try:  # (socket.recv_fds ignores its flags before Python 3.12)
-            data, extra, _, _ = sock.recvmsg(64, room, flags)
-        except BlockingIOError:
-            break
-        except OSError:
-            sys.exit(0)
-        if not data:
-            sys.exit(0)
-        if data == b"F":  # (the worker synced the file it left, before it wrote to this one)
-            if fd >= 0:
-                os.close(fd)
-            fds = [int.from_bytes(d[:4], sys.byteorder, signed=True) for level, kind, d in extra
-                   if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(d) >= 4]
-            fd = fds[0] if fds else -1
-            continue
-        asked += 1
-        flags = socket.MSG_DONTWAIT
+state = threading.Condition()
+turns = threading.Lock()
+shared, generation, received, taken = -1, 0, 0, 0
+
+def syncer():
+    global taken
+    mine, mine_of, alone = -1, -1, True
+    while True:
+        with state:
+            while received == taken:
+                state.wait()
+            upto = taken = received
+            if mine_of != generation:
+                if mine >= 0:
+                    os.close(mine)
+                mine, mine_of, alone = -1, generation, True
+                try:
+                    if shared >= 0:
+                        mine = os.open("/proc/self/fd/%d" % shared, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    try:
+                        mine, alone = os.dup(shared), False
+                    except OSError:
+                        pass
+        if alone:
+            answer(mine, upto)
+        else:
+            with turns:  # one open file tells an error once: one sync at a time, and its answer
+                answer(mine, upto)
+
+
+def answer(fd, upto):
     try:
         if fd < 0:
             raise OSError("no journal file to sync")
         os.fdatasync(fd)
-        answer = b"K%d" % asked
+        reply = b"K%d" % upto
     except OSError as exc:
-        answer = b"E%d " % asked + str(exc).encode("utf-8", "replace")[:400]
+        reply = b"E%d " % upto + str(exc).encode("utf-8", "replace")[:400]
     try:
-        sock.send(answer)
+        sock.send(reply)
+    except OSError:
+        os._exit(0)
+
+
+for _ in range(int(sys.argv[2])):
+    threading.Thread(target=syncer, daemon=True).start()
+while True:
+    try:
+        data, extra, _, _ = sock.recvmsg(64, room)
     except OSError:
         break
+    if not data:
+        break
+    with state:
+        if data == b"F":  # (the worker synced the file it left, before it wrote to this one)
+            fds = [int.from_bytes(d[:4], sys.byteorder, signed=True) for level, kind, d in extra
+                   if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(d) >= 4]
+            if shared >= 0:
+                os.close(shared)  # (each thread syncs through a descriptor of its own)
+            shared, generation = (fds[0] if fds else -1), generation + 1
+        else:
+            received += 1
+            state.notify()
+os._exit(0)
 """
 
 
 class Syncer:
     """A helper process that runs fdatasync on request; answers come back through the event loop.
 
-    ``on_answer(count, error)`` is called once per fdatasync the helper ran, for the ``count``
-    oldest requests still unanswered (error None, or the helper's error text); ``on_lost()``
-    once, if the helper goes away with requests unanswered or not.  Not thread-safe: the event
-    loop's thread only.
+    ``on_answer(count, error)``: the ``count`` oldest requests still unanswered are durable
+    (error None), or not known to be (the helper's error text: then every request unanswered is
+    counted); ``count`` may be 0 (a sync that a later one overtook).  ``on_lost()`` once, if the
+    helper goes away with requests unanswered or not.  Not thread-safe: the event loop's thread
+    only.
     """
 
     def __init__(self, loop, on_answer, on_lost) -> None:
@@ -79,7 +121,12 @@ class Syncer:
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
         self._file = None  # the file object whose descriptor the helper holds
-        self.in_flight = 0
+        self._asked = 0  # requests sent, since the start
+        self._answered = 0  # of them, answered
+
+    @property
+    def in_flight(self) -> int:
+        return self._asked - self._answered
 
     @property
     def alive(self) -> bool:
@@ -94,7 +141,8 @@ class Syncer:
             return False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", HELPER, str(theirs.fileno())],
+            self._proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", HELPER, str(theirs.fileno()),
+                                           str(SYNCERS)],
                                           pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                           close_fds=True)
         except OSError:
@@ -119,14 +167,14 @@ class Syncer:
         except BlockingIOError:
             if self.in_flight:
                 return False
-            self.in_flight += 1  # (a full socket nobody reads: the helper is gone)
+            self._asked += 1  # (a full socket nobody reads: the helper is gone)
             self._lost()
             return True
         except OSError:
-            self.in_flight += 1  # answered by on_lost, with the others
+            self._asked += 1  # answered by on_lost, with the others
             self._lost()
             return True
-        self.in_flight += 1
+        self._asked += 1
         return True
 
     def _readable(self) -> None:
@@ -142,14 +190,18 @@ class Syncer:
         if not answer:
             self._lost()
             return
-        count, _, error = answer[1:].partition(b" ")
-        count = min(int(count), self.in_flight)
-        self.in_flight -= count
-        self._on_answer(count, None if answer[:1] == b"K" else error.decode("utf-8", "replace"))
+        upto, _, error = answer[1:].partition(b" ")
+        if answer[:1] == b"K":
+            count = max(0, min(int(upto), self._asked) - self._answered)
+            self._answered += count
+            self._on_answer(count, None)
+        else:  # fail closed: whatever was written before the helper was told is not known durable
+            count, self._answered = self.in_flight, self._asked
+            self._on_answer(count, error.decode("utf-8", "replace"))
 
     def _lost(self) -> None:
         self._close(wait=0)
-        self.in_flight = 0
+        self._answered = self._asked
         self._on_lost()
 
     def _close(self, wait: float) -> None:
@@ -169,5 +221,5 @@ class Syncer:
     def close(self, wait: float = 2) -> None:
         """Stop the helper (after its current fdatasync, if any; killed after ``wait`` seconds)."""
         self._close(wait=wait)
-        self.in_flight = 0
+        self._answered = self._asked
 

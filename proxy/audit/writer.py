@@ -4,8 +4,8 @@ Records submitted during one turn of the event loop are chained and written toge
 loop's own thread (page-cache writes are quick, and a thread per record would cost more in
 hand-offs than the writing itself).  In strict mode ``fdatasync`` runs in a helper process
 (:mod:`proxy.audit.syncer`): each loop turn that wrote records someone waits for sends it a
-request, and the helper syncs once for all the requests waiting when it is free, so a record
-waits for at most the sync running and the next.  In batched mode, or while no helper runs,
+request, and a free thread of the helper syncs once for all the requests received so far, so
+a record waits for one sync, started as soon as a thread is free.  In batched mode, or while no helper runs,
 in an executor thread, where it releases the GIL.
 
 ``strict`` (the default): a record submitted with ``on_durable`` has it called once an fsync that
@@ -153,9 +153,12 @@ class AuditWriter:
             self._start_sync()
 
     def _syncer_answered(self, count: int, error: str | None) -> None:
-        """One fdatasync of the helper covered the ``count`` oldest requests."""
+        """An fdatasync of the helper covered the ``count`` oldest requests (0: a later one
+        answered first)."""
         groups = self._syncer_groups
         if not count:
+            if error is not None:
+                self._fail(OSError(error))
             return
         group, started = groups.popleft()
         for _ in range(count - 1):
