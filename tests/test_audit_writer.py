@@ -138,3 +138,34 @@ def test_records_written_while_syncs_run_are_asked_for_at_once_and_share_the_nex
     assert asked == 5
     assert 1 <= syncs < 5  # (the helper's threads take what they have received when free)
     assert verify(tmp_path).ok
+
+
+def test_answers_that_overtake_each_other_and_an_error_fail_closed(tmp_path):
+    """The worker's side of the helper's protocol, the test playing the helper: 'K<n>' says the
+    first n requests are durable (a sync that a later one overtook says less than is known), and
+    an error fails every request unanswered, whichever sync it came from."""
+    import socket
+    from proxy.audit.syncer import Syncer
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        answers = []
+        syncer = Syncer(loop, lambda count, error: answers.append((count, error)), lambda: answers.append("lost"))
+        ours, helper = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        syncer._sock = ours
+        loop.add_reader(ours.fileno(), syncer._readable)
+        with open(tmp_path / "f", "ab") as file:
+            for _ in range(3):
+                assert syncer.request(file)
+            for reply in (b"K2", b"K1", b"E2 the disk is gone"):
+                helper.send(reply)
+                await asyncio.sleep(0.05)
+            asked = [helper.recv(64) for _ in range(4)]
+        syncer._close(wait=0)
+        helper.close()
+        return asked, answers
+
+    asked, answers = asyncio.run(run())
+    assert asked == [b"F", b"S", b"S", b"S"]
+    assert answers == [(2, None), (0, None), (1, "the disk is gone")]
