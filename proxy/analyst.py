@@ -45,6 +45,9 @@ CHILD_NICENESS = 10
 SAME_TEXT = "\x00same"  # in an answer: the decision's SQL is the statement's own text (no Query holds a NUL)
 DEFAULT_TIMEOUT = 60.0
 _HEADER = struct.Struct(">I")
+# what a child writes once it has read a request: a child that ends before it died before this
+# statement (while idle: it is asked again of a fresh child); one that ends after it, on it
+TAKEN = b"\x01"
 _CHILD = ("import sys; sys.path.insert(0, {root!r}); from proxy.analyst import child_main; "
           "raise SystemExit(child_main())")
 
@@ -86,6 +89,8 @@ def child_main() -> int:
         if len(header) < _HEADER.size:
             return 0
         key, blob, sql, tier, search_path, user, access = pickle.loads(read.read(_HEADER.unpack(header)[0]))
+        write.write(TAKEN)  # the worker now knows that a failure from here on is this statement's
+        write.flush()
         if blob is not None:
             rules, catalog = pickle.loads(blob)
             snapshot_key, templates = key, {}
@@ -109,10 +114,13 @@ class _Child:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.snapshot = None
+        self.taken = False  # the child has read the request being asked (see TAKEN)
 
     async def ask(self, frame: bytes) -> tuple:
+        self.taken = False
         self.proc.stdin.write(frame)
         await self.proc.stdin.drain()
+        self.taken = await self.proc.stdout.readexactly(len(TAKEN)) == TAKEN
         size = _HEADER.unpack(await self.proc.stdout.readexactly(_HEADER.size))[0]
         return pickle.loads(await self.proc.stdout.readexactly(size))
 
@@ -181,7 +189,7 @@ class Analyst:
                     return self._failed(sql, tier, f"the analysis took longer than {self.timeout:g} s", started)
                 except (OSError, EOFError, asyncio.IncompleteReadError, pickle.PickleError):
                     self._discard(child)
-                    if reused and attempt == 1 and time.monotonic() - started < 0.1:
+                    if reused and attempt == 1 and not child.taken:
                         continue  # an idle child that had died meanwhile: a fresh one is asked
                     return self._failed(sql, tier, "the analysing process ended", started)
                 self.decided += 1

@@ -9,6 +9,7 @@ from proxy import codec
 from proxy.session import ClientData, DecideApart, DecidedApart, PauseClientReading, ResumeClientReading, \
     SendToClient, SendToServer, ServerData
 
+from test_bounded_work import UNION, guarded_session
 from playbook import MASKED, SELECT_ID, SYNC, T0, Playbook, ToServer, active, complete, extended, ready
 
 BIG = SELECT_ID + " WHERE id_number <> '" + "x" * 3000 + "'"  # long enough to be decided apart
@@ -68,3 +69,22 @@ def test_the_prepared_again_statement_is_closed_and_parsed_then_bound():
     parse = codec.decode_message(codec.FRONTEND, sent[len(close):-len(bind + SYNC)])
     assert parse.name == "s1" and MASKED in parse.query
     assert not any(isinstance(c, DecideApart) for c in commands), "decided once"
+
+
+def test_a_large_statement_sent_while_the_search_path_is_unknown_is_decided_apart_too():
+    """After a RESET ALL not yet answered the path later statements run under is unknown; a large
+    statement sent then is still decided in the child (under the server's last path, as the loop
+    would), never on the loop."""
+    for tier in ("dba", "sales"):
+        s = guarded_session(tier)
+        s.handle(ClientData(codec.encode(codec.Query("RESET ALL"))))
+        assert s._pending_path == "unknown"
+        commands = s.handle(ClientData(codec.encode(codec.Query(UNION))))
+        apart = [c for c in commands if isinstance(c, DecideApart)]
+        assert len(apart) == 1, (tier, commands)
+        decided = s.handle(_answer(s, commands))
+        sent = b"".join(c.data for c in decided if isinstance(c, SendToServer))
+        if tier == "dba":
+            assert sent == codec.encode(codec.Query(UNION)), "all-clear: relayed as sent"
+        else:
+            assert b"pgveil-refused" in sent, "restricted: refused, the path it would run under is unknown"

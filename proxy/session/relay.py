@@ -87,8 +87,8 @@ class Relay:
             return None  # refused at once by _decide_message
         path = self._pending_path if self._pending_path is not None else self._search_path()
         tier, user = self.deciding_tier(), self.user or ""
-        if path == searchpath.UNKNOWN:
-            return None  # decided here, and refused if it reaches relations (_decide_message)
+        if path == searchpath.UNKNOWN:  # decided under the last path known, as _decide_sql does, then
+            path = self._search_path()  # refused there if it reaches relations (restricted tiers)
         apart = getattr(engine, "apart", None)  # an engine that decides everything itself has none
         key = apart(sql, tier, path, user, self.access) if apart is not None else None
         return DecideApart(key, sql, tier, path, user, self.access) if key is not None else None
