@@ -108,7 +108,6 @@ class Opened:
         self.portals: dict[str, object] = {}  # Bind portal name -> Access
         self._owed: deque = deque()  # [QUERY, effects] / [PORTAL, effects] / [SYNC]: what is to be answered
         self._staged: list | None = None  # effects of the statement just decided (see take)
-        self._statements: dict[str, list] = {}  # Parse'd statement name -> effects when executed
         self._bound: dict[str, list] = {}  # portal -> effects when executed
         self._waiting: dict[tuple, dict] = {}  # (declare|prepare, name) -> {Access: count} in _owed
 
@@ -132,6 +131,10 @@ class Opened:
                     del counts[effect[2]]
                     if not counts:
                         del self._waiting[effect[:2]]
+
+    def pending_prepares(self, name: str) -> list:
+        """Accesses of SQL ``PREPARE name`` statements sent but not yet answered."""
+        return self._pending("prepare", name)
 
     def _possible(self, what: str, name: str) -> list:
         known = (self.cursors if what == "declare" else self.prepared).get(name)
@@ -237,25 +240,19 @@ class Opened:
             entry = self._owed.pop()
             self._wait(entry[1], -1)
 
-    def sent(self, effects: list, statement: str | None = None) -> None:
-        """The Query just queued by :meth:`client` (``statement`` None), or a Parse of
-        ``statement``, goes upstream with these effects (see :meth:`take`)."""
-        if statement is not None:
-            if any(e is not None for e in effects):
-                self._statements[statement] = effects
-            else:
-                self._statements.pop(statement, None)
-        elif self._owed and self._owed[-1][0] == QUERY:
+    def sent(self, effects: list) -> None:
+        """The Query just queued by :meth:`client` goes upstream with these effects (see
+        :meth:`take`).  A Parse's effects are kept with its statement
+        (:class:`proxy.prepared.Kept`), kept once the server prepared it."""
+        if self._owed and self._owed[-1][0] == QUERY:
             self._owed[-1][1] = deque(effects)
             self._wait(effects, +1)
 
-    def closed_statement(self, statement: str) -> None:
-        self._statements.pop(statement, None)
-
-    def bind(self, portal: str, access, statement: str = "") -> None:
+    def bind(self, portal: str, access, effects=()) -> None:
+        """A Bind of ``portal`` from a statement with these effects (those of the statement the
+        server holds when the Bind runs, see :meth:`proxy.prepared.PreparedStatements.held`)."""
         self.portals[portal] = access
-        effects = self._statements.get(statement)
-        if effects:
+        if any(e is not None for e in effects):
             self._bound[portal] = effects
         else:
             self._bound.pop(portal, None)

@@ -130,8 +130,10 @@ class Gate:
             if self._row_limits:
                 self._from_server.watch = self._active_watch | {BE.DATA_ROW, BE.COPY_DATA}
         effects = self._opened.take()  # what it opens or closes, staged by _check_opened
-        if engine is not None and kind != FE.FUNCTION_CALL and not (decision is not None and decision.refused):
-            self._opened.sent(effects, decoded.name if kind == FE.PARSE else None)
+        if kept:  # a Parse's: kept with its statement, once the server prepared it
+            self._prepared.noted(statement_id, effects)
+        elif engine is not None and kind == FE.QUERY and not (decision is not None and decision.refused):
+            self._opened.sent(effects)
         if decision is not None and decision.refused:
             if statement_id:
                 self.refusals.refused(statement_id, decision.sqlstate or "42501")

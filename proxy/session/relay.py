@@ -188,8 +188,7 @@ class Relay:
             again = self._prepare_again(out, start, end, audits)
             if again is not None:
                 edit.insert(start, again)
-            portal, statement = codec.bind_names(out[start + 5:end])
-            self._opened.bind(portal, self.access, statement)
+            self._bound(*codec.bind_names(out[start + 5:end]))
         elif kind == FE.EXECUTE:
             self._opened.executed(self._portal_of(out, start, end))
         if kind == FE.EXECUTE and self._opened.portals:
@@ -203,7 +202,6 @@ class Relay:
             target, name = codec.close_target(out[start + 5:end])
             if target == Target.STATEMENT:
                 self._prepared.forget(name)
-                self._opened.closed_statement(name)
         return None
 
     @staticmethod

@@ -43,11 +43,10 @@ class Statements:
         """Before a Bind of a statement (named or unnamed) prepared under another effective access:
         Close and Parse it again, decided under the access in force (see :mod:`proxy.prepared`)."""
         _, name = codec.bind_names(out[start + 5:end])
-        known = self._prepared.statements.get(name)
-        if known is None or known[2] == self.access:
-            return None
-        sql, types, _ = known
-        parse = codec.encode(codec.Parse(name, sql, types))
+        known = self._stale_at_bind(name)  # (see .following)
+        if known is None or known.sql is None:
+            return None if known is None else self._bind_unprepared(name, known)
+        parse = codec.encode(codec.Parse(name, known.sql, known.types))
         self._prepared.inject()  # first: the decision below is kept once the server prepares it
         decided = self._decide_message(FE.PARSE, parse, audits)  # records the new decision as well
         return codec.encode(codec.Close(Target.STATEMENT, name)) + (decided if decided is not None else parse)

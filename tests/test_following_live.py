@@ -1,0 +1,99 @@
+"""pgveil's view of the session follows the server's answers, through a live proxy and real
+drivers (psycopg, libpq's pipeline mode through psycopg.pq, asyncpg): a Parse counts once the
+server prepared it, DEALLOCATE and DISCARD ALL remove protocol statements, ROLLBACK undoes a
+search_path set earlier in the block, and a purpose declared with the extended protocol counts
+as one declared in a simple Query."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import psycopg
+import pytest
+from psycopg import pq
+
+from conftest import TIER_PASSWORD, sleep_past, start_with_rules
+from test_access_live import PURPOSE_RULES, SQL, grant_users, masked, purpose_proxy, records  # noqa: F401 (fixtures)
+from test_attacks_review import CURSOR_SQL, _grant_rules
+
+OK, TUPLES = pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK
+
+
+def pipeline(pgconn: pq.PGconn, *sends) -> list:
+    """Send these (callables on ``pgconn``) in one pipeline with one Sync at the end, before
+    reading anything; the results, in order (PIPELINE_ABORTED for those skipped)."""
+    pgconn.enter_pipeline_mode()
+    for send in sends:
+        send(pgconn)
+    pgconn.pipeline_sync()
+    results = []
+    while True:
+        result = pgconn.get_result()
+        if result is None:
+            continue
+        if result.status == pq.ExecStatus.PIPELINE_SYNC:
+            break
+        results.append(result)
+    pgconn.exit_pipeline_mode()
+    return results
+
+
+def raw(proxy, user: str) -> pq.PGconn:
+    pgconn = pq.PGconn.connect(proxy.dsn(user, TIER_PASSWORD).encode())
+    assert pgconn.status == pq.ConnStatus.OK, pgconn.error_message
+    return pgconn
+
+
+# ----------------------------------------------------------------------------- 1. a Parse counts once the server prepared it
+def test_a_statement_parsed_after_an_access_change_runs_as_sent(purpose_proxy):
+    """After a purpose is declared, a new unnamed statement (psycopg with parameters), and a
+    named one closed and parsed again in the same pipeline as its Bind, run as the client sent
+    them: pgveil prepared again the statement it had seen answered before, in their place."""
+    with psycopg.connect(purpose_proxy.dsn("sales_cur", TIER_PASSWORD), autocommit=True) as conn:
+        assert conn.execute("SELECT %s::text AS a", ("first",)).fetchone() == ("first",)
+        conn.execute("SET pgveil.purpose = 'T-1'")
+        assert conn.execute("SELECT %s::text || '-second' AS b", ("x",)).fetchone() == ("x-second",)
+    pgconn = raw(purpose_proxy, "sales_cur")
+    try:
+        assert pgconn.prepare(b"s", b"SELECT 'old'::text").status == OK
+        assert pgconn.exec_(b"SET pgveil.purpose = 'T-2'").status == OK
+        results = pipeline(pgconn, lambda c: c.send_close_prepared(b"s"),
+                           lambda c: c.send_prepare(b"s", b"SELECT 'new'::text"),
+                           lambda c: c.send_query_prepared(b"s", []))
+        assert [r.status for r in results] == [OK, OK, TUPLES]
+        assert results[-1].get_value(0, 0) == b"new"
+    finally:
+        pgconn.finish()
+
+
+def test_a_parse_the_server_refuses_does_not_replace_what_it_runs(pg, tier_users, tmp_path):
+    """As sales_li with a grant of id_number in clear that ends: statement s declares a held
+    cursor; a second Parse of s fails (42P05), so executing s still declares the cursor, under
+    the grant.  pgveil noted the failed Parse's text as s, so it did not see the cursor opened,
+    and a FETCH after the grant ended returned clear ID numbers.  The execution's outcome
+    record names the statement that ran."""
+    text, until = _grant_rules("sales_li", 6.0)
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", text, "--rules-poll", "0")
+    try:
+        pgconn = raw(proxy, "sales_li")
+        try:
+            assert pgconn.prepare(b"s", f"DECLARE h CURSOR WITH HOLD FOR {CURSOR_SQL}".encode()).status == OK
+            refused = pgconn.prepare(b"s", b"SELECT 1")
+            assert refused.error_field(pq.DiagnosticField.SQLSTATE) == b"42P05"
+            assert pgconn.exec_prepared(b"s", []).status == OK  # DECLARE CURSOR, under the grant
+            first = pgconn.exec_(b"FETCH 1 FROM h")
+            assert first.status == TUPLES and b"*" not in first.get_value(0, 0)  # granted: clear
+            sleep_past(until)
+            after = pgconn.exec_(b"FETCH 1 FROM h")
+            assert after.status != TUPLES, f"clear ID number after the grant ended: {after.get_value(0, 0)!r}"
+            assert after.error_field(pq.DiagnosticField.SQLSTATE) == b"42501"
+        finally:
+            pgconn.finish()
+    finally:
+        proxy.stop()
+    statements = {r["id"]: r["sql"] for r in records(proxy, "statement") if r["user"] == "sales_li"}
+    ran = [statements.get(r["statement"]) for r in records(proxy, "outcome")
+           if r["user"] == "sales_li" and r["status"] == "ok" and r["statement"] in statements]
+    assert any(sql.startswith("DECLARE h") for sql in ran) and "SELECT 1" not in ran, ran
