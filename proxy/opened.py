@@ -101,7 +101,8 @@ def _held(arguments: list, text: str) -> bool:
 class Opened:
     """See the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, statements=None) -> None:
+        self.statements = statements  # proxy.prepared.PreparedStatements: the same name space, told what the server confirmed
         self.prepared: dict[str, object] = {}  # SQL PREPARE name -> Access (the server confirmed it)
         self.cursors: dict[str, object] = {}  # DECLARE name -> Access (the server confirmed it)
         self.held: set[str] = set()  # confirmed cursors declared WITH HOLD
@@ -309,7 +310,15 @@ class Opened:
                 self.held.add(effect[1])
             elif kind == "prepare":
                 self.prepared[effect[1]] = UNKNOWN
+                self._statement_change(kind, effect[1], UNKNOWN)
             return
+        self._statement_change(kind, *effect[1:3])
+        if kind == "close":  # cursors and the protocol's portals are one name space
+            self.portals.pop(effect[1], None)
+            self._bound.pop(effect[1], None)
+        elif kind in ("close_all", "discard_all"):
+            self.portals.clear()
+            self._bound.clear()
         if kind == "declare":
             self.cursors[effect[1]] = effect[2]
             (self.held.add if effect[3] else self.held.discard)(effect[1])
@@ -324,6 +333,17 @@ class Opened:
             self.cursors, self.held = {}, set()
         if kind in ("deallocate_all", "discard_all"):
             self.prepared = {}
+
+    def _statement_change(self, kind: str, name: str | None = None, access=None) -> None:
+        """SQL PREPARE, DEALLOCATE and DISCARD ALL change the protocol's prepared statements too."""
+        if self.statements is None:
+            return
+        if kind == "prepare":
+            self.statements.sql_prepared(name, access)
+        elif kind == "deallocate":
+            self.statements.deallocated(name)
+        elif kind in ("deallocate_all", "discard_all"):
+            self.statements.deallocated(None)
 
     def execute(self, portal: str, access) -> str | None:
         """An Execute of a portal: the reason to refuse it, or None."""

@@ -16,6 +16,10 @@ answers arrive runs what :meth:`PreparedStatements.held` says: the latest Parse 
 name sent since the last Sync (the Bind runs only if they succeeded), otherwise any of the
 states that unanswered Parses and Closes of earlier sync points may leave.
 
+The name space is the server's: SQL ``PREPARE`` names the same statements (kept with no text,
+see :meth:`PreparedStatements.sql_prepared`), ``DEALLOCATE`` and ``DISCARD ALL`` remove them
+(:mod:`proxy.opened` reports what the server confirmed).
+
 Pure.
 
 >>> from proxy.codec import BE, FE
@@ -125,6 +129,20 @@ class PreparedStatements:
         """A queued Parse the server did not prepare: its text no longer counts."""
         if change is not None and change[1] is not None:
             self.bytes -= _size(change[1])
+
+    # ------------------------------------------------------------------ SQL PREPARE, DEALLOCATE, DISCARD ALL
+    def sql_prepared(self, name: str, access) -> None:
+        """The server confirmed ``PREPARE name``: a statement pgveil cannot Parse again."""
+        self._keep(name, Kept(None, (), access))
+
+    def deallocated(self, name: str | None) -> None:
+        """The server confirmed ``DEALLOCATE name`` (None: ``DEALLOCATE ALL`` or ``DISCARD ALL``)."""
+        if name is not None:
+            self._keep(name, None)
+            return
+        for known in self.statements.values():
+            self.bytes -= _size(known)
+        self.statements = {}
 
     def fits(self, name: str, sql: str, limit: int) -> bool:
         """Whether keeping ``sql`` under ``name`` stays within ``limit`` characters in all."""

@@ -27,3 +27,19 @@ def test_a_bind_in_the_parse_s_pipeline_runs_the_new_statement():
     p.server(BE.ERROR), p.server(BE.READY_FOR_QUERY)  # the Close failed, the Parse was skipped
     expected, possible = p.held("s")
     assert expected.sql == "old" and possible == [expected] and p.statements["s"].access == "granted"
+
+
+def test_sql_deallocate_and_discard_all_remove_protocol_statements():
+    p = PreparedStatements()
+    opened = Opened(p)
+    for name in ("a", "b"):
+        _parse(p, name, "SELECT 1", "granted")
+    p.client(FE.SYNC)
+    p.server(BE.PARSE_COMPLETE), p.server(BE.PARSE_COMPLETE), p.server(BE.READY_FOR_QUERY)
+    for sql, tag, left in (("DEALLOCATE a", "DEALLOCATE", {"b"}), ("PREPARE q AS SELECT 2", "PREPARE", {"b", "q"}),
+                           ("DISCARD ALL", "DISCARD ALL", set())):
+        assert opened.query(segments(sql), "ended", True) is None
+        opened.client(QUERY), opened.sent(opened.take()), p.client(FE.QUERY)
+        opened.answered(tag), opened.ready(b"I"), p.server(BE.READY_FOR_QUERY)
+        assert set(p.statements) == left, sql
+    assert p.bytes == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timedelta, timezone
 
 import asyncpg
 import psycopg
@@ -15,7 +16,7 @@ import pytest
 from psycopg import pq
 
 from conftest import TIER_PASSWORD, sleep_past, start_with_rules
-from test_access_live import PURPOSE_RULES, SQL, grant_users, masked, purpose_proxy, records  # noqa: F401 (fixtures)
+from test_access_live import BASE, PURPOSE_RULES, SQL, grant, grant_users, masked, purpose_proxy, records  # noqa: F401 (fixtures)
 from test_attacks_review import CURSOR_SQL, _grant_rules
 
 OK, TUPLES = pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK
@@ -97,3 +98,74 @@ def test_a_parse_the_server_refuses_does_not_replace_what_it_runs(pg, tier_users
     ran = [statements.get(r["statement"]) for r in records(proxy, "outcome")
            if r["user"] == "sales_li" and r["status"] == "ok" and r["statement"] in statements]
     assert any(sql.startswith("DECLARE h") for sql in ran) and "SELECT 1" not in ran, ran
+
+
+# ----------------------------------------------------------------------------- 2. DEALLOCATE and DISCARD ALL
+REMOVALS = {  # (statement, sent with the extended protocol): each removes protocol statement s on the server
+    "DEALLOCATE s": ("DEALLOCATE s", False),
+    "DEALLOCATE s, extended": ("DEALLOCATE s", True),
+    "DEALLOCATE ALL": ("DEALLOCATE ALL", False),
+    "DEALLOCATE ALL, extended": ("DEALLOCATE ALL", True),
+    "DISCARD ALL": ("DISCARD ALL", False),
+}
+
+
+@pytest.mark.parametrize("removal", REMOVALS)
+def test_a_deallocated_statement_stays_deallocated_after_an_access_change(purpose_proxy, removal):
+    """PostgreSQL says statement s does not exist; pgveil, seeing s prepared under other access,
+    prepared it again before the Bind, and s ran."""
+    statement, extended = REMOVALS[removal]
+    pgconn = raw(purpose_proxy, "sales_cur")
+    try:
+        assert pgconn.prepare(b"s", SQL.encode()).status == OK
+        done = pgconn.exec_params(statement.encode(), []) if extended else pgconn.exec_(statement.encode())
+        assert done.status == OK, done.error_message
+        assert pgconn.exec_(b"SET pgveil.purpose = 'T-3'").status == OK  # another access
+        result = pgconn.exec_prepared(b"s", [])
+        assert result.status != TUPLES, f"deallocated statement s ran: {result.get_value(0, 0)!r}"
+        assert result.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"  # invalid_sql_statement_name
+    finally:
+        pgconn.finish()
+
+
+def test_asyncpg_prepared_statement_deallocated_by_deallocate_all(purpose_proxy):
+    async def run():
+        conn = await asyncpg.connect(purpose_proxy.dsn("sales_cur", TIER_PASSWORD))
+        try:
+            statement = await conn.prepare(SQL)
+            assert masked(await statement.fetchval())
+            await conn.execute("DEALLOCATE ALL")
+            await conn.execute("SET pgveil.purpose = 'T-4'")
+            with pytest.raises(asyncpg.PostgresError) as info:
+                await statement.fetchval()
+            return info.value.sqlstate
+        finally:
+            await conn.close()
+    assert asyncio.run(run()) == "26000"
+
+
+def test_a_statement_prepared_with_sql_prepare_is_not_run_by_bind_after_a_grant_ends(pg, grant_users, tmp_path):
+    """SQL PREPARE and the protocol's Parse name the same statements: PREPARE q under a grant,
+    then Bind q (libpq's PQexecPrepared) after it ended ran q as decided under the grant."""
+    until = datetime.now(timezone.utc) + timedelta(seconds=6.0)
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", BASE + "grants:\n" + grant("sales_end", until),
+                             "--rules-poll", "0")
+    try:
+        pgconn = raw(proxy, "sales_end")
+        try:
+            assert pgconn.exec_(f"PREPARE q AS {CURSOR_SQL} LIMIT 1".encode()).status == OK
+            first = pgconn.exec_prepared(b"q", [])
+            assert first.status == TUPLES and b"*" not in first.get_value(0, 0)  # granted: clear
+            sleep_past(until)
+            after = pgconn.exec_prepared(b"q", [])
+            assert after.status != TUPLES or b"*" in after.get_value(0, 0), \
+                f"clear ID number after the grant ended: {after.get_value(0, 0)!r}"
+            assert after.error_field(pq.DiagnosticField.SQLSTATE) == b"42501"
+            assert "prepared under other access" in after.error_message.decode()
+            assert pgconn.exec_(b"DEALLOCATE q").status == OK  # prepared again: masked
+            assert pgconn.exec_(f"PREPARE q AS {CURSOR_SQL} LIMIT 1".encode()).status == OK
+            assert b"*" in pgconn.exec_prepared(b"q", []).get_value(0, 0)
+        finally:
+            pgconn.finish()
+    finally:
+        proxy.stop()

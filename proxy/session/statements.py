@@ -36,7 +36,7 @@ class Statements:
         self._prepared = PreparedStatements()
         self._tracker = StatementTracker()  # each statement's executions, for their outcome records
         self._sql_names = SqlNames()
-        self._opened = Opened()  # SQL prepared statements, cursors and portals, with their access
+        self._opened = Opened(self._prepared)  # SQL prepared statements, cursors and portals, with their access
         self._pending_path = None  # the path statements sent but not yet run leave (searchpath.UNKNOWN: lost)
 
     def _prepare_again(self, out: bytes, start: int, end: int, audits: list) -> bytes | None:
