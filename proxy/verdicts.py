@@ -86,6 +86,7 @@ class Context:
     catalog: Catalog
     search_path: tuple = ("$user", "public")
     user: str = ""
+    block_ends: tuple = ()  # the path each ROLLBACK/ABORT/COMMIT/END of the text leaves (None: not told), see proxy.searchpath.Block
 
 
 @dataclass(frozen=True)

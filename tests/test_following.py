@@ -43,3 +43,42 @@ def test_sql_deallocate_and_discard_all_remove_protocol_statements():
         opened.answered(tag), opened.ready(b"I"), p.server(BE.READY_FOR_QUERY)
         assert set(p.statements) == left, sql
     assert p.bytes == 0
+
+
+def _after(block, sql, path):
+    from proxy.searchpath import after
+    ends: list = []
+    return after(segments(sql), path, False, block, ends), ends
+
+
+def test_the_block_follows_savepoints_release_chain_and_set_local():
+    from proxy.searchpath import UNKNOWN, Block
+    block = Block()
+    a, b, c = ("a",), ("b",), ("c",)
+    assert _after(block, "BEGIN; SET search_path = b; SAVEPOINT s1; SET search_path = c; SAVEPOINT s2", a)[0] == c
+    assert _after(block, "RELEASE s2; SET LOCAL search_path = a", c)[0] == UNKNOWN  # SET LOCAL: not read
+    assert _after(block, "ROLLBACK TO SAVEPOINT s2", b) == (UNKNOWN, [UNKNOWN])  # released: no such savepoint
+    block = Block()
+    _after(block, "BEGIN; SET search_path = b; SAVEPOINT s1; SET search_path = c", a)
+    assert _after(block, "ROLLBACK TO s1", c)[0] == b
+    assert _after(block, "SET LOCAL search_path = c; COMMIT", b) == (b, [b])  # COMMIT keeps the last SET
+    block.ready(b"I")
+    assert _after(block, "BEGIN; SET search_path = b; ROLLBACK AND CHAIN; SET search_path = c; ROLLBACK", a) == \
+        (a, [a, a])  # the chained block began under a: its ROLLBACK leaves a again
+
+
+def test_a_block_not_run_as_sent_leaves_the_path_unknown_at_its_end():
+    from proxy.searchpath import UNKNOWN, Block
+    block = Block()
+    _after(block, "BEGIN; SET search_path = b; SELECT 1/0; SET search_path = c", ("a",))
+    block.error(), block.ready(b"E")  # which of them ran?
+    assert _after(block, "ROLLBACK", ("c",)) == (UNKNOWN, [UNKNOWN])
+    block = Block()
+    block.ready(b"T")  # a block pgveil did not see begin
+    assert _after(block, "COMMIT", ("a",)) == (UNKNOWN, [UNKNOWN])
+    block = Block()
+    _after(block, "BEGIN; SET search_path = b", ("a",))
+    block.ready(b"T")
+    _after(block, "SELECT 1/0", ("b",))  # an error in a Query that changed nothing of the block
+    block.error(), block.ready(b"E")
+    assert _after(block, "ROLLBACK", ("b",)) == (("a",), [("a",)])

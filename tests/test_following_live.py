@@ -169,3 +169,63 @@ def test_a_statement_prepared_with_sql_prepare_is_not_run_by_bind_after_a_grant_
             pgconn.finish()
     finally:
         proxy.stop()
+
+
+# ----------------------------------------------------------------------------- 3. a rollback restores the search_path
+STAGED = 987654  # an id only staging.customers has
+
+
+@pytest.fixture(scope="module")
+def staged_row(pg, tier_users):
+    """staging.customers (unclassified) beside public.customers, with one row of its own."""
+    pg.psql("CREATE SCHEMA IF NOT EXISTS staging; CREATE TABLE IF NOT EXISTS staging.customers (LIKE public.customers);"
+            "GRANT USAGE ON SCHEMA staging TO crm_app; GRANT ALL ON staging.customers TO crm_app;"
+            f"DELETE FROM staging.customers WHERE id = {STAGED};"
+            f"INSERT INTO staging.customers SELECT * FROM public.customers WHERE grade = 'ordinary' LIMIT 1;"
+            f"UPDATE staging.customers SET id = {STAGED}, name = 'staged' WHERE id <> {STAGED};", "crm")
+
+
+ROLLBACKS = {  # (the Query that changes the path in the block, the Query that undoes it before the UPDATE)
+    "ROLLBACK": (["BEGIN; SET search_path = public"], "ROLLBACK;"),
+    "ROLLBACK TO SAVEPOINT": (["BEGIN; SAVEPOINT a", "SET search_path = public"], "ROLLBACK TO SAVEPOINT a;"),
+    "ROLLBACK of an aborted block": (["BEGIN", "SET search_path = public", "SELECT 1/0"], "ROLLBACK;"),
+    "ABORT, several savepoints": (["BEGIN; SAVEPOINT a; SET search_path = public; SAVEPOINT b",
+                                   "SET search_path = pg_catalog, public; RELEASE b"], "ABORT;"),
+    "COMMIT after SET LOCAL": (["BEGIN", "SET LOCAL search_path = public"], "COMMIT;"),
+    "all in one Query": ([], "BEGIN; SET search_path = public; ROLLBACK;"),
+    "pipelined, extended protocol": (["BEGIN; SET search_path = public"], None),
+}
+
+
+@pytest.mark.parametrize("rollback", ROLLBACKS)
+def test_a_rollback_in_a_later_query_restores_the_search_path(pg, tier_users, staged_row, tmp_path, rollback):
+    """As crm_app with search_path staging, public: the path set in the block is undone by a
+    rollback sent in a later Query, with an UPDATE after it in that Query.  PostgreSQL runs the
+    UPDATE on staging.customers; pgveil decided it under the path before the rollback and sent
+    it qualified as public.customers (a write to another table than the client's)."""
+    from test_access_live import BASE
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", BASE)
+    try:
+        with psycopg.connect(proxy.dsn("crm_app", TIER_PASSWORD), autocommit=True) as conn:
+            conn.execute("SET search_path = staging, public")
+            before, undo = ROLLBACKS[rollback]
+            for query in before:
+                try:
+                    conn.execute(query)
+                except psycopg.errors.DivisionByZero:
+                    pass
+            update = f"UPDATE customers SET name = name || '!'\n  WHERE id = {STAGED} RETURNING name"
+            if undo is None:  # Parse/Bind/Execute each, one Sync: the UPDATE is sent before the ROLLBACK ran
+                with conn.pipeline():
+                    conn.execute("ROLLBACK")
+                    cur = conn.execute(update)
+            else:
+                cur = conn.execute(f"{undo}\n  {update};")
+                while cur.nextset():
+                    pass
+            assert cur.fetchall() == [("staged!",)]  # staging.customers, as PostgreSQL runs it
+            cur = conn.execute(f"SELECT current_setting('search_path'); UPDATE customers SET name = 'staged' "
+                               f"WHERE id = {STAGED} RETURNING name")
+            assert cur.fetchone() == ("staging, public",) and cur.nextset() and cur.fetchall() == [("staged",)]
+    finally:
+        proxy.stop()

@@ -1,5 +1,6 @@
 """Following the server's session state where it changes later than the client's message says:
-what a Bind runs (the statement the server holds by then, :meth:`proxy.prepared.PreparedStatements.held`).
+what a Bind runs (the statement the server holds by then, :meth:`proxy.prepared.PreparedStatements.held`),
+the transaction block a rollback restores the search_path of (:class:`proxy.searchpath.Block`).
 
 A mixin of :class:`~proxy.session.Session`, reading the prepared statements, the opened names
 and the access of the other parts.
@@ -7,14 +8,32 @@ and the access of the other parts.
 
 from __future__ import annotations
 
-from .. import codec
+from .. import codec, searchpath
+from ..opened import segments
 from ..prepared import Kept
+from ..searchpath import Block
 
 CLOSED = Kept(None, (), None)  # what a Bind finds when the statement it names is gone
 
 
 class Following:
     """See the module docstring (a part of :class:`~proxy.session.Session`)."""
+
+    def _init_following(self) -> None:
+        """This part's state, set up by the session."""
+        self._block = Block()  # the transaction block as the statements sent leave it
+
+    def _block_ends(self, sql: str, low: str, path) -> tuple:
+        """For the policy: the path each ROLLBACK/ABORT/COMMIT/END of this text leaves, when one
+        changes the path set earlier in the block, in this text or an earlier one (() otherwise)."""
+        if not any(w in low for w in ("rollback", "abort", "commit", "end")):
+            return ()
+        if not self._block.moved(path) and not any(w in low for w in ("search_path", "set_config", "reset", "discard")):
+            return ()  # nothing in force or in this text that a block's end would change
+        restored: list = []
+        changed = self._pending_path not in (None, self._search_path())
+        searchpath.after(segments(sql), path, changed, self._block.copy(), restored)
+        return tuple(restored) if any(r is not None for r in restored) else ()
 
     def _stale_at_bind(self, name: str) -> Kept | None:
         """Before a Bind of statement ``name``: None when every statement the server may hold

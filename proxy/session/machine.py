@@ -102,7 +102,8 @@ class Session(Handshake, Relay, Statements, Gate, Following):
         self.recorder = Recorder(self.config, self.id, peer, self._now)
         self.waits = Waits(self.config.backlog_high_water)
         self.refusals = Refusals()
-        for init in (self._init_handshake, self._init_relay, self._init_statements, self._init_gate):
+        for init in (self._init_handshake, self._init_relay, self._init_statements, self._init_gate,
+                     self._init_following):
             init()
 
     # ------------------------------------------------------------------ the one entry point

@@ -232,6 +232,7 @@ class Relay:
                     self.outstanding -= 1
                 if not self.outstanding:
                     self._pending_path = None  # all ran: the server's report is the path
+                    self._block.ready(self.transaction_status)
             elif kind == BE.COMMAND_COMPLETE:
                 if self._purpose.watching:
                     self._purpose.tag(codec.command_tag(out[start + 5:end]))
@@ -240,6 +241,7 @@ class Relay:
                 self._opened.answered(None)
             elif kind == BE.ERROR:
                 self._opened.error()
+                self._block.error()
                 self._note_error(out[start:end])
             elif kind == BE.PARAMETER_STATUS:
                 self._note_parameter(out[start:end])
@@ -258,6 +260,7 @@ class Relay:
                 if kind != BE.READY_FOR_QUERY:
                     if kind == BE.ERROR:  # the server still runs the rest: what it opens counts
                         self._opened.error()
+                        self._block.error()
                     elif kind in (BE.COMMAND_COMPLETE, BE.PORTAL_SUSPENDED, BE.EMPTY_QUERY_RESPONSE):
                         self._opened.answered(codec.command_tag(out[start + 5:end]) if kind == BE.COMMAND_COMPLETE
                                              else None)

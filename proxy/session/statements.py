@@ -88,7 +88,9 @@ class Statements:
         if self._pending_path is not None or searchpath.CHANGES.search(sql):
             # statements sent before this one has run are decided under the path it leaves
             changed = self._pending_path not in (None, self._search_path())
-            self._pending_path = searchpath.after(segments(sql), path, changed)
+            new = searchpath.after(segments(sql), path, changed, self._block)  # (the block: see .following)
+            if self._pending_path is not None or new != path:
+                self._pending_path = new
         if Opened.concerns(sql):
             decision = self._check_opened(sql, decision)
         if not decision.refused and RESET_ALL.search(sql):
