@@ -85,7 +85,8 @@ UNKNOWN = _Unknown()
 QUERY, PORTAL, SYNC = "query", "portal", "sync"
 # the CommandComplete tag by which the server confirms each effect
 TAGS = {"declare": "DECLARE CURSOR", "close": "CLOSE CURSOR", "close_all": "CLOSE CURSOR ALL", "prepare": "PREPARE",
-        "deallocate": "DEALLOCATE", "deallocate_all": "DEALLOCATE ALL", "discard_all": "DISCARD ALL"}
+        "deallocate": "DEALLOCATE", "deallocate_all": "DEALLOCATE ALL", "discard_all": "DISCARD ALL",
+        "purpose": "SET", "purpose_reset": "RESET"}  # purpose: SET pgveil.purpose run as a prepared statement
 
 
 def _held(arguments: list, text: str) -> bool:
@@ -111,6 +112,7 @@ class Opened:
         self._staged: list | None = None  # effects of the statement just decided (see take)
         self._bound: dict[str, list] = {}  # portal -> effects when executed
         self._waiting: dict[tuple, dict] = {}  # (declare|prepare, name) -> {Access: count} in _owed
+        self.confirmed: list = []  # purpose declarations the server confirmed, for the session to take
 
     @staticmethod
     def concerns(sql: str) -> bool:
@@ -302,8 +304,16 @@ class Opened:
         if status == TxStatus.IDLE and len(self.held) < len(self.cursors):
             self.cursors = {n: a for n, a in self.cursors.items() if n in self.held}
 
+    def bound(self, portal: str) -> list:
+        """The effects an Execute of ``portal`` has (those of the statement it was bound from)."""
+        return [e for e in self._bound.get(portal, ()) if e is not None]
+
     def _apply(self, effect: tuple, tag: str) -> None:
         kind = effect[0]
+        if kind in ("purpose", "purpose_reset"):
+            if tag == TAGS[kind]:
+                self.confirmed.append(effect)
+            return
         if tag != TAGS[kind]:  # answered otherwise than expected: what it opened is unknown
             if kind == "declare":
                 self.cursors[effect[1]] = UNKNOWN

@@ -193,8 +193,8 @@ class Refusal(Exception):
 
     @classmethod
     def purpose_not_alone(cls) -> Refusal:
-        """``pgveil.purpose`` named anywhere but in a Query of its own."""
-        return cls("declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'", Reason.PURPOSE)
+        """``pgveil.purpose`` named anywhere but in a declaration of its own."""
+        return cls("declare a purpose on its own: SET pgveil.purpose = 'ticket'", Reason.PURPOSE)
 
     @classmethod
     def prepared_limit(cls, megabytes: int) -> Refusal:

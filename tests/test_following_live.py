@@ -229,3 +229,65 @@ def test_a_rollback_in_a_later_query_restores_the_search_path(pg, tier_users, st
             assert cur.fetchone() == ("staging, public",) and cur.nextset() and cur.fetchall() == [("staged",)]
     finally:
         proxy.stop()
+
+
+# ----------------------------------------------------------------------------- 4. a purpose declared with the extended protocol
+def test_a_purpose_declared_with_the_extended_protocol_counts_like_a_simple_one(purpose_proxy):
+    """psycopg prepare=True and pipelines, asyncpg's fetch, libpq's PQprepare: SET/RESET
+    pgveil.purpose as Parse/Bind/Execute was refused ('must be sent alone')."""
+    with psycopg.connect(purpose_proxy.dsn("sales_cur", TIER_PASSWORD), autocommit=True) as conn:
+        assert masked(conn.execute(SQL, prepare=True).fetchone()[0])
+        conn.execute("SET pgveil.purpose = 'T-5'", prepare=True)  # a named prepared statement
+        assert not masked(conn.execute(SQL, prepare=True).fetchone()[0])  # the same prepared SELECT
+        conn.execute("RESET pgveil.purpose", prepare=True)
+        assert masked(conn.execute(SQL, prepare=True).fetchone()[0])
+        conn.execute("SET pgveil.purpose = 'T-5'", prepare=True)  # the prepared declaration, executed again
+        assert not masked(conn.execute(SQL, prepare=True).fetchone()[0])
+        conn.execute("BEGIN", prepare=False)
+        conn.execute("RESET pgveil.purpose", prepare=True)
+        assert masked(conn.execute(SQL, prepare=True).fetchone()[0])
+        conn.execute("ROLLBACK", prepare=False)  # undoes the RESET, as PostgreSQL undoes a setting
+        assert not masked(conn.execute(SQL, prepare=True).fetchone()[0])
+        with conn.pipeline():  # RESET then SELECT, sent together: the SELECT runs after the RESET
+            conn.execute("RESET pgveil.purpose")
+            cur = conn.execute(SQL)
+        assert masked(cur.fetchone()[0])
+        with conn.transaction():
+            conn.execute("SET LOCAL pgveil.purpose = 'T-6'", prepare=True)
+            assert not masked(conn.execute(SQL).fetchone()[0])
+        assert masked(conn.execute(SQL).fetchone()[0])  # SET LOCAL ended with the block
+
+    async def with_asyncpg():
+        conn = await asyncpg.connect(purpose_proxy.dsn("sales_cur", TIER_PASSWORD))
+        try:
+            await conn.fetch("SET pgveil.purpose = 'T-7'")  # Parse/Describe/Sync, then Bind/Execute/Sync
+            during = await conn.fetchval(SQL)
+            await conn.fetch("RESET pgveil.purpose")
+            return during, await conn.fetchval(SQL)
+        finally:
+            await conn.close()
+    during, after = asyncio.run(with_asyncpg())
+    assert not masked(during) and masked(after), (during, after)
+
+    pgconn = raw(purpose_proxy, "sales_cur")
+    try:  # a declaration that fails (inside an aborted block) declares nothing
+        assert pgconn.prepare(b"d", b"SET pgveil.purpose = 'T-8'").status == OK
+        assert pgconn.exec_(b"BEGIN").status == OK
+        pgconn.exec_(b"SELECT 1/0")
+        assert pgconn.exec_prepared(b"d", []).error_field(pq.DiagnosticField.SQLSTATE) == b"25P02"
+        assert pgconn.exec_(b"ROLLBACK").status == OK
+        assert masked(pgconn.exec_(SQL.encode()).get_value(0, 0).decode())
+        # one Sync for both: the error rolls back the implicit transaction, and the SET with it
+        results = pipeline(pgconn, lambda c: c.send_query_prepared(b"d", []),
+                           lambda c: c.send_query_params(b"SELECT 1/0", []))
+        assert results[0].status == OK and results[1].status == pq.ExecStatus.FATAL_ERROR
+        assert masked(pgconn.exec_(SQL.encode()).get_value(0, 0).decode())
+        assert pgconn.exec_prepared(b"d", []).status == OK  # alone, it holds
+        assert not masked(pgconn.exec_(SQL.encode()).get_value(0, 0).decode())
+    finally:
+        pgconn.finish()
+    deadline = time.monotonic() + 5
+    while not any(r["user"] == "sales_cur" and r["sql"] == "SET pgveil.purpose = ?" and r.get("purpose") == "T-7"
+                  for r in records(purpose_proxy, "statement")):
+        assert time.monotonic() < deadline, "no record of the declaration"
+        time.sleep(0.1)

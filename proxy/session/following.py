@@ -1,6 +1,17 @@
 """Following the server's session state where it changes later than the client's message says:
 what a Bind runs (the statement the server holds by then, :meth:`proxy.prepared.PreparedStatements.held`),
-the transaction block a rollback restores the search_path of (:class:`proxy.searchpath.Block`).
+the transaction block a rollback restores the search_path of (:class:`proxy.searchpath.Block`),
+and a purpose declared with the extended protocol.
+
+``SET pgveil.purpose = '...'`` sent as Parse/Bind/Execute (psycopg's ``prepare=True`` and
+pipelines, asyncpg's ``fetch``, pgjdbc's default extended mode) is a prepared statement like any
+other: it may be executed never, once or many times, inside or outside a transaction block.  So
+the Parse goes upstream as ``SET [LOCAL] pgveil.declared TO DEFAULT`` (or ``RESET
+pgveil.declared``: the same replies and tag, the same warning for ``SET LOCAL`` outside a block,
+the value never reaches the database), and the declaration is the statement's effect
+(:mod:`proxy.opened`): a purpose cleared counts from the moment its Execute is sent (that only
+masks more); a purpose set counts once the server has confirmed the Execute and answered its
+Sync without an error or a rollback (statements sent before that are decided without it).
 
 A mixin of :class:`~proxy.session.Session`, reading the prepared statements, the opened names
 and the access of the other parts.
@@ -9,9 +20,12 @@ and the access of the other parts.
 from __future__ import annotations
 
 from .. import codec, searchpath
+from ..codec import BE, TxStatus
 from ..opened import segments
 from ..prepared import Kept
+from ..purpose import read_declaration
 from ..searchpath import Block
+from .commands import Command
 
 CLOSED = Kept(None, (), None)  # what a Bind finds when the statement it names is gone
 
@@ -22,6 +36,7 @@ class Following:
     def _init_following(self) -> None:
         """This part's state, set up by the session."""
         self._block = Block()  # the transaction block as the statements sent leave it
+        self._declared: list = []  # purpose declarations confirmed by the server, until its ReadyForQuery
 
     def _block_ends(self, sql: str, low: str, path) -> tuple:
         """For the policy: the path each ROLLBACK/ABORT/COMMIT/END of this text leaves, when one
@@ -44,7 +59,7 @@ class Following:
         stale = [access for access in self._opened.pending_prepares(name) if access != self.access]
         if stale:
             return Kept(None, (), stale[0])
-        if all(known is None or known.access == self.access for known in possible):
+        if all(known is None or known.access == self.access or _declares(known) for known in possible):
             return None
         return expected if expected is not None else CLOSED
 
@@ -69,3 +84,65 @@ class Following:
         self._opened.bind(portal, self.access, known.effects if known is not None else ())
         if self.config.audit and known is not None and known.statement_id:
             self._tracker.parse(name, known.statement_id)
+
+    # ------------------------------------------------------------------ a purpose declared with Parse/Bind/Execute
+    def _declare_parse(self, message: bytes, audits: list) -> bytes | None:
+        """A Parse of ``SET pgveil.purpose``: the Parse to send in its place (see the module
+        docstring), or None for any other Parse."""
+        if b"purpose" not in message and b"PURPOSE" not in message:
+            return None
+        decoded = codec.decode_message(codec.FRONTEND, message)
+        declared = read_declaration(decoded.query)
+        if declared is None:
+            return None  # refused as any other statement naming it
+        scope = "LOCAL " if declared.local else ""
+        text = "RESET pgveil.declared" if declared.tag == "RESET" else f"SET {scope}pgveil.declared TO DEFAULT"
+        effect = ("purpose_reset" if declared.tag == "RESET" else "purpose", declared.value, declared.local,
+                  declared.audit_text)
+        records = self.recorder.purpose(self._who(), declared.value, declared.audit_text)
+        statement_id = records[0].record["id"] if records else None
+        audits += records
+        if statement_id:
+            self._tracker.parse(decoded.name, statement_id)
+        self._prepared.remember(decoded.name, decoded.query, decoded.param_types, self.access)
+        self._prepared.noted(statement_id, [effect])
+        return codec.encode(codec.Parse(decoded.name, text, decoded.param_types))
+
+    def _executing(self, portal: str) -> None:
+        """An Execute went upstream: a purpose it clears is cleared now (with any set before it
+        and not yet in force)."""
+        for effect in self._opened.bound(portal):
+            if effect[0] in ("purpose", "purpose_reset") and effect[1] is None:
+                self._declared.clear()
+                in_block = self.transaction_status != TxStatus.IDLE or self._block.marks is not None
+                self._purpose.set(None, local=effect[2], in_block=in_block)
+
+    def _follow_server(self, kind: int, body: bytes) -> None:
+        """A server message the session follows for the purpose and the transaction block
+        (after the relay noted it)."""
+        if kind == BE.COMMAND_COMPLETE:
+            if self._opened.confirmed:
+                self._declared += [e for e in self._opened.confirmed if e[1] is not None]
+                self._opened.confirmed.clear()
+            if self._declared:
+                tag = codec.command_tag(body)
+                if tag == "ROLLBACK":
+                    self._declared.clear()
+                elif tag == "COMMIT":  # a SET LOCAL ends with its block
+                    self._declared = [e for e in self._declared if not e[2]]
+        elif kind == BE.ERROR:
+            self._declared.clear()  # an error undoes the implicit block, and aborts an explicit one
+            self._block.error()
+        elif kind == BE.READY_FOR_QUERY:
+            in_block = self.transaction_status != TxStatus.IDLE
+            for _, value, local, statement in self._declared:
+                self._purpose.set(value, local=local, in_block=in_block)
+                self._purpose_statement = statement
+            self._declared.clear()
+            if not self.outstanding:
+                self._block.ready(self.transaction_status)
+
+
+def _declares(known: Kept) -> bool:
+    """Is this prepared statement a purpose declaration (decided under no access)?"""
+    return any(e is not None and e[0] in ("purpose", "purpose_reset") for e in known.effects)

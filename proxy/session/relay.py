@@ -13,6 +13,7 @@ from .shared import ACTIVE_FRONTEND, OUTCOME_KINDS, PREPARE_WATCH, PREPARE_CLIEN
 
 
 DONE = object()  # a message dealt with (see Relay._track_message)
+FOLLOWED = frozenset({BE.COMMAND_COMPLETE, BE.ERROR, BE.READY_FOR_QUERY})  # (see Following._follow_server)
 
 
 class Edit:
@@ -134,6 +135,11 @@ class Relay:
                     edit.replace(start, end, b"")
                     audits += self.recorder.purpose(self._who(), self.purpose, self._purpose_statement)
                     continue
+            if kind == FE.PARSE and engine is not None and self.tier is not None:
+                declared = self._declare_parse(out[start:end], audits)  # SET pgveil.purpose (.following)
+                if declared is not None:
+                    edit.replace(start, end, declared)
+                    continue
             if decide and (kind == FE.QUERY or kind == FE.PARSE or kind == FE.FUNCTION_CALL):
                 apart = self._apart(kind, out, start, end, sql)
                 if apart is not None:  # the rest waits for the child's answer (decided_apart)
@@ -191,6 +197,7 @@ class Relay:
             self._bound(*codec.bind_names(out[start + 5:end]))
         elif kind == FE.EXECUTE:
             self._opened.executed(self._portal_of(out, start, end))
+            self._executing(self._portal_of(out, start, end))
         if kind == FE.EXECUTE and self._opened.portals:
             refused = self._refuse_execute(out, start, end)
             if refused is not None:
@@ -232,7 +239,6 @@ class Relay:
                     self.outstanding -= 1
                 if not self.outstanding:
                     self._pending_path = None  # all ran: the server's report is the path
-                    self._block.ready(self.transaction_status)
             elif kind == BE.COMMAND_COMPLETE:
                 if self._purpose.watching:
                     self._purpose.tag(codec.command_tag(out[start + 5:end]))
@@ -241,10 +247,11 @@ class Relay:
                 self._opened.answered(None)
             elif kind == BE.ERROR:
                 self._opened.error()
-                self._block.error()
                 self._note_error(out[start:end])
             elif kind == BE.PARAMETER_STATUS:
                 self._note_parameter(out[start:end])
+            if kind in FOLLOWED and self.config.engine is not None:
+                self._follow_server(kind, out[start + 5:end])  # the purpose and the block (.following)
             if self.config.audit and len(self._tracker) and kind in OUTCOME_KINDS:
                 audits += self._outcomes(kind, bytes(out[start + 5:end]))
         return audits
@@ -260,10 +267,11 @@ class Relay:
                 if kind != BE.READY_FOR_QUERY:
                     if kind == BE.ERROR:  # the server still runs the rest: what it opens counts
                         self._opened.error()
-                        self._block.error()
+                        self._follow_server(kind, b"")
                     elif kind in (BE.COMMAND_COMPLETE, BE.PORTAL_SUSPENDED, BE.EMPTY_QUERY_RESPONSE):
                         self._opened.answered(codec.command_tag(out[start + 5:end]) if kind == BE.COMMAND_COMPLETE
                                              else None)
+                        self._opened.confirmed.clear()  # the client was told the result stopped: no purpose
                     continue
                 pos = start  # everything up to this ReadyForQuery is dropped
                 self._suppressing = False
