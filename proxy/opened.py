@@ -356,9 +356,20 @@ class Opened:
             self.statements.deallocated(None)
 
     def execute(self, portal: str, access) -> str | None:
-        """An Execute of a portal: the reason to refuse it, or None."""
+        """An Execute of a portal: the reason to refuse it, or None.  A cursor is a portal too:
+        an Execute naming one declared with DECLARE fetches its rows."""
         opened = self.portals.get(portal)
-        if opened is None or not opened.narrowed_to(access):
+        if opened is None:
+            narrowed = [a for a in self._possible("declare", portal) if a.narrowed_to(access)]
+            if narrowed:
+                return f"cursor {portal} was opened under access that has since changed ({narrowed[0].describe()}): {CHANGED}"
+            return None
+        if not opened.narrowed_to(access):
             return None
         shown = f"portal {portal}" if portal else "the unnamed portal"
         return f"{shown} was opened under access that has since changed ({opened.describe()}): {CHANGED}"
+
+    @property
+    def any_open(self) -> bool:
+        """Could an Execute name something opened under other access (a portal or a cursor)?"""
+        return bool(self.portals or self.cursors or self._waiting)

@@ -291,3 +291,66 @@ def test_a_purpose_declared_with_the_extended_protocol_counts_like_a_simple_one(
                   for r in records(purpose_proxy, "statement")):
         assert time.monotonic() < deadline, "no record of the declaration"
         time.sleep(0.1)
+
+
+# ----------------------------------------------------------------------------- 5. other state: a cursor is a portal too
+class RawClient:
+    """The protocol by hand (no driver sends an Execute of a portal it did not Bind): a trust
+    user, so no password exchange."""
+
+    def __init__(self, proxy, user: str) -> None:
+        import socket
+        from proxy import codec
+        self.codec = codec
+        self.sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
+        self.splitter = codec.Splitter(frozenset(range(256)))
+        self.send(codec.encode_startup(codec.StartupMessage(codec.PROTOCOL_3_0, (("user", user), ("database", "crm")))))
+        self.until_ready()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def until_ready(self) -> list:
+        """The server's messages up to ReadyForQuery, decoded."""
+        messages = []
+        while True:
+            out, marks = self.splitter.feed(self.sock.recv(65536))
+            for kind, start, end in marks:
+                messages.append(self.codec.decode_message(self.codec.BACKEND, out[start:end]))
+                if kind == self.codec.BE.READY_FOR_QUERY:
+                    return messages
+
+    def query(self, sql: str) -> list:
+        self.send(self.codec.encode(self.codec.Query(sql)))
+        return self.until_ready()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_an_execute_naming_a_cursor_is_refused_once_access_narrowed(pg, tier_users, tmp_path):
+    """DECLARE c under a grant; after it ended, FETCH FROM c was refused, but the protocol's
+    Execute naming portal c (a cursor is a portal) returned its rows in clear."""
+    text, until = _grant_rules("trust_user", 6.0)
+    text = text.replace("identities:                               # first match wins\n",
+                        "identities:\n  - {user: trust_user, tier: sales}\n", 1)
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", text, "--rules-poll", "0")
+    try:
+        client = RawClient(proxy, "trust_user")
+        codec = client.codec
+        try:
+            replies = client.query(f"DECLARE c CURSOR WITH HOLD FOR {CURSOR_SQL}")
+            assert not any(isinstance(m, codec.ErrorResponse) for m in replies), replies
+            rows = [m for m in client.query("FETCH 1 FROM c") if isinstance(m, codec.DataRow)]
+            assert rows and b"*" not in rows[0].values[0]  # granted: clear
+            sleep_past(until)
+            client.send(codec.encode(codec.Execute("c", 1)) + codec.encode(codec.Sync()))
+            replies = client.until_ready()
+            rows = [m.values[0] for m in replies if isinstance(m, codec.DataRow)]
+            assert not rows or b"*" in rows[0], f"clear ID number after the grant ended: {rows[0]!r}"
+            errors = [m for m in replies if isinstance(m, codec.ErrorResponse)]
+            assert errors and errors[0].get(codec.Field.SQLSTATE) == "42501", replies
+        finally:
+            client.close()
+    finally:
+        proxy.stop()

@@ -198,7 +198,7 @@ class Relay:
         elif kind == FE.EXECUTE:
             self._opened.executed(self._portal_of(out, start, end))
             self._executing(self._portal_of(out, start, end))
-        if kind == FE.EXECUTE and self._opened.portals:
+        if kind == FE.EXECUTE and self._opened.any_open:
             refused = self._refuse_execute(out, start, end)
             if refused is not None:
                 edit.replace(start, end, refused)
