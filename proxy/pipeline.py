@@ -58,7 +58,7 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
             if ref is not None:
                 cursors.append(ref)
             path = searchpath.change(seg, changed) if len(segments) > 1 else None
-            if seg.word in searchpath.ENDS and block_ends and seg.keyword(1) != "PREPARED":
+            if block_ends and getattr(searchpath.step(seg), "kind", None) in searchpath.END_KINDS:
                 left = block_ends.pop(0)
                 path = left if left is not None else path
             changed = changed or path is not None

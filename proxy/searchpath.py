@@ -34,6 +34,7 @@ True
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from .codec import TxStatus
 
@@ -86,43 +87,36 @@ class Block:
             self.marks, self.sure = self.marks or [], False
         self.failed = self.touched = False
 
-    def set(self, seg, new) -> None:
-        """A statement changed the path to ``new`` (``SET``, ``RESET``, ``set_config``...)."""
-        if self.marks is not None and not (seg.word == "SET" and seg.keyword(1) == "LOCAL"):
+    def set(self, new, local: bool) -> None:
+        """A statement changed the path to ``new`` (``SET``, ``RESET``, ``set_config``...);
+        ``local``: a ``SET LOCAL`` (a COMMIT does not keep it)."""
+        if self.marks is not None and not local:
             self.kept = new
 
-    def statement(self, seg, path):
-        """The path after this transaction-control statement, or None (not one, or no change)."""
-        word = seg.word
-        if word in ("BEGIN", "START") and self.marks is None:
+    def statement(self, step: "Step", path):
+        """The path after this transaction-control statement, or None (no change)."""
+        kind = step.kind
+        if kind == "BEGIN" and self.marks is None:
             self.marks, self.kept, self.sure = [("", path, path)], path, True
-        elif word == "SAVEPOINT" and self.marks is not None and len(seg.tokens) > 1:
-            self.marks.append((_name(seg.tokens[1]), path, self.kept))
-        elif word == "RELEASE" and self.marks is not None and len(seg.tokens) > 1:
-            self._back_to(_name(seg.tokens[-1]), keep=False)
-        elif word in ("COMMIT", "END") and seg.keyword(1) != "PREPARED" or \
-                word == "PREPARE" and seg.keyword(1) == "TRANSACTION":
-            if self.marks is None:
-                return None
-            kept, self.marks = (self.kept if self.sure else UNKNOWN), None
+        elif kind == "SAVEPOINT" and self.marks is not None:
+            self.marks.append((step.name, path, self.kept))
+        elif kind == "RELEASE" and self.marks is not None:
+            self._back_to(step.name, keep=False)
+        elif kind == "COMMIT" and self.marks is not None:
+            kept = self.kept if self.sure else UNKNOWN
+            self.marks, self.kept = ([("", kept, kept)], kept) if step.chain else (None, None)
             return kept
-        elif word in ("ROLLBACK", "ABORT") and seg.keyword(1) != "PREPARED":
-            return self._rollback(seg)
-        return None
-
-    def _rollback(self, seg):
-        words = [seg.keyword(i) for i in range(1, min(len(seg.tokens), 4))]
-        if "TO" in words:  # ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name
-            found = self._back_to(_name(seg.tokens[-1]), keep=True) if self.marks else None
+        elif kind == "ROLLBACK_TO":
+            found = self._back_to(step.name, keep=True) if self.marks else None
             if found is None or not self.sure:
                 return UNKNOWN
             self.kept = found[1]
             return found[0]
-        if self.marks is None:
-            return None  # no block pgveil knows of (an implicit one: see after)
-        start = self.marks[0][1] if self.marks and self.sure else UNKNOWN
-        self.marks, self.kept = ([("", start, start)], start) if "CHAIN" in words and "NO" not in words else (None, None)
-        return start
+        elif kind == "ROLLBACK" and self.marks is not None:
+            start = self.marks[0][1] if self.marks and self.sure else UNKNOWN
+            self.marks, self.kept = ([("", start, start)], start) if step.chain else (None, None)
+            return start
+        return None
 
     def _back_to(self, name: str, keep: bool) -> tuple | None:
         """Drop the savepoints after the latest named ``name`` (and it, unless ``keep``); its
@@ -133,6 +127,41 @@ class Block:
                 del self.marks[i + 1 if keep else i:]
                 return found
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A transaction-control statement as :class:`Block` reads it (plain data: it crosses
+    between processes, see :mod:`proxy.state_after`)."""
+    kind: str  # BEGIN (START TRANSACTION), SAVEPOINT, RELEASE, COMMIT (END, PREPARE TRANSACTION), ROLLBACK (ABORT), ROLLBACK_TO
+    name: str = ""  # the savepoint's
+    chain: bool = False  # AND CHAIN: a new block begins at once
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """A ``SET LOCAL`` of the path: in force until the block ends, not kept by its COMMIT."""
+    path: object
+
+
+def step(seg) -> Step | None:
+    """The transaction-control statement ``seg`` is, or None."""
+    word = seg.word
+    if word not in BLOCK_WORDS:
+        return None
+    words = [seg.keyword(i) for i in range(1, min(len(seg.tokens), 4))]
+    chain = "CHAIN" in words and "NO" not in words
+    if word in ("BEGIN", "START"):
+        return Step("BEGIN")
+    if word in ("SAVEPOINT", "RELEASE") and len(seg.tokens) > 1:
+        return Step(word, _name(seg.tokens[1] if word == "SAVEPOINT" else seg.tokens[-1]))
+    if word in ("COMMIT", "END") and "PREPARED" not in words[:1] or word == "PREPARE" and words[:1] == ["TRANSACTION"]:
+        return Step("COMMIT", chain=chain)
+    if word in ("ROLLBACK", "ABORT") and "PREPARED" not in words[:1]:
+        if "TO" in words:  # ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name
+            return Step("ROLLBACK_TO", _name(seg.tokens[-1]))
+        return Step("ROLLBACK", chain=chain)
+    return None
 
 
 def _name(token) -> str:
@@ -180,7 +209,46 @@ def _set(seg) -> tuple | str | None:
 CHANGES = re.compile(r"\b(?:search_path|reset|discard|set_config|rollback|abort|begin|start|savepoint|release|commit)\b",
                      re.IGNORECASE)
 BLOCK_WORDS = frozenset({"BEGIN", "START", "SAVEPOINT", "RELEASE", "COMMIT", "END", "PREPARE", "ROLLBACK", "ABORT"})
-ENDS = ("ROLLBACK", "ABORT", "COMMIT", "END")  # the statements whose path the policy is told (Context.block_ends)
+END_KINDS = ("ROLLBACK", "COMMIT", "ROLLBACK_TO")  # the steps whose path the policy is told (Context.block_ends)
+
+
+def items(segs: list) -> list:
+    """What each statement does to the path and the block: a :class:`Step`, a new path or
+    :data:`UNKNOWN` (a :class:`Local` for ``SET LOCAL``), or None (nothing)."""
+    out = []
+    for seg in segs:
+        found = step(seg)
+        if found is None:
+            new = change(seg, False) if seg.word not in ("ROLLBACK", "ABORT") else None
+            if new is not None and seg.word == "SET" and seg.keyword(1) == "LOCAL":
+                new = Local(new)
+            found = new
+        out.append(found)
+    return out
+
+
+def apply(item, path, changed: bool, block: "Block | None", ends: list | None):
+    """The path after one of :func:`items` (None: unchanged), followed in ``block``;
+    ``ends`` gets what each ROLLBACK/ABORT/COMMIT/END leaves (:func:`after`)."""
+    if isinstance(item, Step):
+        in_block = block is not None and block.marks is not None
+        if block is not None:
+            block.touched = True
+        new = block.statement(item, path) if block is not None else None
+        if item.kind in END_KINDS:
+            if ends is not None:
+                ends.append(new if in_block and new != path else None)
+            if not in_block and item.kind == "ROLLBACK":
+                new = UNKNOWN if changed else None  # an implicit block's (several statements in one Query)
+        return new
+    if item is None:
+        return None
+    local = isinstance(item, Local)
+    new = item.path if local else item
+    if block is not None:
+        block.touched = True
+        block.set(new, local)
+    return new
 
 
 def after(segs: list, path: tuple | str, changed: bool = False, block: Block | None = None,
@@ -189,21 +257,8 @@ def after(segs: list, path: tuple | str, changed: bool = False, block: Block | N
     ``changed``: a statement sent before these changed it; ``block``: the transaction block
     they run in (followed as they go); ``ends``: gets, for each ROLLBACK, ABORT, COMMIT and END,
     the path it leaves when it ends a block and changes the path (None otherwise)."""
-    for seg in segs:
-        if block is not None and seg.word in BLOCK_WORDS and (seg.word != "PREPARE" or seg.keyword(1) == "TRANSACTION"):
-            block.touched = True
-            in_block = block.marks is not None
-            new = block.statement(seg, path)
-            if seg.word in ENDS and seg.keyword(1) != "PREPARED":
-                if ends is not None:
-                    ends.append(new if in_block and new != path else None)
-                if not in_block and seg.word in ("ROLLBACK", "ABORT"):
-                    new = UNKNOWN if changed else None  # an implicit block's (several statements in one Query)
-        else:
-            new = change(seg, changed)
-            if block is not None and new is not None:
-                block.touched = True
-                block.set(seg, new)
+    for item in items(segs):
+        new = apply(item, path, changed, block, ends)
         if new is not None:
             path, changed = new, True
     return path
