@@ -41,8 +41,8 @@ class Following:
     def _block_ends(self, sql: str, low: str, path) -> tuple:
         """For the policy: the path each ROLLBACK/ABORT/COMMIT/END of this text leaves, when one
         changes the path set earlier in the block, in this text or an earlier one (() otherwise)."""
-        if not any(w in low for w in ("rollback", "abort", "commit", "end")):
-            return ()
+        if ";" not in sql or not any(w in low for w in ("rollback", "abort", "commit", "end")):
+            return ()  # no statement after one that ends a block (a single statement: nothing to tell)
         if not self._block.moved(path) and not any(w in low for w in ("search_path", "set_config", "reset", "discard")):
             return ()  # nothing in force or in this text that a block's end would change
         restored: list = []
