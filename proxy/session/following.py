@@ -19,13 +19,13 @@ and the access of the other parts.
 
 from __future__ import annotations
 
-from .. import codec, searchpath
+from dataclasses import replace
+
+from .. import codec, state_after
 from ..codec import BE, TxStatus
-from ..opened import segments
 from ..prepared import Kept
 from ..purpose import read_declaration
 from ..searchpath import Block
-from .commands import Command
 
 CLOSED = Kept(None, (), None)  # what a Bind finds when the statement it names is gone
 
@@ -38,17 +38,23 @@ class Following:
         self._block = Block()  # the transaction block as the statements sent leave it
         self._declared: list = []  # purpose declarations confirmed by the server, until its ReadyForQuery
 
-    def _block_ends(self, sql: str, low: str, path) -> tuple:
-        """For the policy: the path each ROLLBACK/ABORT/COMMIT/END of this text leaves, when one
-        changes the path set earlier in the block, in this text or an earlier one (() otherwise)."""
+    def _under_block_ends(self, sql: str, low: str, path, decision, tier):
+        """A text of several statements where a ROLLBACK, ABORT, COMMIT or END changes the path
+        set earlier in the block (in this text or an earlier one): decided again, the policy
+        told the path each of them leaves (``Context.block_ends``), so the statements after them
+        are decided as PostgreSQL runs them.  Read from the decision's :class:`proxy.state_after.After`
+        (read once, in the analysing child for a large text)."""
         if ";" not in sql or not any(w in low for w in ("rollback", "abort", "commit", "end")):
-            return ()  # no statement after one that ends a block (a single statement: nothing to tell)
+            return decision
         if not self._block.moved(path) and not any(w in low for w in ("search_path", "set_config", "reset", "discard")):
-            return ()  # nothing in force or in this text that a block's end would change
-        restored: list = []
+            return decision  # nothing in force or in this text that a block's end would change
+        after = decision.after if decision.after is not None else state_after.read(sql, low)
+        ends: list = []
         changed = self._pending_path not in (None, self._search_path())
-        searchpath.after(segments(sql), path, changed, self._block.copy(), restored)
-        return tuple(restored) if any(r is not None for r in restored) else ()
+        state_after.follow(after.paths, path, changed, self._block.copy(), ends)
+        if any(left is not None for left in ends):
+            decision = self.config.engine.decide(sql, tier, path, self.user or "", self.access, block_ends=tuple(ends))
+        return decision if decision.after is not None else replace(decision, after=after)  # read once
 
     def _stale_at_bind(self, name: str) -> Kept | None:
         """Before a Bind of statement ``name``: None when every statement the server may hold

@@ -175,13 +175,14 @@ class Gate:
         started = self._now()
         path = self._pending_path if self._pending_path is not None else self._search_path()
         ready = () if self._apart_ready is None else (self._apart_ready,)  # decided apart
-        ends = self._block_ends(sql, low, path) if path != searchpath.UNKNOWN else ()  # (see .following)
         decision = self.config.engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
-                                             self.user or "", self.access, *ready,
-                                             **({"block_ends": ends} if ends else {}))
+                                             self.user or "", self.access, *ready)
+        if path != searchpath.UNKNOWN:
+            decision = self._under_block_ends(sql, low, path, decision, tier)  # (see .following)
         if path == searchpath.UNKNOWN and not tier.all_clear and decision.relations:
             decision = Refusal.search_path_unknown().decision()
-        if not decision.refused and (self._pending_path is not None or any(w in low for w in STATE_WORDS)):
+        if not decision.refused and (self._pending_path is not None or decision.after is not None
+                                     or any(w in low for w in STATE_WORDS)):
             decision = self._state_after(sql, decision, path)
         self._decision_us = int((self._now() - started) * 1_000_000)
         if decision.names and not decision.refused:
