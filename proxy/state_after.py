@@ -34,7 +34,7 @@ from . import opened, searchpath
 # text: a few scans in C); the session's quick look before it calls read (proxy.session.shared.STATE_WORDS)
 WORDS = ("prepare", "execute", "declare", "fetch", "move", "close", "deallocate", "discard", "reset",
          "search_path", "set_config", "rollback", "abort",
-         "begin", "start transaction", "savepoint", "release", "commit")  # the block (proxy.searchpath.Block)
+         "set schema", "begin", "start transaction", "savepoint", "release", "commit")  # the block (proxy.searchpath.Block)
 _READ_SIZE = 48  # what one read statement holds in memory, roughly (for the decision cache's byte count)
 
 

@@ -82,3 +82,11 @@ def test_a_block_not_run_as_sent_leaves_the_path_unknown_at_its_end():
     _after(block, "SELECT 1/0", ("b",))  # an error in a Query that changed nothing of the block
     block.error(), block.ready(b"E")
     assert _after(block, "ROLLBACK", ("b",)) == (("a",), [("a",)])
+
+
+def test_set_schema_and_block_statements_are_read_for_the_statements_after_them():
+    from proxy import state_after
+    from proxy.searchpath import Step
+    assert state_after.read("SET SCHEMA 'x'").paths == (("x",),)  # followed for pipelined Queries too
+    assert state_after.read("BEGIN; SAVEPOINT a; ROLLBACK TO a").paths == (
+        Step("BEGIN"), Step("SAVEPOINT", "a"), Step("ROLLBACK_TO", "a"))
