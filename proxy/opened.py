@@ -292,7 +292,13 @@ class Opened:
 
     def bind(self, portal: str, access, effects=()) -> None:
         """A Bind of ``portal`` from a statement with these effects (those of the statement the
-        server holds when the Bind runs, see :meth:`proxy.prepared.PreparedStatements.held`)."""
+        server holds when the Bind runs, see :meth:`proxy.prepared.PreparedStatements.held`).
+        A named portal still open makes the Bind fail (42P03) and may run again (after ROLLBACK
+        TO SAVEPOINT): when it was opened under wider access, that access stays noted for it
+        (fail closed: its Executes are refused until the transaction ends)."""
+        older = self.portals.get(portal)
+        if portal and older is not None and older.narrowed_to(access):
+            access = older
         self.portals[portal] = access
         if any(e is not None for e in effects):
             self._bound[portal] = effects

@@ -354,3 +354,38 @@ def test_an_execute_naming_a_cursor_is_refused_once_access_narrowed(pg, tier_use
             client.close()
     finally:
         proxy.stop()
+
+
+def test_a_named_portal_bound_again_keeps_the_access_it_was_opened_under(pg, tier_users, tmp_path):
+    """Portal p opened under a grant; after it ended, a second Bind of p fails on the server
+    (42P03: the portal exists), ROLLBACK TO SAVEPOINT makes the block usable again, and p (the
+    first one) runs: pgveil had noted p as opened under the new access at the failed Bind."""
+    text, until = _grant_rules("trust_user", 6.0)
+    text = text.replace("identities:                               # first match wins\n",
+                        "identities:\n  - {user: trust_user, tier: sales}\n", 1)
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", text, "--rules-poll", "0")
+    try:
+        client = RawClient(proxy, "trust_user")
+        codec = client.codec
+
+        def extended(*messages) -> list:
+            client.send(b"".join(codec.encode(m) for m in messages) + codec.encode(codec.Sync()))
+            return client.until_ready()
+        try:
+            client.query("BEGIN")
+            replies = extended(codec.Parse("s", CURSOR_SQL, ()), codec.Bind("p", "s", (), (), ()),
+                               codec.Execute("p", 1))
+            rows = [m.values[0] for m in replies if isinstance(m, codec.DataRow)]
+            assert rows and b"*" not in rows[0], replies  # granted: clear
+            client.query("SAVEPOINT x")
+            sleep_past(until)
+            replies = extended(codec.Bind("p", "s", (), (), ()))
+            assert any(isinstance(m, codec.ErrorResponse) for m in replies), replies  # 42P03
+            client.query("ROLLBACK TO SAVEPOINT x")
+            replies = extended(codec.Execute("p", 1))
+            rows = [m.values[0] for m in replies if isinstance(m, codec.DataRow)]
+            assert not rows or b"*" in rows[0], f"clear ID number after the grant ended: {rows[0]!r}"
+        finally:
+            client.close()
+    finally:
+        proxy.stop()
