@@ -178,7 +178,7 @@ class DecisionCache:
         """The exact text's cache key in this context (as :meth:`decide` makes it)."""
         catalog_version = ctx.catalog.version if ctx.catalog is not None else None
         return (ctx.rules.version, catalog_version, access if access is not None else ("tier", ctx.tier.name),
-                ctx.search_path, ctx.user, sql)
+                ctx.search_path, ctx.user) + ((ctx.block_ends,) if ctx.block_ends else ()) + (sql,)
 
     def cached(self, key: tuple) -> Decision | None:
         return self._entries.get(key)
@@ -192,7 +192,7 @@ class DecisionCache:
         its decisions; without a session (explain, tests) the tier's name stands in."""
         catalog_version = ctx.catalog.version if ctx.catalog is not None else None
         base = (ctx.rules.version, catalog_version, access if access is not None else ("tier", ctx.tier.name),
-                ctx.search_path, ctx.user)
+                ctx.search_path, ctx.user) + ((ctx.block_ends,) if ctx.block_ends else ())
         found = self._get(base + (sql,))
         if found is not None:
             self.hits += 1

@@ -67,14 +67,15 @@ class Engine:
         return resolve(self.rules, user, roles, address, now, purpose)
 
     def decide(self, sql: str, tier, search_path: tuple, user: str, access=None,
-               ready: tuple | None = None) -> Decision:
+               ready: tuple | None = None, block_ends: tuple = ()) -> Decision:
         """The decision for one statement.  ``ready``: (key, decision) taken in a child process
-        (see :meth:`apart`), used when the key is still this statement's.  Any failure of the
-        analysis (a RecursionError on deep nesting, a parser bug) is a refusal for a restricted
-        tier and a relay for an all-clear tier, never an exception."""
+        (see :meth:`apart`), used when the key is still this statement's.  ``block_ends``: the
+        path each ROLLBACK/ABORT/COMMIT/END of the text leaves (:attr:`Context.block_ends`).  Any failure
+        of the analysis (a RecursionError on deep nesting, a parser bug) is a refusal for a
+        restricted tier and a relay for an all-clear tier, never an exception."""
         if self.catalog is None and not tier.all_clear:
             return Refusal.catalog_not_loaded().decision()
-        ctx = Context(tier, self.rules, self.catalog, search_path, user)
+        ctx = Context(tier, self.rules, self.catalog, search_path, user, block_ends)
         if ready is not None and ready[0] == self.cache.key(sql, ctx, access):
             return ready[1]
         try:

@@ -128,7 +128,8 @@ UNKNOWN = _Unknown()
 QUERY, PORTAL, SYNC = "query", "portal", "sync"
 # the CommandComplete tag by which the server confirms each effect
 TAGS = {"declare": "DECLARE CURSOR", "close": "CLOSE CURSOR", "close_all": "CLOSE CURSOR ALL", "prepare": "PREPARE",
-        "deallocate": "DEALLOCATE", "deallocate_all": "DEALLOCATE ALL", "discard_all": "DISCARD ALL"}
+        "deallocate": "DEALLOCATE", "deallocate_all": "DEALLOCATE ALL", "discard_all": "DISCARD ALL",
+        "purpose": "SET", "purpose_reset": "RESET"}  # purpose: SET pgveil.purpose run as a prepared statement
 
 
 def _held(arguments: list, text: str) -> bool:
@@ -144,16 +145,17 @@ def _held(arguments: list, text: str) -> bool:
 class Opened:
     """See the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, statements=None) -> None:
+        self.statements = statements  # proxy.prepared.PreparedStatements: the same name space, told what the server confirmed
         self.prepared: dict[str, object] = {}  # SQL PREPARE name -> Access (the server confirmed it)
         self.cursors: dict[str, object] = {}  # DECLARE name -> Access (the server confirmed it)
         self.held: set[str] = set()  # confirmed cursors declared WITH HOLD
         self.portals: dict[str, object] = {}  # Bind portal name -> Access
         self._owed: deque = deque()  # [QUERY, effects] / [PORTAL, effects] / [SYNC]: what is to be answered
         self._staged: list | None = None  # effects of the statement just decided (see take)
-        self._statements: dict[str, list] = {}  # Parse'd statement name -> effects when executed
         self._bound: dict[str, list] = {}  # portal -> effects when executed
         self._waiting: dict[tuple, dict] = {}  # (declare|prepare, name) -> {Access: count} in _owed
+        self.confirmed: list = []  # purpose declarations the server confirmed, for the session to take
 
     @staticmethod
     def concerns(sql: str) -> bool:
@@ -175,6 +177,10 @@ class Opened:
                     del counts[effect[2]]
                     if not counts:
                         del self._waiting[effect[:2]]
+
+    def pending_prepares(self, name: str) -> list:
+        """Accesses of SQL ``PREPARE name`` statements sent but not yet answered."""
+        return self._pending("prepare", name)
 
     def _possible(self, what: str, name: str) -> list:
         known = (self.cursors if what == "declare" else self.prepared).get(name)
@@ -276,25 +282,25 @@ class Opened:
             entry = self._owed.pop()
             self._wait(entry[1], -1)
 
-    def sent(self, effects: list, statement: str | None = None) -> None:
-        """The Query just queued by :meth:`client` (``statement`` None), or a Parse of
-        ``statement``, goes upstream with these effects (see :meth:`take`)."""
-        if statement is not None:
-            if any(e is not None for e in effects):
-                self._statements[statement] = effects
-            else:
-                self._statements.pop(statement, None)
-        elif self._owed and self._owed[-1][0] == QUERY:
+    def sent(self, effects: list) -> None:
+        """The Query just queued by :meth:`client` goes upstream with these effects (see
+        :meth:`take`).  A Parse's effects are kept with its statement
+        (:class:`proxy.prepared.Kept`), kept once the server prepared it."""
+        if self._owed and self._owed[-1][0] == QUERY:
             self._owed[-1][1] = deque(effects)
             self._wait(effects, +1)
 
-    def closed_statement(self, statement: str) -> None:
-        self._statements.pop(statement, None)
-
-    def bind(self, portal: str, access, statement: str = "") -> None:
+    def bind(self, portal: str, access, effects=()) -> None:
+        """A Bind of ``portal`` from a statement with these effects (those of the statement the
+        server holds when the Bind runs, see :meth:`proxy.prepared.PreparedStatements.held`).
+        A named portal still open makes the Bind fail (42P03) and may run again (after ROLLBACK
+        TO SAVEPOINT): when it was opened under wider access, that access stays noted for it
+        (fail closed: its Executes are refused until the transaction ends)."""
+        older = self.portals.get(portal)
+        if portal and older is not None and older.narrowed_to(access):
+            access = older
         self.portals[portal] = access
-        effects = self._statements.get(statement)
-        if effects:
+        if any(e is not None for e in effects):
             self._bound[portal] = effects
         else:
             self._bound.pop(portal, None)
@@ -343,15 +349,31 @@ class Opened:
         if status == TxStatus.IDLE and len(self.held) < len(self.cursors):
             self.cursors = {n: a for n, a in self.cursors.items() if n in self.held}
 
+    def bound(self, portal: str) -> list:
+        """The effects an Execute of ``portal`` has (those of the statement it was bound from)."""
+        return [e for e in self._bound.get(portal, ()) if e is not None]
+
     def _apply(self, effect: tuple, tag: str) -> None:
         kind = effect[0]
+        if kind in ("purpose", "purpose_reset"):
+            if tag == TAGS[kind]:
+                self.confirmed.append(effect)
+            return
         if tag != TAGS[kind]:  # answered otherwise than expected: what it opened is unknown
             if kind == "declare":
                 self.cursors[effect[1]] = UNKNOWN
                 self.held.add(effect[1])
             elif kind == "prepare":
                 self.prepared[effect[1]] = UNKNOWN
+                self._statement_change(kind, effect[1], UNKNOWN)
             return
+        self._statement_change(kind, *effect[1:3])
+        if kind == "close":  # cursors and the protocol's portals are one name space
+            self.portals.pop(effect[1], None)
+            self._bound.pop(effect[1], None)
+        elif kind in ("close_all", "discard_all"):
+            self.portals.clear()
+            self._bound.clear()
         if kind == "declare":
             self.cursors[effect[1]] = effect[2]
             (self.held.add if effect[3] else self.held.discard)(effect[1])
@@ -367,10 +389,32 @@ class Opened:
         if kind in ("deallocate_all", "discard_all"):
             self.prepared = {}
 
+    def _statement_change(self, kind: str, name: str | None = None, access=None) -> None:
+        """SQL PREPARE, DEALLOCATE and DISCARD ALL change the protocol's prepared statements too."""
+        if self.statements is None:
+            return
+        if kind == "prepare":
+            self.statements.sql_prepared(name, access)
+        elif kind == "deallocate":
+            self.statements.deallocated(name)
+        elif kind in ("deallocate_all", "discard_all"):
+            self.statements.deallocated(None)
+
     def execute(self, portal: str, access) -> str | None:
-        """An Execute of a portal: the reason to refuse it, or None."""
+        """An Execute of a portal: the reason to refuse it, or None.  A cursor is a portal too:
+        an Execute naming one declared with DECLARE fetches its rows."""
         opened = self.portals.get(portal)
-        if opened is None or not opened.narrowed_to(access):
+        if opened is None:
+            narrowed = [a for a in self._possible("declare", portal) if a.narrowed_to(access)]
+            if narrowed:
+                return f"cursor {portal} was opened under access that has since changed ({narrowed[0].describe()}): {CHANGED}"
+            return None
+        if not opened.narrowed_to(access):
             return None
         shown = f"portal {portal}" if portal else "the unnamed portal"
         return f"{shown} was opened under access that has since changed ({opened.describe()}): {CHANGED}"
+
+    @property
+    def any_open(self) -> bool:
+        """Could an Execute name something opened under other access (a portal or a cursor)?"""
+        return bool(self.portals or self.cursors or self._waiting)

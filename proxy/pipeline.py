@@ -42,6 +42,7 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
     texts, kinds, cursors = [], [], []
     unknown_path = None  # the statement after which the Query's search_path cannot be followed
     changed = False  # an earlier statement of the Query changed the path
+    block_ends = list(ctx.block_ends)  # the path each ROLLBACK/ABORT/COMMIT/END leaves, as the session's block says
     try:
         names = []
         for seg in segments:
@@ -57,6 +58,9 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
             if ref is not None:
                 cursors.append(ref)
             path = searchpath.change(seg, changed) if len(segments) > 1 else None
+            if block_ends and getattr(searchpath.step(seg), "kind", None) in searchpath.END_KINDS:
+                left = block_ends.pop(0)
+                path = left if left is not None else path
             changed = changed or path is not None
             if path == searchpath.UNKNOWN:
                 unknown_path = unknown_path or " ".join(w for w in seg.words(3) if w)

@@ -33,7 +33,8 @@ from . import opened, searchpath
 # words without which no statement changes what :func:`read` reads (substrings of the lower-cased
 # text: a few scans in C); the session's quick look before it calls read (proxy.session.shared.STATE_WORDS)
 WORDS = ("prepare", "execute", "declare", "fetch", "move", "close", "deallocate", "discard", "reset",
-         "search_path", "set_config", "rollback", "abort")
+         "search_path", "set_config", "rollback", "abort",
+         "set schema", "begin", "start transaction", "savepoint", "release", "commit")  # the block (proxy.searchpath.Block)
 _READ_SIZE = 48  # what one read statement holds in memory, roughly (for the decision cache's byte count)
 
 
@@ -48,7 +49,7 @@ class Depends:
 @dataclass(frozen=True, slots=True)
 class After:
     """What a text's statements change for the ones after them."""
-    paths: tuple = ()  # search_path changes, in order: a new path, searchpath.UNKNOWN, or a Depends
+    paths: tuple = ()  # search_path and block changes, in order (proxy.searchpath.items)
     opened: tuple | None = None  # proxy.opened.read of each statement; None when no statement opens or uses any
     clears_all: bool = False  # a RESET ALL or DISCARD ALL (it clears the purpose)
     size: int = 0  # bytes it holds, roughly (proxy.decision_cache.entry_bytes)
@@ -75,27 +76,21 @@ def read(sql: str, low: str | None = None) -> After:
 
 
 def changes(segs: list) -> tuple:
-    """The statements' search_path changes, in order (:func:`follow` applies them): what
-    :func:`proxy.searchpath.change` says of each, whether or not an earlier statement changed the
-    path; statements that change nothing are left out."""
-    out = []
-    for seg in segs:
-        unchanged, changed = searchpath.change(seg, False), searchpath.change(seg, True)
-        if unchanged != changed:
-            out.append(Depends(changed, unchanged))
-        elif unchanged is not None:
-            out.append(unchanged)
-    return tuple(out)
+    """The statements' search_path and transaction-block changes, in order (:func:`follow`
+    applies them): :func:`proxy.searchpath.items` of each, statements that change nothing left
+    out."""
+    return tuple(item for item in searchpath.items(segs) if item is not None)
 
 
-def follow(paths: tuple, path: tuple | str, changed: bool = False) -> tuple | str:
+def follow(paths: tuple, path: tuple | str, changed: bool = False, block=None, ends: list | None = None) -> tuple | str:
     """The path after these changes (:func:`changes`), starting from ``path``; ``changed``: a
-    statement sent before them changed it.  As :func:`proxy.searchpath.after` of the statements."""
-    for new in paths:
-        if isinstance(new, Depends):
-            new = new.changed if changed else new.unchanged
-        if new == searchpath.UNKNOWN:
-            return searchpath.UNKNOWN
+    statement sent before them changed it; ``block``: the transaction block they run in
+    (:class:`proxy.searchpath.Block`, followed as they go).  As :func:`proxy.searchpath.after`
+    of the statements."""
+    for item in paths:
+        if isinstance(item, Depends):
+            item = item.changed if changed else item.unchanged
+        new = searchpath.apply(item, path, changed, block, ends)
         if new is not None:
             path, changed = new, True
     return path

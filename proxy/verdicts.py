@@ -86,6 +86,7 @@ class Context:
     catalog: Catalog
     search_path: tuple = ("$user", "public")
     user: str = ""
+    block_ends: tuple = ()  # the path each ROLLBACK/ABORT/COMMIT/END of the text leaves (None: not told), see proxy.searchpath.Block
 
 
 @dataclass(frozen=True)
@@ -193,8 +194,8 @@ class Refusal(Exception):
 
     @classmethod
     def purpose_not_alone(cls) -> Refusal:
-        """``pgveil.purpose`` named anywhere but in a Query of its own."""
-        return cls("declare a purpose on its own, as a simple query: SET pgveil.purpose = 'ticket'", Reason.PURPOSE)
+        """``pgveil.purpose`` named anywhere but in a declaration of its own."""
+        return cls("declare a purpose on its own: SET pgveil.purpose = 'ticket'", Reason.PURPOSE)
 
     @classmethod
     def prepared_limit(cls, megabytes: int) -> Refusal:

@@ -163,6 +163,24 @@ def test_pgjdbc_purpose_cleared_like_a_setting(pg, grant_users, steps, tmp_path)
         proxy.stop()
 
 
+def test_pgjdbc_purpose_declared_in_its_default_extended_mode(pg, grant_users, steps, tmp_path):
+    """pgjdbc's default: every statement as Parse/Bind/Execute, the declaration included (it was
+    refused: 'declare a purpose on its own, as a simple query')."""
+    proxy = start_with_rules(pg, tmp_path / "rules.yaml", PURPOSE_RULES)
+    try:
+        out = steps(proxy, "sales_cur", [
+            f"prepare {SQL}", "query",
+            "exec SET pgveil.purpose = 'T-1'", "query", "exec RESET pgveil.purpose", "query",
+            "exec BEGIN", "exec SET pgveil.purpose = 'T-1'", "query", "exec ROLLBACK", "query",
+            "autocommit off", "exec SET LOCAL pgveil.purpose = 'T-1'", "query", "rollback", "query",
+            "autocommit on", "exec SET pgveil.purpose = 'T-1'", "query", "exec DISCARD ALL", f"prepare {SQL}", "query"])
+        assert not [line for line in out if line.startswith("ERR")], out
+        rows = [line for line in out if line.startswith("ROW")]
+        assert [masked(r) for r in rows] == [True, False, True, False, True, False, True, False, True], out
+    finally:
+        proxy.stop()
+
+
 def test_pgjdbc_reload_moves_the_identity(pg, grant_users, steps, tmp_path):
     rules = tmp_path / "rules.yaml"
     moved = BASE.replace("identities:", "identities:\n  - {user: sales_end, tier: dba}", 1)

@@ -193,6 +193,10 @@ def test_a_purpose_cleared_like_a_setting_reaches_prepared_statements(purpose_pr
             during = await conn.fetchval(SQL)  # the same cached statement
             for statement in clear:
                 await conn.execute(statement)
+            if clearing == "DISCARD ALL":  # it deallocated asyncpg's cached statement, as PostgreSQL says
+                with pytest.raises(asyncpg.InvalidSQLStatementNameError):
+                    await conn.fetchval(SQL)
+                return during, await conn.fetchval(SQL + "\n")  # prepared anew
             return during, await conn.fetchval(SQL)
         finally:
             await conn.close()

@@ -153,7 +153,7 @@ def test_prepared_statements_follow_the_server_s_answers_not_the_client_s_messag
     assert p.statements["s1"][2] == "granted"
     p.client(P); p.remember("s1", "masked", (), "ended"); p.client(S)
     p.server(ord("E")); p.server(ord("Z"))  # 42P05: prepared statement "s1" already exists
-    assert p.statements["s1"] == ("clear", (), "granted")
+    assert p.statements["s1"][:3] == ("clear", (), "granted")
     p.client(P); p.remember("bad", "x", (), "ended"); p.client(C); p.forget("s1"); p.client(S)
     p.server(ord("E")); p.server(ord("Z"))  # the Parse failed, the Close was skipped
     assert "bad" not in p.statements and p.statements["s1"][2] == "granted"

@@ -72,11 +72,11 @@ def test_cursors_without_hold_end_with_their_transaction_and_odd_answers_fail_cl
 def test_extended_protocol_declare_counts_when_its_execute_completes():
     opened = Opened()
     assert opened.query(segments("DECLARE h CURSOR WITH HOLD FOR SELECT 1"), GRANTED, True) is None
-    opened.sent(opened.take(), "s")  # Parse of statement s
-    opened.bind("", GRANTED, "s"), opened.executed(""), opened.client(SYNC)
+    effects = opened.take()  # Parse of statement s: its effects are kept with it (proxy.prepared.Kept)
+    opened.bind("", GRANTED, effects), opened.executed(""), opened.client(SYNC)
     opened.error(), opened.ready(b"I")  # the Execute failed: nothing declared
     assert opened.cursors == {}
-    opened.bind("", GRANTED, "s"), opened.executed(""), opened.client(SYNC)
+    opened.bind("", GRANTED, effects), opened.executed(""), opened.client(SYNC)
     opened.answered("DECLARE CURSOR"), opened.ready(b"I")
     assert opened.cursors == {"h": GRANTED}
 

@@ -135,8 +135,10 @@ class Gate:
             if self._row_limits:
                 self._from_server.watch = self._active_watch | {BE.DATA_ROW, BE.COPY_DATA}
         effects = self._opened.take()  # what it opens or closes, staged by _check_opened
-        if engine is not None and kind != FE.FUNCTION_CALL and not (decision is not None and decision.refused):
-            self._opened.sent(effects, decoded.name if kind == FE.PARSE else None)
+        if kept:  # a Parse's: kept with its statement, once the server prepared it
+            self._prepared.noted(statement_id, effects)
+        elif engine is not None and kind == FE.QUERY and not (decision is not None and decision.refused):
+            self._opened.sent(effects)
         if decision is not None and decision.refused:
             if statement_id:
                 self.refusals.refused(statement_id, decision.sqlstate or "42501")
@@ -200,6 +202,8 @@ class Gate:
         ready = () if self._apart_ready is None else (self._apart_ready,)  # decided apart
         decision = self.config.engine.decide(sql, tier, path if path != searchpath.UNKNOWN else self._search_path(),
                                              self.user or "", self.access, *ready)
+        if path != searchpath.UNKNOWN:
+            decision = self._under_block_ends(sql, low, path, decision, tier)  # (see .following)
         if path == searchpath.UNKNOWN and not tier.all_clear and decision.relations:
             decision = Refusal.search_path_unknown().decision()
         if not decision.refused and (self._pending_path is not None or decision.after is not None

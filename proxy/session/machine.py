@@ -58,6 +58,7 @@ from .events import (AuditDurable, AuditFailed, AuditHealth, ClientClosed, Clien
                      DecidedApart, HandlerCrashed, KillRequested, RulesChanged, ServerClosed, ServerData,
                      ShutdownRequested, TimerFired, UpstreamConnected, UpstreamFailed, VerifierFound,
                      VerifierLookupFailed)
+from .following import Following
 from .gate import Gate
 from .handshake import Handshake
 from .recorder import Recorder
@@ -74,7 +75,7 @@ def _no_clock() -> float:
     return 0.0
 
 
-class Session(Handshake, Relay, Statements, Gate):
+class Session(Handshake, Relay, Statements, Gate, Following):
     """The state of one client connection; see the module docstring."""
 
     def __init__(self, config: SessionConfig | None = None, peer: tuple = ("", 0)) -> None:
@@ -101,7 +102,8 @@ class Session(Handshake, Relay, Statements, Gate):
         self.recorder = Recorder(self.config, self.id, peer, self._now)
         self.waits = Waits(self.config.backlog_high_water)
         self.refusals = Refusals()
-        for init in (self._init_handshake, self._init_relay, self._init_statements, self._init_gate):
+        for init in (self._init_handshake, self._init_relay, self._init_statements, self._init_gate,
+                     self._init_following):
             init()
 
     # ------------------------------------------------------------------ the one entry point

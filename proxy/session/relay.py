@@ -13,6 +13,7 @@ from .shared import ACTIVE_FRONTEND, OUTCOME_KINDS, PREPARE_WATCH, PREPARE_CLIEN
 
 
 DONE = object()  # a message dealt with (see Relay._track_message)
+FOLLOWED = frozenset({BE.COMMAND_COMPLETE, BE.ERROR, BE.READY_FOR_QUERY})  # (see Following._follow_server)
 
 
 class Edit:
@@ -136,6 +137,11 @@ class Relay:
                     edit.replace(start, end, b"")
                     audits += self.recorder.purpose(self._who(), self.purpose, self._purpose_statement)
                     continue
+            if kind == FE.PARSE and engine is not None and self.tier is not None:
+                declared = self._declare_parse(out[start:end], audits)  # SET pgveil.purpose (.following)
+                if declared is not None:
+                    edit.replace(start, end, declared)
+                    continue
             if decide and (kind == FE.QUERY or kind == FE.PARSE or kind == FE.FUNCTION_CALL):
                 apart = self._apart(kind, out, start, end, sql)
                 if apart is not None:  # the rest waits for the child's answer (decided_apart)
@@ -194,11 +200,11 @@ class Relay:
             again = self._prepare_again(out, start, end, audits)
             if again is not None:
                 edit.insert(start, again)
-            portal, statement = codec.bind_names(out[start + 5:end])
-            self._opened.bind(portal, self.access, statement)
+            self._bound(*codec.bind_names(out[start + 5:end]))
         elif kind == FE.EXECUTE:
             self._opened.executed(self._portal_of(out, start, end))
-        if kind == FE.EXECUTE and self._opened.portals:
+            self._executing(self._portal_of(out, start, end))
+        if kind == FE.EXECUTE and self._opened.any_open:
             refused = self._refuse_execute(out, start, end)
             if refused is not None:
                 edit.replace(start, end, refused)
@@ -209,7 +215,6 @@ class Relay:
             target, name = codec.close_target(out[start + 5:end])
             if target == Target.STATEMENT:
                 self._prepared.forget(name)
-                self._opened.closed_statement(name)
         return None
 
     @staticmethod
@@ -251,6 +256,8 @@ class Relay:
                 self._note_error(out[start:end])
             elif kind == BE.PARAMETER_STATUS:
                 self._note_parameter(out[start:end])
+            if kind in FOLLOWED and self.config.engine is not None:
+                self._follow_server(kind, out[start + 5:end])  # the purpose and the block (.following)
             if self.config.audit and len(self._tracker) and kind in OUTCOME_KINDS:
                 audits += self._outcomes(kind, bytes(out[start + 5:end]))
         return audits
@@ -266,9 +273,11 @@ class Relay:
                 if kind != BE.READY_FOR_QUERY:
                     if kind == BE.ERROR:  # the server still runs the rest: what it opens counts
                         self._opened.error()
+                        self._follow_server(kind, b"")
                     elif kind in (BE.COMMAND_COMPLETE, BE.PORTAL_SUSPENDED, BE.EMPTY_QUERY_RESPONSE):
                         self._opened.answered(codec.command_tag(out[start + 5:end]) if kind == BE.COMMAND_COMPLETE
                                              else None)
+                        self._opened.confirmed.clear()  # the client was told the result stopped: no purpose
                     continue
                 pos = start  # everything up to this ReadyForQuery is dropped
                 self._suppressing = False

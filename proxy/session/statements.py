@@ -20,18 +20,17 @@ class Statements:
         self._prepared = PreparedStatements()
         self._tracker = StatementTracker()  # each statement's executions, for their outcome records
         self._sql_names = SqlNames()
-        self._opened = Opened()  # SQL prepared statements, cursors and portals, with their access
+        self._opened = Opened(self._prepared)  # SQL prepared statements, cursors and portals, with their access
         self._pending_path = None  # the path statements sent but not yet run leave (searchpath.UNKNOWN: lost)
 
     def _prepare_again(self, out: bytes, start: int, end: int, audits: list) -> bytes | None:
         """Before a Bind of a statement (named or unnamed) prepared under another effective access:
         Close and Parse it again, decided under the access in force (see :mod:`proxy.prepared`)."""
         _, name = codec.bind_names(out[start + 5:end])
-        known = self._prepared.statements.get(name)
-        if known is None or known[2] == self.access:
-            return None
-        sql, types, _ = known
-        parse = codec.encode(codec.Parse(name, sql, types))
+        known = self._stale_at_bind(name)  # (see .following)
+        if known is None or known.sql is None:
+            return None if known is None else self._bind_unprepared(name, known)
+        parse = codec.encode(codec.Parse(name, known.sql, known.types))
         self._prepared.inject()  # first: the decision below is kept once the server prepares it
         decided = self._decide_message(FE.PARSE, parse, audits)  # records the new decision as well
         return codec.encode(codec.Close(Target.STATEMENT, name)) + (decided if decided is not None else parse)
@@ -40,10 +39,10 @@ class Statements:
         """Before :meth:`_prepare_again`: a DecideApart when the statement's decision under the
         access in force belongs in a child process (a large text, see :mod:`proxy.limits`); the
         Bind and what follows it then wait for the answer, as after a Parse decided apart."""
-        known = self._prepared.statements.get(codec.bind_names(out[start + 5:end])[1])
-        if known is None or known[2] == self.access:
+        known = self._stale_at_bind(codec.bind_names(out[start + 5:end])[1])  # (see .following)
+        if known is None or known.sql is None:
             return None
-        apart = self._apart(FE.PARSE, b"", 0, 0, known[0])
+        apart = self._apart(FE.PARSE, b"", 0, 0, known.sql)
         if apart is None or self._apart_ready is not None and apart.key == self._apart_ready[0]:
             return None  # decided here, or decided apart just now
         return apart
@@ -87,7 +86,9 @@ class Statements:
         if self._pending_path is not None or after.paths:
             # statements sent before this one has run are decided under the path it leaves
             changed = self._pending_path not in (None, self._search_path())
-            self._pending_path = state_after.follow(after.paths, path, changed)
+            new = state_after.follow(after.paths, path, changed, self._block)  # (the block: see .following)
+            if self._pending_path is not None or new != path:
+                self._pending_path = new
         if after.opened is not None:
             decision = self._check_opened(after.opened, decision)
         if not decision.refused and after.clears_all:
