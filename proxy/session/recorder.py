@@ -162,11 +162,11 @@ class Recorder:
         whole = len(sql) <= limits.NORMALIZE_PREFIX and len(normalized) < 4000
         read_only = durable and whole and _proven_read_only(normalized, decision, getattr(engine, "catalog", None),
                                                             search_path)
-        self._read_only[statement_id] = (read_only, self._read_only_under(search_path))
-        if len(self._read_only) > KEPT:
-            _forget_oldest(self._read_only, KEPT)
         if durable:  # its record covers its first execution in this batch; any other gets its own
             self._uncovered[statement_id] = read_only
+            self._read_only[statement_id] = (read_only, self._read_only_under(search_path))
+            if len(self._read_only) > KEPT:
+                _forget_oldest(self._read_only, KEPT)
         self.last_statement = (records.fingerprint(normalized), self._now())
         # each execution's outcome names the access its statement was decided under: a change of
         # access decides (and records) the statement again before it runs again
