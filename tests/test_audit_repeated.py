@@ -109,3 +109,51 @@ def test_the_metrics_count_a_repeated_query_as_its_decision():
         metrics.observe(record)
     metrics.flush()
     assert (sensitive._value.get() - before[0], counted._value.get() - before[1]) == (3, 3)
+
+
+def _short_after_full(since: str) -> list[dict]:
+    """A decision written in full 30 s before ``since``, repeated in short 10 s after it."""
+    from test_usage_report import ID, outcome, stmt
+    full = stmt("r1", "2026-11-02T09:59:30.000000Z", "li", [ID])
+    short = {key: full[key] for key in ("v", "type", "session", "user", "tier", "client_addr", "client_port",
+                                        "database", "application_name", "protocol")}
+    short.update(id="r2", ts="2026-11-02T10:00:10.000000Z", same_as="r1", decision_us=2)
+    return [full, outcome("r1", "2026-11-02T09:59:30.100000Z", 1), short,
+            outcome("r2", "2026-11-02T10:00:10.100000Z", 7)]
+
+
+def test_usage_since_a_time_counts_a_short_record_whose_decision_came_just_before(tmp_path, pg):
+    import json
+
+    from test_usage_report import usage
+    since = ("--since", "2026-11-02T10:00:00Z", "--format", "json")
+    records = _short_after_full(since[1])
+    journal = Journal(tmp_path, stream="7")
+    journal.open()
+    journal.append([dict(r) for r in records])
+    journal.close()
+    from_journal = usage(str(tmp_path), *since)
+    assert from_journal.returncode == 0, from_journal.stderr
+    rows = json.loads(from_journal.stdout)["usage"]
+    assert [(r["user"], r["class"], r["executions"], r["rows"]) for r in rows] == [("li", "id_number", 1, 7)]
+
+    import asyncio
+
+    import psycopg
+
+    from proxy.audit.sinks import PostgresSink
+    dsn = pg.dsn(database="crm")
+    lines = [(json.dumps(dict(r, stream="7", seq=i + 1)) + "\n").encode() for i, r in enumerate(records)]
+
+    async def ship():
+        sink = PostgresSink(dsn)
+        await sink.deliver(lines)
+        await sink.close()
+    asyncio.run(ship())
+    try:
+        from_sink = usage("--sink-dsn", dsn, *since)
+        assert from_sink.returncode == 0, from_sink.stderr
+        assert json.loads(from_sink.stdout)["usage"] == rows
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP TABLE pgveil_audit")

@@ -39,7 +39,7 @@ Records of the usual form pass through unchanged.  The hash chain is of the reco
 written: ``pgveil audit verify`` needs nothing of this.
 
 Pure: records in, records out; memory is the sessions open in the journal read so far, their
-full Query records (the newest 8,192 each) and their executions not yet ended.
+full Query records (the newest 16,384 each) and their executions not yet ended.
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ OUTCOME_FIELDS = ("status", "rows", "duration_us", "sqlstate")
 # a repeated statement's own fields; the rest (sql, fingerprint, kinds, relations, columns, decision ...) are
 # those of the record it repeats
 OWN_FIELDS = frozenset(("id", "ts", "seq", "stream", "prev", "hash", "decision_us", "sealed"))
-DECISIONS_KEPT = 8192  # full Query records kept per open session (the recorder keeps 4,096 shapes)
+# a repeated Query's decision is written in full again after this many seconds (proxy/session/recorder.py),
+# so that a journal read from any point (a sink's rows from --since, files rotated away) finds it near
+RECORDED_AGAIN = 60.0
+DECISIONS_KEPT = 16384  # full Query records kept per open session (the recorder: 4,096 shapes, each in full once a minute)
 
 
 class Repeats:

@@ -17,6 +17,7 @@ from typing import Callable
 
 from .. import limits
 from ..audit import records
+from ..audit.executions import RECORDED_AGAIN
 from ..codec import FE
 from ..verdicts import Decision
 from .commands import Command, WriteAudit
@@ -26,9 +27,6 @@ from .readonly import proven_read_only
 _record_ids = count(1)
 NO_CLOCK = "1970-01-01T00:00:00.000000Z"  # records' time without a clock (tests)
 KEPT = 4096  # statements whose access and read-only proof a session remembers (the newest)
-# a repeated Query's decision is recorded in full again after this many seconds, so that a
-# journal read from any point (a sink's rows from --since, files rotated away) finds it near
-RECORDED_AGAIN = 60.0
 PROOFS_KEPT = 1024  # read-only proofs the worker remembers (of texts up to 4,000 characters)
 
 
