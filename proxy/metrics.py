@@ -157,6 +157,10 @@ def observe(record: dict) -> None:
             if decided[1]:
                 _count(SENSITIVE_ROWS, (tier, "yes" if decided[2] else "no"), rows)
     elif kind == "statement":
+        same_as = record.get("same_as")
+        if same_as is not None:  # a Query decided as one before it (proxy/audit/records.py repeated)
+            _repeated(record, same_as, tier)
+            return
         decision = record.get("decision", "allow")
         code = record.get("reason_code")  # proxy.verdicts.Reason: refused statements only
         if decision == "refuse":
@@ -170,7 +174,8 @@ def observe(record: dict) -> None:
             _count(SENSITIVE, (tier, use["class"], use["action"]))
         kinds = record.get("kinds")
         _DECIDED[record["id"]] = ((tier, kinds[0] if kinds else "unknown", decision), bool(columns),
-                                  any(c["action"] == "clear" for c in columns))
+                                  any(c["action"] == "clear" for c in columns),
+                                  tuple((c["class"], c["action"]) for c in columns), bool(record.get("unparsed")))
         if len(_DECIDED) > 2 * _DECIDED_KEEP:
             _DECIDED = dict(list(_DECIDED.items())[-_DECIDED_KEEP:])
     elif kind == "connection":
@@ -178,6 +183,24 @@ def observe(record: dict) -> None:
     elif kind == "session_end":
         _count(BYTES, ("from_client",), record.get("bytes_in", 0))
         _count(BYTES, ("from_server",), record.get("bytes_out", 0))
+
+
+def _repeated(record: dict, same_as: str, tier: str) -> None:
+    """A statement recorded as the same decision as ``same_as``: counted as that one was."""
+    global _DECIDED
+    if record.get("decision_us"):
+        _observe(DECISION_SECONDS, (tier,), record["decision_us"] / 1e6)
+    decided = _DECIDED.pop(same_as, None)
+    if decided is None:  # pushed out (10,000 decisions later, and not repeated since): counted as unknown
+        return
+    _DECIDED[same_as] = decided  # among the newest again, while it repeats
+    for use in decided[3]:
+        _count(SENSITIVE, (tier, *use))
+    if decided[4]:
+        _count(PARSE_FAILURES, (tier,))
+    _DECIDED[record["id"]] = decided
+    if len(_DECIDED) > 2 * _DECIDED_KEEP:
+        _DECIDED = dict(list(_DECIDED.items())[-_DECIDED_KEEP:])
 
 
 def update(proxy) -> None:

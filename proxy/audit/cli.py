@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .executions import Expander, expand
+from .executions import RECORDED_AGAIN, Expander, expand
 from .journal import read_records, stream_files, verify
 
 
@@ -193,7 +193,10 @@ def _feed_from_sink(usage, dsn: str, since: str | None) -> None:
         expander = Expander()
         conn = await asyncpg.connect(dsn, timeout=10)
         try:
-            start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
+            # a short statement record's decision is written in full at most a minute before it
+            # (proxy/session/recorder.py RECORDED_AGAIN): read from then; Usage keeps `since`
+            start = datetime.fromisoformat(since.replace("Z", "+00:00")) - timedelta(seconds=RECORDED_AGAIN) \
+                if since else None
             async with conn.transaction(readonly=True):
                 # outcomes follow their statements, so reading from `since` loses none of them
                 async for row in conn.cursor("SELECT record::text FROM pgveil_audit WHERE $1::timestamptz IS NULL "

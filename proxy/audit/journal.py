@@ -26,6 +26,7 @@ from pathlib import Path
 
 import orjson
 
+from .executions import Repeats
 from .records import base
 
 GENESIS = "0" * 64
@@ -249,7 +250,11 @@ class Journal:
 
 # ----------------------------------------------------------------------------- reading
 def read_records(directory: str | Path):
-    """Every record of every stream: (path, line number, record or None if unreadable, raw line)."""
+    """Every record of every stream: (path, line number, record or None if unreadable, raw line).
+    A short statement record (``same_as``: a Query decided as one before it in its session)
+    comes with that decision's fields back (:class:`~proxy.audit.executions.Repeats`); the raw
+    line is as written, and the chain is of it (:func:`verify` reads the lines)."""
+    repeats = Repeats()
     for files in stream_files(Path(directory)).values():
         for path in files:
             with open(path, "rb") as f:
@@ -258,6 +263,10 @@ def read_records(directory: str | Path):
                         record = orjson.loads(line)
                     except ValueError:  # orjson.JSONDecodeError is one
                         record = None
+                    if record is not None and record.get("type") == "statement":
+                        record = repeats.fill(record)
+                    elif record is not None and record.get("type") == "session_end":
+                        repeats.ended(record.get("session"))
                     yield path, number, record, line
 
 

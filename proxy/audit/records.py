@@ -46,16 +46,17 @@ def base(kind: str, who: dict, record_id: str | None = None, stamp: str | None =
 
 
 def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, rules_version: str | None,
-              purpose: str | None = None, grant: str | None = None, stamp: str | None = None) -> dict:
+              purpose: str | None = None, grant: str | None = None, stamp: str | None = None,
+              normalized: str | None = None) -> dict:
     """The decision on one statement: recorded before the statement reaches the database.
+    ``normalized``: its audit text (:func:`normalized_text`) when the caller has it already.
     (Built as one dict literal: a record per statement, on the event loop.)"""
+    normalized = normalized or normalized_text(sql, decision)
     if decision is None:
-        normalized = normalize_bounded(sql)
         return {"v": SCHEMA_VERSION, "id": statement_id, "ts": stamp or now(), "type": "statement", **who,
                 "protocol": protocol, "sql": normalized, "fingerprint": fingerprint(normalized), "kinds": [],
                 "relations": [], "columns": [], "decision": "allow", "reason": "", "unparsed": False,
                 "rules_version": rules_version, "purpose": purpose, "grant": grant}
-    normalized = decision.normalized or normalize_bounded(sql)
     record = {"v": SCHEMA_VERSION, "id": statement_id, "ts": stamp or now(), "type": "statement", **who,
               "protocol": protocol, "sql": normalized, "fingerprint": fingerprint(normalized),
               "kinds": list(decision.kinds), "relations": list(decision.relations),
@@ -66,6 +67,20 @@ def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, r
     if decision.refused:
         record["reason_code"] = str(decision.reason_code)  # proxy.verdicts.Reason
     return record
+
+
+def normalized_text(sql: str, decision) -> str:
+    """A statement's audit text: the policy's normalised text, or :mod:`proxy.normalize`'s."""
+    return (decision.normalized if decision is not None else "") or normalize_bounded(sql)
+
+
+def repeated(who: dict, statement_id: str, same_as: str, protocol: str, stamp: str | None = None) -> dict:
+    """A statement whose decision is the one recorded earlier in the session as ``same_as``: the
+    same normalised text decided the same way under the same rules, tier, purpose and grants.
+    The record says who ran it and when; what it was and how it was decided are ``same_as``'s
+    fields (:class:`proxy.audit.executions.Expander` puts them back for the readers)."""
+    return {"v": SCHEMA_VERSION, "id": statement_id, "ts": stamp or now(), "type": "statement", **who,
+            "protocol": protocol, "same_as": same_as}
 
 
 def outcome(who: dict, statement_id: str, status: str, rows: int | None, seconds: float,

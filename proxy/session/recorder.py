@@ -17,6 +17,7 @@ from typing import Callable
 
 from .. import limits, shadowing
 from ..audit import records
+from ..audit.executions import RECORDED_AGAIN
 from ..codec import FE
 from ..verdicts import Decision
 from .commands import Command, WriteAudit
@@ -84,6 +85,7 @@ class Recorder:
         self._read_only: dict[str, tuple] = {}
         self._executions: dict = {}  # statement id -> its executions awaiting an outcome: execution record id or None
         self._execution_seq = 0
+        self._decided: dict[tuple, tuple] = {}  # a Query's text and decision -> (its full record's id, when)
 
     def who(self, tier, user: str | None, database: str | None, startup, active: bool) -> dict:
         """Who acts, as this session's records say: built once the session is active, again when
@@ -134,13 +136,20 @@ class Recorder:
     def statement(self, who: dict, kind: int, decoded, sql: str, decision, *, purpose: str | None,
                   grant: str | None, tier, decision_us: int, search_path: str | None) -> tuple[str, WriteAudit]:
         """The decision on one statement: its id and its record (strict audit: durable unless
-        refused, and ``answer_only`` when proven read-only)."""
+        refused, and ``answer_only`` when proven read-only).  A Query decided as one before it
+        in the session is recorded in the short form (:meth:`_same_as`)."""
         self.statements += 1
         statement_id = f"{self._id}-{self.statements}"
         engine = self._config.engine
-        record = records.statement(who, statement_id, sql, "extended" if kind == FE.PARSE else "simple",
-                                   decision, engine.rules.version if engine else None, purpose=purpose, grant=grant,
-                                   stamp=self._stamp())
+        rules_version = engine.rules.version if engine else None
+        protocol = "extended" if kind == FE.PARSE else "simple"
+        normalized = records.normalized_text(sql, decision)
+        same_as = self._same_as(statement_id, kind, normalized, decision, rules_version, purpose, grant, who)
+        if same_as is not None:
+            record = records.repeated(who, statement_id, same_as, protocol, stamp=self._stamp())
+        else:
+            record = records.statement(who, statement_id, sql, protocol, decision, rules_version, purpose=purpose,
+                                       grant=grant, stamp=self._stamp(), normalized=normalized)
         record["decision_us"] = decision_us
         if self.seals is not None:
             sealed = self.seals.statement(decoded.name if kind == FE.PARSE else None, statement_id, sql, decision, tier)
@@ -149,23 +158,43 @@ class Recorder:
         # strict: a statement that will reach the database waits for its record; a refusal reaches nothing
         durable = self._config.audit_strict and not (decision and decision.refused)
         # the record's text is the whole statement only up to 4,000 characters (and a prefix of a huge one)
-        whole = len(sql) <= limits.NORMALIZE_PREFIX and len(record["sql"]) < 4000
-        read_only = durable and whole and _proven_read_only(record["sql"], decision, getattr(engine, "catalog", None),
+        whole = len(sql) <= limits.NORMALIZE_PREFIX and len(normalized) < 4000
+        read_only = durable and whole and _proven_read_only(normalized, decision, getattr(engine, "catalog", None),
                                                             search_path)
         if read_only and kind == FE.PARSE and shadowing.checked_parameters(decoded.param_types, engine.catalog):
             read_only = False  # a parameter's type runs a user's check at Bind
-        self._read_only[statement_id] = (read_only, self._read_only_under(search_path))
-        if len(self._read_only) > KEPT:
-            _forget_oldest(self._read_only, KEPT)
         if durable:  # its record covers its first execution in this batch; any other gets its own
             self._uncovered[statement_id] = read_only
-        self.last_statement = (record["fingerprint"], self._now())
+            self._read_only[statement_id] = (read_only, self._read_only_under(search_path))
+            if len(self._read_only) > KEPT:
+                _forget_oldest(self._read_only, KEPT)
+        self.last_statement = (records.fingerprint(normalized), self._now())
         # each execution's outcome names the access its statement was decided under: a change of
         # access decides (and records) the statement again before it runs again
-        self._ran_under[statement_id] = (record["grant"], record["purpose"])
+        self._ran_under[statement_id] = (grant, purpose)
         if len(self._ran_under) > KEPT:
             _forget_oldest(self._ran_under, KEPT)
         return statement_id, WriteAudit(record, durable=durable, answer_only=read_only)
+
+    def _same_as(self, statement_id: str, kind: int, normalized: str, decision, rules_version: str | None,
+                 purpose: str | None, grant: str | None, who: dict) -> str | None:
+        """The id of the record of an earlier Query of this session with the same normalised text,
+        decided the same way under the same rules, tier, purpose and grants, recorded in full less
+        than :data:`RECORDED_AGAIN` seconds ago; None (and this one is recorded in full) otherwise.
+        Refusals, Parses (their executions link to them) and sealed statements are always in full."""
+        if kind != FE.QUERY or self.seals is not None or (decision is not None and decision.refused):
+            return None
+        key = (normalized, rules_version, purpose, grant, who["tier"], None if decision is None else
+               (decision.verdict, decision.reason, decision.kinds, decision.relations, decision.columns,
+                decision.unparsed))
+        now = self._now()
+        known = self._decided.get(key)
+        if known is not None and now - known[1] < RECORDED_AGAIN:
+            return known[0]
+        self._decided[key] = (statement_id, now)
+        if len(self._decided) > KEPT:
+            _forget_oldest(self._decided, KEPT)
+        return None
 
     def _read_only_under(self, search_path: str | None) -> tuple:
         """What a statement's read-only proof depends on besides its text: the server's search path
