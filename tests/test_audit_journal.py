@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from proxy.audit.journal import Journal, read_records, verify
+from proxy.audit.journal import PREALLOC, Journal, read_records, verify
 from proxy.audit.records import fingerprint
 from proxy.normalize import normalize
 from proxy.audit.tracker import StatementTracker
 
 
-def write(directory, n, max_bytes=1 << 20, stream="0"):
-    journal = Journal(directory, stream=stream, max_bytes=max_bytes)
+def write(directory, n, max_bytes=1 << 20, stream="0", prealloc=0):
+    journal = Journal(directory, stream=stream, max_bytes=max_bytes, prealloc=prealloc)
     notes = journal.open()
     journal.append(notes)
     for i in range(n):  # one append per record, as a quiet server writes them
@@ -24,9 +24,11 @@ def lines_of(directory):
     return [(path, number, line) for path, number, _, line in read_records(directory)]
 
 
-def test_chain_verifies_across_rotated_files_and_restarts(tmp_path):
-    write(tmp_path, 50, max_bytes=2000)
-    write(tmp_path, 50, max_bytes=2000)  # a restart continues the chain
+@pytest.mark.parametrize("prealloc", [0, PREALLOC])
+def test_chain_verifies_across_rotated_files_and_restarts(tmp_path, prealloc):
+    write(tmp_path, 50, max_bytes=2000, prealloc=prealloc)
+    write(tmp_path, 50, max_bytes=2000, prealloc=prealloc)  # a restart continues the chain
+    assert not any(path.read_bytes().endswith(b"\0") for path in tmp_path.glob("audit-*.jsonl"))
     result = verify(tmp_path)
     assert result.ok, result.problem
     assert result.files > 2 and result.records == 50 + 50 + 2  # two "opened" records
@@ -188,9 +190,9 @@ def test_canonical_form_is_the_standard_librarys(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the preallocated file
-def live_journal(directory, n, **options):
-    """A journal written and not closed, as a running proxy leaves it (or a kill -9)."""
-    journal = Journal(directory, **options)
+def live_journal(directory, n, prealloc=PREALLOC):
+    """A preallocated journal written and not closed, as a running proxy leaves it (or a kill -9)."""
+    journal = Journal(directory, prealloc=prealloc)
     journal.append(journal.open())
     for i in range(n):
         journal.append([{"type": "statement", "n": i, "sql": f"SELECT {i}"}])
@@ -224,7 +226,7 @@ def test_a_crash_leaves_zeros_and_a_half_record_the_next_start_cuts_and_notes(tm
         f.write(later)
     assert not verify(tmp_path).ok
     journal._file = None  # (the dead process's)
-    again = Journal(tmp_path, stream="0")
+    again = Journal(tmp_path, stream="0", prealloc=PREALLOC)
     journal._lock.close()
     notes = again.open()
     assert notes[0]["event"] == "recovered" and notes[0]["cut_bytes"] == 4096 + len(later)

@@ -6,6 +6,8 @@ import asyncio
 import os
 import signal
 
+import pytest
+
 from proxy.audit import records, writer as writer_module
 from proxy.audit.journal import read_records, verify
 from proxy.audit.writer import AuditWriter
@@ -38,9 +40,10 @@ def events(directory) -> list[str]:
     return [r["event"] for _, _, r, _ in read_records(directory) if r and r.get("event", "").startswith("test-")]
 
 
-def test_strict_records_are_synced_by_the_helper_process(tmp_path):
+@pytest.mark.parametrize("preallocate", [False, True])
+def test_strict_records_are_synced_by_the_helper_process(tmp_path, preallocate):
     async def run():
-        writer = AuditWriter(str(tmp_path), "strict")
+        writer = AuditWriter(str(tmp_path), "strict", preallocate=preallocate)
         writer.start()
         pid = writer._syncer.pid
         assert pid is not None and pid != os.getpid() and alive(pid)
@@ -58,6 +61,7 @@ def test_strict_records_are_synced_by_the_helper_process(tmp_path):
     assert synced >= 1
     assert sorted(events(tmp_path)) == sorted(f"test-{n}" for n in [*range(50), *range(100, 150)])
     assert verify(tmp_path).ok
+    assert not any(path.read_bytes().endswith(b"\0") for path in tmp_path.glob("audit-*.jsonl"))  # cut at close
     assert not alive(pid)  # the helper left with the writer
 
 

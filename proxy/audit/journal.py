@@ -6,12 +6,14 @@ inserted, removed or reordered record breaks the chain, and :func:`verify` names
 such record.  Each worker process writes its own stream (``audit-<stream>-<first seq>.jsonl``)
 so that no two writers share a chain.
 
-The file being written is preallocated: zeros are written ``PREALLOC`` bytes ahead and records
-overwrite them, so an fdatasync writes the records and flushes the disk's cache, without a
-filesystem journal commit for the file's new size (on this machine's ext4, 150 against 240 us
-at the median, and without the commits of other processes' metadata under load).  Records never
-contain a NUL byte (JSON escapes it), so the first NUL ends a file's data; the readers here
-stop there, and a file is cut to its data when the journal moves on or closes.
+With ``prealloc`` (``--audit-preallocate``) the file being written is preallocated: zeros are
+written ``PREALLOC`` bytes ahead and records overwrite them, so an fdatasync writes the records
+and flushes the disk's cache, without a filesystem journal commit for the file's new size (on
+this machine's ext4, 150 against 240 us at the median, and without waiting behind the commits
+of other processes' metadata under load).  Records never contain a NUL byte (JSON escapes it),
+so the first NUL ends a file's data; the readers here stop there, and a file is cut to its data
+when the journal moves on or closes.  A file tailer (Vector, Filebeat) cannot follow such a
+file: its size does not grow as records are written.
 
 After a crash the newest file may end in a partial line (and zeros).  :meth:`Journal.open`
 cuts it off and writes a ``journal`` record saying how many bytes were cut and their hash, so
@@ -83,7 +85,7 @@ def stream_files(directory: Path, stream: str | None = None) -> dict[str, list[P
 
 class Journal:
     def __init__(self, directory: str | Path, stream: str = "0", max_bytes: int = 64 << 20,
-                 max_age: float = 24 * 3600, prealloc: int = PREALLOC) -> None:
+                 max_age: float = 24 * 3600, prealloc: int = 0) -> None:
         self.directory = Path(directory)
         self.stream = stream
         self.max_bytes = max_bytes

@@ -28,7 +28,7 @@ from collections import deque
 from .. import logs
 from ..tasks import Tasks
 from . import records
-from .journal import Journal
+from .journal import PREALLOC, Journal
 from .syncer import Syncer
 
 log = logs.get("pgveil.audit")
@@ -38,8 +38,8 @@ HELPER_RETRY = 5.0  # seconds before a helper that went away is started again
 
 class AuditWriter:
     def __init__(self, directory: str, mode: str = "strict", stream: str = "0", interval: float = 0.2,
-                 max_bytes: int = 64 << 20, max_age: float = 24 * 3600) -> None:
-        self.journal = Journal(directory, stream, max_bytes, max_age)
+                 max_bytes: int = 64 << 20, max_age: float = 24 * 3600, preallocate: bool = False) -> None:
+        self.journal = Journal(directory, stream, max_bytes, max_age, PREALLOC if preallocate else 0)
         self.mode = mode
         self.interval = interval
         self.healthy = True
