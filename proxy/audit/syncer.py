@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import array
 import fcntl
+import os
 import socket
 import subprocess
 import sys
@@ -37,7 +38,7 @@ import termios
 # a failed writeback once per open file, so a sync sharing the file with another could answer
 # "durable" for pages whose failure the other one was told.  Without /proc the threads take
 # turns on the one descriptor.
-SYNCERS = 2
+SYNCERS = max(1, int(os.environ.get("PGVEIL_AUDIT_SYNCERS") or 2))  # (to measure: 1 is the old single sync)
 HELPER = r"""
 import os, socket, sys, threading
 sock = socket.socket(fileno=int(sys.argv[1]))
