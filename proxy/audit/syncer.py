@@ -181,7 +181,7 @@ class Syncer:
                 return False
             self._sock.send(b"S")
         except BlockingIOError:
-            if self.in_flight:
+            if self.in_flight and file is self._file:  # (a new file's descriptor must reach the helper)
                 return False
             self._asked += 1  # (a full socket nobody reads: the helper is gone)
             self._lost()
