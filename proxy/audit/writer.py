@@ -4,9 +4,10 @@ Records submitted during one turn of the event loop are chained and written toge
 loop's own thread (page-cache writes are quick, and a thread per record would cost more in
 hand-offs than the writing itself).  In strict mode ``fdatasync`` runs in a helper process
 (:mod:`proxy.audit.syncer`): each loop turn that wrote records someone waits for sends it a
-request, and a free thread of the helper syncs once for all the requests received so far, so
-a record waits for one sync, started as soon as a thread is free.  In batched mode, or while no helper runs,
-in an executor thread, where it releases the GIL.
+request (or adds its records to one the helper has not read yet), and a free thread of the
+helper syncs once for all the requests received so far, so a record waits for one sync,
+started as soon as a thread is free.  In batched mode, or while no helper runs, in an
+executor thread, where it releases the GIL.
 
 ``strict`` (the default): a record submitted with ``on_durable`` has it called once an fsync that
 started after it was written has finished; everything written while one fsync runs
