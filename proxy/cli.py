@@ -32,6 +32,10 @@ def _serve_parser(sub) -> None:
     p.add_argument("--audit-mode", choices=["strict", "batched", "off"],
                    help="strict (default): decisions on disk first; off exists only to measure the cost")
     p.add_argument("--audit-sink", action="append", help="postgresql://... or stdout (repeatable)")
+    p.add_argument("--audit-preallocate", action="store_true", default=None,
+                   help="write zeros ahead of the journal's records, so strict mode's syncs commit no new file "
+                        "size (faster); the file being written then ends in zeros: follow it with "
+                        "'pgveil audit tail' or a sink, not a file tailer")
     p.add_argument("--console", help="HOST:PORT of the admin console (psql -p PORT pgveil; tiers with 'console')")
     p.add_argument("--console-idle-timeout", type=float,
                    help="seconds a console connection may stay idle (default 900; 0: no limit)")
@@ -53,7 +57,7 @@ def cmd_serve(args) -> int:
                                             "upstream_ca", "workers", "metrics", "auth_dsn", "auth_query",
                                             "log_format", "log_level", "startup_timeout", "catalog_dsn",
                                             "catalog_refresh", "audit_dir", "audit_mode", "audit_sink", "rules_poll",
-                                            "audit_seal_key", "console", "shutdown_grace",
+                                            "audit_seal_key", "console", "shutdown_grace", "audit_preallocate",
                                             "console_idle_timeout")}
     try:
         file_values = load_config_file(args.config) if args.config else {}

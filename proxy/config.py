@@ -45,6 +45,7 @@ class Settings:
     audit_mode: str = "strict"  # strict | batched
     audit_sink: list = field(default_factory=list)  # postgresql://... or stdout, repeatable
     audit_interval: float = 0.2  # batched mode: seconds between fsyncs
+    audit_preallocate: bool = False  # zeros ahead of the records: cheaper strict syncs, no file tailers
     console: str | None = None  # HOST:PORT of the admin console (virtual database pgveil)
     console_idle_timeout: float = 900.0  # seconds a console connection may stay idle; 0: no limit
     audit_seal_key: str | None = None  # investigators' X25519 public key: values sealed to it

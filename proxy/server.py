@@ -58,7 +58,7 @@ class Proxy:
             record_id=records.new_id,
         )
         self.audit = AuditWriter(settings.audit_dir, settings.audit_mode, str(settings.worker_index),
-                                 settings.audit_interval)
+                                 settings.audit_interval, preallocate=settings.audit_preallocate)
         self.sealer = self._make_sealer()
         self.metrics_server = None
         self.metrics_seen: dict = {}

@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from proxy.audit.journal import Journal, read_records, verify
+from proxy.audit.journal import PREALLOC, Journal, read_records, verify
 from proxy.audit.records import fingerprint
 from proxy.normalize import normalize
 from proxy.audit.tracker import StatementTracker
 
 
-def write(directory, n, max_bytes=1 << 20, stream="0"):
-    journal = Journal(directory, stream=stream, max_bytes=max_bytes)
+def write(directory, n, max_bytes=1 << 20, stream="0", prealloc=0):
+    journal = Journal(directory, stream=stream, max_bytes=max_bytes, prealloc=prealloc)
     notes = journal.open()
     journal.append(notes)
     for i in range(n):  # one append per record, as a quiet server writes them
@@ -24,9 +24,11 @@ def lines_of(directory):
     return [(path, number, line) for path, number, _, line in read_records(directory)]
 
 
-def test_chain_verifies_across_rotated_files_and_restarts(tmp_path):
-    write(tmp_path, 50, max_bytes=2000)
-    write(tmp_path, 50, max_bytes=2000)  # a restart continues the chain
+@pytest.mark.parametrize("prealloc", [0, PREALLOC])
+def test_chain_verifies_across_rotated_files_and_restarts(tmp_path, prealloc):
+    write(tmp_path, 50, max_bytes=2000, prealloc=prealloc)
+    write(tmp_path, 50, max_bytes=2000, prealloc=prealloc)  # a restart continues the chain
+    assert not any(path.read_bytes().endswith(b"\0") for path in tmp_path.glob("audit-*.jsonl"))
     result = verify(tmp_path)
     assert result.ok, result.problem
     assert result.files > 2 and result.records == 50 + 50 + 2  # two "opened" records
@@ -185,3 +187,117 @@ def test_canonical_form_is_the_standard_librarys(tmp_path):
         text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         assert hashlib.sha256((prev + text).encode()).hexdigest() == record["hash"]
         prev = record["hash"]
+
+
+# ----------------------------------------------------------------------------- the preallocated file
+def live_journal(directory, n, prealloc=PREALLOC):
+    """A preallocated journal written and not closed, as a running proxy leaves it (or a kill -9)."""
+    journal = Journal(directory, prealloc=prealloc)
+    journal.append(journal.open())
+    for i in range(n):
+        journal.append([{"type": "statement", "n": i, "sql": f"SELECT {i}"}])
+    return journal
+
+
+def test_records_overwrite_zeros_written_ahead_and_a_closed_file_keeps_only_its_records(tmp_path):
+    journal = live_journal(tmp_path, 1)
+    (path,) = tmp_path.glob("audit-*.jsonl")
+    size = path.stat().st_size
+    for i in range(1, 20):
+        journal.append([{"type": "statement", "n": i, "sql": f"SELECT {i}"}])
+        assert path.stat().st_size == size  # no new size to commit: an fdatasync only writes the records
+    data = path.read_bytes()
+    assert data.rstrip(b"\0").endswith(b"\n") and len(data) - len(data.rstrip(b"\0")) > 500_000
+    assert verify(tmp_path).ok and verify(tmp_path).records == 21  # the readers stop at the zeros
+    assert [r["n"] for _, _, r, _ in read_records(tmp_path) if "n" in r] == list(range(20))
+    journal.close()
+    assert not path.read_bytes().endswith(b"\0") and verify(tmp_path).records == 21
+
+
+def test_a_crash_leaves_zeros_and_a_half_record_the_next_start_cuts_and_notes(tmp_path):
+    journal = live_journal(tmp_path, 5)
+    (path,) = tmp_path.glob("audit-*.jsonl")
+    end = journal._size
+    later = b'{"type":"statement","n":9}\n'
+    with open(path, "r+b") as f:  # a crash of the machine: part of a record, zeros, and a later page
+        f.seek(end)                 # written back before the one in between (none of it synced)
+        f.write(b'{"type":"statement","half')
+        f.seek(end + 4096)
+        f.write(later)
+    assert not verify(tmp_path).ok
+    journal._file = None  # (the dead process's)
+    again = Journal(tmp_path, stream="0", prealloc=PREALLOC)
+    journal._lock.close()
+    notes = again.open()
+    assert notes[0]["event"] == "recovered" and notes[0]["cut_bytes"] == 4096 + len(later)
+    assert not path.read_bytes().endswith(b"\0")
+    again.append(notes + [{"type": "statement", "sql": "SELECT 1"}])
+    again.close()
+    assert verify(tmp_path).ok and verify(tmp_path).records == 1 + 5 + 2 + 1
+
+
+def test_zeros_that_cannot_be_written_leave_plain_appends(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)  # (the journal writes only its zeros with pwrite)
+    journal = live_journal(tmp_path, 3)
+    (path,) = tmp_path.glob("audit-*.jsonl")
+    assert not path.read_bytes().endswith(b"\0")
+    journal.close()
+    assert verify(tmp_path).ok and verify(tmp_path).records == 4
+
+
+def test_a_sink_and_tail_follow_a_live_file_to_the_zeros(tmp_path):
+    import subprocess
+    import sys
+    import threading
+    import time
+    from proxy.audit.sinks import Shipper
+
+    journal = live_journal(tmp_path, 3, prealloc=3 << 20)  # more zeros than the reader reads at once
+    shipper = Shipper(str(tmp_path), "0", sink=type("Sink", (), {"key": "t", "name": "t"})())
+    got = []
+    reader = threading.Thread(target=lambda: got.append(shipper._read_batch()), daemon=True)
+    reader.start()
+    reader.join(5)  # (a reader that takes the zeros for more records to come never returns)
+    assert got, "the sink's reader did not stop at the zeros"
+    (lines, _, offset), = got
+    assert [json.loads(line).get("n") for line in lines] == [None, 0, 1, 2]
+    assert offset == journal._size
+    tail = subprocess.Popen([sys.executable, "-m", "proxy", "audit", "tail", str(tmp_path), "--json", "--seconds", "3"],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    journal.append([{"type": "statement", "n": 100, "sql": "SELECT 100"}])  # into the zeros
+    out, _ = tail.communicate(timeout=30)
+    assert [json.loads(line)["n"] for line in out.splitlines()] == [100]  # from the records' end, not the file's
+    journal.close()
+
+
+def test_a_write_that_fails_half_way_is_cut_off_the_preallocated_file(tmp_path):
+    import errno
+
+    journal = live_journal(tmp_path, 2)
+    real = journal._file
+
+    class HalfWritten:  # a full disk: part of the batch reaches the file, then the write fails
+        name = real.name
+
+        def write(self, data):
+            real.write(data[:len(data) // 2])
+            real.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, attr):
+            return getattr(real, attr)
+
+    journal._file = HalfWritten()
+    with pytest.raises(OSError):
+        journal.append([{"type": "statement", "n": 9, "sql": "SELECT 9"}])
+    journal.append([{"type": "statement", "n": 10, "sql": "SELECT 10"}])  # a new file, the chain intact
+    journal.close()
+    result = verify(tmp_path)
+    assert result.ok and result.records == 1 + 2 + 1, result.problem

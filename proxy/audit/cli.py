@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .executions import RECORDED_AGAIN, Expander, expand
-from .journal import read_records, stream_files, verify
+from .journal import data_end, read_records, stream_files, verify
 
 
 def add_parsers(sub) -> None:
@@ -129,7 +129,8 @@ def cmd_tail(args) -> int:
     positions: dict[Path, int] = {}
     for files in stream_files(Path(args.dir)).values():
         for path in files:
-            positions[path] = path.stat().st_size  # start at the end, like tail -f
+            with open(path, "rb") as f:
+                positions[path] = data_end(f)  # start at the end, like tail -f (zeros follow it)
     deadline = time.monotonic() + args.seconds if args.seconds else None
     try:
         while deadline is None or time.monotonic() < deadline:
@@ -142,6 +143,7 @@ def cmd_tail(args) -> int:
                     with open(path, "rb") as f:
                         f.seek(pos)
                         data = f.read(size - pos)
+                    data = data[:data.find(b"\0")] if b"\0" in data else data  # (the zeros ahead)
                     complete = data[:data.rfind(b"\n") + 1]
                     positions[path] = pos + len(complete)
                     for line in complete.splitlines():

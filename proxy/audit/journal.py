@@ -6,9 +6,18 @@ inserted, removed or reordered record breaks the chain, and :func:`verify` names
 such record.  Each worker process writes its own stream (``audit-<stream>-<first seq>.jsonl``)
 so that no two writers share a chain.
 
-After a crash the newest file may end in a partial line.  :meth:`Journal.open` cuts it off
-and writes a ``journal`` record saying how many bytes were cut and their hash, so the cut is
-itself on the record.
+With ``prealloc`` (``--audit-preallocate``) the file being written is preallocated: zeros are
+written ``PREALLOC`` bytes ahead and records overwrite them, so an fdatasync writes the records
+and flushes the disk's cache, without a filesystem journal commit for the file's new size (on
+this machine's ext4, 150 against 240 us at the median, and without waiting behind the commits
+of other processes' metadata under load).  Records never contain a NUL byte (JSON escapes it),
+so the first NUL ends a file's data; the readers here stop there, and a file is cut to its data
+when the journal moves on or closes.  A file tailer (Vector, Filebeat) cannot follow such a
+file: its size does not grow as records are written.
+
+After a crash the newest file may end in a partial line (and zeros).  :meth:`Journal.open`
+cuts it off and writes a ``journal`` record saying how many bytes were cut and their hash, so
+the cut is itself on the record.
 
 Plain file I/O, no asyncio: the writer thread in :mod:`proxy.audit.writer` calls it.
 """
@@ -30,6 +39,8 @@ from .executions import Repeats
 from .records import base
 
 GENESIS = "0" * 64
+PREALLOC = 1 << 20  # bytes of zeros written ahead of the records
+ZEROS = memoryview(bytes(1 << 20))
 FILE_RE = re.compile(r"^audit-(?P<stream>[A-Za-z0-9_]+)-(?P<seq>\d{12})\.jsonl$")
 
 
@@ -42,6 +53,23 @@ def canonical(record: dict) -> bytes:
 def record_hash(prev: str, record: dict) -> str:
     body = {k: v for k, v in record.items() if k != "hash"}
     return hashlib.sha256(prev.encode() + canonical(body)).hexdigest()
+
+
+def data_end(f, size: int | None = None) -> int:
+    """Where a journal file's data end: its first NUL byte (the preallocated rest, or what a
+    crash left unwritten), else its size.  ``f``: the file, open for reading in binary."""
+    size = f.seek(0, os.SEEK_END) if size is None else size
+    at = 0
+    while at < size:
+        f.seek(at)
+        chunk = f.read(min(1 << 20, size - at))
+        if not chunk:
+            break
+        nul = chunk.find(b"\0")
+        if nul >= 0:
+            return at + nul
+        at += len(chunk)
+    return size
 
 
 def stream_files(directory: Path, stream: str | None = None) -> dict[str, list[Path]]:
@@ -58,15 +86,18 @@ def stream_files(directory: Path, stream: str | None = None) -> dict[str, list[P
 
 class Journal:
     def __init__(self, directory: str | Path, stream: str = "0", max_bytes: int = 64 << 20,
-                 max_age: float = 24 * 3600) -> None:
+                 max_age: float = 24 * 3600, prealloc: int = 0) -> None:
         self.directory = Path(directory)
         self.stream = stream
         self.max_bytes = max_bytes
         self.max_age = max_age
+        self.prealloc = prealloc
         self.seq = 0
         self.head = GENESIS
         self._file = None
-        self._size = 0
+        self._size = 0  # where the records written end
+        self._end = 0  # the file's size: the records, then zeros
+        self._ahead = prealloc  # zeros to write ahead in this file (0: plain appends)
         self._opened_at = 0.0
         self._lock = None
         self._unsynced_error: OSError | None = None
@@ -108,9 +139,11 @@ class Journal:
 
     @staticmethod
     def _cut_partial_line(path: Path) -> tuple[int, str]:
-        """Cut off what follows the last newline (a record half-written by a crash)."""
+        """Cut off what follows the last newline before the data's end (a record half-written
+        by a crash); the zeros after it go too, unnoted."""
         with open(path, "rb+") as f:
-            size = f.seek(0, os.SEEK_END)
+            total = f.seek(0, os.SEEK_END)
+            size = data_end(f, total)
             keep, step = size, 65536
             while keep > 0:
                 start = max(0, keep - step)
@@ -121,22 +154,23 @@ class Journal:
                     keep = start + at + 1
                     break
                 keep = start
-            if keep == size:
+            if keep == total:
                 return 0, ""
             f.seek(keep)
-            dropped = f.read(size - keep)
+            dropped = f.read(total - keep).rstrip(b"\0")  # (a crash may leave zeros inside too)
             f.truncate(keep)
             f.flush()
             os.fsync(f.fileno())
+            if not dropped:
+                return 0, ""
             return len(dropped), hashlib.sha256(dropped).hexdigest()
 
     @staticmethod
     def _last_record(path: Path) -> dict | None:
         with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
+            size = data_end(f)
             f.seek(max(0, size - 65536))
-            lines = f.read().splitlines()
+            lines = f.read(size - max(0, size - 65536)).splitlines()
         for line in reversed(lines):
             try:
                 return json.loads(line)
@@ -147,12 +181,13 @@ class Journal:
     # -- writing ---------------------------------------------------------------------------------
     def _roll(self) -> None:
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            self._finish()
         path = self.directory / f"audit-{self.stream}-{self.seq + 1:012d}.jsonl"
-        self._file = open(path, "ab")
-        self._size = self._file.tell()
+        # "r+b", created if missing; not O_APPEND: records overwrite the zeros ahead of them
+        self._file = open(path, "r+b", opener=lambda name, flags: os.open(name, flags | os.O_CREAT, 0o666))
+        self._size = self._end = data_end(self._file)
+        self._file.seek(self._size)
+        self._ahead = self.prealloc
         self._opened_at = time.monotonic()
         fd = os.open(self.directory, os.O_RDONLY)  # the new file's name must survive a crash too
         try:
@@ -174,6 +209,8 @@ class Journal:
                 self._roll()
             path, size = self._file.name, self._size
             data = self._chain(records)
+            if self._size + len(data) > self._end:
+                self._extend(len(data))
             self._file.write(data)
             self._file.flush()
             self._size += len(data)
@@ -203,6 +240,32 @@ class Journal:
             out += (body[:-1], b',"hash":"', head.encode(), b'"}\n')
             self.seq, self.head = seq, head
         return b"".join(out)
+
+    def _extend(self, need: int) -> None:
+        """Write zeros past the records, room for ``need`` bytes and ``PREALLOC`` more; the next
+        fdatasync makes the new size durable, and those after it only overwrite.  If the zeros
+        cannot be written (a full disk), this file is written by plain appends from now on."""
+        if not self._ahead:
+            return
+        end, fd = self._size + need + self._ahead, self._file.fileno()
+        try:
+            at = self._end
+            while at < end:
+                at += os.pwrite(fd, ZEROS[:min(len(ZEROS), end - at)], at)
+        except OSError:
+            os.ftruncate(fd, self._end)  # (the size before; the records' end is at most that)
+            self._ahead = 0
+            return
+        self._end = end
+
+    def _finish(self) -> None:
+        """The file is done: cut to its records (the zeros after them go), and synced."""
+        self._file.flush()
+        if self._end > self._size:
+            os.ftruncate(self._file.fileno(), self._size)
+            self._end = self._size
+        os.fsync(self._file.fileno())
+        self._file.close()
 
     def _abandon(self, path: str | None, size: int) -> None:
         """Drop the open file after a failed write, cutting off what the write left behind."""
@@ -241,7 +304,7 @@ class Journal:
     def close(self) -> None:
         if self._file is not None:
             self.sync()
-            self._file.close()
+            self._finish()
             self._file = None
         if self._lock is not None:
             self._lock.close()
@@ -259,6 +322,10 @@ def read_records(directory: str | Path):
         for path in files:
             with open(path, "rb") as f:
                 for number, line in enumerate(f, start=1):
+                    if b"\0" in line:  # the data end here (see data_end)
+                        line = line[:line.index(b"\0")]
+                        if not line:
+                            break
                     try:
                         record = orjson.loads(line)
                     except ValueError:  # orjson.JSONDecodeError is one
@@ -288,6 +355,12 @@ def verify(directory: str | Path) -> Verification:
             result.files += 1
             with open(path, "rb") as f:
                 data = f.read()
+            end = data.find(b"\0")
+            if end >= 0:  # the zeros ahead of the records (see data_end)
+                if data[end:].strip(b"\0"):
+                    return _broken(result, f"{path.name}: records after zeros at byte {end} (a crash not yet "
+                                           f"recovered: the next start cuts them)")
+                data = data[:end]
             if data and not data.endswith(b"\n"):
                 return _broken(result, f"{path.name}: the file ends in a partial record (truncated)")
             for number, line in enumerate(data.splitlines(), start=1):

@@ -143,13 +143,16 @@ class Shipper:
             with open(self.directory / name, "rb") as f:
                 f.seek(offset)
                 data = f.read(chunk)
+            written = len(data) == chunk
+            if b"\0" in data:  # the file's data end there (the journal writes zeros ahead of them)
+                data, written = data[:data.index(b"\0")], False
             complete = data[:data.rfind(b"\n") + 1]
             for line in complete.splitlines(keepends=True):
                 lines.append(line)
                 offset += len(line)
                 if len(lines) >= self.batch:
                     return lines, name, offset
-            if len(data) == chunk:
+            if written:
                 continue  # more of this file
             later = files.index(name) + 1
             if len(complete) == len(data) and later < len(files):

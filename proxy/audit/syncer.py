@@ -5,9 +5,9 @@ to "told they are on disk" is what a client waits.  In an executor thread that r
 the GIL twice (to pick the work up, to hand the result back), and under load the event loop holds
 it: on two busy cores the round trip took about three times the fdatasync itself.  A helper
 process has a GIL of its own.  The worker sends it the journal's file descriptor once per file
-(SCM_RIGHTS) and then one byte per sync request; the helper answers each request, in order, once
-its fdatasync returned.  Measured with pgbench -S through a strict relay: about 1.4x the
-throughput of the thread.
+(SCM_RIGHTS) and then one byte per sync request; the helper's threads sync and answer as below.
+Measured with pgbench -S through a strict relay: about 1.4x the throughput of the thread; the
+parallel syncs below, 2.4x the waits per second of one sync at a time (bench/strict_wait.py).
 
 The helper is a few lines of plain Python, started with the worker's interpreter and no site
 packages; it exits when the worker's end of the socket closes (also when the worker is killed).
@@ -16,38 +16,67 @@ If it cannot be started or dies, :class:`Syncer` says so and the writer falls ba
 
 from __future__ import annotations
 
+import array
+import fcntl
+import os
 import socket
 import subprocess
 import sys
+import termios
 
 # One request per datagram: b"F" with a descriptor (sync this file from now on), b"S" (sync now).
-# SYNCERS threads of the helper sync in parallel (on this disk two fdatasyncs overlap): a free one
-# takes every request received so far and answers, after its fdatasync, b"K<n>": the first n
-# requests are durable (n counts from the start; every sync covers what was written before it
-# began, so a later one may answer first).  b"E<n> <text>": an fdatasync failed.  A record
-# written while syncs run waits for one sync, started as soon as a thread is free.
+# SYNCERS threads of the helper sync in parallel (on this disk two fdatasyncs overlap).  A free
+# one reads the requests (one thread reads at a time): it waits for one, takes those queued
+# behind it, and answers after its fdatasync b"K<n>": the first n requests are durable (n counts
+# from the start; every sync covers what was written before it began, so a later one may answer
+# first).  b"E<n> <text>": an fdatasync failed.  A record written while syncs run waits for one
+# sync, started as soon as a thread is free.  While every thread syncs, requests stay unread in
+# the socket, and the worker adds its records to the last one instead of sending another (a
+# send that wakes a process was a sixth of a strict worker's CPU).
 #
 # Each thread syncs through an open file of its own (reopened from /proc/self/fd): Linux reports
 # a failed writeback once per open file, so a sync sharing the file with another could answer
 # "durable" for pages whose failure the other one was told.  Without /proc the threads take
 # turns on the one descriptor.
-SYNCERS = 2
+SYNCERS = max(1, int(os.environ.get("PGVEIL_AUDIT_SYNCERS") or 2))  # (to measure: 1 is the old single sync)
 HELPER = r"""
 import os, socket, sys, threading
 sock = socket.socket(fileno=int(sys.argv[1]))
 room = socket.CMSG_LEN(4)
-state = threading.Condition()
+reading = threading.Lock()
 turns = threading.Lock()
-shared, generation, received, taken = -1, 0, 0, 0
+shared, generation, received = -1, 0, 0
+
+
+def take():
+    # wait for a request, take those queued behind it: how many were received so far
+    global shared, generation, received
+    flags = 0
+    while True:
+        try:  # (socket.recv_fds ignores its flags before Python 3.12)
+            data, extra, _, _ = sock.recvmsg(64, room, flags)
+        except BlockingIOError:
+            return received
+        except OSError:
+            os._exit(0)
+        if not data:
+            os._exit(0)
+        if data == b"F":  # (the worker synced the file it left, before it wrote to this one)
+            fds = [int.from_bytes(d[:4], sys.byteorder, signed=True) for level, kind, d in extra
+                   if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(d) >= 4]
+            if shared >= 0:
+                os.close(shared)  # (each thread syncs through a descriptor of its own)
+            shared, generation = (fds[0] if fds else -1), generation + 1
+            continue
+        received += 1
+        flags = socket.MSG_DONTWAIT
+
 
 def syncer():
-    global taken
     mine, mine_of, alone = -1, -1, True
     while True:
-        with state:
-            while received == taken:
-                state.wait()
-            upto = taken = received
+        with reading:
+            upto = take()
             if mine_of != generation:
                 if mine >= 0:
                     os.close(mine)
@@ -81,26 +110,9 @@ def answer(fd, upto):
         os._exit(0)
 
 
-for _ in range(int(sys.argv[2])):
+for _ in range(int(sys.argv[2]) - 1):
     threading.Thread(target=syncer, daemon=True).start()
-while True:
-    try:
-        data, extra, _, _ = sock.recvmsg(64, room)
-    except OSError:
-        break
-    if not data:
-        break
-    with state:
-        if data == b"F":  # (the worker synced the file it left, before it wrote to this one)
-            fds = [int.from_bytes(d[:4], sys.byteorder, signed=True) for level, kind, d in extra
-                   if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(d) >= 4]
-            if shared >= 0:
-                os.close(shared)  # (each thread syncs through a descriptor of its own)
-            shared, generation = (fds[0] if fds else -1), generation + 1
-        else:
-            received += 1
-            state.notify()
-os._exit(0)
+syncer()
 """
 
 
@@ -121,6 +133,7 @@ class Syncer:
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
         self._file = None  # the file object whose descriptor the helper holds
+        self._queued = array.array("i", [0])
         self._asked = 0  # requests sent, since the start
         self._answered = 0  # of them, answered
 
@@ -157,15 +170,18 @@ class Syncer:
 
     def request(self, file) -> bool:
         """Ask for an fdatasync of ``file`` (an open file object) covering everything written so
-        far.  False: not asked, as the socket is full of requests the helper has not read yet;
-        the fdatasync that takes them starts after now, so it covers what was written too."""
+        far.  False: not asked, as requests sent before are still unread in the socket (or it
+        is full of them); the fdatasync that takes them starts after now, so it covers what was
+        written too: the caller adds what waits to the last request."""
         try:
             if file is not self._file:
                 socket.send_fds(self._sock, [b"F"], [file.fileno()])
                 self._file = file
+            elif self._asked > self._answered and self._unread():
+                return False
             self._sock.send(b"S")
         except BlockingIOError:
-            if self.in_flight:
+            if self.in_flight and file is self._file:  # (a new file's descriptor must reach the helper)
                 return False
             self._asked += 1  # (a full socket nobody reads: the helper is gone)
             self._lost()
@@ -176,6 +192,11 @@ class Syncer:
             return True
         self._asked += 1
         return True
+
+    def _unread(self) -> bool:
+        """Requests sent are still in the socket, unread by the helper (its threads all sync)."""
+        fcntl.ioctl(self._sock.fileno(), termios.TIOCOUTQ, self._queued, True)  # (SIOCOUTQ)
+        return self._queued[0] > 0
 
     def _readable(self) -> None:
         """Read one answer (another one waiting, or the helper's end closing, makes the socket

@@ -4,9 +4,10 @@ Records submitted during one turn of the event loop are chained and written toge
 loop's own thread (page-cache writes are quick, and a thread per record would cost more in
 hand-offs than the writing itself).  In strict mode ``fdatasync`` runs in a helper process
 (:mod:`proxy.audit.syncer`): each loop turn that wrote records someone waits for sends it a
-request, and a free thread of the helper syncs once for all the requests received so far, so
-a record waits for one sync, started as soon as a thread is free.  In batched mode, or while no helper runs,
-in an executor thread, where it releases the GIL.
+request (or adds its records to one the helper has not read yet), and a free thread of the
+helper syncs once for all the requests received so far, so a record waits for one sync,
+started as soon as a thread is free.  In batched mode, or while no helper runs, in an
+executor thread, where it releases the GIL.
 
 ``strict`` (the default): a record submitted with ``on_durable`` has it called once an fsync that
 started after it was written has finished; everything written while one fsync runs
@@ -28,7 +29,7 @@ from collections import deque
 from .. import logs
 from ..tasks import Tasks
 from . import records
-from .journal import Journal
+from .journal import PREALLOC, Journal
 from .syncer import Syncer
 
 log = logs.get("pgveil.audit")
@@ -38,8 +39,8 @@ HELPER_RETRY = 5.0  # seconds before a helper that went away is started again
 
 class AuditWriter:
     def __init__(self, directory: str, mode: str = "strict", stream: str = "0", interval: float = 0.2,
-                 max_bytes: int = 64 << 20, max_age: float = 24 * 3600) -> None:
-        self.journal = Journal(directory, stream, max_bytes, max_age)
+                 max_bytes: int = 64 << 20, max_age: float = 24 * 3600, preallocate: bool = False) -> None:
+        self.journal = Journal(directory, stream, max_bytes, max_age, PREALLOC if preallocate else 0)
         self.mode = mode
         self.interval = interval
         self.healthy = True
