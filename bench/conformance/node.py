@@ -52,19 +52,28 @@ class NodePostgresSuite:
         subprocess.run(["tar", "x", "-C", str(src)], input=archive, check=True)
         npm = ["npm", "install", "--no-audit", "--no-fund", "--no-package-lock", "--ignore-scripts"]
         sh([*npm, "--omit=dev"], cwd=self.package, log=self.log)
-        sh([*npm, "--omit=dev", "--no-save", *TEST_DEPENDENCIES], cwd=self.package, log=self.log)
+        # the test dependencies one folder up (src/node_modules, found by node's lookup): in the
+        # package itself npm leaves them out with its other development dependencies (--omit=dev)
+        sh([*npm, "--no-save", *TEST_DEPENDENCIES], cwd=src, log=self.log)
         stamp.write_text("")
 
     def files(self) -> list[Path]:
         return sorted((self.package / "test" / "integration").rglob("*-tests.js"))
 
-    def run(self, target: Target, label: str, deadline: float) -> Run:
+    def rerun(self, target: Target, label: str, names: list[str], deadline: float) -> Run:
+        """The files of the tests ``names`` again (a file is the smallest unit its helper runs)."""
+        files = {name.split("::")[0] for name in names}
+        root = self.package / "test" / "integration"
+        return self.run(target, label, deadline, [path for path in self.files()
+                                                  if str(path.relative_to(root)) in files])
+
+    def run(self, target: Target, label: str, deadline: float, files: list[Path] | None = None) -> Run:
         env = dict(os.environ, **target.env())
         run = Run()
         started = time.monotonic()
         log = open(self.work / f"run-{label}.log", "w")
         try:
-            for path in self.files():
+            for path in self.files() if files is None else files:
                 if time.monotonic() > deadline:
                     run.note = "stopped at the run's time limit"
                     break
