@@ -5,7 +5,8 @@ the result is the median per configuration and its ratio to direct (and to PgBou
 machines are shared and noisy, so ratios are the result, not absolute numbers.
 
 - pgbench ``-S`` and the default TPC-B-like script, ``-M simple/extended/prepared``: direct,
-  PgBouncer (session mode), pgveil as a relay (audit strict, batched, off), pgveil with an
+  PgBouncer (session mode), the Python floor (bench/floor.py: a bare uvloop byte pump), pgveil
+  as a relay (audit strict, batched, off), pgveil with an
   all-clear tier and with a masking tier (pgbench_accounts.filler protected), each with strict
   auditing (the default) and with batched auditing (the policy's cost without strict's wait);
 - streaming: a 1,000,000-row SELECT and a COPY TO STDOUT of it, direct vs pgveil;
@@ -75,6 +76,16 @@ class Bouncer:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)
+
+
+def start_floor(cluster: Cluster, workers: int) -> Bouncer:
+    """bench/floor.py: the cheapest Python proxy (a uvloop byte pump), the runtime's own cost."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor.py"), "--listen", f"127.0.0.1:{port}",
+                             "--upstream", f"127.0.0.1:{cluster.port}", "--workers", str(workers)])
+    from conftest import wait_port
+    wait_port(port, proc=proc)
+    return Bouncer(proc, port)
 
 
 def start_pgbouncer(cluster: Cluster, directory: Path):
@@ -296,9 +307,10 @@ def main() -> int:
     parser.add_argument("--modes", default="simple,extended,prepared")
     parser.add_argument("--scripts", default="select,tpcb", help="select (-S) and/or tpcb (the default script)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--configs", default="pgbouncer,relay,audit,all-clear,masking,all-clear-batched,masking-batched",
-                        help="what runs beside direct: pgbouncer, relay, audit, all-clear, masking, "
-                             "all-clear-batched, masking-batched")
+    parser.add_argument("--configs",
+                        default="pgbouncer,floor,relay,audit,all-clear,masking,all-clear-batched,masking-batched",
+                        help="what runs beside direct: pgbouncer, floor (bench/floor.py, a bare Python byte pump), "
+                             "relay, audit, all-clear, masking, all-clear-batched, masking-batched")
     parser.add_argument("--sections", default="pgbench,streaming,decision,memory,stall,barrier")
     parser.add_argument("--flood", type=int, default=3000, help="distinct 64 KB statements for the stall section")
     parser.add_argument("--sessions", type=int, default=SESSIONS, help="idle sessions for the memory section")
@@ -344,6 +356,8 @@ def main() -> int:
                     proxies[f"pgveil {tier} tier"] = tier_proxy(tier, *common)
                 if f"{tier}-batched" in wanted:  # the policy's cost without strict auditing's wait
                     proxies[f"pgveil {tier} tier, audit batched"] = tier_proxy(tier, *common, "--audit-mode", "batched")
+            if "floor" in wanted:
+                proxies["python floor (uvloop byte pump)"] = start_floor(cluster, args.workers)
             configs = {"direct": cluster.port, **{name: p.port for name, p in proxies.items()}}
             if "pgbouncer" in wanted:
                 bouncer = start_pgbouncer(cluster, rules_dir)

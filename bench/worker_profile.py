@@ -67,10 +67,11 @@ def short(frame: str) -> str:
 
 
 def profile_one(cluster, port: int, pid: int, mode: str, script: str, seconds: int, clients: int, out: Path,
-                native: bool = False) -> dict:
+                native: bool = False, sample: bool = True) -> dict:
     extra = ("-S",) if script == "select" else ()
     pgbench(cluster, port, *extra, "-M", mode, "-c", str(clients), "-j", "2", "-T", "1")  # warm: caches, plans
-    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "250",
+    out.write_text("")
+    spy = None if not sample else subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "250",
                             *(["--native"] if native else ["--nonblocking"]),  # native stacks need a pause
                             "-f", "raw", "-o", str(out), "--pid", str(pid), "-d", str(seconds + 1)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -80,13 +81,27 @@ def profile_one(cluster, port: int, pid: int, mode: str, script: str, seconds: i
     tps = pgbench(cluster, port, *extra, "-M", mode, "-c", str(clients), "-j", "2", "-T", str(seconds))
     wall = time.perf_counter() - started
     used = cpu_seconds(pid) - cpu
-    spy.wait(30)
+    if spy is not None:
+        spy.wait(30)
     return {"tps": tps, "cpu_us_per_tx": used / (tps * wall) * 1e6 if tps else 0.0, "cpu_share": used / wall}
+
+
+def start_reference(cluster, name: str, directory: Path):
+    """PgBouncer (session mode) or the Python floor, in one process, for their CPU per transaction."""
+    from run import start_floor, start_pgbouncer
+    if name == "floor":
+        return start_floor(cluster, 1)
+    bouncer = start_pgbouncer(cluster, directory)
+    if bouncer is None:
+        raise SystemExit("pgbouncer is not available")
+    return bouncer
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="masking:strict,masking:batched,relay:off")
+    parser.add_argument("--configs", default="masking:strict,masking:batched,relay:off",
+                        help="tier:audit, comma-separated; also 'floor' (bench/floor.py, one process: the "
+                             "Python floor) and 'pgbouncer' (its CPU only, not sampled)")
     parser.add_argument("--modes", default="simple,extended,prepared")
     parser.add_argument("--script", default="select")
     parser.add_argument("--seconds", type=int, default=8)
@@ -108,20 +123,23 @@ def main() -> int:
                        env=dict(os.environ, PGPASSWORD=PASSWORD), check=True, capture_output=True)
         for config in args.configs.split(","):
             tier, _, audit = config.partition(":")
-            extra = ["--upstream-sslmode", "disable", "--log-level", "warning", "--workers", "1",
-                     "--audit-mode", audit or "strict"]
-            if tier != "relay":
-                path = rules_dir / f"{tier}.yaml"
-                path.write_text(BENCH_RULES.format(tier=tier))
-                extra += ["--rules", str(path), "--catalog-dsn", cluster.dsn(database="bench")]
-            proxy = start_proxy(cluster.port, *extra)
+            proxy = start_reference(cluster, tier, rules_dir) if tier in ("floor", "pgbouncer") else None
+            if proxy is None:
+                extra = ["--upstream-sslmode", "disable", "--log-level", "warning", "--workers", "1",
+                         "--audit-mode", audit or "strict"]
+                if tier != "relay":
+                    path = rules_dir / f"{tier}.yaml"
+                    path.write_text(BENCH_RULES.format(tier=tier))
+                    extra += ["--rules", str(path), "--catalog-dsn", cluster.dsn(database="bench")]
+                proxy = start_proxy(cluster.port, *extra)
             try:
                 for mode in args.modes.split(","):
                     stacks = out / f"{tier}-{audit}-{args.script}-{mode}.txt"
                     got = profile_one(cluster, proxy.port, proxy.proc.pid, mode, args.script, args.seconds,
-                                      args.clients, stacks, args.native)
+                                      args.clients, stacks, args.native, sample=tier != "pgbouncer")
                     own, inclusive, total = read_stacks(stacks)
-                    print(f"\n== {tier} tier, audit {audit}, pgbench {args.script} -M {mode}: {got['tps']:.0f} TPS, "
+                    what = tier if tier in ("floor", "pgbouncer") else f"{tier} tier, audit {audit}"
+                    print(f"\n== {what}, pgbench {args.script} -M {mode}: {got['tps']:.0f} TPS, "
                           f"worker {got['cpu_us_per_tx']:.0f} us CPU per transaction "
                           f"({got['cpu_share'] * 100:.0f}% of a core), {total} samples", flush=True)
                     print(f"   {'self %':>7s}  function{'':44s}{'incl %':>7s}  function")

@@ -12,7 +12,7 @@ Column(name='phone', type='text', attnum=2)
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Relation:
     columns: tuple
     parents: tuple = ()  # inheritance / partition parents (oids)
     sources: dict = field(default_factory=dict)  # view column name -> ((base oid, attnum), ...)
+    row_security: bool = False  # row-level security enabled: its policies' expressions run on every read
 
     @property
     def qualified(self) -> str:
@@ -54,10 +55,14 @@ class Catalog:
         self.functions = functions  # names of functions in pg_catalog
         self.memberships = memberships or {}  # role -> roles it is a member of, transitively
         self.pinned: dict = {}  # (oid, attnum) -> class of a column renamed since the rules named it
+        self.children: dict[int, list[int]] = {}  # inheritance / partition children (oids)
+        for r in relations:
+            for parent in r.parents:
+                self.children.setdefault(parent, []).append(r.oid)
         digest = hashlib.sha256()
         for r in sorted(relations, key=lambda r: r.oid):
             digest.update(repr((r.oid, r.schema, r.name, r.kind, r.columns, r.parents,
-                                sorted(r.sources.items()))).encode())
+                                sorted(r.sources.items()), r.row_security)).encode())
         digest.update(repr([sorted(names) for names in (self.user_functions, self.user_operators,
                                                          self.user_types)]).encode())
         self.version = digest.hexdigest()[:12]
@@ -89,6 +94,19 @@ class Catalog:
             parent = self.by_oid[oid]
             out.append(parent)
             todo.extend(parent.parents)
+        return out
+
+    def descendants(self, rel: Relation) -> list[Relation]:
+        """Children, grandchildren, ... of an inheritance parent or partitioned table: a read of
+        the parent reads them too."""
+        seen, out, todo = set(), [], list(self.children.get(rel.oid, ()))
+        while todo:
+            oid = todo.pop()
+            if oid in seen or oid not in self.by_oid:
+                continue
+            seen.add(oid)
+            out.append(self.by_oid[oid])
+            todo.extend(self.children.get(oid, ()))
         return out
 
     def column_names(self) -> list[str]:
@@ -132,7 +150,7 @@ class Catalog:
 
 # ----------------------------------------------------------------------------- loading
 RELATIONS_SQL = """
-SELECT c.oid, n.nspname, c.relname, c.relkind,
+SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relrowsecurity,
        coalesce(array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum > 0), '{}') AS names,
        coalesce(array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
                 FILTER (WHERE a.attnum > 0), '{}') AS types,
@@ -142,7 +160,7 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
-GROUP BY c.oid, n.nspname, c.relname, c.relkind
+GROUP BY c.oid, n.nspname, c.relname, c.relkind, c.relrowsecurity
 """
 INHERITS_SQL = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits"
 VIEW_DEPS_SQL = """
@@ -238,15 +256,16 @@ async def load_catalog(conn) -> Catalog:
     for rel, attnum, source in await conn.fetch(GENERATED_DEPS_SQL):
         generated.setdefault(rel, {}).setdefault(attnum, []).append((rel, source))
     relations = []
-    for oid, schema, name, kind, names, types, nums in rows:
+    for oid, schema, name, kind, row_security, names, types, nums in rows:
         columns = tuple(Column(n, t, a) for n, t, a in zip(names, types, nums))
         derived = {c.name: tuple(generated[oid][c.attnum]) for c in columns if c.attnum in generated.get(oid, {})}
-        relations.append(Relation(oid, schema, name, kind, columns, tuple(parents.get(oid, ())), derived))
+        relations.append(Relation(oid, schema, name, kind, columns, tuple(parents.get(oid, ())), derived,
+                                  row_security))
     by_name = {(r.schema, r.name): r for r in relations}
     for i, rel in enumerate(relations):
         if rel.oid in defs:
             sources = view_column_sources(defs[rel.oid], by_name, deps.get(rel.oid, []), rel.columns)
-            relations[i] = Relation(rel.oid, rel.schema, rel.name, rel.kind, rel.columns, rel.parents, sources)
+            relations[i] = replace(rel, sources=sources)
     functions = frozenset(r[0] for r in await conn.fetch(FUNCTIONS_SQL))
     direct: dict[str, set[str]] = {}
     for member, role in await conn.fetch(MEMBERS_SQL):

@@ -270,7 +270,7 @@ def test_a_name_with_non_ascii_letters_is_not_read_as_the_known_name_it_ends_wit
     from proxy.catalog import Catalog
     catalog = Catalog.from_spec({"public.customers": {"id": "integer", "id_number": "text"}})
     engine = Engine(load_rules(RULES_TEXT), catalog)
-    for sql in ("SELECT \u00f1lower('x')", "SELECT lower\u00f1('x')", "SELECT count(*) FROM customers WHERE id = 1"):
+    for sql in ("SELECT \u00f1lower('x')", "SELECT lower\u00f1('x')", "SELECT lower('x')"):
         decision = engine.decide(sql, engine.rules.tier("dba"), ("public",), "a", None)
         proven = proven_read_only(decision.normalized or normalize(sql), decision, catalog, None)
         assert proven == sql.isascii(), sql

@@ -9,6 +9,10 @@ once its record is durable.  So "proven" is meant narrowly, and anything in doub
 - it is one statement starting with SELECT, WITH, VALUES, TABLE or SHOW;
 - no word that writes, locks or runs something else appears in it (INSERT, UPDATE, DELETE,
   MERGE, INTO, COPY, SHARE as in FOR SHARE, ANALYZE as in EXPLAIN ANALYZE, ...);
+- every relation it reads is a table, partitioned table or materialized view, without
+  row-level security, and so is every inheritance child or partition of it; a decision that
+  names no relations (an all-clear tier's, whose text is not analysed) is proven only for a
+  statement that reads none (``SELECT 1``, ``SHOW ...``);
 - every function it calls is one known not to write (aggregates, string and number functions,
   the mask expressions pgveil itself writes): ``nextval``, ``set_config``, ``pg_advisory_lock``,
   ``dblink`` or a user's function that writes are not.
@@ -68,6 +72,7 @@ CAST_TYPES = frozenset({
     "money", "bpchar", "regclass", "pg_catalog",
 })
 TABLE_KINDS = frozenset("rpm")  # tables, partitioned tables, materialized views (not views, not foreign tables)
+# (nor a table with row-level security, nor a parent with a child that is not one of these)
 
 
 def proven_read_only(normalized: str, decision, catalog, search_path: str | None) -> bool:
@@ -88,7 +93,15 @@ def proven_read_only(normalized: str, decision, catalog, search_path: str | None
         tokens.pop()
     if not tokens or tokens[0].lower() not in FIRST_WORDS or ";" in tokens:
         return False
+    if not decision.relations and _names_a_relation(tokens):
+        return False  # an all-clear tier's decision names no relations: the ones it reads are unknown
     return _words_read_only(tokens)
+
+
+def _names_a_relation(tokens: list[str]) -> bool:
+    """Could the statement read a relation?  Any FROM or JOIN (also ``extract(x FROM y)``: in
+    doubt) or a TABLE statement."""
+    return tokens[0].lower() == "table" or any(t.lower() in ("from", "join") for t in tokens)
 
 
 def _words_read_only(tokens: list[str]) -> bool:
@@ -118,8 +131,13 @@ def _tables_only(relations, catalog) -> bool:
     for qualified in relations:
         schema, _, name = qualified.partition(".")
         relation = catalog.by_name.get((schema, name))
-        if relation is None or relation.kind not in TABLE_KINDS:
+        if relation is None:
             return False
+        # a read of a parent reads its children (a foreign one may run a program); a row-level
+        # security policy's expression may call any function, on every row
+        for read in (relation, *catalog.descendants(relation)):
+            if read.kind not in TABLE_KINDS or read.row_security:
+                return False
     return True
 
 
