@@ -7,15 +7,19 @@ statement kind allowed: the tier for which pgveil must be invisible), with stric
 pgveil's default.  Each suite then runs twice, direct and through pgveil, and the table shows
 the counts and every test that passes only direct, with the first line of its error.
 
-    python bench/conformance/run.py [--suites asyncpg,psycopg,sqlalchemy,node-postgres,jdbc]
+    python bench/conformance/run.py [--suites asyncpg,psycopg,sqlalchemy,node-postgres,jdbc,sqlsmith]
                                     [--test-timeout 60] [--time-limit 4200] [--work .conformance]
                                     [--asyncpg 0.32.0] [--psycopg 3.3.4 --psycopg-source GIT]
                                     [--sqlalchemy 2.1.9] [--node-postgres pg@8.23.0 --node-postgres-source GIT]
-                                    [--jdbc debian]
+                                    [--jdbc debian] [--sqlsmith-queries 1000 --sqlsmith-seed 20261203]
 
 pgjdbc's own suite is not run: its Gradle build fetches from Maven Central, which this
 workplace cannot reach; bench/conformance/JdbcCheck.java, run with Debian's pgjdbc, covers the
 JDBC paths instead (prepared and batched statements, metadata, COPY, cancel, notifications).
+
+sqlsmith (Debian's) runs last, with a cluster of its own holding the sample CRM
+(bench/conformance/smith.py): random SQL with one seed, direct, through pgveil's all-clear
+tier and direct again, and its row compares the error histograms.
 
 Writes bench/results/conformance.json and prints the table (markdown).  Everything it started
 (PostgreSQL, pgveil, the suites' processes) is stopped when it ends, whatever the ending.
@@ -39,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxy.pgcluster import Cluster, embedded_bin_dir  # noqa: E402
 from jdbc import JdbcSuite  # noqa: E402
 from relay import PlainRelay  # noqa: E402
+from smith import SqlsmithCheck  # noqa: E402
 from node import NodePostgresSuite  # noqa: E402
 from suites import AsyncpgSuite, PsycopgSuite, Run, SqlalchemySuite, Target  # noqa: E402
 from tests.conftest import start_proxy  # noqa: E402
@@ -78,6 +83,7 @@ def make_suites(args, work: Path) -> dict:
     factories["node-postgres"] = lambda: NodePostgresSuite(work, args.node_postgres, args.test_timeout,
                                                            args.node_postgres_source)
     factories["jdbc"] = lambda: JdbcSuite(work, args.jdbc, args.test_timeout)
+    factories["sqlsmith"] = lambda: SqlsmithCheck(args.sqlsmith_queries, args.sqlsmith_seed)
     unknown = set(args.suites) - set(factories)
     if unknown:
         raise SystemExit(f"unknown suites: {', '.join(sorted(unknown))} (known: {', '.join(factories)})")
@@ -120,8 +126,11 @@ def table(rows: list[dict]) -> str:
     lines = ["| suite | direct passed / failed | through pgveil passed / failed | passes only direct |",
              "| --- | ---: | ---: | --- |"]
     for row in rows:
-        only = "; ".join(f"`{name.split('::')[-1]}` ({why}){rerun_note(row, name)}"
+        only = "; ".join(f"`{name if 'sqlsmith' in row else name.split('::')[-1]}` ({why}){rerun_note(row, name)}"
                          for name, why in row["only_direct"]) or "none"
+        if "sqlsmith" in row:  # (its rows are error histogram entries, beside what differs by itself)
+            only += f"; direct against direct again: {row['sqlsmith']['noise']} errors differ"
+        only = only.replace("|", "\\|")
         lines.append(f"| {row['suite']} {row['version']} | {row['direct']['passed']} / {row['direct']['failed']} | "
                      f"{row['pgveil']['passed']} / {row['pgveil']['failed']} | {only} |")
     return "\n".join(lines)
@@ -142,7 +151,7 @@ def summary(run: Run) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suites", default="asyncpg,psycopg,sqlalchemy,node-postgres,jdbc",
+    parser.add_argument("--suites", default="asyncpg,psycopg,sqlalchemy,node-postgres,jdbc,sqlsmith",
                         type=lambda s: [x for x in s.split(",") if x])
     parser.add_argument("--test-timeout", type=int, default=60, help="seconds for one test")
     parser.add_argument("--time-limit", type=float, default=4200, help="seconds for the whole run")
@@ -157,6 +166,8 @@ def main() -> int:
     parser.add_argument("--node-postgres", default="pg@8.23.0", help="a tag of the node-postgres repository")
     parser.add_argument("--node-postgres-source", default="https://github.com/brianc/node-postgres.git")
     parser.add_argument("--jdbc", default="debian", help="pgjdbc jar (debian: libpostgresql-jdbc-java's)")
+    parser.add_argument("--sqlsmith-queries", type=int, default=1000)
+    parser.add_argument("--sqlsmith-seed", type=int, default=20261203)
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "conformance.json")
     args = parser.parse_args()
     # SIGTERM and SIGHUP end the run as Ctrl-C does: what it started is stopped on the way out
@@ -166,6 +177,10 @@ def main() -> int:
     deadline = started + args.time_limit
     args.work.mkdir(parents=True, exist_ok=True)
     suites = make_suites(args, args.work.resolve())
+    smith = suites.pop("sqlsmith", None)  # its own cluster, with the sample CRM: after the others
+    if smith is not None:
+        print("preparing sqlsmith ...", flush=True)
+        smith.prepare()
     for name, suite in suites.items():
         print(f"preparing {name} {suite.version} ...", flush=True)
         suite.prepare()
@@ -211,6 +226,8 @@ def main() -> int:
         cluster.destroy()
         if rules is not None:
             rules.unlink(missing_ok=True)
+    if smith is not None and time.monotonic() < deadline:
+        rows.append(smith.row(deadline))
     elapsed = time.monotonic() - started
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "seconds": round(elapsed),
               "tier": "all_clear (rules: every user, every class clear, every statement kind), audit strict",
