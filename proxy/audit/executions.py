@@ -74,7 +74,9 @@ class Repeats:
         same_as = record.get("same_as")
         known = self._decisions.setdefault(session, {})
         if same_as is None:
-            if record.get("protocol") == "simple":
+            # only what a short record may name (proxy/session/recorder.py _same_as): a refusal or a
+            # sealed statement never is, and must not push one out of the window
+            if record.get("protocol") == "simple" and record.get("decision") != "refuse" and "sealed" not in record:
                 known[record["id"]] = record
                 if len(known) > DECISIONS_KEPT:
                     for key in list(islice(known, DECISIONS_KEPT // 4)):
