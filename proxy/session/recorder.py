@@ -145,7 +145,7 @@ class Recorder:
         normalized = records.normalized_text(sql, decision)
         same_as = self._same_as(statement_id, kind, normalized, decision, rules_version, purpose, grant, who)
         if same_as is not None:
-            record = records.repeated(who, statement_id, same_as, protocol, stamp=self._stamp())
+            record = records.repeated(who, statement_id, same_as, protocol, decision, stamp=self._stamp())
         else:
             record = records.statement(who, statement_id, sql, protocol, decision, rules_version, purpose=purpose,
                                        grant=grant, stamp=self._stamp(), normalized=normalized)
