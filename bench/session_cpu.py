@@ -40,7 +40,8 @@ from proxy.audit.writer import AuditWriter  # noqa: E402
 from proxy.catalog import Catalog  # noqa: E402
 from proxy.policy import Engine  # noqa: E402
 from proxy.rules import load_rules  # noqa: E402
-from proxy.session import AuditDurable, ClientData, ServerData, Session, SessionConfig, UpstreamConnected, WriteAudit  # noqa: E402
+from proxy.session import (AuditDurable, ClientData, ServerData, Session, SessionConfig,  # noqa: E402
+                           UpstreamConnected, WriteAudit)
 
 RULES = """
 version: 1

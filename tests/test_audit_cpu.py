@@ -111,6 +111,17 @@ def test_a_remembered_proof_answers_as_the_proof_itself():
                 proven_read_only(normalized, decision, catalog, None), (tier, sql)
 
 
+def test_a_question_mark_in_a_literal_is_not_proven_after_the_same_shape_without_one(monkeypatch):
+    monkeypatch.setattr(recorder_module, "_PROOFS", {})
+    catalog = readonly_fixture.CATALOG
+    plain, marked = _decision("SELECT id FROM customers WHERE id_number = 'x'"), \
+        _decision("SELECT id FROM customers WHERE id_number = 'why?'")
+    assert plain.normalized == marked.normalized
+    assert _proven_read_only(plain.normalized, plain, catalog, None) is True
+    assert _proven_read_only(marked.normalized, marked, catalog, None) is False
+    assert proven_read_only(marked.normalized, marked, catalog, None) is False
+
+
 def test_the_worker_remembers_a_bounded_number_of_proofs(monkeypatch):
     monkeypatch.setattr(recorder_module, "_PROOFS", {})
     decision = _decision("SELECT id_number FROM customers WHERE id = 1")

@@ -46,6 +46,7 @@ def test_a_repeated_query_is_recorded_in_short_and_read_back_in_full():
     assert "sql" in full and "same_as" not in full
     assert [r.get("same_as") for r in short] == [full["id"]] * 2
     assert all("sql" not in r and "columns" not in r for r in short)  # the short form: who, when, same_as
+    assert all(r["decision"] == "rewrite" == full["decision"] for r in short)  # (the sink's decision column)
     assert all(r["user"] == "sales_li" and r["session"] == full["session"] and r["ts"] for r in short)
     read = statements(list(expand(written)))
     assert [r["id"] for r in read] == [r["id"] for r in statements(written)]

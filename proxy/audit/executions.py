@@ -22,11 +22,11 @@ the session's fields) and its ``outcome``.  The compact form a session may write
 
 A simple Query decided as one before it in the session (the same normalised text, rules, tier,
 purpose, grants and decision) is recorded in short, written today: a ``statement`` record with
-who ran it, when, its ``decision_us`` and ``same_as``, the id of the full record it repeats (in
+who ran it, when, its verdict, ``decision_us`` and ``same_as``, the id of the full record it repeats (in
 full again at least once a minute, see proxy/session/recorder.py)::
 
       {"type": "statement", "id": "<session>-7", "session": "<session>", "user": ..., ...,
-       "protocol": "simple", "same_as": "<session>-3", "decision_us": 2}
+       "protocol": "simple", "same_as": "<session>-3", "decision": "rewrite", "decision_us": 2}
 
 Its outcome points at its own id, as any statement's.
 
@@ -57,7 +57,8 @@ OWN_FIELDS = frozenset(("id", "ts", "seq", "stream", "prev", "hash", "decision_u
 # a repeated Query's decision is written in full again after this many seconds (proxy/session/recorder.py),
 # so that a journal read from any point (a sink's rows from --since, files rotated away) finds it near
 RECORDED_AGAIN = 60.0
-DECISIONS_KEPT = 16384  # full Query records kept per open session (the recorder: 4,096 shapes, each in full once a minute)
+# full Query records kept per open session (the recorder: 4,096 shapes, each in full once a minute)
+DECISIONS_KEPT = 16384
 
 
 class Repeats:

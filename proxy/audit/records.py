@@ -74,13 +74,14 @@ def normalized_text(sql: str, decision) -> str:
     return (decision.normalized if decision is not None else "") or normalize_bounded(sql)
 
 
-def repeated(who: dict, statement_id: str, same_as: str, protocol: str, stamp: str | None = None) -> dict:
+def repeated(who: dict, statement_id: str, same_as: str, protocol: str, decision, stamp: str | None = None) -> dict:
     """A statement whose decision is the one recorded earlier in the session as ``same_as``: the
     same normalised text decided the same way under the same rules, tier, purpose and grants.
-    The record says who ran it and when; what it was and how it was decided are ``same_as``'s
-    fields (:class:`proxy.audit.executions.Expander` puts them back for the readers)."""
+    The record says who ran it, when, and the verdict (the sink's ``decision`` column); what it
+    was and how it was decided are ``same_as``'s fields (:class:`proxy.audit.executions.Repeats`
+    puts them back for the readers)."""
     return {"v": SCHEMA_VERSION, "id": statement_id, "ts": stamp or now(), "type": "statement", **who,
-            "protocol": protocol, "same_as": same_as}
+            "protocol": protocol, "same_as": same_as, "decision": decision.verdict if decision is not None else "allow"}
 
 
 def outcome(who: dict, statement_id: str, status: str, rows: int | None, seconds: float,

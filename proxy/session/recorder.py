@@ -46,11 +46,14 @@ def _proven_read_only(normalized: str, decision, catalog, search_path: str | Non
     statement (and, when the catalog has functions, operators or types of its users, the
     decision's text again with sqlglot), 5-10 us per statement.  The key is everything the
     proof reads but the literals' values: the normalised text (literals as ``?``), the decision's
-    verdict, kinds, relations and unparsed flag, the search path and the catalog.  The values
-    cannot change the answer: the proof's words and operators are read from the normalised text,
-    and the one reading of the decision's text (:func:`proxy.shadowing.users_objects`) skips
-    string and number tokens; a rewritten text differs from another of the same shape and
-    decision only in them."""
+    verdict, kinds, relations and unparsed flag, the search path, the catalog's version (a digest
+    of its relations' kinds, children, row security, and its users' functions, operators, types
+    and casts) and whether the decision's text holds a ``?`` (the proof refuses one anywhere, a
+    string's too).  The values cannot change the answer otherwise: the proof's words and
+    operators are read from the normalised text, and its reading of the decision's text by names
+    (:func:`proxy.shadowing.users_objects`) skips string and number tokens; a rewritten text
+    differs from another of the same shape and decision only in them.  (What the proof reads of
+    a statement belongs in the key: a change to proven_read_only must be reflected here.)"""
     if decision is None or decision.refused:
         return False
     version = getattr(catalog, "version", None)  # a digest of what the proof reads of the catalog
@@ -146,7 +149,7 @@ class Recorder:
         normalized = records.normalized_text(sql, decision)
         same_as = self._same_as(statement_id, kind, normalized, decision, rules_version, purpose, grant, who)
         if same_as is not None:
-            record = records.repeated(who, statement_id, same_as, protocol, stamp=self._stamp())
+            record = records.repeated(who, statement_id, same_as, protocol, decision, stamp=self._stamp())
         else:
             record = records.statement(who, statement_id, sql, protocol, decision, rules_version, purpose=purpose,
                                        grant=grant, stamp=self._stamp(), normalized=normalized)
