@@ -235,13 +235,15 @@ def sink_ids(cluster) -> set[str]:
     return set(out.split())
 
 
-def test_kill9_strict_mode_loses_no_decision_and_sinks_catch_up(pg, tmp_path, sink_db):
+@pytest.mark.parametrize("preallocate", [False, True])
+def test_kill9_strict_mode_loses_no_decision_and_sinks_catch_up(pg, tmp_path, sink_db, preallocate):
     pg.psql("CREATE TABLE IF NOT EXISTS audit_probe (worker int, n int)", "crm")
     pg.psql("GRANT ALL ON audit_probe TO app", "crm")
+    pg.psql("TRUNCATE audit_probe", "crm")  # (the rows of the other parametrisation)
     audit_dir = tmp_path / "audit"
     sink = sink_db.dsn(database="audit")
     args = ("--upstream-sslmode", "disable", "--audit-dir", str(audit_dir), "--audit-mode", "strict",
-            "--audit-sink", sink)
+            "--audit-sink", sink) + (("--audit-preallocate",) if preallocate else ())
     proxy = start_proxy(pg.port, *args)
 
     async def worker(w: int):
