@@ -44,9 +44,10 @@ class Following:
         told the path each of them leaves (``Context.block_ends``), so the statements after them
         are decided as PostgreSQL runs them.  Read from the decision's :class:`proxy.state_after.After`
         (read once, in the analysing child for a large text)."""
-        if ";" not in sql or not any(w in low for w in ("rollback", "abort", "commit", "end")):
-            return decision
-        if not self._block.moved(path) and not any(w in low for w in ("search_path", "set_config", "reset", "discard")):
+        if ";" not in sql or not ("end" in low or "rollback" in low or "commit" in low or "abort" in low):
+            return decision  # (plain tests: this runs for every statement)
+        if not self._block.moved(path) and not ("search_path" in low or "set_config" in low or "reset" in low
+                                                or "discard" in low):
             return decision  # nothing in force or in this text that a block's end would change
         after = decision.after if decision.after is not None else state_after.read(sql, low)
         ends: list = []
@@ -140,13 +141,16 @@ class Following:
             self._declared.clear()  # an error undoes the implicit block, and aborts an explicit one
             self._block.error()
         elif kind == BE.READY_FOR_QUERY:
-            in_block = self.transaction_status != TxStatus.IDLE
-            for _, value, local, statement in self._declared:
-                self._purpose.set(value, local=local, in_block=in_block)
-                self._purpose_statement = statement
-            self._declared.clear()
-            if not self.outstanding:
-                self._block.ready(self.transaction_status)
+            if self._declared:
+                in_block = self.transaction_status != TxStatus.IDLE
+                for _, value, local, statement in self._declared:
+                    self._purpose.set(value, local=local, in_block=in_block)
+                    self._purpose_statement = statement
+                self._declared.clear()
+            block = self._block
+            if not self.outstanding and (block.marks is not None or block.touched or block.failed
+                                         or self.transaction_status != TxStatus.IDLE):
+                block.ready(self.transaction_status)
 
 
 def _declares(known: Kept) -> bool:
