@@ -9,7 +9,7 @@ the figure is that session's worst ``SELECT 1`` latency while the statement was 
 worker's resident memory is compared with where it started (target: within 150 MB), with
 the decision cache's own byte count from /metrics.
 
-    python bench/stall.py [--flood 3000] [--tiers all-clear,masking,blocking]
+    python bench/stall.py [--flood 3000] [--tiers all-clear,masking,blocking] [--cases literal,statements]
 
 Prints the table and writes bench/results/stall.json (bench/run.py puts it in bench.json).
 """
@@ -108,9 +108,10 @@ def slow_events(log: str, start: float, end: float) -> tuple[float, float]:
     return worst
 
 
-def measure_stalls(proxy, tiers: list[str]) -> list[dict]:
+def measure_stalls(proxy, tiers: list[str], only: list[str] | None = None) -> list[dict]:
     rows = []
-    cases = pathological()
+    cases = {name: sql for name, sql in pathological().items()
+             if not only or any(part.lower() in name.lower() for part in only)}
     for tier in tiers:
         for name, sql in cases.items():
             pinger = Pinger(proxy.port)
@@ -126,7 +127,7 @@ def measure_stalls(proxy, tiers: list[str]) -> list[dict]:
                    "worker_event_wall_ms": event_wall, "worker_event_cpu_ms": event_cpu,
                    "target_ms": STALL_TARGET_MS}
             rows.append(row)
-            print(f"stall {tier:9s} {name:32s} {outcome:12s} {end - start:7.2f} s  worst SELECT 1 "
+            print(f"stall {tier:9s} {name:38s} {outcome:12s} {end - start:7.2f} s  worst SELECT 1 "
                   f"{worst:7.1f} ms over {count} pings; worker's longest event {event_wall} ms "
                   f"({event_cpu} ms CPU)", flush=True)
     return rows
@@ -204,7 +205,7 @@ def measure_memory(cluster, rules: Path, tier: str, count: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- the whole section
-def run(cluster, tiers: list[str], flood: int, flood_tiers: list[str]) -> dict:
+def run(cluster, tiers: list[str], flood: int, flood_tiers: list[str], cases: list[str] | None = None) -> dict:
     """The stall section on a running cluster (bench/run.py calls this)."""
     existing = set(cluster.psql("SELECT rolname FROM pg_roles").split())
     if "crm" not in cluster.psql("SELECT datname FROM pg_database").split():
@@ -223,10 +224,10 @@ def run(cluster, tiers: list[str], flood: int, flood_tiers: list[str]) -> dict:
     finally:
         del os.environ["PGVEIL_SLOW_EVENT_MS"]
     try:
-        stalls = measure_stalls(proxy, tiers)
+        stalls = measure_stalls(proxy, tiers, cases)
     finally:
         proxy.stop()
-    memory = [measure_memory(cluster, rules, tier, flood) for tier in flood_tiers]
+    memory = [measure_memory(cluster, rules, tier, flood) for tier in flood_tiers] if flood else []
     return {"stalls": stalls, "memory": memory, "workers": 1}
 
 
@@ -234,13 +235,13 @@ def print_table(section: dict) -> None:
     print("\nstall: the other session's worst SELECT 1 latency while one statement runs (one worker)")
     print("(worker event: the worker's longest event meanwhile, wall and its own CPU, from PGVEIL_SLOW_EVENT_MS "
           f"logging; under {SLOW_EVENT_MS} ms when none was logged)")
-    print(f"{'statement':32s}{'tier':11s}{'outcome':13s}{'took s':>8s}{'worst ms':>10s}{'target':>8s}"
+    print(f"{'statement':38s}{'tier':11s}{'outcome':13s}{'took s':>8s}{'worst ms':>10s}{'target':>8s}"
           f"{'idle worst':>12s}{'worker event ms':>17s}")
     for r in section["stalls"]:
         flag = "" if r["worst_ms"] <= r["target_ms"] else "  over"
         event = (f"{r['worker_event_wall_ms']:.0f} ({r['worker_event_cpu_ms']:.0f} CPU)"
                  if r.get("worker_event_wall_ms") else f"< {SLOW_EVENT_MS}")
-        print(f"{r['statement']:32s}{r['tier']:11s}{r['outcome']:13s}{r['seconds']:8.2f}{r['worst_ms']:10.1f}"
+        print(f"{r['statement']:38s}{r['tier']:11s}{r['outcome']:13s}{r['seconds']:8.2f}{r['worst_ms']:10.1f}"
               f"{r['target_ms']:8.0f}{r['baseline_worst_ms']:12.1f}{event:>17s}{flag}")
     for m in section["memory"]:
         flag = "" if m["growth_mb"] <= m["target_mb"] else "  over"
@@ -254,7 +255,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ping", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tiers", default=",".join(TIERS))
-    parser.add_argument("--flood", type=int, default=3000, help="distinct 64 KB statements for the memory figure")
+    parser.add_argument("--flood", type=int, default=3000,
+                        help="distinct 64 KB statements for the memory figure (0: no memory figure)")
+    parser.add_argument("--cases", default="", help="only the statements whose names contain one of these "
+                                                    "comma-separated words (default: all)")
     parser.add_argument("--flood-tiers", default="masking")
     args = parser.parse_args()
     if args.ping:
@@ -264,7 +268,8 @@ def main() -> int:
     cluster = Cluster(embedded_bin_dir())
     cluster.start()
     try:
-        section = run(cluster, args.tiers.split(","), args.flood, args.flood_tiers.split(","))
+        section = run(cluster, args.tiers.split(","), args.flood, args.flood_tiers.split(","),
+                      [c for c in args.cases.split(",") if c])
     finally:
         cluster.destroy()
     print_table(section)

@@ -35,7 +35,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import logs
+from . import logs, state_after
 from .policy import Decision, DecisionCache, Template, failed_analysis
 
 log = logs.get("pgveil.analyst")
@@ -45,18 +45,23 @@ CHILD_NICENESS = 10
 SAME_TEXT = "\x00same"  # in an answer: the decision's SQL is the statement's own text (no Query holds a NUL)
 DEFAULT_TIMEOUT = 60.0
 _HEADER = struct.Struct(">I")
+# what a child writes once it has read a request: a child that ends before it died before this
+# statement (while idle: it is asked again of a fresh child); one that ends after it, on it
+TAKEN = b"\x01"
 _CHILD = ("import sys; sys.path.insert(0, {root!r}); from proxy.analyst import child_main; "
           "raise SystemExit(child_main())")
 
 
 # ----------------------------------------------------------------------------- the child
 def decide_cold(sql: str, ctx, templates: dict, access=None) -> tuple[Decision, tuple | None]:
-    """A first decision of ``sql``, as :class:`proxy.policy.DecisionCache` takes it on a miss, and
-    the decision of its shape when one was made and can be reused ((key, template), for the
+    """A first decision of ``sql``, as :class:`proxy.policy.DecisionCache` takes it on a miss (with
+    what the statement changes for later ones: :mod:`proxy.state_after`), and the decision of its shape when one was made and can be reused ((key, template), for the
     worker's cache: statements of the same shape are then decided there, cheaply)."""
     cache = DecisionCache()
     cache.templates = templates
     decision = cache.decide(sql, ctx, access)
+    if not decision.refused:  # what it changes for later statements, read here rather than on the loop
+        decision = replace(decision, after=state_after.read(sql))
     shapes = [(k, v) for k, v in cache._entries.items() if len(k) > 6 and k[-2] == "shape" and isinstance(v, Template)]
     return decision, (shapes[0] if shapes else None)
 
@@ -84,6 +89,8 @@ def child_main() -> int:
         if len(header) < _HEADER.size:
             return 0
         key, blob, sql, tier, search_path, user, access = pickle.loads(read.read(_HEADER.unpack(header)[0]))
+        write.write(TAKEN)  # the worker now knows that a failure from here on is this statement's
+        write.flush()
         if blob is not None:
             rules, catalog = pickle.loads(blob)
             snapshot_key, templates = key, {}
@@ -107,10 +114,13 @@ class _Child:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.snapshot = None
+        self.taken = False  # the child has read the request being asked (see TAKEN)
 
     async def ask(self, frame: bytes) -> tuple:
+        self.taken = False
         self.proc.stdin.write(frame)
         await self.proc.stdin.drain()
+        self.taken = await self.proc.stdout.readexactly(len(TAKEN)) == TAKEN
         size = _HEADER.unpack(await self.proc.stdout.readexactly(_HEADER.size))[0]
         return pickle.loads(await self.proc.stdout.readexactly(size))
 
@@ -179,7 +189,7 @@ class Analyst:
                     return self._failed(sql, tier, f"the analysis took longer than {self.timeout:g} s", started)
                 except (OSError, EOFError, asyncio.IncompleteReadError, pickle.PickleError):
                     self._discard(child)
-                    if reused and attempt == 1 and time.monotonic() - started < 0.1:
+                    if reused and attempt == 1 and not child.taken:
                         continue  # an idle child that had died meanwhile: a fresh one is asked
                     return self._failed(sql, tier, "the analysing process ended", started)
                 self.decided += 1

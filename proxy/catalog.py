@@ -46,10 +46,16 @@ class Relation:
 
 class Catalog:
     def __init__(self, relations: list[Relation], functions: frozenset = frozenset(),
-                 memberships: dict | None = None, database: str | None = None, users: tuple = ()) -> None:
-        self.database = database
-        # names of functions, operators and types outside pg_catalog (proxy/shadowing.py)
-        self.user_functions, self.user_operators, self.user_types = (tuple(users) + (frozenset(),) * 3)[:3]  # the database this catalog describes (None: any, for tests)
+                 memberships: dict | None = None, database: str | None = None, users: tuple = (),
+                 casts: dict | None = None) -> None:
+        self.database = database  # the database this catalog describes (None: any, for tests)
+        # names of functions, operators and types outside pg_catalog, and of those functions callable
+        # with one argument, which attribute notation reaches (``o.f`` is ``f(o)``): proxy/shadowing.py
+        self.user_functions, self.user_operators, self.user_types, self.user_row_functions = \
+            (tuple(users) + (frozenset(),) * 4)[:4]
+        # type name -> the user's functions its casts run (a type cast by one, and the domains, arrays
+        # and row types holding it; "*": a user's cast between built-in types): proxy/shadowing.py
+        self.user_casts = casts or {}
         self.by_oid = {r.oid: r for r in relations}
         self.by_name = {(r.schema, r.name): r for r in relations}
         self.functions = functions  # names of functions in pg_catalog
@@ -64,7 +70,8 @@ class Catalog:
             digest.update(repr((r.oid, r.schema, r.name, r.kind, r.columns, r.parents,
                                 sorted(r.sources.items()), r.row_security)).encode())
         digest.update(repr([sorted(names) for names in (self.user_functions, self.user_operators,
-                                                         self.user_types)]).encode())
+                                                         self.user_types, self.user_row_functions)]).encode())
+        digest.update(repr(sorted((k, sorted(v)) for k, v in self.user_casts.items())).encode())
         self.version = digest.hexdigest()[:12]
 
     def resolve(self, schema: str | None, name: str, search_path: tuple, user: str = "") -> Relation | None:
@@ -188,6 +195,30 @@ WHERE o.oprnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::r
 UNION SELECT 't', t.typname::text FROM pg_catalog.pg_type t
 WHERE t.typnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
   AND t.typtype IN ('b', 'd', 'r', 'm')
+UNION SELECT 'a', p.proname::text FROM pg_catalog.pg_proc p
+WHERE p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+  AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 AND p.prokind <> 'p'
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass
+                  AND d.objid = p.oid AND d.deptype = 'e')
+"""
+# the types a user's cast function converts from or to, and those holding them (domains over them,
+# arrays of them, row types with a column of one); "*" for a user's cast between built-in types
+CASTS_SQL = """
+WITH RECURSIVE casts AS (
+  SELECT t.oid, p.proname::text AS fn, t.typnamespace = 'pg_catalog'::regnamespace AS builtin, c.oid AS castid
+  FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc
+  JOIN pg_catalog.pg_type t ON t.oid IN (c.castsource, c.casttarget)
+  WHERE p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+    AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass
+                    AND d.objid = p.oid AND d.deptype = 'e')
+), reach(oid, fn) AS (
+  SELECT oid, fn FROM casts WHERE NOT builtin
+  UNION
+  SELECT ty.oid, r.fn FROM reach r JOIN pg_catalog.pg_type ty ON ty.typbasetype = r.oid OR ty.typelem = r.oid
+      OR ty.typrelid IN (SELECT a.attrelid FROM pg_catalog.pg_attribute a WHERE a.atttypid = r.oid AND NOT a.attisdropped)
+)
+SELECT t.typname::text, r.fn FROM reach r JOIN pg_catalog.pg_type t ON t.oid = r.oid
+UNION SELECT '*', fn FROM casts GROUP BY castid, fn HAVING bool_and(builtin)
 """
 GENERATED_DEPS_SQL = """
 SELECT d.adrelid AS rel, d.adnum::int AS attnum, dep.refobjsubid::int AS source
@@ -280,9 +311,13 @@ async def load_catalog(conn) -> Catalog:
                 todo.extend(direct.get(role, ()))
         memberships[member] = frozenset(seen)
     database = await conn.fetchval("SELECT current_database()")
-    users = {"f": set(), "o": set(), "t": set()}
+    users = {"f": set(), "o": set(), "t": set(), "a": set()}
     for kind, name in await conn.fetch(USERS_OBJECTS_SQL):
         users[kind].add(name)
     functions = functions - users["f"]  # a name a user's function shares is no longer plainly built-in
+    casts: dict[str, set[str]] = {}
+    for type_name, function in await conn.fetch(CASTS_SQL):
+        casts.setdefault(type_name, set()).add(function)
     return Catalog(relations, functions, memberships, database,
-                   (frozenset(users["f"]), frozenset(users["o"]), frozenset(users["t"])))
+                   tuple(frozenset(users[kind]) for kind in "fota"),
+                   {name: frozenset(functions) for name, functions in casts.items()})

@@ -190,6 +190,8 @@ class Peers:
             pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request from a peer, answered within :data:`PEER_TIMEOUT` each way: a peer that
+        stops reading (stopped, stalled) has its connection dropped, with the answer it held."""
         try:
             uid = _peer_uid(writer.get_extra_info("socket"))
             if uid != os.getuid():
@@ -203,9 +205,10 @@ class Peers:
                 return
             answer = local(self.proxy, request["op"], str(request.get("arg", "")), str(request.get("by", "")))
             writer.write(json.dumps({"worker": os.getpid(), "answer": answer}).encode() + b"\n")
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), PEER_TIMEOUT)
         except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
             log.info("console_peer_failed", error=str(exc) or type(exc).__name__)
+            writer.transport.abort()  # what is left unsent is dropped now, not kept until the peer reads
         finally:
             writer.close()
 

@@ -37,6 +37,7 @@ def entry_bytes(key: tuple, value) -> int:
         size += sum(map(len, value.texts)) + len(value.decision.normalized)
     elif isinstance(value, Decision):
         size += len(value.sql) + len(value.normalized) + len(value.reason)
+        size += value.after.size if value.after is not None else 0
     return size
 
 

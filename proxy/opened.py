@@ -70,6 +70,49 @@ def _arguments(seg) -> tuple[list, str]:
         return [], ""
 
 
+_WORDS = frozenset({"PREPARE", "EXECUTE", "DECLARE", "FETCH", "MOVE", "CLOSE", "DEALLOCATE", "DISCARD"})
+
+
+def read(seg) -> tuple | None:
+    """What one statement does to prepared statements and cursors, read from its tokens alone
+    (no session state; :meth:`Opened.judge` weighs it): None when it starts with none of the
+    words, else ``(written, op)``.  ``written``: a ``U&"..."`` name PostgreSQL reads otherwise
+    than pgveil would (or None); ``op``: ``("prepare", name)``, ``("execute", name)``,
+    ``("declare", name, held)``, ``("fetch", name)`` (FETCH or MOVE), ``("close", name)``,
+    ``("close_all",)``, ``("deallocate", name)``, ``("deallocate_all",)``, ``("discard_all",)``,
+    or None.  Plain tuples: they cross from the analysing process (:mod:`proxy.analyst`).
+
+    >>> [read(s) for s in segments("SELECT 1; DECLARE C CURSOR WITH HOLD FOR SELECT 1; CLOSE ALL")]
+    [None, (None, ('declare', 'c', True)), (None, ('close_all',))]
+    """
+    word = seg.word
+    if word not in _WORDS:
+        return None
+    arguments, text = _arguments(seg)
+    written = heads.unicode_name(arguments, text)
+    if not arguments:
+        return written, None
+    first = keyword(arguments[0], text)
+    # ALL and TRANSACTION are keywords only unquoted: CLOSE "all" closes a cursor named all
+    last = keyword(arguments[-1], text)
+    op = None
+    if word == "PREPARE" and first != "TRANSACTION":
+        op = ("prepare", _name(arguments[0]))
+    elif word == "EXECUTE":
+        op = ("execute", _name(arguments[0]))
+    elif word == "DECLARE":
+        op = ("declare", _name(arguments[0]), _held(arguments, text))
+    elif word in ("FETCH", "MOVE"):
+        op = ("fetch", _name(arguments[-1]))
+    elif word == "CLOSE":
+        op = ("close_all",) if last == "ALL" else ("close", _name(arguments[-1]))
+    elif word == "DEALLOCATE":
+        op = ("deallocate_all",) if last == "ALL" else ("deallocate", _name(arguments[-1]))
+    elif word == "DISCARD" and first == "ALL":
+        op = ("discard_all",)
+    return written, op
+
+
 class _Unknown:
     """What a name was opened under when pgveil cannot tell (the server answered otherwise than
     pgveil expected): any later use of it is refused for a restricted tier."""
@@ -140,6 +183,12 @@ class Opened:
     def query(self, segs: list, access, restricted: bool) -> str | None:
         """A Query or Parse about to be sent: the reason to refuse it, or None (and then what it
         opens or closes is staged, see :meth:`take`, and recorded once the server confirms it).
+        Its statements are read by :func:`read` and judged by :meth:`judge`."""
+        return self.judge([read(seg) for seg in segs], access, restricted)
+
+    def judge(self, reads: list, access, restricted: bool) -> str | None:
+        """:meth:`query` of statements already read (:func:`read`, one per statement: a large
+        statement's are read in the process that decided it, so no parser runs here).
 
         Within one Query the statements run in order and an error skips the rest, so a use after
         a DECLARE/CLOSE of the same Query is judged by that statement.  Otherwise a use is judged
@@ -149,47 +198,37 @@ class Opened:
         cursors, prepared = {}, {}  # this Query's own changes: name -> Access, or None when closed
         all_closed = all_deallocated = False
         effects: list = []
-        for seg in segs:
-            word, effect = seg.word, None
+        for one in reads:
             effects.append(None)
-            if word not in ("PREPARE", "EXECUTE", "DECLARE", "FETCH", "MOVE", "CLOSE", "DEALLOCATE", "DISCARD"):
+            if one is None:
                 continue
-            arguments, text = _arguments(seg)
-            tokens = [seg.tokens[0]] + arguments
-            written = heads.unicode_name(arguments, text)
+            written, op = one
             if written is not None and restricted:  # PostgreSQL reads another name than pgveil would
                 return heads.UNICODE_NAME.format(written[:40])
-            # ALL and TRANSACTION are keywords only unquoted: CLOSE "all" closes a cursor named all
-            last = keyword(arguments[-1], text) if arguments else None
-            if word == "PREPARE" and len(tokens) > 1 and keyword(tokens[1], text) != "TRANSACTION":
-                name = _name(tokens[1])
-                prepared[name], effect = access, ("prepare", name, access)
-            elif word == "EXECUTE" and len(tokens) > 1:
-                problem = self._execute_problem(_name(tokens[1]), prepared, all_deallocated, access, restricted)
+            kind, effect = op[0] if op is not None else None, None
+            if kind == "prepare":
+                prepared[op[1]], effect = access, ("prepare", op[1], access)
+            elif kind == "execute":
+                problem = self._execute_problem(op[1], prepared, all_deallocated, access, restricted)
                 if problem is not None:
                     return problem
-            elif word == "DECLARE" and len(tokens) > 1:
-                name = _name(tokens[1])
-                cursors[name], effect = access, ("declare", name, access, _held(arguments, text))
-            elif word in ("FETCH", "MOVE") and len(tokens) > 1:
-                problem = self._fetch_problem(_name(tokens[-1]), cursors, all_closed, access)
+            elif kind == "declare":
+                cursors[op[1]], effect = access, ("declare", op[1], access, op[2])
+            elif kind == "fetch":
+                problem = self._fetch_problem(op[1], cursors, all_closed, access)
                 if problem is not None:
                     return problem
-            elif word == "CLOSE" and len(tokens) > 1:
-                if last == "ALL":
-                    cursors, all_closed, effect = {}, True, ("close_all",)
-                else:
-                    name = _name(tokens[-1])
-                    cursors[name], effect = None, ("close", name)
-            elif word == "DEALLOCATE" and len(tokens) > 1:
-                if last == "ALL":
-                    prepared, all_deallocated, effect = {}, True, ("deallocate_all",)
-                else:
-                    name = _name(tokens[-1])
-                    prepared[name], effect = None, ("deallocate", name)
-            elif word == "DISCARD" and len(tokens) > 1 and keyword(tokens[1], text) == "ALL":
+            elif kind == "close_all":
+                cursors, all_closed, effect = {}, True, op
+            elif kind == "close":
+                cursors[op[1]], effect = None, op
+            elif kind == "deallocate_all":
+                prepared, all_deallocated, effect = {}, True, op
+            elif kind == "deallocate":
+                prepared[op[1]], effect = None, op
+            elif kind == "discard_all":
                 cursors, prepared, all_closed, all_deallocated = {}, {}, True, True
-                effect = ("discard_all",)
+                effect = op
             effects[-1] = effect
         self._staged = effects
         return None

@@ -70,7 +70,8 @@ def decide(sql: str, ctx: Context, templates: dict | None = None, tokens: list |
     if rw.analysis.packs and columns and ctx.tier.row_limit({c.cls for c in columns}) is not None:
         return _refuse(Refusal(f"{rw.analysis.packs} packs many rows into one value: tier {ctx.tier.name} has "
                                f"max_rows, so it may not use it over sensitive columns", Reason.ROW_LIMIT), rw)
-    reached = shadowing.users_objects("; ".join(texts), ctx.catalog, tuple(ctx.tier.functions), ctx.search_path)
+    reached = shadowing.users_objects("; ".join(texts), ctx.catalog, tuple(ctx.tier.functions), ctx.search_path) \
+        or shadowing.cast_columns(rw.analysis.relations, ctx.catalog, tuple(ctx.tier.functions), ctx.search_path)
     if reached:
         return _refuse(Refusal(f"{reached} is not allowed for tier {ctx.tier.name}: PostgreSQL may run the user's "
                                f"object, not its own", Reason.FUNCTION), rw)

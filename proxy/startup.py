@@ -1,9 +1,12 @@
 """The server's start-up: worker processes, signals, the file limit and the event loop.
 
 :func:`serve` (``pgveil serve``) runs the proxy in ``--workers`` processes sharing the port
-with SO_REUSEPORT, forwards SIGTERM/SIGINT/SIGHUP to them, and exits with the first failing
-worker's status.  Each worker runs :func:`serve_forever`: a :class:`~proxy.server.Proxy`
-until SIGTERM/SIGINT, reloading its rules on SIGHUP.  ``pgveil demo`` uses the same pieces.
+with SO_REUSEPORT, and forwards SIGTERM/SIGINT/SIGHUP to them.  Each worker runs
+:func:`serve_forever`: a :class:`~proxy.server.Proxy` until SIGTERM/SIGINT, reloading its
+rules on SIGHUP.  A worker that fails (at start: a port in use, an unreadable directory; or
+later) logs its traceback and exits with status 1; the parent logs which worker ended how,
+stops the others and exits with that status, so that a pgveil missing a worker never looks
+healthy to its supervisor.  ``pgveil demo`` uses the same pieces.
 """
 
 from __future__ import annotations
@@ -83,6 +86,41 @@ def raise_file_limit() -> int:
     return soft
 
 
+def _worker(settings: Settings, host: str, port: int) -> None:
+    """A worker process's life (it never returns): serve until stopped, then exit 0; whatever it
+    raises is logged with its traceback, and the worker exits 1 (its parent reports it)."""
+    status = 0
+    try:
+        asyncio.run(serve_forever(settings, listen_socket(host, port, reuse_port=True)))
+    except KeyboardInterrupt:  # Ctrl-C before the loop took SIGINT over: a stop
+        pass
+    except BaseException:  # noqa: BLE001 - whatever ended the worker, its parent and the log must hear of it
+        log.exception("worker_failed", worker=settings.worker_index, pid=os.getpid())
+        status = 1
+    finally:
+        _exit_now(status)
+
+
+def _wait_for(children: list[int], forward) -> int:
+    """Wait for every worker (``children``: their pids, each removed once it has ended, so that
+    ``forward`` only signals live ones); the first that fails is logged and the others are
+    stopped.  Returns the first failing worker's status (0: all stopped cleanly)."""
+    status, index = 0, {pid: i for i, pid in enumerate(children)}
+    while children:
+        pid, code = os.wait()
+        if pid not in children:
+            continue
+        children.remove(pid)
+        code = os.waitstatus_to_exitcode(code)
+        if code == 0:
+            continue
+        log.error("worker_exited", worker=index[pid], pid=pid, status=code, stopping_the_others=not status)
+        if not status:
+            status = code if code > 0 else 128 - code  # killed by a signal: as a shell reports it
+            forward(signal.SIGTERM, None)
+    return status
+
+
 def serve(settings: Settings) -> int:
     """Run the proxy until SIGTERM/SIGINT, in ``settings.workers`` processes."""
     install_event_loop_policy()
@@ -102,10 +140,7 @@ def serve(settings: Settings) -> int:
         if pid == 0:
             probe.close()
             settings.worker_index = len(children)
-            try:
-                asyncio.run(serve_forever(settings, listen_socket(host, port, reuse_port=True)))
-            finally:
-                os._exit(0)
+            _worker(settings, host, port)
         children.append(pid)
     probe.close()
 
@@ -119,10 +154,7 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, forward)  # each worker reloads its rules
-    status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
+    status = _wait_for(children, forward)
     if settings.console:
         from .console_peers import remove_directory
         remove_directory(settings.console_peers)

@@ -104,6 +104,7 @@ class Decision:
     normalized: str = ""  # the text with literals and comments removed, for the audit
     cursors: tuple = ()  # (verb, name) of cursors and SQL prepared statements: see proxy/rowlimits.py
     code: str = ""  # a refusal's Reason ("" when not refused)
+    after: object = None  # proxy.state_after.After, read with the decision in a child process; None: not read
 
     @property
     def refused(self) -> bool:

@@ -14,7 +14,17 @@ def pathological() -> dict[str, str]:
         "4 MB string literal": "SELECT length('" + "x" * (4 << 20) + "')",
         "500 UNION ALL branches": "\nUNION ALL\n".join(
             f"SELECT id, name, phone FROM customers WHERE id = {i}" for i in range(500)),
+        # the words after which the session follows its state (search_path, cursors, prepared
+        # statements, RESET ALL): at the end of a long literal (a quick look finds them last), and
+        # as 3,000 statements that each change it
+        "4 MB literal, state words at its end": "SELECT length('" + "x" * (4 << 20) + STATE_TEXT + "')",
+        "3,000 statements of state words": "BEGIN;\n" + "".join(
+            f"SET search_path = public;\nDECLARE c{i} CURSOR FOR SELECT {i};\nFETCH 1 FROM c{i};\nCLOSE c{i};\n"
+            f"PREPARE p{i} AS SELECT {i};\nDEALLOCATE p{i};\n" for i in range(500)) + "COMMIT;",
     }
+
+
+STATE_TEXT = "SET search_path = x; DECLARE c CURSOR FOR SELECT 1; PREPARE p AS SELECT 1; FETCH c; RESET ALL; "
 
 
 # tiers of rules/crm.yaml (users of tests/conftest.py TIER_USERS)

@@ -108,3 +108,64 @@ def test_batched_mode_starts_no_helper(tmp_path):
     helper, synced = asyncio.run(run())
     assert helper is None and synced >= 1
     assert events(tmp_path) == ["test-1"]
+
+
+def test_records_written_while_syncs_run_are_asked_for_at_once_and_share_the_next_fdatasync(tmp_path):
+    """Records written in five loop turns while the helper is busy (here: stopped): each turn's
+    request reaches the helper at once (none waits in the worker for an answer), and a free
+    thread of the helper syncs all the requests it has received in one fdatasync."""
+    async def run():
+        writer = AuditWriter(str(tmp_path), "strict", interval=60)
+        writer.start()
+        await submit_durable(writer, 0, 1)  # the helper has the file
+        pid, before = writer._syncer.pid, writer.fsyncs
+        os.kill(pid, signal.SIGSTOP)
+        loop = asyncio.get_running_loop()
+        pending = []
+        for turn in range(5):
+            pending.append(loop.create_task(submit_durable(writer, 10 * turn + 1, 3)))
+            await asyncio.sleep(0.02)  # one request per loop turn that wrote records
+        asked = writer._syncer.in_flight
+        assert not any(task.done() for task in pending)  # nobody is told "on disk" before the sync
+        os.kill(pid, signal.SIGCONT)
+        errors = [e for answers in await asyncio.gather(*pending) for e in answers]
+        syncs = writer.fsyncs - before
+        await writer.close()
+        return errors, asked, syncs
+
+    errors, asked, syncs = asyncio.run(run())
+    assert errors == [None] * 15
+    assert asked == 5
+    assert 1 <= syncs < 5  # (the helper's threads take what they have received when free)
+    assert verify(tmp_path).ok
+
+
+def test_answers_that_overtake_each_other_and_an_error_fail_closed(tmp_path):
+    """The worker's side of the helper's protocol, the test playing the helper: 'K<n>' says the
+    first n requests are durable (a sync that a later one overtook says less than is known), and
+    an error fails every request unanswered, whichever sync it came from."""
+    import socket
+    from proxy.audit.syncer import Syncer
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        answers = []
+        syncer = Syncer(loop, lambda count, error: answers.append((count, error)), lambda: answers.append("lost"))
+        ours, helper = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        syncer._sock = ours
+        loop.add_reader(ours.fileno(), syncer._readable)
+        with open(tmp_path / "f", "ab") as file:
+            for _ in range(3):
+                assert syncer.request(file)
+            for reply in (b"K2", b"K1", b"E2 the disk is gone"):
+                helper.send(reply)
+                await asyncio.sleep(0.05)
+            asked = [helper.recv(64) for _ in range(4)]
+        syncer._close(wait=0)
+        helper.close()
+        return asked, answers
+
+    asked, answers = asyncio.run(run())
+    assert asked == [b"F", b"S", b"S", b"S"]
+    assert answers == [(2, None), (0, None), (1, "the disk is gone")]

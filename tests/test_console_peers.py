@@ -147,3 +147,29 @@ def test_a_process_of_another_uid_gets_no_answer(directory):
     other, same = asyncio.run(go())
     assert other in ("b''", "reset") and '"answer": true' in same
     assert len(link.asked) == 1  # only pgveil's own uid reached the session
+
+
+def test_a_peer_that_stops_reading_costs_the_answering_worker_its_timeout_only(run, monkeypatch):
+    """The answering side's write is bounded too: a peer that asked and then stopped reading (a
+    stopped worker) does not hold the handler, nor the answer it never reads, beyond PEER_TIMEOUT."""
+    import socket
+    monkeypatch.setattr(console_peers, "PEER_TIMEOUT", 0.3)
+    monkeypatch.setattr(console_peers, "local", lambda proxy, op, arg, by: "x" * (16 << 20))  # SHOW SESSIONS of many
+
+    async def go():
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        theirs.sendall(json.dumps({"op": "sessions", "deadline": time.time() + 5}).encode() + b"\n")
+        reader, writer = await asyncio.open_unix_connection(sock=mine)
+        peers = Peers(SimpleNamespace(links=set()), "/nonexistent", 2)
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(peers._serve(reader, writer), 5)
+        except asyncio.TimeoutError:
+            return float("inf"), False
+        finally:
+            took = time.monotonic() - started
+            theirs.close()
+        return took, writer.transport.is_closing()
+    took, closed = run(go())
+    assert took < 1.5, f"the handler waited {took:.1f} s for a peer that does not read"
+    assert closed

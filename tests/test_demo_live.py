@@ -1,5 +1,6 @@
 """``make demo`` shows the three jobs of issue 19 end to end: the admin console (its own port,
-tier ``it``), sealed values an investigator can search with the demo's key, and the usage report.
+tier ``it``), sealed values an investigator can search with the demo's key, and the usage report;
+and it answers issue 13's formatted statement with a comment at once (it froze the worker).
 
 One demo process (embedded PostgreSQL, sample CRM, proxy with the example rules), driven with psql
 and the ``pgveil`` command line as a user of the demo would."""
@@ -79,3 +80,31 @@ def test_the_demo_seals_values_for_its_investigators_and_reports_usage(demo):
     usage = pgveil("report", "usage", str(audit_dir), "--format", "json")
     assert usage.returncode == 0, usage.stderr
     assert "sales_li" in {row.get("user") for row in json.loads(usage.stdout).get("usage", [])}, usage.stdout
+
+
+ISSUE_13 = """SELECT id,
+       name,
+       phone,
+       grade,
+       created_at
+  FROM customers
+ WHERE grade = 'ordinary'
+ ORDER BY id
+ LIMIT 3; -- first customers"""
+
+
+def test_the_demo_answers_formatted_sql_with_a_comment_in_milliseconds(demo):
+    """Sent as the issue sent it (``psql -c "$(cat q.sql)"``); psql's own timing is printed (the
+    figure for the issue's note), and the answer checked: three ordinary customers."""
+    _, port = demo
+    env = dict(os.environ, PGPASSWORD="demo", PGSSLMODE="disable", PGCONNECT_TIMEOUT="10")
+    result = subprocess.run([PSQL, "-X", "-At", "-h", "127.0.0.1", "-p", str(port), "-U", "sales_li", "-d", "crm",
+                             "-c", "\\timing on", "-c", ISSUE_13], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "|" in line]
+    timing = [line for line in result.stdout.splitlines() if line.startswith("Time:")]
+    print(f"issue 13's statement through the demo: {timing}")
+    assert len(rows) == 3 and all(row.split("|")[3] == "ordinary" for row in rows), result.stdout
+    assert len(timing) == 1 and timing[0].endswith(" ms")
+    other = psql(port, "dba_sun", "crm", "SELECT 1")
+    assert other.returncode == 0 and other.stdout.strip() == "1", "the worker goes on serving"

@@ -12,7 +12,8 @@ PROXY = Path(__file__).resolve().parent.parent / "proxy"
 PURE = ["codec/__init__.py", "codec/kinds.py", "codec/fields.py", "codec/messages.py", "codec/backend.py",
         "codec/readers.py", "codec/startup.py", "codec/splitter.py",
         "verdicts.py", "segments.py", "statement.py", "pipeline.py", "decision_cache.py", "engine.py", "policy.py",
-        "rewrite.py", "writes.py", "rules.py", "ruleset.py", "sql.py", "lexer.py", "normalize.py", "heads.py", "purpose.py"]
+        "rewrite.py", "writes.py", "rules.py", "ruleset.py", "sql.py", "lexer.py", "normalize.py", "heads.py", "purpose.py",
+        "state_after.py"]
 PURE += sorted(f"session/{p.name}" for p in (PROXY / "session").glob("*.py"))  # the session: events in, commands out
 IO_MODULES = {"asyncio", "socket", "ssl", "select", "selectors", "subprocess", "threading", "time", "signal"}
 SQL_LAYER = {"sql", "lexer", "normalize", "heads", "segments", "statement", "pipeline", "policy", "rewrite", "writes"}

@@ -172,17 +172,7 @@ class Journal:
                     time.monotonic() - self._opened_at > self.max_age:
                 self._roll()
             path, size = self._file.name, self._size
-            out = []
-            for record in records:
-                self.seq += 1
-                record["seq"] = self.seq
-                record["stream"] = self.stream
-                record["prev"] = self.head
-                body = canonical(record)  # serialised once: the hash is of these bytes, then appended
-                self.head = hashlib.sha256(self.head.encode() + body).hexdigest()
-                record["hash"] = self.head
-                out += (body[:-1], b',"hash":"', self.head.encode(), b'"}\n')
-            data = b"".join(out)
+            data = self._chain(records)
             self._file.write(data)
             self._file.flush()
             self._size += len(data)
@@ -193,6 +183,25 @@ class Journal:
                     record.pop(key, None)
             self._abandon(path, size)
             raise
+
+    def _chain(self, records: list[dict]) -> bytes:
+        """Number, link and serialise a batch: each record's canonical JSON is made once, its
+        hash is of those bytes, and the line written is them with the hash put in."""
+        stream, seq, head = self.stream, self.seq, self.head
+        dumps, sort, sha256 = orjson.dumps, orjson.OPT_SORT_KEYS, hashlib.sha256
+        out = []
+        for record in records:
+            seq += 1
+            record["seq"] = seq
+            record["stream"] = stream
+            record["prev"] = head
+            body = dumps(record, option=sort)  # canonical(record)
+            prev = head.encode()
+            head = sha256(prev + body).hexdigest()
+            record["hash"] = head
+            out += (body[:-1], b',"hash":"', head.encode(), b'"}\n')
+            self.seq, self.head = seq, head
+        return b"".join(out)
 
     def _abandon(self, path: str | None, size: int) -> None:
         """Drop the open file after a failed write, cutting off what the write left behind."""

@@ -47,23 +47,23 @@ def base(kind: str, who: dict, record_id: str | None = None, stamp: str | None =
 
 def statement(who: dict, statement_id: str, sql: str, protocol: str, decision, rules_version: str | None,
               purpose: str | None = None, grant: str | None = None, stamp: str | None = None) -> dict:
-    """The decision on one statement: recorded before the statement reaches the database."""
-    normalized = (decision.normalized if decision is not None else "") or normalize_bounded(sql)
-    record = {**base("statement", who, statement_id, stamp),
-            "protocol": protocol,
-            "sql": normalized,
-            "fingerprint": fingerprint(normalized),
-            "kinds": list(decision.kinds) if decision else [],
-            "relations": list(decision.relations) if decision else [],
-            "columns": [{"relation": c.relation, "column": c.column, "class": c.cls, "action": c.action}
-                        for c in (decision.columns if decision else ())],
-            "decision": decision.verdict if decision else "allow",
-            "reason": decision.reason if decision else "",
-            "unparsed": bool(decision.unparsed) if decision else False,
-            "rules_version": rules_version,
-            "purpose": purpose,
-            "grant": grant}
-    if decision is not None and decision.refused:
+    """The decision on one statement: recorded before the statement reaches the database.
+    (Built as one dict literal: a record per statement, on the event loop.)"""
+    if decision is None:
+        normalized = normalize_bounded(sql)
+        return {"v": SCHEMA_VERSION, "id": statement_id, "ts": stamp or now(), "type": "statement", **who,
+                "protocol": protocol, "sql": normalized, "fingerprint": fingerprint(normalized), "kinds": [],
+                "relations": [], "columns": [], "decision": "allow", "reason": "", "unparsed": False,
+                "rules_version": rules_version, "purpose": purpose, "grant": grant}
+    normalized = decision.normalized or normalize_bounded(sql)
+    record = {"v": SCHEMA_VERSION, "id": statement_id, "ts": stamp or now(), "type": "statement", **who,
+              "protocol": protocol, "sql": normalized, "fingerprint": fingerprint(normalized),
+              "kinds": list(decision.kinds), "relations": list(decision.relations),
+              "columns": [{"relation": c.relation, "column": c.column, "class": c.cls, "action": c.action}
+                          for c in decision.columns] if decision.columns else [],
+              "decision": decision.verdict, "reason": decision.reason, "unparsed": bool(decision.unparsed),
+              "rules_version": rules_version, "purpose": purpose, "grant": grant}
+    if decision.refused:
         record["reason_code"] = str(decision.reason_code)  # proxy.verdicts.Reason
     return record
 
@@ -74,8 +74,9 @@ def outcome(who: dict, statement_id: str, status: str, rows: int | None, seconds
     """What came of one execution of a statement: linked to its decision record by ``statement``,
     naming the purpose and grants it ran under.  Records hold no floats, so that their canonical
     JSON is the same in every JSON library."""
-    return {**base("outcome", who, record_id, stamp), "statement": statement_id, "status": status, "rows": rows,
-            "duration_us": int(seconds * 1_000_000), "sqlstate": sqlstate, "purpose": purpose, "grant": grant}
+    return {"v": SCHEMA_VERSION, "id": record_id or new_id(), "ts": stamp or now(), "type": "outcome", **who,
+            "statement": statement_id, "status": status, "rows": rows, "duration_us": int(seconds * 1_000_000),
+            "sqlstate": sqlstate, "purpose": purpose, "grant": grant}
 
 
 @functools.lru_cache(maxsize=8192)

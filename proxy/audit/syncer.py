@@ -21,43 +21,97 @@ import subprocess
 import sys
 
 # One request per datagram: b"F" with a descriptor (sync this file from now on), b"S" (sync now).
-# One answer per b"S": b"K", or b"E" and the error text.
+# SYNCERS threads of the helper sync in parallel (on this disk two fdatasyncs overlap): a free one
+# takes every request received so far and answers, after its fdatasync, b"K<n>": the first n
+# requests are durable (n counts from the start; every sync covers what was written before it
+# began, so a later one may answer first).  b"E<n> <text>": an fdatasync failed.  A record
+# written while syncs run waits for one sync, started as soon as a thread is free.
+#
+# Each thread syncs through an open file of its own (reopened from /proc/self/fd): Linux reports
+# a failed writeback once per open file, so a sync sharing the file with another could answer
+# "durable" for pages whose failure the other one was told.  Without /proc the threads take
+# turns on the one descriptor.
+SYNCERS = 2
 HELPER = r"""
-import os, socket, sys
+import os, socket, sys, threading
 sock = socket.socket(fileno=int(sys.argv[1]))
-fd = -1
-while True:
-    try:
-        data, fds, _, _ = socket.recv_fds(sock, 64, 1)
-    except OSError:
-        break
-    if not data:
-        break
-    if data == b"F":
-        if fd >= 0:
-            os.close(fd)
-        fd = fds[0] if fds else -1
-        continue
+room = socket.CMSG_LEN(4)
+state = threading.Condition()
+turns = threading.Lock()
+shared, generation, received, taken = -1, 0, 0, 0
+
+def syncer():
+    global taken
+    mine, mine_of, alone = -1, -1, True
+    while True:
+        with state:
+            while received == taken:
+                state.wait()
+            upto = taken = received
+            if mine_of != generation:
+                if mine >= 0:
+                    os.close(mine)
+                mine, mine_of, alone = -1, generation, True
+                try:
+                    if shared >= 0:
+                        mine = os.open("/proc/self/fd/%d" % shared, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    try:
+                        mine, alone = os.dup(shared), False
+                    except OSError:
+                        pass
+        if alone:
+            answer(mine, upto)
+        else:
+            with turns:  # one open file tells an error once: one sync at a time, and its answer
+                answer(mine, upto)
+
+
+def answer(fd, upto):
     try:
         if fd < 0:
             raise OSError("no journal file to sync")
         os.fdatasync(fd)
-        answer = b"K"
+        reply = b"K%d" % upto
     except OSError as exc:
-        answer = b"E" + str(exc).encode("utf-8", "replace")[:400]
+        reply = b"E%d " % upto + str(exc).encode("utf-8", "replace")[:400]
     try:
-        sock.send(answer)
+        sock.send(reply)
+    except OSError:
+        os._exit(0)
+
+
+for _ in range(int(sys.argv[2])):
+    threading.Thread(target=syncer, daemon=True).start()
+while True:
+    try:
+        data, extra, _, _ = sock.recvmsg(64, room)
     except OSError:
         break
+    if not data:
+        break
+    with state:
+        if data == b"F":  # (the worker synced the file it left, before it wrote to this one)
+            fds = [int.from_bytes(d[:4], sys.byteorder, signed=True) for level, kind, d in extra
+                   if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(d) >= 4]
+            if shared >= 0:
+                os.close(shared)  # (each thread syncs through a descriptor of its own)
+            shared, generation = (fds[0] if fds else -1), generation + 1
+        else:
+            received += 1
+            state.notify()
+os._exit(0)
 """
 
 
 class Syncer:
     """A helper process that runs fdatasync on request; answers come back through the event loop.
 
-    ``on_answer(error)`` is called once per :meth:`request`, in order (error None, or the
-    helper's error text); ``on_lost()`` once, if the helper goes away with requests unanswered
-    or not.  Not thread-safe: the event loop's thread only.
+    ``on_answer(count, error)``: the ``count`` oldest requests still unanswered are durable
+    (error None), or not known to be (the helper's error text: then every request unanswered is
+    counted); ``count`` may be 0 (a sync that a later one overtook).  ``on_lost()`` once, if the
+    helper goes away with requests unanswered or not.  Not thread-safe: the event loop's thread
+    only.
     """
 
     def __init__(self, loop, on_answer, on_lost) -> None:
@@ -67,7 +121,12 @@ class Syncer:
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
         self._file = None  # the file object whose descriptor the helper holds
-        self.in_flight = 0
+        self._asked = 0  # requests sent, since the start
+        self._answered = 0  # of them, answered
+
+    @property
+    def in_flight(self) -> int:
+        return self._asked - self._answered
 
     @property
     def alive(self) -> bool:
@@ -82,7 +141,8 @@ class Syncer:
             return False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", HELPER, str(theirs.fileno())],
+            self._proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", HELPER, str(theirs.fileno()),
+                                           str(SYNCERS)],
                                           pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                           close_fds=True)
         except OSError:
@@ -95,41 +155,53 @@ class Syncer:
         self._loop.add_reader(ours.fileno(), self._readable)
         return True
 
-    def request(self, file) -> None:
-        """Ask for an fdatasync of ``file`` (an open file object) covering everything written so far."""
+    def request(self, file) -> bool:
+        """Ask for an fdatasync of ``file`` (an open file object) covering everything written so
+        far.  False: not asked, as the socket is full of requests the helper has not read yet;
+        the fdatasync that takes them starts after now, so it covers what was written too."""
         try:
             if file is not self._file:
                 socket.send_fds(self._sock, [b"F"], [file.fileno()])
                 self._file = file
             self._sock.send(b"S")
-        except OSError:
-            self.in_flight += 1  # answered by on_lost, with the others
+        except BlockingIOError:
+            if self.in_flight:
+                return False
+            self._asked += 1  # (a full socket nobody reads: the helper is gone)
             self._lost()
-            return
-        self.in_flight += 1
+            return True
+        except OSError:
+            self._asked += 1  # answered by on_lost, with the others
+            self._lost()
+            return True
+        self._asked += 1
+        return True
 
     def _readable(self) -> None:
-        """Read the answers to the requests outstanding when the socket turned readable, and stop:
-        a probe for more, answered EAGAIN, was half the recv calls of a strict worker.  An answer
-        that arrives meanwhile (or the helper's end closing) makes the socket readable again."""
-        expected = max(self.in_flight, 1)  # at least one read: an end of file must be seen
-        while self._sock is not None and expected > 0:
-            try:
-                answer = self._sock.recv(512)
-            except BlockingIOError:
-                return
-            except OSError:
-                answer = b""
-            if not answer:
-                self._lost()
-                return
-            expected -= 1
-            self.in_flight -= 1
-            self._on_answer(None if answer == b"K" else answer[1:].decode("utf-8", "replace"))
+        """Read one answer (another one waiting, or the helper's end closing, makes the socket
+        readable again): a probe for more, answered EAGAIN, was half the recv calls of a strict
+        worker."""
+        try:
+            answer = self._sock.recv(512)
+        except BlockingIOError:
+            return
+        except OSError:
+            answer = b""
+        if not answer:
+            self._lost()
+            return
+        upto, _, error = answer[1:].partition(b" ")
+        if answer[:1] == b"K":
+            count = max(0, min(int(upto), self._asked) - self._answered)
+            self._answered += count
+            self._on_answer(count, None)
+        else:  # fail closed: whatever was written before the helper was told is not known durable
+            count, self._answered = self.in_flight, self._asked
+            self._on_answer(count, error.decode("utf-8", "replace"))
 
     def _lost(self) -> None:
         self._close(wait=0)
-        self.in_flight = 0
+        self._answered = self._asked
         self._on_lost()
 
     def _close(self, wait: float) -> None:
@@ -149,5 +221,5 @@ class Syncer:
     def close(self, wait: float = 2) -> None:
         """Stop the helper (after its current fdatasync, if any; killed after ``wait`` seconds)."""
         self._close(wait=wait)
-        self.in_flight = 0
+        self._answered = self._asked
 

@@ -3,8 +3,10 @@
 Records submitted during one turn of the event loop are chained and written together, in the
 loop's own thread (page-cache writes are quick, and a thread per record would cost more in
 hand-offs than the writing itself).  In strict mode ``fdatasync`` runs in a helper process
-(:mod:`proxy.audit.syncer`, up to two requests queued there); in batched mode, or while no
-helper runs, in an executor thread, where it releases the GIL.
+(:mod:`proxy.audit.syncer`): each loop turn that wrote records someone waits for sends it a
+request, and a free thread of the helper syncs once for all the requests received so far, so
+a record waits for one sync, started as soon as a thread is free.  In batched mode, or while no helper runs,
+in an executor thread, where it releases the GIL.
 
 ``strict`` (the default): a record submitted with ``on_durable`` has it called once an fsync that
 started after it was written has finished; everything written while one fsync runs
@@ -31,7 +33,6 @@ from .syncer import Syncer
 
 log = logs.get("pgveil.audit")
 
-HELPER_QUEUE = 2  # sync requests the helper may hold: the next fdatasync starts as one ends
 HELPER_RETRY = 5.0  # seconds before a helper that went away is started again
 
 
@@ -127,11 +128,11 @@ class AuditWriter:
         """Sync what is written so far; the callbacks waiting for it are called after."""
         syncer, file = self._syncer, self.journal.file
         if syncer is not None and file is not None:
-            if syncer.in_flight >= HELPER_QUEUE:
-                return  # the records written meanwhile share a later fdatasync
-            group, self._unsynced = self._unsynced, []
+            group, self._unsynced = self._unsynced, []  # (the helper syncs it with the others waiting)
             self._syncer_groups.append((group, time.perf_counter()))
-            syncer.request(file)
+            if not syncer.request(file):  # it joins the last request, not yet read by the helper
+                self._syncer_groups.pop()
+                self._syncer_groups[-1][0].extend(group)
             return
         if self._syncing:
             return  # the records written meanwhile share the next fsync
@@ -151,11 +152,18 @@ class AuditWriter:
         if self._unsynced:
             self._start_sync()
 
-    def _syncer_answered(self, error: str | None) -> None:
-        group, started = self._syncer_groups.popleft()
+    def _syncer_answered(self, count: int, error: str | None) -> None:
+        """An fdatasync of the helper covered the ``count`` oldest requests (0: a later one
+        answered first)."""
+        groups = self._syncer_groups
+        if not count:
+            if error is not None:
+                self._fail(OSError(error))
+            return
+        group, started = groups.popleft()
+        for _ in range(count - 1):
+            group += groups.popleft()[0]
         self._synced(group, started, None if error is None else OSError(error))
-        if self._unsynced:
-            self._start_sync()
 
     def _syncer_lost(self) -> None:
         """The helper went away: what it was asked is asked again, of the thread, until it is back."""

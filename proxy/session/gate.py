@@ -177,7 +177,8 @@ class Gate:
                                              self.user or "", self.access, *ready)
         if path == searchpath.UNKNOWN and not tier.all_clear and decision.relations:
             decision = Refusal.search_path_unknown().decision()
-        if not decision.refused and (self._pending_path is not None or any(w in low for w in STATE_WORDS)):
+        if not decision.refused and (self._pending_path is not None or decision.after is not None
+                                     or any(w in low for w in STATE_WORDS)):
             decision = self._state_after(sql, decision, path)
         self._decision_us = int((self._now() - started) * 1_000_000)
         if decision.names and not decision.refused:

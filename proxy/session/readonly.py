@@ -18,7 +18,9 @@ once its record is durable.  So "proven" is meant narrowly, and anything in doub
   ``dblink`` or a user's function that writes are not.
 
 It reads the statement's normalised text (literals already replaced by ``?``), so a string's
-content never counts as a word.  One linear pass: a regular expression with possessive
+content never counts as a word; since ``?`` is also an operator character in PostgreSQL
+(``<?>``, ``?-``), a statement whose text holds one anywhere (a jsonb ``?``, a string's) is not
+proven.  One linear pass: a regular expression with possessive
 quantifiers and a loop over its tokens.
 """
 
@@ -84,8 +86,11 @@ def proven_read_only(normalized: str, decision, catalog, search_path: str | None
         return False
     if not _tables_only(decision.relations, catalog) or not _catalog_first(search_path):
         return False
-    if shadowing.users_objects(decision.sql or normalized, catalog):
-        return False  # a user's function, operator or type spelled like a built-in one
+    if shadowing.users_objects(decision.sql or normalized, catalog) or shadowing.cast_columns(decision.relations,
+                                                                                               catalog):
+        return False  # a user's function, operator or type spelled like a built-in one, or a cast of the user's
+    if "?" in (decision.sql or "?"):
+        return False  # ? is an operator character (a user's <?> or ?-), and the normalised text's literal
     if any(run not in OPERATORS for run in _OPERATOR_RUN.findall(normalized)):
         return False  # an operator of the user's may run any function
     tokens = _TOKENS.findall(normalized)

@@ -12,7 +12,7 @@ of its own.  (Sealed Bind and COPY records, made by :mod:`proxy.sealing`, still 
 
 from __future__ import annotations
 
-from itertools import count
+from itertools import count, islice
 from typing import Callable
 
 from .. import limits
@@ -25,6 +25,42 @@ from .readonly import proven_read_only
 
 _record_ids = count(1)
 NO_CLOCK = "1970-01-01T00:00:00.000000Z"  # records' time without a clock (tests)
+KEPT = 4096  # statements whose access and read-only proof a session remembers (the newest)
+PROOFS_KEPT = 1024  # read-only proofs the worker remembers (of texts up to 4,000 characters)
+
+
+def _forget_oldest(remembered: dict, kept: int) -> None:
+    """Forget the oldest quarter at once: deleting one key at a time from the front costs a scan
+    past every key deleted before it (CPython keeps their slots until the dict is resized), which
+    made each statement of a long session pay microseconds per remembered statement."""
+    for key in list(islice(remembered, kept // 4)):
+        del remembered[key]
+
+
+_PROOFS: dict = {}  # what proven_read_only said, by what it reads of a statement (see _proven_read_only)
+
+
+def _proven_read_only(normalized: str, decision, catalog, search_path: str | None) -> bool:
+    """:func:`~.readonly.proven_read_only`, remembered for the worker's sessions: it tokenizes the
+    statement (and, when the catalog has functions, operators or types of its users, the
+    decision's text again with sqlglot), 5-10 us per statement.  The key is everything the
+    proof reads but the literals' values: the normalised text (literals as ``?``), the decision's
+    verdict, kinds, relations and unparsed flag, the search path and the catalog.  The values
+    cannot change the answer: the proof's words and operators are read from the normalised text,
+    and the one reading of the decision's text (:func:`proxy.shadowing.users_objects`) skips
+    string and number tokens; a rewritten text differs from another of the same shape and
+    decision only in them."""
+    if decision is None or decision.refused:
+        return False
+    version = getattr(catalog, "version", None)  # a digest of what the proof reads of the catalog
+    key = (normalized, decision.verdict, decision.kinds, decision.relations, decision.unparsed, search_path,
+           catalog if version is None else version)
+    proven = _PROOFS.get(key)
+    if proven is None:
+        proven = _PROOFS[key] = proven_read_only(normalized, decision, catalog, search_path)
+        if len(_PROOFS) > PROOFS_KEPT:
+            _forget_oldest(_PROOFS, PROOFS_KEPT)
+    return proven
 
 
 class Recorder:
@@ -113,19 +149,19 @@ class Recorder:
         durable = self._config.audit_strict and not (decision and decision.refused)
         # the record's text is the whole statement only up to 4,000 characters (and a prefix of a huge one)
         whole = len(sql) <= limits.NORMALIZE_PREFIX and len(record["sql"]) < 4000
-        read_only = durable and whole and proven_read_only(record["sql"], decision, getattr(engine, "catalog", None),
-                                                           search_path)
+        read_only = durable and whole and _proven_read_only(record["sql"], decision, getattr(engine, "catalog", None),
+                                                            search_path)
         self._read_only[statement_id] = (read_only, self._read_only_under(search_path))
-        if len(self._read_only) > 4096:
-            del self._read_only[next(iter(self._read_only))]
+        if len(self._read_only) > KEPT:
+            _forget_oldest(self._read_only, KEPT)
         if durable:  # its record covers its first execution in this batch; any other gets its own
             self._uncovered[statement_id] = read_only
         self.last_statement = (record["fingerprint"], self._now())
         # each execution's outcome names the access its statement was decided under: a change of
         # access decides (and records) the statement again before it runs again
         self._ran_under[statement_id] = (record["grant"], record["purpose"])
-        if len(self._ran_under) > 4096:
-            del self._ran_under[next(iter(self._ran_under))]
+        if len(self._ran_under) > KEPT:
+            _forget_oldest(self._ran_under, KEPT)
         return statement_id, WriteAudit(record, durable=durable, answer_only=read_only)
 
     def _read_only_under(self, search_path: str | None) -> tuple:

@@ -87,8 +87,8 @@ class Relay:
             return None  # refused at once by _decide_message
         path = self._pending_path if self._pending_path is not None else self._search_path()
         tier, user = self.deciding_tier(), self.user or ""
-        if path == searchpath.UNKNOWN:
-            return None  # decided here, and refused if it reaches relations (_decide_message)
+        if path == searchpath.UNKNOWN:  # decided under the last path known, as _decide_sql does, then
+            path = self._search_path()  # refused there if it reaches relations (restricted tiers)
         apart = getattr(engine, "apart", None)  # an engine that decides everything itself has none
         key = apart(sql, tier, path, user, self.access) if apart is not None else None
         return DecideApart(key, sql, tier, path, user, self.access) if key is not None else None
@@ -107,7 +107,7 @@ class Relay:
         audits: list[Command] = []
         decide = self.tier is not None or self.config.audit
         for index, (kind, start, end) in enumerate(marks):
-            if resumed and index == 0:
+            if resumed and index == 0 and kind != FE.BIND:  # (a held Bind goes the usual way, decided)
                 ended = self._resume_held(out, marks, edit, audits)
                 if ended is not None:
                     return ended
@@ -124,6 +124,8 @@ class Relay:
                 step = self._track_message(kind, out, start, end, edit, audits)
                 if step is DONE:
                     continue
+                if isinstance(step, DecideApart):  # a Bind's statement is prepared again: decided apart
+                    return self._hold(out, marks, index, edit.before(start), audits, step)
                 if step is not None:
                     return audits + step
             sql = codec.query_text(out[start:end]) if kind == FE.QUERY and decide else None  # read once for both below
@@ -173,8 +175,9 @@ class Relay:
 
     def _track_message(self, kind: int, out: bytes, start: int, end: int, edit: "Edit", audits: list):
         """What a message changes of the prepared statements, portals and the access in force,
-        under a policy.  Returns None to go on deciding it, DONE when it has been dealt with, or
-        the commands that end the session."""
+        under a policy.  Returns None to go on deciding it, DONE when it has been dealt with, a
+        DecideApart to hold it for (a Bind whose statement is prepared again: :meth:`_prepare_apart`),
+        or the commands that end the session."""
         if kind in PREPARE_CLIENT:
             self._prepared.client(kind)
         if kind == FE.QUERY or kind == FE.SYNC or kind == FE.FUNCTION_CALL:  # answered in order (proxy.opened)
@@ -185,6 +188,9 @@ class Relay:
             if revoked:
                 return revoked
         if kind == FE.BIND:
+            apart = self._prepare_apart(out, start, end)
+            if apart is not None:
+                return apart
             again = self._prepare_again(out, start, end, audits)
             if again is not None:
                 edit.insert(start, again)

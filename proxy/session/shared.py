@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
-from .. import codec
+from .. import codec, state_after
 from ..codec import BE, FE
 from ..rules import STATEMENT_KINDS
 
@@ -56,8 +56,7 @@ OUTCOME_KINDS = ENDS | {BE.ERROR, BE.READY_FOR_QUERY}
 RESET_ALL = re.compile(r"\b(?:reset|discard)\s++all\b", re.IGNORECASE)  # a quick look; the statements decide
 # words after which the session's state needs a closer look (see _state_after); substrings of the
 # lower-cased text, a third of a regular expression's time
-STATE_WORDS = ("prepare", "execute", "declare", "fetch", "move", "close", "deallocate", "discard", "reset",
-               "search_path", "set_config", "rollback", "abort")
+STATE_WORDS = state_after.WORDS
 # replies that tell which Parse/Close they answer
 PREPARE_WATCH = frozenset({BE.PARSE_COMPLETE, BE.CLOSE_COMPLETE, BE.ERROR, BE.READY_FOR_QUERY})
 PREPARE_CLIENT = frozenset({FE.PARSE, FE.CLOSE, FE.SYNC, FE.QUERY, FE.FUNCTION_CALL})

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from .. import codec, searchpath
+from .. import codec, state_after
 from ..audit.tracker import StatementTracker
 from ..codec import BE, FE, Target, TxStatus
 from .commands import Command
-from ..opened import Opened, segments
+from ..opened import Opened
 from ..prepared import PreparedStatements
 from ..sqlnames import SqlNames
 from ..verdicts import Refusal
-from .shared import RESET_ALL
-
-
-def _clears_all(seg) -> bool:
-    """Is this statement RESET ALL or DISCARD ALL?  (sqlglot keeps a command's arguments as one
-    string: they are read on their own, by token types.)"""
-    if seg.word not in ("RESET", "DISCARD") or len(seg.tokens) < 2:
-        return False
-    from ..heads import keyword
-    from ..sql import SqlglotError, tokenize
-    rest = seg.text[seg.tokens[0].end + 1 - seg.offset:]
-    try:
-        tokens = tokenize(rest)
-    except SqlglotError:
-        return True  # unreadable: clear (that only masks more)
-    return len(tokens) == 1 and keyword(tokens[0], rest) == "ALL"
 
 
 class Statements:
@@ -51,6 +35,18 @@ class Statements:
         self._prepared.inject()  # first: the decision below is kept once the server prepares it
         decided = self._decide_message(FE.PARSE, parse, audits)  # records the new decision as well
         return codec.encode(codec.Close(Target.STATEMENT, name)) + (decided if decided is not None else parse)
+
+    def _prepare_apart(self, out: bytes, start: int, end: int):
+        """Before :meth:`_prepare_again`: a DecideApart when the statement's decision under the
+        access in force belongs in a child process (a large text, see :mod:`proxy.limits`); the
+        Bind and what follows it then wait for the answer, as after a Parse decided apart."""
+        known = self._prepared.statements.get(codec.bind_names(out[start + 5:end])[1])
+        if known is None or known[2] == self.access:
+            return None
+        apart = self._apart(FE.PARSE, b"", 0, 0, known[0])
+        if apart is None or self._apart_ready is not None and apart.key == self._apart_ready[0]:
+            return None  # decided here, or decided apart just now
+        return apart
 
     def _refuse_execute(self, out: bytes, start: int, end: int) -> bytes | None:
         """An Execute of a portal opened under access that has since narrowed: in its place, a
@@ -85,31 +81,32 @@ class Statements:
     def _state_after(self, sql: str, decision, path):
         """A statement allowed to go that may change what later ones run under: the search_path
         statements sent after it are decided under, the prepared statements and cursors it uses
-        or opens, a purpose cleared by RESET ALL or DISCARD ALL."""
-        if self._pending_path is not None or searchpath.CHANGES.search(sql):
+        or opens, a purpose cleared by RESET ALL or DISCARD ALL.  Read with the decision when it was
+        taken apart (:mod:`proxy.state_after`): then no parser runs here."""
+        after = decision.after if decision.after is not None else state_after.read(sql)
+        if self._pending_path is not None or after.paths:
             # statements sent before this one has run are decided under the path it leaves
             changed = self._pending_path not in (None, self._search_path())
-            self._pending_path = searchpath.after(segments(sql), path, changed)
-        if Opened.concerns(sql):
-            decision = self._check_opened(sql, decision)
-        if not decision.refused and RESET_ALL.search(sql):
-            self._reset_all(sql)
+            self._pending_path = state_after.follow(after.paths, path, changed)
+        if after.opened is not None:
+            decision = self._check_opened(after.opened, decision)
+        if not decision.refused and after.clears_all:
+            self._reset_all()
         return decision
 
-    def _check_opened(self, sql: str, decision):
+    def _check_opened(self, reads: tuple, decision):
         """A statement that executes, fetches from or opens a prepared statement or cursor: refused
         when what it uses was opened under other access (see :mod:`proxy.opened`)."""
-        reason = self._opened.query(segments(sql), self.access, not self.tier.all_clear)
+        reason = self._opened.judge(reads, self.access, not self.tier.all_clear)
         if reason is None:
             return decision
         return Refusal.access_changed(reason).decision(kinds=decision.kinds, relations=decision.relations,
                                                        normalized=decision.normalized)
 
-    def _reset_all(self, sql: str) -> None:
+    def _reset_all(self) -> None:
         """RESET ALL or DISCARD ALL clear the purpose as they clear every setting (at once, before
         the server runs them: that only masks more)."""
-        if any(_clears_all(seg) for seg in segments(sql)):
-            self._purpose.set(None, local=False, in_block=self.transaction_status != TxStatus.IDLE)
+        self._purpose.set(None, local=False, in_block=self.transaction_status != TxStatus.IDLE)
 
     # ------------------------------------------------------------------ their records (see .recorder)
     def _audit_statement(self, kind: int, decoded, sql: str, decision, audits: list) -> str | None:
