@@ -17,7 +17,7 @@ from proxy.policy import Engine
 from proxy.rewrite import Context
 from proxy.rules import load_rules
 from proxy.session import DecideApart, SessionConfig
-from proxy.session.events import ClientData, DecidedApart
+from proxy.session.events import ClientData, DecidedApart, ServerData
 from proxy.segments import split_statements
 from conftest import RULES
 from test_session import active_session, sent_to_server
@@ -60,20 +60,20 @@ def test_reading_is_linear_in_the_statements():
 
 
 # ----------------------------------------------------------------------------- the loop's share
-def _session():
-    rules = load_rules(RULES.read_text().replace("identities:", "identities:\n  - {user: app, tier: dba}", 1),
+def _session(tier: str = "dba"):
+    rules = load_rules(RULES.read_text().replace("identities:", f"identities:\n  - {{user: app, tier: {tier}}}", 1),
                        "crm.yaml")
     return active_session(SessionConfig(engine=Engine(rules, fixture_catalog())))
 
 
-def _decided_apart(sql: str):
+def _decided_apart(sql: str, tier: str = "dba"):
     """A session that sent ``sql``, and the DecidedApart its analysing child would answer."""
-    s = _session()
+    s = _session(tier)
     apart = [c for c in s.handle(ClientData(codec.encode(codec.Query(sql)))) if isinstance(c, DecideApart)]
     assert len(apart) == 1
     e = s.config.engine
     decision, _ = decide_cold(sql, Context(apart[0].tier, e.rules, e.catalog, apart[0].search_path, apart[0].user), {})
-    assert decision.after is not None
+    assert decision.after is not None or decision.refused
     return s, DecidedApart(apart[0].key, decision)
 
 
@@ -121,3 +121,33 @@ def test_a_statement_decided_apart_is_followed_without_reading_its_text_again(ma
     else:
         assert s._pending_path is None, "words inside a literal change nothing"
         assert counts[1] <= counts[0] + 64, ("the loop's work does not grow with the literal", counts)
+
+
+def test_a_refusal_decided_apart_is_not_read_again_on_the_loop():
+    """bench/stall.py, masking tier, "3,000 statements of state words": refused in the child (the
+    sales tier has no session statements), then read again on the loop to follow its block's
+    ends (130 ms of the worker's CPU).  A refusal runs nothing: nothing to follow."""
+    sql = "BEGIN;\n" + _statements(1600) + "PREPARE p AS SELECT 1;\nROLLBACK;\nSELECT 1;"
+    s, answer = _decided_apart(sql, "sales")
+    assert answer.decision.refused
+    names = _names_called(s.handle, answer)
+    assert not names & {"tokenize", "split_statements", "segments", "read"}, names
+
+
+def test_a_large_text_whose_block_ends_move_the_path_is_refused_rather_than_decided_again_on_the_loop():
+    """A restricted tier's large text whose ROLLBACK restores the path in force before a SET of
+    an earlier Query must be decided again with the block's ends; on the loop that would hold
+    the worker, so it is refused (42501): only the refusal's stand-in is sent."""
+    s = _session("it")
+    s.handle(ClientData(codec.encode(codec.Query("BEGIN; SET search_path = staging, public"))))
+    s.handle(ServerData(codec.encode(codec.CommandComplete("BEGIN")) + codec.encode(codec.CommandComplete("SET"))
+                        + codec.encode(codec.ParameterStatus("search_path", "staging, public"))
+                        + codec.encode(codec.ReadyForQuery(b"T"))))
+    sql = "ROLLBACK;\nSELECT id FROM public.customers /* " + "x" * 4096 + " */;"
+    apart = [c for c in s.handle(ClientData(codec.encode(codec.Query(sql)))) if isinstance(c, DecideApart)]
+    assert len(apart) == 1
+    e = s.config.engine
+    decision, _ = decide_cold(sql, Context(apart[0].tier, e.rules, e.catalog, apart[0].search_path, apart[0].user), {})
+    assert not decision.refused, decision
+    sent = sent_to_server(s.handle(DecidedApart(apart[0].key, decision)))
+    assert b"public.customers" not in sent and b"pgveil" in sent, sent  # the refusal's stand-in only

@@ -23,9 +23,11 @@ from dataclasses import replace
 
 from .. import codec, state_after
 from ..codec import BE, TxStatus
+from ..limits import decided_apart
 from ..prepared import Kept
 from ..purpose import read_declaration
 from ..searchpath import Block
+from ..verdicts import Reason, Refusal
 
 CLOSED = Kept(None, (), None)  # what a Bind finds when the statement it names is gone
 
@@ -44,8 +46,9 @@ class Following:
         told the path each of them leaves (``Context.block_ends``), so the statements after them
         are decided as PostgreSQL runs them.  Read from the decision's :class:`proxy.state_after.After`
         (read once, in the analysing child for a large text)."""
-        if ";" not in sql or not ("end" in low or "rollback" in low or "commit" in low or "abort" in low):
-            return decision  # (plain tests: this runs for every statement)
+        if (decision.refused and decision.code is not Reason.SEARCH_PATH) or ";" not in sql or \
+                not ("end" in low or "rollback" in low or "commit" in low or "abort" in low):
+            return decision  # (plain tests: this runs for every statement; a refusal of another kind stands)
         if not self._block.moved(path) and not ("search_path" in low or "set_config" in low or "reset" in low
                                                 or "discard" in low):
             return decision  # nothing in force or in this text that a block's end would change
@@ -54,6 +57,9 @@ class Following:
         changed = self._pending_path not in (None, self._search_path())
         state_after.follow(after.paths, path, changed, self._block.copy(), ends)
         if any(left is not None for left in ends):
+            if decided_apart(sql) and not tier.all_clear:  # deciding it again here would hold the loop
+                return Refusal.analysis_failed("a large text whose transaction block ends change the search_path; "
+                                               "send the statements after the block's end apart").decision()
             decision = self.config.engine.decide(sql, tier, path, self.user or "", self.access, block_ends=tuple(ends))
         return decision if decision.after is not None else replace(decision, after=after)  # read once
 
