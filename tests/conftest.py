@@ -102,6 +102,23 @@ def start_proxy(upstream_port: int, *args: str, port: int | None = None, preexec
     return ProxyProcess(proc, port, log_path, tuple(args))
 
 
+def live_catalog(cluster: Cluster, database: str):
+    """The catalog of ``database``, read through asyncpg as the proxy reads it."""
+    import asyncio
+
+    import asyncpg
+
+    from proxy.catalog import load_catalog
+
+    async def read():
+        conn = await asyncpg.connect(cluster.dsn(database=database))
+        try:
+            return await load_catalog(conn)
+        finally:
+            await conn.close()
+    return asyncio.run(read())
+
+
 def setup_database(cluster: Cluster, customers: int = 500) -> None:
     cluster.psql(f"""
         CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}';

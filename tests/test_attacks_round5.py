@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import pytest
 
-from conftest import TIER_PASSWORD, RULES, run_psql, start_with_rules
-from proxy.catalog import load_catalog
+from conftest import TIER_PASSWORD, RULES, live_catalog, run_psql, start_with_rules
 from proxy.normalize import normalize
 from proxy.policy import Engine
 from proxy.rules import load_rules
@@ -77,13 +75,7 @@ def side_db(pg):
     pg.psql("CREATE DATABASE rev5")
     pg.psql(SIDE_EFFECTS, "rev5")
 
-    async def read():
-        conn = await asyncpg.connect(pg.dsn(database="rev5"))
-        try:
-            return await load_catalog(conn)
-        finally:
-            await conn.close()
-    catalog = asyncio.run(read())
+    catalog = live_catalog(pg, "rev5")
     yield pg, catalog, Engine(load_rules(RULES_TEXT), catalog)
     pg.psql("DROP DATABASE rev5 WITH (FORCE)")
 

@@ -31,8 +31,7 @@ import time
 import asyncpg
 import pytest
 
-from conftest import TIER_PASSWORD, RULES, run_psql, start_with_rules
-from proxy.catalog import load_catalog
+from conftest import TIER_PASSWORD, RULES, live_catalog, run_psql, start_with_rules
 from proxy.normalize import normalize
 from proxy.pgcluster import ClusterError
 from proxy.policy import Engine
@@ -122,13 +121,7 @@ def side_db(pg):
     pg.psql("CREATE DATABASE rev6")
     pg.psql(SIDE_EFFECTS, "rev6")
 
-    async def read():
-        conn = await asyncpg.connect(pg.dsn(database="rev6"))
-        try:
-            return await load_catalog(conn)
-        finally:
-            await conn.close()
-    catalog = asyncio.run(read())
+    catalog = live_catalog(pg, "rev6")
     yield pg, catalog, Engine(load_rules(RULES_TEXT), catalog)
     pg.psql("DROP DATABASE rev6 WITH (FORCE)")
 
@@ -412,7 +405,6 @@ def test_a_repeated_query_read_back_after_many_refusals_still_names_what_it_read
     are always recorded in full and counted among those: 16,400 refusals pushed the full record
     out of the readers' memory while the recorder still referred to it, and the repeat reached
     search and usage without its text, relations or columns."""
-    from proxy import codec
     from proxy.audit import executions
     from proxy.session import ClientData, ServerData, SessionConfig, Session, WriteAudit
     from playbook import CATALOG, RULES as PLAYBOOK_RULES, T0, AUTH_OK, complete, q, ready, startup, UpstreamConnected

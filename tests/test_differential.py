@@ -14,16 +14,12 @@ more, never read differently).
 
 from __future__ import annotations
 
-import asyncio
-
-import asyncpg
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import RULES
+from conftest import RULES, live_catalog
 from proxy import encodings
-from proxy.catalog import load_catalog
 from proxy.policy import Context, decide
 from proxy.rules import load_rules
 
@@ -41,14 +37,8 @@ def server(pg):
 
 @pytest.fixture(scope="module")
 def context(pg):
-    async def fetch():
-        conn = await asyncpg.connect(pg.dsn(database="crm"))
-        try:
-            return await load_catalog(conn)
-        finally:
-            await conn.close()
     rules = load_rules(RULES.read_text())
-    return Context(rules.tier("sales"), rules, asyncio.run(fetch()))
+    return Context(rules.tier("sales"), rules, live_catalog(pg, "crm"))
 
 
 def run(conn, sql: str):

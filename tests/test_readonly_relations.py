@@ -14,12 +14,9 @@ Neither may be sent before its record is durable, so neither is proven read-only
 
 from __future__ import annotations
 
-import asyncio
-
-import asyncpg
 import pytest
 
-from proxy.catalog import load_catalog
+from conftest import live_catalog
 from proxy.normalize import normalize
 from proxy.policy import Engine
 from proxy.rules import load_rules
@@ -65,13 +62,7 @@ def scene(pg):
     pg.psql("CREATE DATABASE ro6")
     pg.psql(SCENE, "ro6")
 
-    async def read():
-        conn = await asyncpg.connect(pg.dsn(database="ro6"))
-        try:
-            return await load_catalog(conn)
-        finally:
-            await conn.close()
-    catalog = asyncio.run(read())
+    catalog = live_catalog(pg, "ro6")
     yield pg, catalog, Engine(load_rules(RULES_TEXT), catalog)
     pg.psql("DROP DATABASE ro6 WITH (FORCE)")
     pg.psql("DROP ROLE ro6_reader")
