@@ -328,13 +328,19 @@ class RawClient:
         self.sock.close()
 
 
-def test_an_execute_naming_a_cursor_is_refused_once_access_narrowed(pg, tier_users, tmp_path):
-    """DECLARE c under a grant; after it ended, FETCH FROM c was refused, but the protocol's
-    Execute naming portal c (a cursor is a portal) returned its rows in clear."""
+def _trust_user_in_sales_with_a_grant(pg, tmp_path):
+    """A proxy where trust_user (who sends the protocol by hand) is in the sales tier with a
+    6 s grant of ID numbers in clear; and when the grant ends."""
     text, until = _grant_rules("trust_user", 6.0)
     text = text.replace("identities:                               # first match wins\n",
                         "identities:\n  - {user: trust_user, tier: sales}\n", 1)
-    proxy = start_with_rules(pg, tmp_path / "rules.yaml", text, "--rules-poll", "0")
+    return start_with_rules(pg, tmp_path / "rules.yaml", text, "--rules-poll", "0"), until
+
+
+def test_an_execute_naming_a_cursor_is_refused_once_access_narrowed(pg, tier_users, tmp_path):
+    """DECLARE c under a grant; after it ended, FETCH FROM c was refused, but the protocol's
+    Execute naming portal c (a cursor is a portal) returned its rows in clear."""
+    proxy, until = _trust_user_in_sales_with_a_grant(pg, tmp_path)
     try:
         client = RawClient(proxy, "trust_user")
         codec = client.codec
@@ -360,10 +366,7 @@ def test_a_named_portal_bound_again_keeps_the_access_it_was_opened_under(pg, tie
     """Portal p opened under a grant; after it ended, a second Bind of p fails on the server
     (42P03: the portal exists), ROLLBACK TO SAVEPOINT makes the block usable again, and p (the
     first one) runs: pgveil had noted p as opened under the new access at the failed Bind."""
-    text, until = _grant_rules("trust_user", 6.0)
-    text = text.replace("identities:                               # first match wins\n",
-                        "identities:\n  - {user: trust_user, tier: sales}\n", 1)
-    proxy = start_with_rules(pg, tmp_path / "rules.yaml", text, "--rules-poll", "0")
+    proxy, until = _trust_user_in_sales_with_a_grant(pg, tmp_path)
     try:
         client = RawClient(proxy, "trust_user")
         codec = client.codec
