@@ -151,6 +151,15 @@ def _clear_id_number(pg) -> str:
     return pg.psql("SELECT id_number FROM customers WHERE id_number IS NOT NULL ORDER BY id LIMIT 1", "crm").strip()
 
 
+def _assert_refused_without_leak(pg, proxy, user: str, id_number: str, *statements: str) -> None:
+    """Each statement, sent by psql as ``user``, is refused (42501) and shows no ID number."""
+    for sql in statements:
+        out = run_psql(pg.bin_dir / "psql", proxy, "-v", "VERBOSITY=verbose", "-Atc", sql, user=user,
+                       password=TIER_PASSWORD)
+        assert id_number not in out.stdout + out.stderr, f"an ID number read in clear: {sql}"
+        assert out.returncode != 0 and "42501" in out.stderr, out.stderr
+
+
 def test_a_restricted_tier_cannot_reach_a_users_function_by_attribute_notation(pg, tier_users, tmp_path):
     """``o.id_numbers`` is ``id_numbers(o)``: orders has no such column.  The production tier
     (orders and products, no personal data) read every ID number in clear."""
@@ -159,11 +168,9 @@ def test_a_restricted_tier_cannot_reach_a_users_function_by_attribute_notation(p
             "AS $$ SELECT string_agg(id_number, ',') FROM public.customers $$", "crm")
     proxy = start_with_rules(pg, tmp_path / "crm.yaml", RULES.read_text())
     try:
-        for sql in ("SELECT o.id_numbers\n  FROM orders o -- attribute notation\n LIMIT 1",
-                    "SELECT (o).id_numbers FROM orders AS o LIMIT 1"):
-            out = run_psql(pg.bin_dir / "psql", proxy, "-v", "VERBOSITY=verbose", "-Atc", sql, user="prod_wang", password=TIER_PASSWORD)
-            assert id_number not in out.stdout + out.stderr, f"an ID number read in clear: {sql}"
-            assert out.returncode != 0 and "42501" in out.stderr, out.stderr
+        _assert_refused_without_leak(pg, proxy, "prod_wang", id_number,
+                                     "SELECT o.id_numbers\n  FROM orders o -- attribute notation\n LIMIT 1",
+                                     "SELECT (o).id_numbers FROM orders AS o LIMIT 1")
     finally:
         proxy.stop()
         pg.psql("DROP FUNCTION public.id_numbers(public.orders)", "crm")
@@ -182,11 +189,9 @@ def test_a_restricted_tier_cannot_reach_a_users_operator_through_a_keyword(pg, t
             "CREATE OPERATOR public.= (LEFTARG = integer, RIGHTARG = text, FUNCTION = public.ids_eq)", "crm")
     proxy = start_with_rules(pg, tmp_path / "crm.yaml", RULES.read_text())
     try:
-        for sql in ("SELECT o.quantity LIKE 'x'::text\n  FROM orders o -- integer ~~ text\n LIMIT 1",
-                    "SELECT o.id FROM orders o\n WHERE o.quantity IN ('x'::text)"):
-            out = run_psql(pg.bin_dir / "psql", proxy, "-v", "VERBOSITY=verbose", "-Atc", sql, user="prod_wang", password=TIER_PASSWORD)
-            assert id_number not in out.stdout + out.stderr, f"an ID number read in clear: {sql}"
-            assert out.returncode != 0 and "42501" in out.stderr, out.stderr
+        _assert_refused_without_leak(pg, proxy, "prod_wang", id_number,
+                                     "SELECT o.quantity LIKE 'x'::text\n  FROM orders o -- integer ~~ text\n LIMIT 1",
+                                     "SELECT o.id FROM orders o\n WHERE o.quantity IN ('x'::text)")
     finally:
         proxy.stop()
         pg.psql("DROP OPERATOR public.~~ (integer, text); DROP FUNCTION public.ids_like(integer, text);"
@@ -208,12 +213,10 @@ def test_a_restricted_tier_cannot_reach_a_users_cast_function(pg, tier_users, tm
             "crm")
     proxy = start_with_rules(pg, tmp_path / "crm.yaml", RULES.read_text())
     try:
-        for sql in ("SELECT lower(f.m)\n  FROM rev6_feel f -- an implicit cast to text", "SELECT m::text FROM rev6_feel",
-                    "SELECT CAST(m AS text) AS m FROM rev6_feel"):
-            out = run_psql(pg.bin_dir / "psql", proxy, "-v", "VERBOSITY=verbose", "-Atc", sql, user="sales_li",
-                           password=TIER_PASSWORD)
-            assert id_number not in out.stdout + out.stderr, f"an ID number read in clear: {sql}"
-            assert out.returncode != 0 and "42501" in out.stderr, out.stderr
+        _assert_refused_without_leak(pg, proxy, "sales_li", id_number,
+                                     "SELECT lower(f.m)\n  FROM rev6_feel f -- an implicit cast to text",
+                                     "SELECT m::text FROM rev6_feel",
+                                     "SELECT CAST(m AS text) AS m FROM rev6_feel")
         out = run_psql(pg.bin_dir / "psql", proxy, "-Atc", "SELECT id FROM orders ORDER BY id LIMIT 1", user="sales_li",
                        password=TIER_PASSWORD)
         assert out.returncode == 0 and out.stdout.strip() == "1", "relations without such a column are read as before"
