@@ -12,6 +12,7 @@ Column(name='phone', type='text', attnum=2)
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 
@@ -96,28 +97,24 @@ class Catalog:
 
     def ancestors(self, rel: Relation) -> list[Relation]:
         """Parents, grandparents, ... of an inheritance child or partition."""
-        seen, out, todo = set(), [], list(rel.parents)
-        while todo:
-            oid = todo.pop(0)
-            if oid in seen or oid not in self.by_oid:
-                continue
-            seen.add(oid)
-            parent = self.by_oid[oid]
-            out.append(parent)
-            todo.extend(parent.parents)
-        return out
+        return self._reach(rel, lambda r: r.parents)
 
     def descendants(self, rel: Relation) -> list[Relation]:
         """Children, grandchildren, ... of an inheritance parent or partitioned table: a read of
         the parent reads them too."""
-        seen, out, todo = set(), [], list(self.children.get(rel.oid, ()))
+        return self._reach(rel, lambda r: self.children.get(r.oid, ()))
+
+    def _reach(self, rel: Relation, step) -> list[Relation]:
+        """The relations ``step`` leads to from ``rel``, nearest first, each once."""
+        seen, out, todo = set(), [], deque(step(rel))
         while todo:
-            oid = todo.pop()
+            oid = todo.popleft()
             if oid in seen or oid not in self.by_oid:
                 continue
             seen.add(oid)
-            out.append(self.by_oid[oid])
-            todo.extend(self.children.get(oid, ()))
+            found = self.by_oid[oid]
+            out.append(found)
+            todo.extend(step(found))
         return out
 
     def column_names(self) -> list[str]:
