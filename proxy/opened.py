@@ -34,7 +34,6 @@ True
 
 from __future__ import annotations
 
-import re
 from collections import deque
 
 from . import heads
@@ -42,7 +41,6 @@ from .codec import TxStatus
 from .heads import keyword
 from .sql import SqlglotError, fold_name, tokenize
 
-WORDS = re.compile(r"\b(?:prepare|execute|declare|fetch|move|close|deallocate|discard)\b", re.IGNORECASE)
 CHANGED = "access changed since it was opened"
 
 
@@ -156,11 +154,6 @@ class Opened:
         self._bound: dict[str, list] = {}  # portal -> effects when executed
         self._waiting: dict[tuple, dict] = {}  # (declare|prepare, name) -> {Access: count} in _owed
         self.confirmed: list = []  # purpose declarations the server confirmed, for the session to take
-
-    @staticmethod
-    def concerns(sql: str) -> bool:
-        """Could this text prepare, execute, declare, fetch or close anything? (a quick look)"""
-        return WORDS.search(sql) is not None
 
     # ------------------------------------------------------------------ pending effects
     def _pending(self, what: str, name: str) -> list:

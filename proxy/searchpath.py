@@ -33,7 +33,6 @@ True
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from .codec import TxStatus
@@ -206,8 +205,6 @@ def _set(seg) -> tuple | str | None:
     return None
 
 
-CHANGES = re.compile(r"\b(?:search_path|reset|discard|set_config|rollback|abort|begin|start|savepoint|release|commit)\b",
-                     re.IGNORECASE)
 BLOCK_WORDS = frozenset({"BEGIN", "START", "SAVEPOINT", "RELEASE", "COMMIT", "END", "PREPARE", "ROLLBACK", "ABORT"})
 END_KINDS = ("ROLLBACK", "COMMIT", "ROLLBACK_TO")  # the steps whose path the policy is told (Context.block_ends)
 

@@ -18,9 +18,9 @@ import pytest
 
 from proxy import lexer
 from proxy import normalize as normalizer
-from proxy import opened, purpose, searchpath
+from proxy import purpose
 from proxy.normalize import normalize
-from proxy.session import readonly, shared as session
+from proxy.session import readonly
 from proxy.lexer import quick
 from workcount import grows_linearly
 
@@ -31,7 +31,6 @@ CLIENT_TEXT_PATTERNS = {
     "lexer._FIRST": lexer._FIRST, "lexer.LIST": lexer.LIST, "normalize._ROUGH_VALUE": normalizer._ROUGH_VALUE,
     "normalize._ROUGH_NUMBER": normalizer._ROUGH_NUMBER,
     "purpose.PURPOSE_SET": purpose.PURPOSE_SET,
-    "session.RESET_ALL": session.RESET_ALL, "opened.WORDS": opened.WORDS, "searchpath.CHANGES": searchpath.CHANGES,
     "readonly._TOKENS": readonly._TOKENS, "readonly._OPERATOR_RUN": readonly._OPERATOR_RUN,
 }
 BOUNDED = 8  # a repetition of at most this many is a constant, whatever follows it

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
@@ -53,7 +52,6 @@ FILTER_WATCH = SERVER_WATCH | {BE.NOTICE, BE.ROW_DESCRIPTION, BE.NOTIFICATION}
 ENDS = frozenset({BE.COMMAND_COMPLETE, BE.PORTAL_SUSPENDED, BE.EMPTY_QUERY_RESPONSE})  # how an execution ended
 OUTCOME_WATCH = ENDS  # what the audit's outcome records need besides
 OUTCOME_KINDS = ENDS | {BE.ERROR, BE.READY_FOR_QUERY}
-RESET_ALL = re.compile(r"\b(?:reset|discard)\s++all\b", re.IGNORECASE)  # a quick look; the statements decide
 # words after which the session's state needs a closer look (see _state_after); substrings of the
 # lower-cased text, a third of a regular expression's time
 STATE_WORDS = state_after.WORDS
